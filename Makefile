@@ -1,0 +1,137 @@
+# Treaty - one non-recursive build.
+#
+#   make            build/bin/treatyd, build/lib/libtreaty.{a,so}, build/treaty.pc
+#   make test       every Criterion suite against a throwaway PostgreSQL
+#   make demo       the bank demo (throwaway PostgreSQL unless TREATY_PG is set)
+#   make asan       build and test with AddressSanitizer + UndefinedBehaviorSanitizer
+#   make valgrind   run the unit suites under valgrind
+#   make fuzz       libFuzzer target for the wire decoder (clang); FUZZ_SECONDS=60
+#   make install PREFIX=/usr/local
+#   make RELEASE=1  without fault points, -O2
+
+PREFIX ?= /usr/local
+BUILD ?= build
+CC ?= cc
+
+PKGS := libzmq libconfig libpq
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(PKG_LIBS),)
+PKG_LIBS := -lzmq -lconfig -lpq
+PKG_CFLAGS := -I/usr/include/postgresql
+endif
+
+WARN := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wformat=2 -Wimplicit-fallthrough -Wwrite-strings -Werror=vla -Werror
+ifdef RELEASE
+OPT := -O2 -DNDEBUG
+else
+OPT := -O2 -g -DTREATY_FAULTS
+endif
+SAN ?=
+CFLAGS_ALL := $(WARN) $(OPT) $(SAN) -D_GNU_SOURCE -pthread -fPIC -fvisibility=hidden -DTREATY_BUILDING \
+              -Iparticipant-sdk/include -Iparticipant-sdk/src -Ijournal -Icoordinator -I$(BUILD)/gen \
+              $(PKG_CFLAGS) $(CFLAGS)
+LDLIBS_ALL := $(SAN) -pthread $(PKG_LIBS) $(LDLIBS)
+
+SDK_SRC := $(wildcard participant-sdk/src/*.c)
+SDK_OBJ := $(SDK_SRC:%.c=$(BUILD)/obj/%.o)
+COORD_SRC := $(filter-out coordinator/main.c coordinator/treatyctl.c,$(wildcard coordinator/*.c)) $(wildcard journal/*.c)
+COORD_OBJ := $(COORD_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out $(TEST_SRC) tests/fuzz_%.c,$(wildcard tests/*.c)))
+EXAMPLE_SRC := $(wildcard examples/*.c)
+EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/bin/%)
+
+LIB_A := $(BUILD)/lib/libtreaty.a
+LIB_SO := $(BUILD)/lib/libtreaty.so
+TREATYD := $(BUILD)/bin/treatyd
+
+.PHONY: all test demo asan valgrind fuzz install deps clean check-header scenarios
+all: $(TREATYD) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
+
+# SQL files become C strings so the binaries carry their schema.
+$(BUILD)/gen/sql_journal.h: sql/001_journal.sql scripts/sql2c.sh
+	@mkdir -p $(@D)
+	sh scripts/sql2c.sh sql_journal $< > $@
+$(BUILD)/gen/sql_barrier.h: sql/participant_barrier.sql scripts/sql2c.sh
+	@mkdir -p $(@D)
+	sh scripts/sql2c.sh sql_barrier $< > $@
+GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_barrier.h
+
+$(BUILD)/obj/%.o: %.c $(GEN)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(LIB_A): $(SDK_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@
+	ar rcs $@ $^
+
+$(LIB_SO): $(SDK_OBJ)
+	@mkdir -p $(@D)
+	$(CC) -shared -Wl,-soname,libtreaty.so.0 -o $@ $^ $(LDLIBS_ALL)
+
+$(TREATYD): $(BUILD)/obj/coordinator/main.o $(COORD_OBJ) $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bin/%: $(BUILD)/obj/examples/%.o $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJ) $(COORD_OBJ) $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL) -lcriterion
+
+$(BUILD)/treaty.pc: Makefile
+	@mkdir -p $(@D)
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: treaty\nDescription: Treaty distributed transaction SDK\nVersion: 0.1.0\nRequires.private: libzmq libpq\nCflags: -I$${includedir}\nLibs: -L$${libdir} -ltreaty\nLibs.private: -lzmq -lpq -pthread\n' '$(PREFIX)' > $@
+
+# The public header compiles alone, as C11 and as C++.
+check-header:
+	@mkdir -p $(BUILD)
+	echo '#include "treaty.h"' | $(CC) -std=c11 -Wall -Wextra -Werror -Iparticipant-sdk/include -x c -fsyntax-only -
+	echo '#include "treaty.h"' | g++ -std=c++11 -Wall -Wextra -Werror -Iparticipant-sdk/include -x c++ -fsyntax-only -
+
+deps:
+	@sh scripts/deps.sh
+
+test: deps
+	$(MAKE) all $(TEST_BIN) check-header
+	BUILD=$(BUILD) sh tests/run.sh
+
+demo: deps
+	$(MAKE) all
+	BUILD=$(BUILD) sh examples/demo.sh
+
+asan: deps
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+valgrind: deps
+	$(MAKE) all $(TEST_BIN)
+	BUILD=$(BUILD) VALGRIND=1 sh tests/run.sh
+
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/wire
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iparticipant-sdk/include -Iparticipant-sdk/src \
+	  $(PKG_CFLAGS) tests/fuzz_wire.c participant-sdk/src/wire.c participant-sdk/src/common.c \
+	  -o $(BUILD)/fuzz/fuzz_wire $(PKG_LIBS)
+	$(BUILD)/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/wire
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/treaty/sql
+	install -m 755 $(TREATYD) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
+	ln -sf libtreaty.so.0 $(DESTDIR)$(PREFIX)/lib/libtreaty.so
+	install -m 644 participant-sdk/include/treaty.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/treaty.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 644 sql/*.sql $(DESTDIR)$(PREFIX)/share/treaty/sql/
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

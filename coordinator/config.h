@@ -1,0 +1,86 @@
+/*
+ * config.h - treatyd's configuration: a libconfig file plus command-line flags,
+ * turned into one immutable struct.
+ *
+ * File keys (all optional; defaults in parentheses; see treatyd.conf.example):
+ *
+ *   listen                        = "tcp://127.0.0.1:7600"   ZeroMQ endpoint the ROUTER binds
+ *   log_level                     = "info"          error | warn | info | debug
+ *   shutdown_deadline_ms          = 5000            SIGTERM: how long in-flight work may finish   [0, 600000]
+ *   journal: {
+ *     conninfo                    = ""              libpq conninfo; "" = libpq defaults (PG* env)
+ *     connect_initial_ms          = 100             first reconnect backoff                      [1, 60000]
+ *     connect_max_ms              = 5000            reconnect backoff cap                        [1, 600000]
+ *     lazy_delay_ms               = 20              max wait of a batch of lazy records          [0, 10000]
+ *     retention_s                 = 3600            finished transactions kept for resubmission  [0, 31536000]
+ *     gc_interval_ms              = 5000            how often finished transactions are removed  [100, 3600000]
+ *   }
+ *   twopc: {
+ *     default_timeout_ms          = 10000           prepare deadline when the client gives 0    [1, 3600000]
+ *     max_timeout_ms              = 600000          cap on a client's prepare deadline           [1, 86400000]
+ *     resend_initial_ms           = 200             first decision re-send backoff               [1, 60000]
+ *     resend_max_ms               = 5000            decision re-send backoff cap                 [1, 3600000]
+ *   }
+ *   registry: {
+ *     heartbeat_ms                = 1000            interval participants say HELLO              [10, 60000]
+ *     dead_after_ms               = 5000            silence after which an instance is dropped   [20, 600000]
+ *   }
+ *   limits: {
+ *     max_payload_bytes           = 65536           one branch payload                           [0, 16777216]
+ *     max_branches                = 16              branches per transaction                     [1, 128]
+ *     max_inflight                = 100000          transactions in flight                       [1, 10000000]
+ *   }
+ *
+ * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
+ * --log-level LEVEL, --help.
+ */
+#ifndef TREATY_CONFIG_H
+#define TREATY_CONFIG_H
+
+#include <stddef.h>
+
+struct config {
+    char listen[256];
+    int log_level; /* enum log_level */
+    int shutdown_deadline_ms;
+
+    char journal_conninfo[1024];
+    int journal_connect_initial_ms;
+    int journal_connect_max_ms;
+    int journal_lazy_delay_ms;
+    int journal_retention_s;
+    int journal_gc_interval_ms;
+
+    int default_timeout_ms;
+    int max_timeout_ms;
+    int resend_initial_ms;
+    int resend_max_ms;
+
+    int heartbeat_ms;
+    int dead_after_ms;
+
+    int max_payload_bytes;
+    int max_branches;
+    int max_inflight;
+};
+
+/* Fills c with every default. */
+void config_defaults(struct config *c);
+
+/* Reads the libconfig file at path over c. An unknown key, a wrong type or an
+ * out-of-range value fails: returns TREATY_ECONFIG with a message naming the
+ * file, line when known, key and problem in err ("treatyd.conf:12: twopc.resend_max_ms:
+ * must be between 1 and 3600000, got 0"). */
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen);
+
+/*
+ * Parses argv (flags above) into c: first the file named by -c (if any), then
+ * the flags over it. Returns 0, 1 when --help was given (usage already printed
+ * to stdout), or TREATY_ECONFIG with the problem in err.
+ */
+int config_from_args(struct config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Cross-key checks (resend_initial_ms <= resend_max_ms, ...). 0 or TREATY_ECONFIG. */
+int config_validate(const struct config *c, char *err, size_t errlen);
+
+#endif /* TREATY_CONFIG_H */

@@ -1,0 +1,49 @@
+/*
+ * log.c - see log.h.
+ */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static enum log_level current = LOG_LEVEL_INFO;
+static const char *const names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+
+int log_level_parse(const char *s)
+{
+    static const char *const lower[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, lower[i]) == 0)
+            return i;
+    return -1;
+}
+
+void log_set_level(enum log_level l)
+{
+    current = l;
+}
+
+enum log_level log_get_level(void)
+{
+    return current;
+}
+
+void log_msg(enum log_level l, const char *fmt, ...)
+{
+    if (l > current)
+        return;
+    char line[2048];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %-5s ", ts.tv_nsec / 1000000L, names[l]);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line);
+}

@@ -1,0 +1,154 @@
+/*
+ * registry.c - see registry.h. Services and instances are few (tens), so
+ * plain arrays are the right structure.
+ */
+#include "registry.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct service {
+    char name[WIRE_NAME_MAX + 1];
+    struct instance *inst;
+    size_t ninst, cap;
+    size_t next; /* round-robin cursor */
+};
+
+struct registry {
+    struct service *svc;
+    size_t nsvc, cap;
+    int dead_after_ms;
+};
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (q == NULL)
+        abort(); /* the daemon aborts on out-of-memory; recovery brings it back */
+    return q;
+}
+
+struct registry *registry_new(int dead_after_ms)
+{
+    struct registry *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        abort();
+    r->dead_after_ms = dead_after_ms;
+    return r;
+}
+
+void registry_destroy(struct registry **rp)
+{
+    if (rp == NULL || *rp == NULL)
+        return;
+    struct registry *r = *rp;
+    for (size_t i = 0; i < r->nsvc; i++)
+        free(r->svc[i].inst);
+    free(r->svc);
+    free(r);
+    *rp = NULL;
+}
+
+static struct service *find_service(const struct registry *r, const char *name)
+{
+    for (size_t i = 0; i < r->nsvc; i++)
+        if (strcmp(r->svc[i].name, name) == 0)
+            return &r->svc[i];
+    return NULL;
+}
+
+bool registry_hello(struct registry *r, const struct wire_frame *service, const struct wire_frame *instance,
+                    const uint8_t *rid, size_t rid_len, int64_t now_ms)
+{
+    char sname[WIRE_NAME_MAX + 1], iname[WIRE_NAME_MAX + 1];
+    memcpy(sname, service->data, service->len);
+    sname[service->len] = '\0';
+    memcpy(iname, instance->data, instance->len);
+    iname[instance->len] = '\0';
+
+    struct service *s = find_service(r, sname);
+    if (s == NULL) {
+        if (r->nsvc == r->cap) {
+            r->cap = r->cap ? r->cap * 2 : 8;
+            r->svc = xrealloc(r->svc, r->cap * sizeof *r->svc);
+        }
+        s = &r->svc[r->nsvc++];
+        memset(s, 0, sizeof *s);
+        memcpy(s->name, sname, sizeof sname);
+    }
+    for (size_t i = 0; i < s->ninst; i++) {
+        struct instance *in = &s->inst[i];
+        if (strcmp(in->name, iname) != 0)
+            continue;
+        in->last_seen_ms = now_ms;
+        if (in->rid_len == rid_len && memcmp(in->rid, rid, rid_len) == 0)
+            return false;
+        memcpy(in->rid, rid, rid_len);
+        in->rid_len = rid_len;
+        log_info("registry: instance %s/%s reconnected", sname, iname);
+        return true;
+    }
+    if (s->ninst == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 4;
+        s->inst = xrealloc(s->inst, s->cap * sizeof *s->inst);
+    }
+    struct instance *in = &s->inst[s->ninst++];
+    memset(in, 0, sizeof *in);
+    memcpy(in->service, sname, sizeof sname);
+    memcpy(in->name, iname, sizeof iname);
+    memcpy(in->rid, rid, rid_len);
+    in->rid_len = rid_len;
+    in->last_seen_ms = now_ms;
+    log_info("registry: instance %s/%s joined (%zu live)", sname, iname, s->ninst);
+    return true;
+}
+
+const struct instance *registry_pick(struct registry *r, const char *service)
+{
+    struct service *s = find_service(r, service);
+    if (s == NULL || s->ninst == 0)
+        return NULL;
+    struct instance *in = &s->inst[s->next % s->ninst];
+    s->next++;
+    return in;
+}
+
+bool registry_is_live(const struct registry *r, const char *service, const uint8_t *rid, size_t rid_len)
+{
+    const struct service *s = find_service(r, service);
+    if (s == NULL)
+        return false;
+    for (size_t i = 0; i < s->ninst; i++)
+        if (s->inst[i].rid_len == rid_len && memcmp(s->inst[i].rid, rid, rid_len) == 0)
+            return true;
+    return false;
+}
+
+size_t registry_sweep(struct registry *r, int64_t now_ms)
+{
+    size_t dropped = 0;
+    for (size_t i = 0; i < r->nsvc; i++) {
+        struct service *s = &r->svc[i];
+        for (size_t k = 0; k < s->ninst;) {
+            if (now_ms - s->inst[k].last_seen_ms > r->dead_after_ms) {
+                log_warn("registry: instance %s/%s silent for %lld ms, dropped", s->name, s->inst[k].name,
+                         (long long)(now_ms - s->inst[k].last_seen_ms));
+                s->inst[k] = s->inst[--s->ninst];
+                dropped++;
+                continue;
+            }
+            k++;
+        }
+    }
+    return dropped;
+}
+
+size_t registry_count(const struct registry *r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->nsvc; i++)
+        n += r->svc[i].ninst;
+    return n;
+}

@@ -1,0 +1,92 @@
+/*
+ * txn.c - see txn.h.
+ */
+#include "txn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "treaty.h"
+
+static const char *const state_names[TXN_STATE_COUNT_] = {
+    "new", "preparing", "logging-commit", "committing", "aborting", "done",
+};
+
+/* legal[from][to] */
+static const bool legal[TXN_STATE_COUNT_][TXN_STATE_COUNT_] = {
+    [TXN_NEW] = {[TXN_PREPARING] = true, [TXN_ABORTING] = true, [TXN_COMMITTING] = true},
+    [TXN_PREPARING] = {[TXN_LOGGING_COMMIT] = true, [TXN_ABORTING] = true},
+    [TXN_LOGGING_COMMIT] = {[TXN_COMMITTING] = true},
+    [TXN_COMMITTING] = {[TXN_DONE] = true},
+    [TXN_ABORTING] = {[TXN_DONE] = true},
+    [TXN_DONE] = {0},
+};
+
+const char *txn_state_name(enum txn_state s)
+{
+    if ((unsigned)s >= TXN_STATE_COUNT_)
+        return "?";
+    return state_names[s];
+}
+
+bool txn_transition_ok(enum txn_state from, enum txn_state to)
+{
+    if ((unsigned)from >= TXN_STATE_COUNT_ || (unsigned)to >= TXN_STATE_COUNT_)
+        return false;
+    return legal[from][to];
+}
+
+struct txn *txn_new(const uint8_t txid[16], unsigned nbranches)
+{
+    struct txn *t = calloc(1, sizeof *t + nbranches * sizeof t->branches[0]);
+    if (t == NULL) {
+        fprintf(stderr, "treatyd: out of memory\n");
+        abort();
+    }
+    memcpy(t->txid, txid, 16);
+    t->nbranches = (uint16_t)nbranches;
+    t->failed_branch = -1;
+    t->timer_due_ms = -1;
+    return t;
+}
+
+void txn_free(struct txn *t)
+{
+    if (t == NULL)
+        return;
+    struct waiter *w = t->waiters;
+    while (w) {
+        struct waiter *n = w->next;
+        free(w);
+        w = n;
+    }
+    free(t->reason);
+    free(t);
+}
+
+void txn_set_state(struct txn *t, enum txn_state to)
+{
+    if (!txn_transition_ok(t->state, to)) {
+        char id[TREATY_TXID_STRLEN];
+        treaty_txid_format((const treaty_txid_t *)t->txid, id);
+        log_error("txn %s: illegal state transition %s -> %s", id, txn_state_name(t->state), txn_state_name(to));
+        abort();
+    }
+    t->state = to;
+}
+
+void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len)
+{
+    for (struct waiter *w = t->waiters; w; w = w->next)
+        if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
+            return;
+    struct waiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        abort();
+    memcpy(w->rid, rid, rid_len);
+    w->rid_len = (uint8_t)rid_len;
+    w->next = t->waiters;
+    t->waiters = w;
+}

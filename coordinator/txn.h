@@ -1,0 +1,83 @@
+/*
+ * txn.h - a 2PC transaction in the coordinator: its branches, its state and
+ * the one table of legal state transitions.
+ *
+ * Lifecycle (presumed abort):
+ *
+ *   (new) --SUBMIT--> PREPARING --all YES--> LOGGING_COMMIT --record durable--> COMMITTING --all ACK--> DONE
+ *                         |                                                                       ^
+ *                         +--NO / timeout / no instance--> ABORTING --all ACK------------------------+
+ *   (recovery) ----------------------------------------------> COMMITTING (COMMIT record, no END)
+ *   (recovery) --------------------> ABORTING (ABORT record, no END)
+ */
+#ifndef TREATY_TXN_H
+#define TREATY_TXN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire.h"
+
+enum txn_state {
+    TXN_NEW = 0,        /* allocated, nothing sent yet */
+    TXN_PREPARING,      /* PREPARE sent to every branch; collecting votes until the deadline */
+    TXN_LOGGING_COMMIT, /* every branch voted YES; COMMIT record appended, not yet durable */
+    TXN_COMMITTING,     /* COMMIT record durable: client told; COMMIT sent, awaiting ACKs */
+    TXN_ABORTING,       /* decided abort: ABORT record appended; ABORT sent, awaiting ACKs */
+    TXN_DONE,           /* every branch acknowledged; END appended; about to be freed */
+    TXN_STATE_COUNT_
+};
+
+const char *txn_state_name(enum txn_state s);
+/* True when from -> to is in the transition table. */
+bool txn_transition_ok(enum txn_state from, enum txn_state to);
+
+#define BRANCH_RID_MAX 32
+
+enum branch_vote { VOTE_NONE = 0, VOTE_YES = 1, VOTE_NO = 2 };
+
+struct branch {
+    char service[WIRE_NAME_MAX + 1];
+    uint8_t rid[BRANCH_RID_MAX]; /* instance PREPARE went to (rid_len 0: none, unknown or too long) */
+    uint8_t rid_len;
+    uint8_t vote;   /* enum branch_vote */
+    bool acked;     /* decision applied at the participant */
+    bool prepared;  /* PREPARE was sent (so a decision must reach it) */
+    uint16_t attempt;
+};
+
+struct waiter {
+    uint8_t rid[WIRE_ROUTING_ID_MAX];
+    uint8_t rid_len;
+    struct waiter *next;
+};
+
+struct txn {
+    uint8_t txid[16];
+    enum txn_state state;
+    bool decision_durable; /* COMMIT/ABORT record durable: the client may be told */
+    uint16_t nbranches;
+    uint16_t nacked;
+    uint16_t nvotes;
+    int failed_branch;     /* -1 when none */
+    uint64_t record_seq;   /* journal seq of the decision record */
+    int64_t timer_due_ms;  /* the one timer this txn expects (deadline or re-send) */
+    int resend_ms;         /* current decision re-send backoff */
+    char *reason;          /* abort reason (owned) or NULL */
+    struct waiter *waiters;
+    struct branch branches[]; /* nbranches */
+};
+
+/* Allocates a txn in TXN_NEW with nbranches zeroed branches. Aborts on OOM. */
+struct txn *txn_new(const uint8_t txid[16], unsigned nbranches);
+void txn_free(struct txn *t);
+
+/* Moves t to state `to`; an illegal transition is a programmer error: logged
+ * loudly with the txid and aborts the daemon (recovery restores a sane state). */
+void txn_set_state(struct txn *t, enum txn_state to);
+
+/* Adds a client to tell the outcome (deduplicated by routing id). */
+void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len);
+
+#endif

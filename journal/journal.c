@@ -1,0 +1,1446 @@
+/*
+ * journal.c - the coordinator's durable journal in PostgreSQL (see journal.h).
+ *
+ * Two threads share a struct journal:
+ *
+ *   loop thread    journal_append() encodes each record at once into a COPY
+ *                  text line of the pending batch (journal_int.h);
+ *                  journal_flush() hands the batch to the writer by sending a
+ *                  pointer to it over an inproc PAIR socket (ownership moves
+ *                  with the message). journal_durable() drains the
+ *                  watermarks the writer sends back. Nothing here touches
+ *                  Postgres after journal_start().
+ *
+ *   writer thread  owns a blocking libpq connection (the one journal_connect
+ *                  opened). Lifecycle of one group:
+ *                    1. wait for a batch (or for the next collection);
+ *                    2. take every batch that is waiting (group commit);
+ *                    3. only lazy records: wait up to lazy_delay_ms for more,
+ *                       cut short by a forced batch or by STOP;
+ *                    4. BEGIN; [SET LOCAL synchronous_commit = off;]
+ *                       COPY ... FROM STDIN; COMMIT;
+ *                    5. on any failure: healthy = false, drop the connection,
+ *                       reconnect with backoff, go to 4 with the same group;
+ *                    6. after COMMIT returned: publish the group's last
+ *                       sequence number as the durable watermark, healthy =
+ *                       true, free the group.
+ *                  Between groups it deletes finished transactions older
+ *                  than retention_s, every gc_interval_ms.
+ *
+ * Messages on the PAIR socket (each one frame, fixed size, same process):
+ *
+ *   loop -> writer   struct msg {MSG_BATCH, batch}  the writer owns the batch
+ *                    struct msg {MSG_STOP, NULL}    write what is left, exit
+ *                    struct msg {MSG_WAKE, NULL}    nothing; wakes the writer
+ *   writer -> loop   uint64_t                       durable watermark
+ *
+ * The watermark is also kept in an atomic, which is what journal_durable()
+ * returns; the messages exist to make journal_socket() readable.
+ *
+ * Ordering: batches are sent, received and written in append order, and a
+ * group is one Postgres transaction, so "every record up to the watermark is
+ * committed" holds. A lazy group commits with synchronous_commit = off: its
+ * COMMIT returns before the WAL is flushed, so a Postgres crash may lose it
+ * (END and ABORT records only; recovery copes: a lost END resends the
+ * decision, a lost ABORT is presumed). The next forced group's flush covers
+ * every earlier lazy group, since the WAL is flushed in order.
+ */
+#include "journal.h"
+#include "journal_int.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+#include <zmq.h>
+
+#include "log.h"
+#include "sql_journal.h"
+#include "treaty.h"
+
+#define DEFAULT_CONNECT_INITIAL_MS 100
+#define DEFAULT_CONNECT_MAX_MS 5000
+#define DEFAULT_LAZY_DELAY_MS 20
+#define DEFAULT_RETENTION_S 3600
+#define DEFAULT_GC_INTERVAL_MS 5000
+/* One connection attempt gives up after this, unless conninfo sets connect_timeout. */
+#define DEFAULT_ATTEMPT_TIMEOUT_MS 10000
+/* Waits are cut into slices this long to notice a stop request. */
+#define SLICE_MS 20
+/* A group stops taking batches beyond this many bytes of COPY data. */
+#define GROUP_MAX_BYTES ((size_t)4 << 20)
+/* COPY data goes to libpq in pieces of at most this size. */
+#define COPY_CHUNK ((size_t)1 << 20)
+#define SCAN_FETCH_ROWS 10000
+#define GC_MAX_TXIDS 10000
+/* pg_advisory_xact_lock key pair held while applying the schema: "TREA", 1. */
+#define SCHEMA_LOCK_SQL "SELECT pg_advisory_xact_lock(1414677825, 1)"
+
+#define ERRLEN 512
+
+#define JSTR_(x) #x
+#define JSTR(x) JSTR_(x)
+
+/* ------------------------------------------------------------------ types */
+
+/* Records appended during one loop turn, already encoded as COPY text. */
+struct batch {
+    struct batch *next; /* writer: next batch of the group */
+    uint64_t first_seq;
+    uint64_t last_seq;
+    unsigned nrecs;
+    bool forced;
+    struct journal_buf rows;
+};
+
+enum msg_type { MSG_BATCH = 1, MSG_STOP = 2, MSG_WAKE = 3 };
+
+struct msg {
+    int type;         /* enum msg_type */
+    struct batch *b;  /* MSG_BATCH: ownership passes to the receiver */
+};
+
+/* State touched only by the writer thread (between journal_start and the join). */
+struct writer {
+    PGconn *conn;              /* NULL while disconnected */
+    struct batch *head, *tail; /* the group being gathered or written */
+    size_t bytes;
+    unsigned nrecs;
+    bool forced;
+    int64_t first_at;          /* when the group's first batch arrived */
+    bool stopping;             /* MSG_STOP received */
+    int backoff_ms;            /* 0 until a failure; reset by a commit */
+    int64_t next_gc;
+    uint64_t rng;
+};
+
+struct journal {
+    /* Configuration, immutable after journal_connect. */
+    char *conninfo;
+    int connect_initial_ms;
+    int connect_max_ms;
+    int lazy_delay_ms;
+    int retention_s;
+    int gc_interval_ms;
+    int attempt_timeout_ms;
+    bool ascii_only;    /* database encoding is neither UTF8 nor SQL_ASCII */
+    volatile int *stop; /* journal_connect only */
+
+    /* Loop thread. */
+    PGconn *conn;          /* until journal_start; then the writer's */
+    struct batch *pending; /* appended, not yet flushed */
+    uint64_t appended;     /* last sequence number handed out */
+    bool started;
+    void *loop_sock;
+    void *writer_sock;     /* used by the writer thread until it is joined */
+    pthread_t thread;
+    uint64_t rng;
+
+    struct writer w;
+
+    /* Shared between the threads. */
+    _Atomic uint64_t durable;
+    atomic_bool healthy;
+    atomic_bool abandon; /* journal_close gave up waiting: the writer exits */
+    _Atomic uint64_t n_batches;
+    _Atomic uint64_t n_records;
+    _Atomic uint64_t n_forced;
+    _Atomic uint64_t n_reconnects;
+    _Atomic uint64_t n_gc_deleted;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static _Noreturn void out_of_memory(void)
+{
+    log_error("journal: out of memory");
+    abort();
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        out_of_memory();
+    return p;
+}
+
+static void *xrealloc(void *p, size_t size)
+{
+    p = realloc(p, size ? size : 1);
+    if (!p)
+        out_of_memory();
+    return p;
+}
+
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = xcalloc(1, n);
+    memcpy(p, s, n);
+    return p;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int clamp_ms(int64_t ms)
+{
+    return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+static void set_err(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+{
+    if (!buf || len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+/* Copies a (possibly multi-line) libpq message as one line. */
+static void one_line(char *dst, size_t len, const char *src)
+{
+    size_t n = 0;
+    if (len == 0)
+        return;
+    for (; *src && n + 1 < len; src++)
+        dst[n++] = (*src == '\n' || *src == '\r' || *src == '\t') ? ' ' : *src;
+    while (n > 0 && dst[n - 1] == ' ')
+        n--;
+    dst[n] = '\0';
+}
+
+/* "message (SQLSTATE xxxxx)" from a failed result, or the connection's message. */
+static void pg_error(PGconn *c, const PGresult *res, char *buf, size_t len)
+{
+    char msg[ERRLEN];
+    const char *m = res ? PQresultErrorMessage(res) : NULL;
+    if (!m || !*m)
+        m = PQerrorMessage(c);
+    one_line(msg, sizeof msg, m && *m ? m : "unknown error");
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state)
+        set_err(buf, len, "%s (SQLSTATE %s)", msg, state);
+    else
+        set_err(buf, len, "%s", msg);
+}
+
+/* Runs sql, expects `want`; on failure fills err and returns false. */
+static bool pg_exec(PGconn *c, const char *sql, ExecStatusType want, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(c, sql);
+    bool ok = res && PQresultStatus(res) == want;
+    if (!ok)
+        pg_error(c, res, err, errlen);
+    PQclear(res);
+    return ok;
+}
+
+/* COMMIT of a failed transaction "succeeds" with the tag ROLLBACK: check the tag. */
+static bool pg_commit(PGconn *c, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(c, "COMMIT");
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
+    if (!ok) {
+        if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
+            set_err(err, errlen, "COMMIT rolled back the transaction");
+        else
+            pg_error(c, res, err, errlen);
+    }
+    PQclear(res);
+    return ok;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15u;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Du;
+}
+
+static uint64_t rng_seed(const void *p)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)(uintptr_t)p ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Exponential backoff with jitter. *b is the current base (0: no failure yet).
+ * immediate: the first failure retries at once (a write failure: the server
+ * may simply have closed an idle connection). Returns the delay in ms, drawn
+ * from [base/2, base], and doubles the base up to max_ms.
+ */
+static int backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, uint64_t *rng)
+{
+    int base = *b;
+    if (base == 0 && !immediate)
+        base = initial_ms;
+    if (base == 0) {
+        *b = initial_ms;
+        return 0;
+    }
+    *b = base > max_ms / 2 ? max_ms : base * 2;
+    if (base > max_ms)
+        base = max_ms;
+    int half = base / 2;
+    return half + (int)(rng_next(rng) % (uint64_t)(base - half + 1));
+}
+
+typedef bool (*stop_fn)(struct journal *j);
+
+static bool connect_stopped(struct journal *j)
+{
+    return j->stop && *j->stop;
+}
+
+static bool writer_abandoned(struct journal *j)
+{
+    return atomic_load(&j->abandon);
+}
+
+/* Sleeps ms, in slices. Returns true when stopped() turned true. */
+static bool sleep_unless(struct journal *j, stop_fn stopped, int ms)
+{
+    int64_t until = now_ms() + ms;
+    for (;;) {
+        if (stopped(j))
+            return true;
+        int64_t left = until - now_ms();
+        if (left <= 0)
+            return false;
+        int slice = left < SLICE_MS ? (int)left : SLICE_MS;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Server notices and warnings go to our log, not to libpq's stderr printer. */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+    char msg[ERRLEN];
+    (void)arg;
+    one_line(msg, sizeof msg, PQresultErrorMessage(res));
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && strcmp(sev, "WARNING") == 0)
+        log_warn("journal: PostgreSQL: %s", msg);
+    else
+        log_debug("journal: PostgreSQL: %s", msg);
+}
+
+/*
+ * One connection attempt, non-blocking so that it can be given up: after
+ * attempt_timeout_ms, or as soon as stopped() turns true. The connection is
+ * in blocking mode once established. Returns NULL with err filled on failure.
+ */
+static PGconn *pg_connect(struct journal *j, stop_fn stopped, char *err, size_t errlen)
+{
+    /* Later parameters override what the expanded conninfo says. */
+    const char *const kw[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
+    const char *const val[] = {j->conninfo, "treatyd-journal", "UTF8", NULL};
+    PGconn *c = PQconnectStartParams(kw, val, 1);
+    if (!c)
+        out_of_memory();
+    PQsetNoticeReceiver(c, notice_receiver, NULL);
+    if (PQstatus(c) == CONNECTION_BAD)
+        goto fail_libpq;
+
+    int64_t deadline = now_ms() + j->attempt_timeout_ms;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    for (;;) {
+        if (st == PGRES_POLLING_OK)
+            return c;
+        if (st == PGRES_POLLING_FAILED)
+            goto fail_libpq;
+        if (stopped(j)) {
+            set_err(err, errlen, "stopped while connecting");
+            goto fail_conn;
+        }
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            set_err(err, errlen, "no answer within %d ms", j->attempt_timeout_ms);
+            goto fail_conn;
+        }
+        struct pollfd p = {.fd = PQsocket(c), .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        if (p.fd < 0) {
+            st = PQconnectPoll(c);
+            continue;
+        }
+        int r = poll(&p, 1, left < SLICE_MS ? (int)left : SLICE_MS);
+        if (r < 0 && errno != EINTR) {
+            set_err(err, errlen, "poll: %s", strerror(errno));
+            goto fail_conn;
+        }
+        if (r > 0)
+            st = PQconnectPoll(c);
+    }
+
+fail_libpq:
+    one_line(err, errlen, PQerrorMessage(c));
+fail_conn:
+    PQfinish(c);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ row codec */
+
+void journal_buf_free(struct journal_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static void buf_reserve(struct journal_buf *b, size_t extra)
+{
+    if (b->cap - b->len >= extra)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < extra) {
+        if (cap > SIZE_MAX / 2)
+            out_of_memory();
+        cap *= 2;
+    }
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+static void buf_put(struct journal_buf *b, const char *s, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static void buf_putc(struct journal_buf *b, char c)
+{
+    buf_reserve(b, 1);
+    b->data[b->len++] = c;
+}
+
+static void buf_puts(struct journal_buf *b, const char *s)
+{
+    buf_put(b, s, strlen(s));
+}
+
+static void put_copy_char(struct journal_buf *b, char c)
+{
+    switch (c) {
+    case '\\':
+        buf_put(b, "\\\\", 2);
+        break;
+    case '\t':
+        buf_put(b, "\\t", 2);
+        break;
+    case '\n':
+        buf_put(b, "\\n", 2);
+        break;
+    case '\r':
+        buf_put(b, "\\r", 2);
+        break;
+    default:
+        buf_putc(b, c);
+        break;
+    }
+}
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629), or 0. */
+static size_t utf8_len(const unsigned char *p)
+{
+    unsigned c = p[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        unsigned lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        unsigned lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 && (p[3] & 0xC0) == 0x80 ? 4 : 0;
+    }
+    return 0;
+}
+
+/* Appends s made storable ('?' for what the database cannot hold) and
+ * escaped for COPY; in_array also escapes for a quoted array element. */
+static void put_text(struct journal_buf *b, const char *s, bool ascii_only, bool in_array)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = ascii_only ? (*p < 0x80) : utf8_len(p);
+        if (n == 0) {
+            buf_putc(b, '?');
+            p++;
+        } else if (n == 1) {
+            char c = (char)*p++;
+            if (in_array && (c == '"' || c == '\\'))
+                put_copy_char(b, '\\');
+            put_copy_char(b, c);
+        } else {
+            buf_put(b, (const char *)p, n);
+            p += n;
+        }
+    }
+}
+
+/* txids travel as treaty_txid_t's bytes; the SDK's formatter and parser are
+ * the one implementation of the UUID text form. */
+void journal_txid_format(const uint8_t txid[16], char buf[37])
+{
+    treaty_txid_format((const treaty_txid_t *)txid, buf);
+}
+
+int journal_txid_parse(const char *s, uint8_t txid[16])
+{
+    return treaty_txid_parse(s, (treaty_txid_t *)txid);
+}
+
+const char *journal_kind_name(enum journal_kind k)
+{
+    switch (k) {
+    case JOURNAL_COMMIT:
+        return "commit";
+    case JOURNAL_ABORT:
+        return "abort";
+    case JOURNAL_END:
+        return "end";
+    }
+    return NULL;
+}
+
+static int kind_parse(const char *s, enum journal_kind *out)
+{
+    static const enum journal_kind kinds[] = {JOURNAL_COMMIT, JOURNAL_ABORT, JOURNAL_END};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        if (strcmp(s, journal_kind_name(kinds[i])) == 0) {
+            *out = kinds[i];
+            return 0;
+        }
+    }
+    return TREATY_EPROTO;
+}
+
+void journal_encode_row(struct journal_buf *b, const struct journal_rec *r, bool ascii_only)
+{
+    const char *kind = journal_kind_name(r->kind);
+    if (!kind) {
+        /* A programmer error: loud, even in release builds. */
+        log_error("journal: append of a record of invalid kind %d", (int)r->kind);
+        abort();
+    }
+    assert(r->nservices == 0 || r->services);
+
+    char id[37];
+    journal_txid_format(r->txid, id);
+    buf_put(b, id, 36);
+    buf_putc(b, '\t');
+    buf_puts(b, kind);
+    buf_putc(b, '\t');
+    if (r->nservices == 0) {
+        buf_puts(b, "\\N");
+    } else {
+        buf_putc(b, '{');
+        for (unsigned i = 0; i < r->nservices; i++) {
+            assert(r->services[i]);
+            if (i > 0)
+                buf_putc(b, ',');
+            buf_putc(b, '"');
+            put_text(b, r->services[i] ? r->services[i] : "", ascii_only, true);
+            buf_putc(b, '"');
+        }
+        buf_putc(b, '}');
+    }
+    buf_putc(b, '\t');
+    if (r->kind == JOURNAL_ABORT && r->failed_branch >= 0) {
+        char num[16];
+        int n = snprintf(num, sizeof num, "%d", r->failed_branch);
+        buf_put(b, num, (size_t)n);
+    } else {
+        buf_puts(b, "\\N");
+    }
+    buf_putc(b, '\t');
+    if (r->detail)
+        put_text(b, r->detail, ascii_only, false);
+    else
+        buf_puts(b, "\\N");
+    buf_putc(b, '\n');
+}
+
+void journal_strv_free(struct journal_strv *sv)
+{
+    free(sv->v);
+    sv->v = NULL;
+    sv->n = sv->cap = 0;
+}
+
+static void strv_push(struct journal_strv *sv, const char *s)
+{
+    if (sv->n == sv->cap) {
+        if (sv->cap > UINT_MAX / 2)
+            out_of_memory();
+        sv->cap = sv->cap ? sv->cap * 2 : 8;
+        sv->v = xrealloc(sv->v, sv->cap * sizeof sv->v[0]);
+    }
+    sv->v[sv->n++] = s;
+}
+
+int journal_parse_text_array(char *s, struct journal_strv *out)
+{
+    out->n = 0;
+    if (s[0] != '{')
+        return TREATY_EPROTO;
+    /* Elements are copied down in place: w always stays before p. */
+    char *p = s + 1, *w = s;
+    if (p[0] == '}')
+        return p[1] == '\0' ? 0 : TREATY_EPROTO;
+    for (;;) {
+        char *start = w;
+        if (*p == '"') {
+            p++;
+            for (;;) {
+                if (*p == '\0')
+                    return TREATY_EPROTO;
+                if (*p == '"') {
+                    p++;
+                    break;
+                }
+                if (*p == '\\' && *++p == '\0')
+                    return TREATY_EPROTO;
+                *w++ = *p++;
+            }
+        } else {
+            while (*p && *p != ',' && *p != '}' && *p != '"' && *p != '{') {
+                if (*p == '\\' && *++p == '\0')
+                    return TREATY_EPROTO;
+                *w++ = *p++;
+            }
+            if (w == start)
+                return TREATY_EPROTO;
+            if (w - start == 4 && strncasecmp(start, "NULL", 4) == 0)
+                w = start;
+        }
+        *w++ = '\0';
+        strv_push(out, start);
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (p[0] == '}' && p[1] == '\0')
+            return 0;
+        return TREATY_EPROTO;
+    }
+}
+
+static void batch_free(struct batch *b)
+{
+    if (!b)
+        return;
+    journal_buf_free(&b->rows);
+    free(b);
+}
+
+/* ---------------------------------------------------------------- connect */
+
+/*
+ * Applies sql/001_journal.sql in one transaction under an advisory lock, so
+ * that coordinators starting together do not race on CREATE ... IF NOT
+ * EXISTS. A database already holding a newer schema is left untouched.
+ * Returns 0, TREATY_EVERSION, or TREATY_EPG (the caller tells a lost
+ * connection from an SQL error by PQstatus).
+ */
+static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
+{
+    char why[ERRLEN];
+    PGresult *res = NULL;
+
+    /* Quiet: "relation ... already exists, skipping" on every start. */
+    if (!pg_exec(c, "BEGIN; SET LOCAL client_min_messages = warning; " SCHEMA_LOCK_SQL, PGRES_TUPLES_OK, why,
+                 sizeof why))
+        goto fail_sql;
+    res = PQexec(c, "SELECT to_regclass('treaty_schema') IS NOT NULL");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        goto fail_res;
+    bool exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    res = NULL;
+    if (exists) {
+        res = PQexec(c, "SELECT coalesce(max(version), 0) FROM treaty_schema");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            goto fail_res;
+        int v = atoi(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        res = NULL;
+        if (v > JOURNAL_SCHEMA_VERSION) {
+            set_err(err, errlen,
+                    "journal: the database holds journal schema version %d, newer than the %d this "
+                    "treatyd supports; upgrade treatyd",
+                    v, JOURNAL_SCHEMA_VERSION);
+            PQclear(PQexec(c, "ROLLBACK"));
+            return TREATY_EVERSION;
+        }
+    }
+    if (!pg_exec(c, sql_journal, PGRES_COMMAND_OK, why, sizeof why))
+        goto fail_sql;
+    res = PQexec(c, "SELECT max(version) FROM treaty_schema");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        goto fail_res;
+    *version = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = NULL;
+    if (!pg_commit(c, why, sizeof why))
+        goto fail_sql;
+    return 0;
+
+fail_res:
+    pg_error(c, res, why, sizeof why);
+    PQclear(res);
+fail_sql:
+    set_err(err, errlen, "journal: cannot apply the journal schema: %s", why);
+    if (PQstatus(c) == CONNECTION_OK)
+        PQclear(PQexec(c, "ROLLBACK"));
+    return TREATY_EPG;
+}
+
+static int attempt_timeout_from(const char *conninfo, int *out, char *err, size_t errlen)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+    if (!opts) {
+        char msg[ERRLEN];
+        one_line(msg, sizeof msg, perr ? perr : "out of memory");
+        set_err(err, errlen, "journal: invalid conninfo: %s", msg);
+        PQfreemem(perr);
+        return TREATY_EINVAL;
+    }
+    *out = DEFAULT_ATTEMPT_TIMEOUT_MS;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val) {
+            long s = strtol(o->val, NULL, 10);
+            /* libpq: 0 or less waits forever, 1 means 2. */
+            *out = s <= 0 ? INT_MAX : s < 2 ? 2000 : s > INT_MAX / 1000 ? INT_MAX : (int)s * 1000;
+        }
+    }
+    PQconninfoFree(opts);
+    return 0;
+}
+
+int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen)
+{
+    int rc;
+    set_err(errbuf, errlen, "%s", "");
+    if (!out || !cfg || !cfg->conninfo || cfg->connect_initial_ms < 0 || cfg->connect_max_ms < 0 ||
+        cfg->lazy_delay_ms < 0 || cfg->retention_s < 0 || cfg->gc_interval_ms < 0) {
+        set_err(errbuf, errlen, "journal: invalid configuration");
+        return TREATY_EINVAL;
+    }
+    *out = NULL;
+    int attempt_ms;
+    rc = attempt_timeout_from(cfg->conninfo, &attempt_ms, errbuf, errlen);
+    if (rc)
+        return rc;
+
+    struct journal *j = xcalloc(1, sizeof *j);
+    j->conninfo = xstrdup(cfg->conninfo);
+    j->connect_initial_ms = cfg->connect_initial_ms ? cfg->connect_initial_ms : DEFAULT_CONNECT_INITIAL_MS;
+    j->connect_max_ms = cfg->connect_max_ms ? cfg->connect_max_ms : DEFAULT_CONNECT_MAX_MS;
+    if (j->connect_max_ms < j->connect_initial_ms)
+        j->connect_max_ms = j->connect_initial_ms;
+    j->lazy_delay_ms = cfg->lazy_delay_ms ? cfg->lazy_delay_ms : DEFAULT_LAZY_DELAY_MS;
+    j->retention_s = cfg->retention_s ? cfg->retention_s : DEFAULT_RETENTION_S;
+    j->gc_interval_ms = cfg->gc_interval_ms ? cfg->gc_interval_ms : DEFAULT_GC_INTERVAL_MS;
+    j->attempt_timeout_ms = attempt_ms;
+    j->stop = cfg->stop;
+    j->rng = rng_seed(j);
+    atomic_init(&j->durable, 0);
+    atomic_init(&j->healthy, true);
+    atomic_init(&j->abandon, false);
+    atomic_init(&j->n_batches, 0);
+    atomic_init(&j->n_records, 0);
+    atomic_init(&j->n_forced, 0);
+    atomic_init(&j->n_reconnects, 0);
+    atomic_init(&j->n_gc_deleted, 0);
+
+    int backoff = 0;
+    for (;;) {
+        char why[ERRLEN];
+        int version = 0;
+        PGconn *c = pg_connect(j, connect_stopped, why, sizeof why);
+        if (c) {
+            rc = apply_schema(c, &version, why, sizeof why);
+            if (rc == 0) {
+                const char *enc = PQparameterStatus(c, "server_encoding");
+                j->ascii_only = enc && strcmp(enc, "UTF8") != 0 && strcmp(enc, "SQL_ASCII") != 0;
+                if (j->ascii_only)
+                    log_warn("journal: database encoding is %s, not UTF8: non-ASCII text is stored as '?'", enc);
+                log_info("journal: connected to PostgreSQL, schema version %d", version);
+                j->conn = c;
+                *out = j;
+                return 0;
+            }
+            if (rc == TREATY_EVERSION || PQstatus(c) == CONNECTION_OK) {
+                /* Not a lost connection: retrying will not help. */
+                set_err(errbuf, errlen, "%s", why);
+                log_error("%s", why);
+                PQfinish(c);
+                goto fail_journal;
+            }
+            PQfinish(c); /* the connection broke while applying the schema */
+        }
+        if (connect_stopped(j))
+            goto fail_stopped;
+        int delay = backoff_delay(&backoff, j->connect_initial_ms, j->connect_max_ms, false, &j->rng);
+        log_warn("journal: cannot connect to PostgreSQL, retrying in %d ms: %s", delay, why);
+        if (sleep_unless(j, connect_stopped, delay))
+            goto fail_stopped;
+    }
+
+fail_stopped:
+    rc = TREATY_EBUSY;
+    set_err(errbuf, errlen, "journal: stopped while connecting to PostgreSQL");
+fail_journal:
+    free(j->conninfo);
+    free(j);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- scan */
+
+static void scan_fail(PGconn *c, PGresult *res, const char *what)
+{
+    char why[ERRLEN];
+    pg_error(c, res, why, sizeof why);
+    log_error("journal: recovery scan failed (%s): %s", what, why);
+}
+
+int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
+{
+    if (!j || !cb)
+        return TREATY_EINVAL;
+    if (j->started || !j->conn)
+        return TREATY_ESTATE;
+    PGconn *c = j->conn;
+    if (PQstatus(c) != CONNECTION_OK) {
+        PQreset(c);
+        if (PQstatus(c) != CONNECTION_OK) {
+            scan_fail(c, NULL, "reconnect");
+            return TREATY_EPG;
+        }
+    }
+
+    int64_t t0 = now_ms();
+    int rc = 0;
+    uint64_t nrows = 0, ntx = 0;
+    uint8_t last_txid[16] = {0};
+    struct journal_buf scratch = {0};
+    struct journal_strv sv = {0};
+    char sql[1024];
+    PGresult *res = NULL;
+
+    /* Unfinished transactions (no END row), and finished ones whose first END
+     * row is within retention, in append order per transaction. A record
+     * written twice (a rewritten group) comes back twice. */
+    snprintf(sql, sizeof sql,
+             "DECLARE treaty_scan NO SCROLL CURSOR FOR "
+             "SELECT j.txid, j.kind, j.services, j.failed_branch, j.detail, "
+             "       floor(extract(epoch FROM e.ended))::bigint "
+             "  FROM treaty_journal j "
+             "  LEFT JOIN (SELECT txid, min(written_at) AS ended FROM treaty_journal "
+             "              WHERE kind = 'end' GROUP BY txid) e ON e.txid = j.txid "
+             " WHERE e.ended IS NULL OR e.ended >= now() - make_interval(secs => %d) "
+             " ORDER BY j.txid, j.seq",
+             j->retention_s);
+    /* Planned for reading every row (not the first 10%), sorted in memory. */
+    res = PQexec(c, "BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1; SET LOCAL work_mem = '64MB'");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        goto fail_sql;
+    PQclear(res);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        goto fail_sql;
+    PQclear(res);
+    res = NULL;
+
+    for (;;) {
+        res = PQexec(c, "FETCH FORWARD " JSTR(SCAN_FETCH_ROWS) " FROM treaty_scan");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            goto fail_sql;
+        int n = PQntuples(res);
+        if (n == 0)
+            break;
+        for (int i = 0; i < n && rc == 0; i++) {
+            struct journal_rec r = {.failed_branch = -1};
+            if (journal_txid_parse(PQgetvalue(res, i, 0), r.txid) != 0 ||
+                kind_parse(PQgetvalue(res, i, 1), &r.kind) != 0) {
+                log_error("journal: recovery scan: malformed row (txid %s, kind %s)", PQgetvalue(res, i, 0),
+                          PQgetvalue(res, i, 1));
+                goto fail_row;
+            }
+            if (!PQgetisnull(res, i, 2)) {
+                int len = PQgetlength(res, i, 2);
+                scratch.len = 0;
+                buf_put(&scratch, PQgetvalue(res, i, 2), (size_t)len + 1);
+                if (journal_parse_text_array(scratch.data, &sv) != 0) {
+                    log_error("journal: recovery scan: malformed services %s", PQgetvalue(res, i, 2));
+                    goto fail_row;
+                }
+                r.nservices = sv.n;
+                r.services = sv.n ? sv.v : NULL;
+            }
+            if (!PQgetisnull(res, i, 3))
+                r.failed_branch = atoi(PQgetvalue(res, i, 3));
+            if (!PQgetisnull(res, i, 4))
+                r.detail = PQgetvalue(res, i, 4);
+            long long fin = PQgetisnull(res, i, 5) ? 0 : strtoll(PQgetvalue(res, i, 5), NULL, 10);
+            if (nrows == 0 || memcmp(last_txid, r.txid, 16) != 0)
+                ntx++;
+            memcpy(last_txid, r.txid, 16);
+            nrows++;
+            rc = cb(arg, &r, fin);
+        }
+        PQclear(res);
+        res = NULL;
+        if (rc != 0)
+            break;
+    }
+    PQclear(res);
+    res = NULL;
+    if (rc != 0) {
+        /* Stopped by the callback: closes the cursor too. */
+        PQclear(PQexec(c, "ROLLBACK"));
+    } else {
+        res = PQexec(c, "COMMIT");
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            goto fail_sql;
+        PQclear(res);
+        log_info("journal: recovery scan read %" PRIu64 " records of %" PRIu64 " transactions in %lld ms",
+                 nrows, ntx, (long long)(now_ms() - t0));
+    }
+    journal_buf_free(&scratch);
+    journal_strv_free(&sv);
+    return rc;
+
+fail_sql:
+    scan_fail(c, res, "query");
+fail_row:
+    PQclear(res);
+    if (PQstatus(c) == CONNECTION_OK)
+        PQclear(PQexec(c, "ROLLBACK"));
+    journal_buf_free(&scratch);
+    journal_strv_free(&sv);
+    return TREATY_EPG;
+}
+
+/* ----------------------------------------------------------------- writer */
+
+/*
+ * Writes the batches from head on in one Postgres transaction. Returns 0
+ * after COMMIT returned, or TREATY_EPG with err filled; the caller then drops
+ * the connection (it may be mid-COPY or in a failed transaction).
+ */
+static int write_group(PGconn *c, const struct batch *head, bool forced, char *err, size_t errlen)
+{
+    PGresult *res;
+    /* Forced: COMMIT waits for the WAL flush whatever the server's default.
+     * Lazy only: COMMIT returns without waiting for it. */
+    if (!pg_exec(c, forced ? "BEGIN; SET LOCAL synchronous_commit = on" : "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, err,
+                 errlen))
+        return TREATY_EPG;
+    if (!pg_exec(c, "COPY treaty_journal (txid, kind, services, failed_branch, detail) FROM STDIN",
+                 PGRES_COPY_IN, err, errlen))
+        return TREATY_EPG;
+    for (const struct batch *b = head; b; b = b->next) {
+        for (size_t off = 0; off < b->rows.len;) {
+            size_t n = b->rows.len - off < COPY_CHUNK ? b->rows.len - off : COPY_CHUNK;
+            if (PQputCopyData(c, b->rows.data + off, (int)n) != 1) {
+                pg_error(c, NULL, err, errlen);
+                return TREATY_EPG;
+            }
+            off += n;
+        }
+    }
+    if (PQputCopyEnd(c, NULL) != 1) {
+        pg_error(c, NULL, err, errlen);
+        return TREATY_EPG;
+    }
+    bool copied = false;
+    while ((res = PQgetResult(c)) != NULL) {
+        if (PQresultStatus(res) == PGRES_COMMAND_OK)
+            copied = true;
+        else
+            pg_error(c, res, err, errlen);
+        PQclear(res);
+    }
+    if (!copied)
+        return TREATY_EPG;
+    /*
+     * The commit point of every record in the group. If we crash, or the
+     * connection drops, after the server committed but before its answer
+     * reached us, the rows are stored but we do not know it: the group is
+     * written again and the journal holds the records twice (readers
+     * tolerate that). Nothing is reported durable before this returns.
+     */
+    if (!pg_commit(c, err, errlen))
+        return TREATY_EPG;
+    return 0;
+}
+
+static void group_add(struct writer *w, struct batch *b)
+{
+    b->next = NULL;
+    if (w->tail)
+        w->tail->next = b;
+    else {
+        w->head = b;
+        w->first_at = now_ms();
+    }
+    w->tail = b;
+    w->bytes += b->rows.len;
+    w->nrecs += b->nrecs;
+    w->forced = w->forced || b->forced;
+}
+
+static void group_free(struct writer *w)
+{
+    while (w->head) {
+        struct batch *b = w->head;
+        w->head = b->next;
+        batch_free(b);
+    }
+    w->tail = NULL;
+    w->bytes = 0;
+    w->nrecs = 0;
+    w->forced = false;
+}
+
+/* Waits up to timeout_ms for a message, then takes every waiting one until
+ * the group is full or STOP arrives. */
+static void writer_take(struct journal *j, int timeout_ms)
+{
+    struct writer *w = &j->w;
+    zmq_pollitem_t it = {.socket = j->writer_sock, .events = ZMQ_POLLIN};
+    int r = zmq_poll(&it, 1, timeout_ms);
+    if (r <= 0) {
+        if (r < 0 && errno == ETERM) {
+            log_error("journal: ZeroMQ context terminated under the running journal (journal_close comes first)");
+            atomic_store(&j->abandon, true);
+        }
+        return;
+    }
+    while (!w->stopping && w->bytes < GROUP_MAX_BYTES) {
+        struct msg m;
+        int n = zmq_recv(j->writer_sock, &m, sizeof m, ZMQ_DONTWAIT);
+        if (n < 0) {
+            if (errno == ETERM)
+                atomic_store(&j->abandon, true);
+            return;
+        }
+        assert(n == (int)sizeof m);
+        if (m.type == MSG_BATCH)
+            group_add(w, m.b);
+        else if (m.type == MSG_STOP)
+            w->stopping = true;
+    }
+}
+
+/* Connects until it works. Returns false only when abandoned. */
+static bool writer_reconnect(struct journal *j)
+{
+    struct writer *w = &j->w;
+    for (;;) {
+        char why[ERRLEN];
+        if (writer_abandoned(j))
+            return false;
+        PGconn *c = pg_connect(j, writer_abandoned, why, sizeof why);
+        if (c) {
+            w->conn = c;
+            atomic_fetch_add(&j->n_reconnects, 1);
+            log_info("journal: reconnected to PostgreSQL");
+            return true;
+        }
+        if (writer_abandoned(j))
+            return false;
+        atomic_store(&j->healthy, false);
+        int delay = backoff_delay(&w->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &w->rng);
+        log_warn("journal: cannot connect to PostgreSQL, retrying in %d ms: %s", delay, why);
+        if (sleep_unless(j, writer_abandoned, delay))
+            return false;
+    }
+}
+
+/* Writes the group until it commits, then publishes the watermark. Returns
+ * false only when abandoned (the group is then left unwritten). */
+static bool writer_commit_group(struct journal *j)
+{
+    struct writer *w = &j->w;
+    for (;;) {
+        char why[ERRLEN];
+        if (writer_abandoned(j))
+            return false;
+        if (!w->conn && !writer_reconnect(j))
+            return false;
+        if (write_group(w->conn, w->head, w->forced, why, sizeof why) == 0)
+            break;
+        /* Not committed (or we cannot know): the same group goes again. */
+        atomic_store(&j->healthy, false);
+        log_error("journal: cannot write %u records (seq %" PRIu64 "..%" PRIu64 "), will reconnect and write "
+                  "them again: %s",
+                  w->nrecs, w->head->first_seq, w->tail->last_seq, why);
+        PQfinish(w->conn);
+        w->conn = NULL;
+        int delay = backoff_delay(&w->backoff_ms, j->connect_initial_ms, j->connect_max_ms, true, &w->rng);
+        if (delay > 0 && sleep_unless(j, writer_abandoned, delay))
+            return false;
+    }
+
+    /*
+     * Durable: COMMIT returned. Only now does the watermark move; the loop
+     * sends the replies that waited for these records. If we crash before
+     * the loop reads it, the records are in the journal and recovery
+     * resumes their transactions.
+     */
+    uint64_t seq = w->tail->last_seq;
+    atomic_fetch_add(&j->n_batches, 1);
+    atomic_fetch_add(&j->n_records, w->nrecs);
+    if (w->forced)
+        atomic_fetch_add(&j->n_forced, 1);
+    atomic_store(&j->durable, seq);
+    if (!atomic_exchange(&j->healthy, true))
+        log_info("journal: writing to PostgreSQL again (durable up to seq %" PRIu64 ")", seq);
+    w->backoff_ms = 0;
+    group_free(w);
+    if (zmq_send(j->writer_sock, &seq, sizeof seq, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
+        log_warn("journal: cannot notify the loop: %s", zmq_strerror(errno));
+    return true;
+}
+
+/*
+ * Deletes every record of up to GC_MAX_TXIDS transactions whose END is older
+ * than retention_s. Lazily committed: if Postgres crashes and forgets the
+ * delete, the transactions are still finished and go in the next round. If
+ * we crash before COMMIT, nothing is deleted.
+ */
+static void writer_gc(struct journal *j)
+{
+    struct writer *w = &j->w;
+    char why[ERRLEN], sql[768];
+    PGresult *res = NULL;
+
+    w->next_gc = now_ms() + j->gc_interval_ms;
+    if (!w->conn) {
+        /* One attempt: the write path does the persistent retrying. */
+        w->conn = pg_connect(j, writer_abandoned, why, sizeof why);
+        if (!w->conn) {
+            log_warn("journal: collector cannot connect to PostgreSQL: %s", why);
+            return;
+        }
+        atomic_fetch_add(&j->n_reconnects, 1);
+    }
+    PGconn *c = w->conn;
+    snprintf(sql, sizeof sql,
+             "WITH done AS (SELECT DISTINCT txid FROM treaty_journal "
+             "               WHERE kind = 'end' AND written_at < now() - make_interval(secs => %d) "
+             "               LIMIT %d), "
+             "     del AS (DELETE FROM treaty_journal j USING done WHERE j.txid = done.txid RETURNING 1) "
+             "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM del)",
+             j->retention_s, GC_MAX_TXIDS);
+    if (!pg_exec(c, "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, why, sizeof why))
+        goto fail;
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_error(c, res, why, sizeof why);
+        goto fail;
+    }
+    long long ntx = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    long long nrows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    res = NULL;
+    if (!pg_commit(c, why, sizeof why))
+        goto fail;
+    if (nrows > 0) {
+        atomic_fetch_add(&j->n_gc_deleted, (uint64_t)nrows);
+        log_debug("journal: collected %lld finished transactions (%lld records)", ntx, nrows);
+    }
+    if (ntx >= GC_MAX_TXIDS)
+        w->next_gc = now_ms(); /* more to collect, after whatever batches wait */
+    return;
+
+fail:
+    PQclear(res);
+    log_warn("journal: collecting finished transactions failed: %s", why);
+    if (PQstatus(c) == CONNECTION_OK) {
+        PQclear(PQexec(c, "ROLLBACK"));
+    } else {
+        PQfinish(c);
+        w->conn = NULL;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct journal *j = arg;
+    struct writer *w = &j->w;
+    w->next_gc = now_ms() + j->gc_interval_ms;
+
+    while (!writer_abandoned(j)) {
+        if (!w->head) {
+            if (w->stopping)
+                break;
+            int64_t until_gc = w->next_gc - now_ms();
+            if (until_gc <= 0) {
+                writer_gc(j);
+                continue;
+            }
+            writer_take(j, clamp_ms(until_gc));
+            continue;
+        }
+        /* Lazy only: gather more for a while, unless the group is full. */
+        if (!w->forced && !w->stopping && w->bytes < GROUP_MAX_BYTES) {
+            int64_t left = w->first_at + j->lazy_delay_ms - now_ms();
+            if (left > 0) {
+                writer_take(j, clamp_ms(left));
+                continue;
+            }
+        }
+        /* Take whatever else is waiting, then write. */
+        writer_take(j, 0);
+        if (!writer_commit_group(j))
+            break;
+    }
+    if (w->head)
+        log_error("journal: writer stopped with %u records not written (seq %" PRIu64 "..%" PRIu64 ")", w->nrecs,
+                  w->head->first_seq, w->tail->last_seq);
+    group_free(w);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ loop thread */
+
+static void *pair_socket(void *zctx)
+{
+    void *s = zmq_socket(zctx, ZMQ_PAIR);
+    if (!s)
+        return NULL;
+    int zero = 0;
+    /* Unbounded queues: neither thread may ever block on the other. */
+    if (zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) != 0) {
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+int journal_start(struct journal *j, void *zctx)
+{
+    char endpoint[64];
+    sigset_t all, old;
+    int err;
+
+    if (!j || !zctx)
+        return TREATY_EINVAL;
+    if (j->started || !j->conn)
+        return TREATY_ESTATE;
+    snprintf(endpoint, sizeof endpoint, "inproc://treaty-journal-%p", (void *)j);
+    j->writer_sock = pair_socket(zctx);
+    if (!j->writer_sock)
+        goto fail_zmq;
+    if (zmq_bind(j->writer_sock, endpoint) != 0)
+        goto fail_writer_sock;
+    j->loop_sock = pair_socket(zctx);
+    if (!j->loop_sock)
+        goto fail_writer_sock;
+    if (zmq_connect(j->loop_sock, endpoint) != 0)
+        goto fail_loop_sock;
+
+    /* The connection journal_connect opened is the writer's from now on. */
+    j->w.conn = j->conn;
+    j->conn = NULL;
+    j->w.rng = rng_seed(&j->w);
+
+    /* Signals are for the loop thread: the writer starts with all blocked. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    err = pthread_create(&j->thread, NULL, writer_main, j);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0) {
+        log_error("journal: cannot start the writer thread: %s", strerror(err));
+        j->conn = j->w.conn;
+        j->w.conn = NULL;
+        zmq_close(j->loop_sock);
+        j->loop_sock = NULL;
+        zmq_close(j->writer_sock);
+        j->writer_sock = NULL;
+        return TREATY_EIO;
+    }
+    pthread_setname_np(j->thread, "treaty-journal");
+    j->started = true;
+    journal_flush(j); /* anything appended before the start */
+    return 0;
+
+fail_loop_sock:
+    zmq_close(j->loop_sock);
+    j->loop_sock = NULL;
+fail_writer_sock:
+    zmq_close(j->writer_sock);
+    j->writer_sock = NULL;
+fail_zmq:
+    log_error("journal: cannot create the writer's socket pair: %s", zmq_strerror(errno));
+    return TREATY_ETRANSPORT;
+}
+
+uint64_t journal_append(struct journal *j, const struct journal_rec *r, bool force)
+{
+    assert(j && r);
+    struct batch *b = j->pending;
+    if (!b) {
+        b = xcalloc(1, sizeof *b);
+        b->first_seq = j->appended + 1;
+        j->pending = b;
+    }
+    journal_encode_row(&b->rows, r, j->ascii_only);
+    b->last_seq = ++j->appended;
+    b->nrecs++;
+    b->forced = b->forced || force;
+    return b->last_seq;
+}
+
+void journal_flush(struct journal *j)
+{
+    if (!j || !j->started || !j->pending)
+        return;
+    struct msg m = {.type = MSG_BATCH, .b = j->pending};
+    if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m) {
+        /* Kept: the next flush hands it over together with newer records. */
+        log_error("journal: cannot hand %u records to the writer: %s", j->pending->nrecs, zmq_strerror(errno));
+        return;
+    }
+    j->pending = NULL;
+}
+
+void *journal_socket(struct journal *j)
+{
+    return j ? j->loop_sock : NULL;
+}
+
+static void loop_drain(struct journal *j)
+{
+    uint64_t v;
+    if (!j->loop_sock)
+        return;
+    while (zmq_recv(j->loop_sock, &v, sizeof v, ZMQ_DONTWAIT) >= 0) {
+    }
+}
+
+uint64_t journal_durable(struct journal *j)
+{
+    if (!j)
+        return 0;
+    loop_drain(j);
+    return atomic_load(&j->durable);
+}
+
+bool journal_healthy(const struct journal *j)
+{
+    return j && atomic_load(&j->healthy);
+}
+
+uint64_t journal_backlog(const struct journal *j)
+{
+    if (!j)
+        return 0;
+    uint64_t d = atomic_load(&j->durable);
+    return j->appended > d ? j->appended - d : 0;
+}
+
+void journal_get_stats(const struct journal *j, struct journal_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!j)
+        return;
+    out->batches = atomic_load(&j->n_batches);
+    out->records = atomic_load(&j->n_records);
+    out->forced_batches = atomic_load(&j->n_forced);
+    out->reconnects = atomic_load(&j->n_reconnects);
+    out->gc_deleted = atomic_load(&j->n_gc_deleted);
+}
+
+void journal_close(struct journal **jp, int wait_ms)
+{
+    if (!jp || !*jp)
+        return;
+    struct journal *j = *jp;
+    *jp = NULL;
+    uint64_t target = j->appended;
+
+    if (j->started) {
+        journal_flush(j);
+        struct msg m = {.type = MSG_STOP, .b = NULL};
+        if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m)
+            atomic_store(&j->abandon, true);
+        int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : 0);
+        while (atomic_load(&j->durable) < target && !atomic_load(&j->abandon)) {
+            int64_t left = deadline - now_ms();
+            if (left <= 0)
+                break;
+            zmq_pollitem_t it = {.socket = j->loop_sock, .events = ZMQ_POLLIN};
+            zmq_poll(&it, 1, left < 100 ? (int)left : 100);
+            loop_drain(j);
+        }
+        /* Give up: the writer leaves its reconnect loop at once. */
+        atomic_store(&j->abandon, true);
+        m.type = MSG_WAKE;
+        zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT);
+        pthread_join(j->thread, NULL);
+
+        /* The writer's socket is ours again: free batches it never took. */
+        while (zmq_recv(j->writer_sock, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
+            if (m.type == MSG_BATCH)
+                batch_free(m.b);
+        }
+        zmq_close(j->writer_sock);
+        zmq_close(j->loop_sock);
+        j->conn = j->w.conn;
+        j->w.conn = NULL;
+    } else if (j->pending && j->conn) {
+        /* Appended but never started: one synchronous attempt. */
+        char why[ERRLEN];
+        if (write_group(j->conn, j->pending, j->pending->forced, why, sizeof why) == 0)
+            atomic_store(&j->durable, j->pending->last_seq);
+        else
+            log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);
+    }
+
+    uint64_t durable = atomic_load(&j->durable);
+    if (durable < target)
+        log_error("journal: closed with %" PRIu64 " records not durable (seq %" PRIu64 "..%" PRIu64 ")",
+                  target - durable, durable + 1, target);
+    batch_free(j->pending);
+    PQfinish(j->conn);
+    free(j->conninfo);
+    free(j);
+}

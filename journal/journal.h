@@ -1,0 +1,127 @@
+/*
+ * journal.h - the coordinator's durable journal in PostgreSQL.
+ *
+ * Append-only rows in treaty_journal (sql/001_journal.sql), one per record,
+ * keyed by txid. Lifecycle:
+ *
+ *   1. journal_connect()   blocking: connect (retrying with backoff, logging each
+ *                          try), apply the schema, refuse a newer schema version.
+ *   2. journal_scan()      blocking: read back every record of unfinished
+ *                          transactions, and the outcome of finished ones still
+ *                          retained, for recovery.
+ *   3. journal_start()     start the writer thread. From now on the coordinator
+ *                          loop appends records with journal_append() (never
+ *                          blocks on Postgres) and calls journal_flush() once per
+ *                          loop turn; the writer group-commits everything handed
+ *                          to it in one Postgres transaction and then reports the
+ *                          new durable watermark on journal_socket().
+ *   4. journal_close()     flush what is pending (bounded wait), stop the thread.
+ *
+ * Forced vs lazy: a batch holding a forced record commits with
+ * synchronous_commit = on; a batch of only lazy records (END, ABORT) is written
+ * with synchronous_commit = off and may be delayed up to lazy_delay_ms to
+ * gather more. Either way records become durable in append order, so one
+ * watermark (the highest durable sequence number) says what is durable.
+ *
+ * If Postgres is lost, the writer keeps the batch, reconnects with backoff and
+ * writes it again (a record may then be stored twice; readers tolerate that),
+ * and journal_healthy() turns false until a batch commits again.
+ *
+ * Thread safety: every function is called from the coordinator's loop thread
+ * only; the writer thread is internal.
+ */
+#ifndef TREATY_JOURNAL_H
+#define TREATY_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define JOURNAL_SCHEMA_VERSION 1
+
+enum journal_kind {
+    JOURNAL_COMMIT = 1, /* decision: commit. Forced. services = every branch's service */
+    JOURNAL_ABORT = 2,  /* decision: abort. Lazy (presumed abort). services, detail = reason */
+    JOURNAL_END = 3     /* every participant acknowledged; the transaction is finished. Lazy */
+};
+
+/* "commit", "abort", "end" (the text stored in the kind column) or NULL. */
+const char *journal_kind_name(enum journal_kind k);
+
+struct journal_rec {
+    uint8_t txid[16];
+    enum journal_kind kind;
+    unsigned nservices;         /* branches, in branch order */
+    const char *const *services; /* nservices names of [A-Za-z0-9._-]{1,64} */
+    const char *detail;         /* free text or NULL; e.g. the abort reason and failed branch */
+    int failed_branch;          /* ABORT: branch that caused it, or -1 */
+};
+
+struct journal_config {
+    const char *conninfo;      /* libpq conninfo of the journal database */
+    int connect_initial_ms;    /* first reconnect backoff (default 100) */
+    int connect_max_ms;        /* backoff cap (default 5000) */
+    int lazy_delay_ms;         /* how long a lazy-only batch may wait (default 20) */
+    int retention_s;           /* finished transactions are deleted after this (default 3600) */
+    int gc_interval_ms;        /* how often the writer collects (default 5000) */
+    volatile int *stop;        /* optional: journal_connect gives up when *stop becomes non-zero */
+};
+
+struct journal;
+
+/* Step 1. On success *out is owned by the caller (journal_close). Returns 0,
+ * TREATY_EPG (schema failure, message in errbuf), TREATY_EVERSION (the database
+ * holds a newer schema than JOURNAL_SCHEMA_VERSION), or TREATY_EBUSY when
+ * *stop became set while retrying. errbuf gets a one-line message on error. */
+int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen);
+
+/*
+ * Step 2. Calls cb once per record, grouped by txid and in append order within
+ * a transaction, for (a) all records of transactions that have no END record
+ * and (b) the END-terminated transactions within retention (so resubmission of a
+ * finished txid still finds its outcome). cb's record and strings are borrowed
+ * for the call. A non-zero return from cb stops the scan and is returned.
+ * finished_at_unix: seconds since the epoch the END was written, or 0 when
+ * unfinished. Returns 0 or TREATY_EPG.
+ */
+typedef int (*journal_scan_fn)(void *arg, const struct journal_rec *r, long long finished_at_unix);
+int journal_scan(struct journal *j, journal_scan_fn cb, void *arg);
+
+/* Step 3. zctx is the coordinator's ZeroMQ context (inproc transport). */
+int journal_start(struct journal *j, void *zctx);
+
+/* Queues a record (copied) and returns its sequence number (1, 2, ...). Never
+ * blocks, never fails except on out-of-memory (aborts the daemon). */
+uint64_t journal_append(struct journal *j, const struct journal_rec *r, bool force);
+
+/* Hands everything appended since the last flush to the writer. Once per loop turn. */
+void journal_flush(struct journal *j);
+
+/* A ZeroMQ socket to include in the loop's zmq_poll (ZMQ_POLLIN). */
+void *journal_socket(struct journal *j);
+
+/* Drains the writer's notifications (call when journal_socket is readable;
+ * harmless otherwise). Returns the highest durable sequence number so far. */
+uint64_t journal_durable(struct journal *j);
+
+/* False while the writer cannot reach Postgres (new work should be refused). */
+bool journal_healthy(const struct journal *j);
+
+/* Number of records appended but not yet durable. */
+uint64_t journal_backlog(const struct journal *j);
+
+/* Statistics for logs and benchmarks. */
+struct journal_stats {
+    uint64_t batches;       /* Postgres transactions committed by the writer */
+    uint64_t records;       /* records written */
+    uint64_t forced_batches;
+    uint64_t reconnects;
+    uint64_t gc_deleted;
+};
+void journal_get_stats(const struct journal *j, struct journal_stats *out);
+
+/* Step 4. Waits up to wait_ms for pending records to become durable, stops the
+ * writer, disconnects and frees. Accepts NULL; sets *j to NULL. */
+void journal_close(struct journal **j, int wait_ms);
+
+#endif /* TREATY_JOURNAL_H */

@@ -1,0 +1,69 @@
+/*
+ * journal_int.h - internals of the journal shared with its unit tests
+ * (tests/test_journal.c). Not part of the contract: the coordinator includes
+ * journal.h only.
+ *
+ * The row codec. journal_append() turns each record into one line of
+ * PostgreSQL COPY text format at append time, so the writer thread only
+ * streams bytes; journal_scan() parses the text[] column back.
+ *
+ *   column         COPY text
+ *   txid           lowercase UUID "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+ *   kind           "commit" | "abort" | "end"
+ *   services       \N when nservices == 0, else {"a","b"}: every element is
+ *                  double-quoted (so a service named NULL stays a string),
+ *                  '"' and '\' inside an element are backslash-escaped
+ *   failed_branch  the number for ABORT with failed_branch >= 0, else \N
+ *   detail         \N when NULL, else the text
+ *
+ * Every text is made storable before it is escaped: invalid UTF-8 bytes (or,
+ * when the database encoding is neither UTF8 nor SQL_ASCII, every non-ASCII
+ * byte) become '?'. A record must never be refused by Postgres: the writer
+ * retries a failed group forever, so one unstorable record would stall the
+ * journal. Then '\', TAB, LF and CR are escaped for COPY.
+ */
+#ifndef TREATY_JOURNAL_INT_H
+#define TREATY_JOURNAL_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "journal.h"
+
+/* A growable byte buffer. Zero-initialise; free with journal_buf_free(). */
+struct journal_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+void journal_buf_free(struct journal_buf *b);
+
+/* Appends r as one COPY text line (with its trailing '\n') to b. r->kind must
+ * be a valid journal_kind (asserted). Aborts on out-of-memory. */
+void journal_encode_row(struct journal_buf *b, const struct journal_rec *r, bool ascii_only);
+
+/* A growable array of borrowed string pointers. Zero-initialise; free with
+ * journal_strv_free() (frees the array, not the strings). */
+struct journal_strv {
+    const char **v;
+    unsigned n;
+    unsigned cap;
+};
+
+void journal_strv_free(struct journal_strv *sv);
+
+/* Parses a one-dimensional text[] in PostgreSQL's output syntax ("{}",
+ * "{a,b}", "{\"a b\",\"c\\\"d\"}") in place: s is modified and out->v points
+ * into it. An unquoted NULL element becomes "". Returns 0 or TREATY_EPROTO
+ * when s is not such a literal. Aborts on out-of-memory. */
+int journal_parse_text_array(char *s, struct journal_strv *out);
+
+/* Formats a txid as a lowercase UUID into buf (37 bytes). */
+void journal_txid_format(const uint8_t txid[16], char buf[37]);
+
+/* Parses a UUID (36 characters, any case). 0 or TREATY_EINVAL. */
+int journal_txid_parse(const char *s, uint8_t txid[16]);
+
+#endif /* TREATY_JOURNAL_INT_H */

@@ -1,0 +1,51 @@
+/*
+ * participant_int.h - internals of treaty_participant_t shared with the
+ * participant flavours built on it (pg.c). Not part of the public API.
+ */
+#ifndef TREATY_PARTICIPANT_INT_H
+#define TREATY_PARTICIPANT_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "treaty.h"
+
+/* Default period of the in-doubt sweep (the on_connect hook), ms. */
+#define PARTICIPANT_SWEEP_MS 5000
+
+/*
+ * Extension hooks, all run on the participant's thread (the thread that
+ * calls treaty_participant_process, or the SDK's own after start).
+ *  on_connect: once the first WELCOME arrived (first = true), and then every
+ *              sweep period (first = false) while the participant runs. This
+ *              is where in-doubt branches are found and INQUIREd
+ *              (treaty_participant_inquire is safe to call from it).
+ *  on_destroy: called by treaty_participant_destroy after the thread has
+ *              stopped and the socket is closed; releases arg.
+ */
+struct participant_ext {
+    void (*on_connect)(void *arg, treaty_participant_t *p, bool first);
+    void (*on_destroy)(void *arg);
+    void *arg;
+};
+
+/* Installs ext (copied). Call before start / the first process. From then on
+ * the participant owns ext->arg: on_destroy runs when it is destroyed. */
+void participant_set_ext(treaty_participant_t *p, const struct participant_ext *ext);
+
+/* Sets the in-doubt sweep period (ms, > 0). Before start only. */
+void participant_set_sweep_ms(treaty_participant_t *p, int ms);
+
+/* Writes the handle's error text (what treaty_participant_errmsg returns). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void participant_errorf(treaty_participant_t *p, const char *fmt, ...);
+
+/* Messages dropped because they were malformed or unexpected. */
+uint64_t participant_dropped(const treaty_participant_t *p);
+
+/* Monotonic clock in milliseconds. */
+int64_t participant_now_ms(void);
+
+#endif /* TREATY_PARTICIPANT_INT_H */

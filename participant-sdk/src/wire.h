@@ -1,0 +1,150 @@
+/*
+ * wire.h - Treaty's wire codec, shared by the coordinator and libtreaty.
+ *
+ * Every message is one ZeroMQ multipart message. Seen from a DEALER:
+ *
+ *   frame 0   header, exactly WIRE_HDR_LEN (28) bytes, big-endian fields:
+ *               0..1   magic 'T' 'Y'
+ *               2      version (WIRE_VERSION = 1)
+ *               3      type (enum wire_type)
+ *               4..19  txid (16 bytes; zero for HELLO/WELCOME)
+ *               20..21 branch index (u16)
+ *               22..23 attempt (u16): re-send counter of this message
+ *               24..25 code (u16): vote, status or error, per type
+ *               26..27 reserved, must be zero
+ *   frame 1.. payload frames, per type:
+ *
+ *   type      dir    code                     frames
+ *   HELLO     P->C   0                        service, instance
+ *   WELCOME   C->P   0                        heartbeat_ms (u32)
+ *   SUBMIT    X->C   0                        timeout_ms (u32), then per branch: service, payload
+ *   QUERY     X->C   0                        -
+ *   OUTCOME   C->X   treaty_status            reason (text, may be empty)   branch = failed branch
+ *   ERROR     C->*   -TREATY_E* (positive)    message (text)
+ *   PREPARE   C->P   0                        payload
+ *   VOTE      P->C   treaty_vote              reason (text, may be empty)
+ *   COMMIT    C->P   0                        -
+ *   ABORT     C->P   0                        -
+ *   ACK       P->C   treaty_status            -        (COMMITTED or ABORTED: what was applied)
+ *   INQUIRE   P->C   0                        -        (answered by COMMIT or ABORT)
+ *
+ * (P participant, C coordinator, X client.) The coordinator's ROUTER sees one
+ * extra routing-id frame in front. Decoding checks the magic, version, type,
+ * reserved bits and the frame count and sizes of each type; it never reads
+ * outside the buffers it is given.
+ */
+#ifndef TREATY_WIRE_H
+#define TREATY_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <zmq.h>
+
+#define WIRE_VERSION 1
+#define WIRE_HDR_LEN 28
+#define WIRE_NAME_MAX 64        /* service and instance names */
+#define WIRE_MAX_BRANCHES 128   /* hard ceiling; the coordinator's limit is configurable below it */
+#define WIRE_MAX_FRAMES (2 + 2 * WIRE_MAX_BRANCHES)
+#define WIRE_ROUTING_ID_MAX 255 /* ZeroMQ's limit */
+
+enum wire_type {
+    WIRE_HELLO = 1,
+    WIRE_WELCOME = 2,
+    WIRE_SUBMIT = 3,
+    WIRE_QUERY = 4,
+    WIRE_OUTCOME = 5,
+    WIRE_ERROR = 6,
+    WIRE_PREPARE = 7,
+    WIRE_VOTE = 8,
+    WIRE_COMMIT = 9,
+    WIRE_ABORT = 10,
+    WIRE_ACK = 11,
+    WIRE_INQUIRE = 12,
+    WIRE_TYPE_MAX_ = 12
+};
+
+struct wire_hdr {
+    uint8_t type;
+    uint8_t txid[16];
+    uint16_t branch;
+    uint16_t attempt;
+    uint16_t code;
+};
+
+struct wire_frame {
+    const uint8_t *data;
+    size_t len;
+};
+
+/* A decoded message. Frames point into storage owned by whoever filled it
+ * (wire_decode's caller, or the zmq_msg_t array of a struct wire_in). */
+struct wire_msg {
+    struct wire_hdr hdr;
+    size_t nframes; /* payload frames after the header */
+    struct wire_frame frames[WIRE_MAX_FRAMES];
+};
+
+/* "HELLO", ... or "?" */
+const char *wire_type_name(int type);
+
+/* Encodes h into buf[WIRE_HDR_LEN]. */
+void wire_encode_hdr(const struct wire_hdr *h, uint8_t *buf);
+
+/*
+ * Decodes a header frame and nframes payload frames into out, checking the
+ * per-type frame table above. max_payload bounds every payload frame.
+ * Returns 0, TREATY_EVERSION (good magic, other version), TREATY_ETOOBIG
+ * (a frame larger than max_payload) or TREATY_EPROTO (anything else). On an
+ * error out->hdr is all zero, or the decoded header when only the frames were
+ * at fault (so a reply can echo the txid).
+ */
+int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes,
+                size_t max_payload, struct wire_msg *out);
+
+/* Big-endian u32 helpers for the small numeric frames. */
+void wire_put_u32(uint8_t *buf, uint32_t v);
+bool wire_get_u32(const struct wire_frame *f, uint32_t *v); /* false unless exactly 4 bytes */
+
+/* True when f is 1..WIRE_NAME_MAX bytes of [A-Za-z0-9._-]. */
+bool wire_name_ok(const uint8_t *s, size_t len);
+
+/* ------------------------------------------------------------ socket I/O */
+
+/* One received message with its storage. */
+struct wire_in {
+    uint8_t rid[WIRE_ROUTING_ID_MAX]; /* ROUTER only: the sender's routing id */
+    size_t rid_len;
+    size_t nparts;
+    zmq_msg_t parts[WIRE_MAX_FRAMES + 2];
+    struct wire_msg msg;
+};
+
+/*
+ * Receives one whole multipart message without blocking and decodes it.
+ * router: expect a routing-id frame first. Returns 0 (in->msg valid, close with
+ * wire_in_close), TREATY_ETIMEDOUT when nothing is waiting, TREATY_ETRANSPORT, or
+ * a decode error (the whole message has been consumed; in->rid is valid when
+ * router and in->msg.hdr as wire_decode leaves it, so the caller can answer;
+ * in needs no close).
+ */
+int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in);
+void wire_in_close(struct wire_in *in);
+
+/*
+ * Sends one message without blocking: optional routing id, the header, then
+ * the frames. Returns 0, or TREATY_ETRANSPORT (peer gone, queue full: the
+ * message is dropped; the protocol re-sends what matters).
+ */
+int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+              const struct wire_frame *frames, size_t nframes);
+
+/* Convenience: a frame over a NUL-terminated string (may be NULL: empty). */
+struct wire_frame wire_str(const char *s);
+
+/* Copies a text frame into buf (NUL-terminated, truncated to cap-1 bytes,
+ * control characters replaced by '?'). */
+void wire_copy_text(const struct wire_frame *f, char *buf, size_t cap);
+
+#endif /* TREATY_WIRE_H */

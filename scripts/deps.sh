@@ -1,0 +1,22 @@
+#!/bin/sh
+# deps.sh: makes sure the Debian packages Treaty needs are installed.
+# As root it installs what is missing; otherwise it prints the exact command.
+set -eu
+PKGS="build-essential pkg-config libpq-dev libzmq3-dev libconfig-dev libcriterion-dev postgresql-15 postgresql-client-15 g++ clang"
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing
+else
+    echo "deps: missing Debian packages:$missing" >&2
+    echo "deps: run:  sudo apt-get install -y$missing" >&2
+    exit 1
+fi

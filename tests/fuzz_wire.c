@@ -1,0 +1,360 @@
+/*
+ * fuzz_wire.c - libFuzzer target for the wire decoder (make fuzz).
+ *
+ * An input is turned into one multipart message:
+ *
+ *   byte  0     flags: bit 0 = empty frames have data == NULL (else a 1-byte
+ *               allocation holding nothing)
+ *   bytes 1..2  number of payload frames (u16, big-endian) modulo
+ *               WIRE_MAX_FRAMES + 4, so that "too many" is reachable
+ *   then        the header frame and each payload frame as a u16 big-endian
+ *               length and that many bytes (fewer if the input ends first;
+ *               frames past the end of the input are empty)
+ *
+ * Every frame is copied into its own allocation of exactly its length, so
+ * AddressSanitizer catches a read one byte past any of them. The message is
+ * decoded with several max_payload values; the results must be consistent
+ * (a message accepted under a bound is accepted under every larger one), and
+ * a decoded message must re-encode to the same header and expose exactly the
+ * frames given, every byte of which is then read and run through
+ * wire_copy_text. Any violation aborts, so the fuzzer reports it.
+ *
+ * Built with -DFUZZ_WIRE_SEEDS (and without -fsanitize=fuzzer) it is instead
+ * a program that writes seed inputs - valid messages of every type and a few
+ * near misses - into the directory given as its argument:
+ *   cc -DFUZZ_WIRE_SEEDS -Iparticipant-sdk/include -Iparticipant-sdk/src tests/fuzz_wire.c \
+ *      participant-sdk/src/wire.c participant-sdk/src/common.c -lzmq -o gen && ./gen tests/fuzz-corpus/wire
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "treaty.h"
+#include "wire.h"
+
+#define FUZZ_FRAMES_MOD (WIRE_MAX_FRAMES + 4)
+
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            fprintf(stderr, "fuzz_wire: check failed at line %d: %s\n", __LINE__, #cond); \
+            abort();                                                                   \
+        }                                                                              \
+    } while (0)
+
+#ifndef FUZZ_WIRE_SEEDS
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const size_t max_payloads[] = {0, 1, 4, 27, 64, 256, 4096, SIZE_MAX};
+#define NMAX (sizeof max_payloads / sizeof max_payloads[0])
+
+static volatile unsigned sink;
+
+/* Takes the next length-prefixed chunk from *p; returns a fresh allocation of
+ * exactly its length (NULL for an empty chunk when null_empty). */
+static uint8_t *take_chunk(const uint8_t **p, size_t *left, bool null_empty, size_t *len)
+{
+    size_t want = 0;
+    if (*left >= 2) {
+        want = ((size_t)(*p)[0] << 8) | (*p)[1];
+        *p += 2;
+        *left -= 2;
+    } else {
+        *p += *left;
+        *left = 0;
+    }
+    size_t n = want < *left ? want : *left;
+    *len = n;
+    if (n == 0 && null_empty)
+        return NULL;
+    uint8_t *b = malloc(n ? n : 1);
+    CHECK(b != NULL);
+    if (n)
+        memcpy(b, *p, n);
+    *p += n;
+    *left -= n;
+    return b;
+}
+
+static void check_text(const struct wire_frame *f)
+{
+    static const size_t caps[] = {0, 1, 2, 16, TREATY_REASON_MAX};
+    char buf[TREATY_REASON_MAX + 1];
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+        memset(buf, 'Z', sizeof buf);
+        wire_copy_text(f, buf, caps[i]);
+        if (caps[i] == 0) {
+            CHECK(buf[0] == 'Z');
+            continue;
+        }
+        size_t n = strlen(buf);
+        CHECK(n < caps[i]);
+        CHECK(n == (f->len < caps[i] - 1 ? f->len : caps[i] - 1));
+        CHECK(buf[caps[i]] == 'Z'); /* nothing written past cap */
+        for (size_t j = 0; j < n; j++) {
+            unsigned char c = (unsigned char)buf[j];
+            CHECK(c >= 0x20 && c != 0x7f);
+            CHECK(c == f->data[j] || c == '?');
+        }
+    }
+}
+
+static void check_decoded(const struct wire_msg *m, const struct wire_frame *hdr, const struct wire_frame *frames,
+                          size_t n, size_t max_payload)
+{
+    uint8_t again[WIRE_HDR_LEN];
+    wire_encode_hdr(&m->hdr, again);
+    CHECK(memcmp(again, hdr->data, WIRE_HDR_LEN) == 0);
+    CHECK(m->hdr.type >= 1 && m->hdr.type <= WIRE_TYPE_MAX_);
+    CHECK(strcmp(wire_type_name(m->hdr.type), "?") != 0);
+    CHECK(m->nframes == n && n <= WIRE_MAX_FRAMES);
+
+    unsigned sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct wire_frame *f = &m->frames[i];
+        CHECK(f->data == frames[i].data && f->len == frames[i].len);
+        CHECK(f->len <= max_payload);
+        for (size_t j = 0; j < f->len; j++)
+            sum += f->data[j];
+        check_text(f);
+    }
+    sink += sum;
+
+    /* what the table in wire.h promises for each type */
+    uint32_t u;
+    switch (m->hdr.type) {
+    case WIRE_HELLO:
+        CHECK(n == 2 && wire_name_ok(m->frames[0].data, m->frames[0].len) &&
+              wire_name_ok(m->frames[1].data, m->frames[1].len));
+        break;
+    case WIRE_WELCOME:
+        CHECK(n == 1 && wire_get_u32(&m->frames[0], &u));
+        break;
+    case WIRE_SUBMIT:
+        CHECK(n >= 3 && n % 2 == 1 && wire_get_u32(&m->frames[0], &u));
+        for (size_t i = 1; i < n; i += 2)
+            CHECK(wire_name_ok(m->frames[i].data, m->frames[i].len));
+        break;
+    case WIRE_VOTE:
+        CHECK(n == 1 && (m->hdr.code == TREATY_VOTE_YES || m->hdr.code == TREATY_VOTE_NO));
+        break;
+    case WIRE_ACK:
+        CHECK(n == 0 && (m->hdr.code == TREATY_STATUS_COMMITTED || m->hdr.code == TREATY_STATUS_ABORTED));
+        break;
+    case WIRE_OUTCOME:
+        CHECK(n == 1 && m->hdr.code >= TREATY_STATUS_COMMITTED && m->hdr.code <= TREATY_STATUS_UNKNOWN);
+        break;
+    case WIRE_QUERY:
+    case WIRE_COMMIT:
+    case WIRE_ABORT:
+    case WIRE_INQUIRE:
+        CHECK(n == 0);
+        break;
+    default: /* ERROR, PREPARE */
+        CHECK(n == 1);
+        break;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static struct wire_frame frames[FUZZ_FRAMES_MOD];
+    static struct wire_msg msg;
+    if (size < 3)
+        return 0;
+    bool null_empty = (data[0] & 1) != 0;
+    size_t n = (((size_t)data[1] << 8) | data[2]) % FUZZ_FRAMES_MOD;
+    const uint8_t *p = data + 3;
+    size_t left = size - 3;
+
+    size_t hlen;
+    uint8_t *hbuf = take_chunk(&p, &left, null_empty, &hlen);
+    struct wire_frame hdr = {hbuf, hlen};
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        uint8_t *b = take_chunk(&p, &left, null_empty, &len);
+        frames[i].data = b;
+        frames[i].len = len;
+    }
+
+    int rcs[NMAX];
+    for (size_t k = 0; k < NMAX; k++) {
+        memset(&msg, 0xa5, sizeof msg);
+        int rc = wire_decode(&hdr, frames, n, max_payloads[k], &msg);
+        CHECK(rc == 0 || rc == TREATY_EPROTO || rc == TREATY_EVERSION || rc == TREATY_ETOOBIG);
+        if (rc == 0)
+            check_decoded(&msg, &hdr, frames, n, max_payloads[k]);
+        if (rc == TREATY_EVERSION)
+            CHECK(hlen == WIRE_HDR_LEN && hbuf[0] == 'T' && hbuf[1] == 'Y' && hbuf[2] != WIRE_VERSION);
+        rcs[k] = rc;
+    }
+    /* a larger bound never turns success into failure, and only the bound
+     * separates the results */
+    for (size_t k = 1; k < NMAX; k++) {
+        if (rcs[k - 1] == 0)
+            CHECK(rcs[k] == 0);
+        if (rcs[k - 1] != rcs[k])
+            CHECK(rcs[k - 1] == TREATY_ETOOBIG);
+    }
+
+    for (size_t i = 0; i < n; i++)
+        free((void *)frames[i].data);
+    free(hbuf);
+    return 0;
+}
+
+#else /* FUZZ_WIRE_SEEDS: the seed generator */
+
+struct seed {
+    uint8_t buf[8192];
+    size_t len;
+};
+
+static void put_chunk(struct seed *s, const void *p, size_t n)
+{
+    CHECK(s->len + 2 + n <= sizeof s->buf);
+    s->buf[s->len++] = (uint8_t)(n >> 8);
+    s->buf[s->len++] = (uint8_t)n;
+    if (n)
+        memcpy(s->buf + s->len, p, n);
+    s->len += n;
+}
+
+static void make(struct seed *s, uint8_t flags, const struct wire_hdr *h, const struct wire_frame *f, size_t n)
+{
+    s->len = 0;
+    s->buf[s->len++] = flags;
+    s->buf[s->len++] = (uint8_t)(n >> 8);
+    s->buf[s->len++] = (uint8_t)n;
+    uint8_t hb[WIRE_HDR_LEN];
+    wire_encode_hdr(h, hb);
+    put_chunk(s, hb, sizeof hb);
+    for (size_t i = 0; i < n; i++)
+        put_chunk(s, f[i].data, f[i].len);
+}
+
+static void save(const char *dir, const char *name, const struct seed *s)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/seed-%s", dir, name);
+    FILE *fp = fopen(path, "wb");
+    CHECK(fp != NULL);
+    CHECK(fwrite(s->buf, 1, s->len, fp) == s->len);
+    fclose(fp);
+}
+
+static struct wire_hdr hdr(int type, uint16_t code)
+{
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = (uint8_t)type;
+    if (type != WIRE_HELLO && type != WIRE_WELCOME) {
+        treaty_txid_t id;
+        CHECK(treaty_txid_generate(&id) == 0);
+        memcpy(h.txid, id.b, 16);
+    }
+    h.branch = 1;
+    h.attempt = 0;
+    h.code = code;
+    return h;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR\n", argv[0]);
+        return 2;
+    }
+    const char *dir = argv[1];
+    static struct seed s;
+    uint8_t u[4];
+    struct wire_hdr h;
+
+    h = hdr(WIRE_HELLO, 0);
+    struct wire_frame hello[] = {wire_str("bank"), wire_str("bank-1")};
+    make(&s, 0, &h, hello, 2);
+    save(dir, "hello", &s);
+
+    h = hdr(WIRE_WELCOME, 0);
+    wire_put_u32(u, 1000);
+    struct wire_frame welcome[] = {{u, 4}};
+    make(&s, 0, &h, welcome, 1);
+    save(dir, "welcome", &s);
+
+    h = hdr(WIRE_SUBMIT, 0);
+    wire_put_u32(u, 5000);
+    struct wire_frame submit[] = {{u, 4}, wire_str("bank"), wire_str("debit:alice:10"), wire_str("shop"),
+                                  wire_str("reserve:sku-1"), wire_str("mail.v2"), {NULL, 0}};
+    make(&s, 0, &h, submit, 7);
+    save(dir, "submit", &s);
+    make(&s, 1, &h, submit, 3);
+    save(dir, "submit-1", &s);
+
+    h = hdr(WIRE_QUERY, 0);
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "query", &s);
+
+    for (uint16_t c = TREATY_STATUS_COMMITTED; c <= TREATY_STATUS_UNKNOWN; c++) {
+        char name[32];
+        h = hdr(WIRE_OUTCOME, c);
+        struct wire_frame reason[] = {wire_str(c == TREATY_STATUS_ABORTED ? "branch 1 voted NO\n" : "")};
+        make(&s, c & 1, &h, reason, 1);
+        snprintf(name, sizeof name, "outcome-%u", c);
+        save(dir, name, &s);
+    }
+
+    h = hdr(WIRE_ERROR, (uint16_t)-TREATY_EBUSY);
+    struct wire_frame err[] = {wire_str("too many transactions in flight")};
+    make(&s, 0, &h, err, 1);
+    save(dir, "error", &s);
+
+    h = hdr(WIRE_PREPARE, 0);
+    struct wire_frame prep[] = {wire_str("{\"account\":\"alice\",\"amount\":10}")};
+    make(&s, 0, &h, prep, 1);
+    save(dir, "prepare", &s);
+
+    h = hdr(WIRE_VOTE, TREATY_VOTE_YES);
+    struct wire_frame empty[] = {{NULL, 0}};
+    make(&s, 1, &h, empty, 1);
+    save(dir, "vote-yes", &s);
+    h = hdr(WIRE_VOTE, TREATY_VOTE_NO);
+    struct wire_frame no[] = {wire_str("insufficient funds")};
+    make(&s, 0, &h, no, 1);
+    save(dir, "vote-no", &s);
+
+    h = hdr(WIRE_COMMIT, 0);
+    h.attempt = 3;
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "commit", &s);
+    h = hdr(WIRE_ABORT, 0);
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "abort", &s);
+    h = hdr(WIRE_ACK, TREATY_STATUS_COMMITTED);
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "ack-committed", &s);
+    h = hdr(WIRE_ACK, TREATY_STATUS_ABORTED);
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "ack-aborted", &s);
+    h = hdr(WIRE_INQUIRE, 0);
+    make(&s, 0, &h, NULL, 0);
+    save(dir, "inquire", &s);
+
+    /* near misses: other version, reserved bits, too many frames */
+    h = hdr(WIRE_QUERY, 0);
+    make(&s, 0, &h, NULL, 0);
+    s.buf[3 + 2 + 2] = 2;
+    save(dir, "version-2", &s);
+    make(&s, 0, &h, NULL, 0);
+    s.buf[3 + 2 + 27] = 1;
+    save(dir, "reserved", &s);
+    h = hdr(WIRE_PREPARE, 0);
+    make(&s, 0, &h, NULL, 0);
+    s.buf[1] = (uint8_t)((WIRE_MAX_FRAMES + 1) >> 8);
+    s.buf[2] = (uint8_t)(WIRE_MAX_FRAMES + 1);
+    save(dir, "too-many-frames", &s);
+    return 0;
+}
+
+#endif /* FUZZ_WIRE_SEEDS */

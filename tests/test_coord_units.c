@@ -1,0 +1,145 @@
+/*
+ * test_coord_units.c - the coordinator's small data structures: txid map,
+ * timer heap, transaction state table, registry.
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "registry.h"
+#include "timers.h"
+#include "txmap.h"
+#include "txn.h"
+
+static void key_of(unsigned i, uint8_t k[16])
+{
+    memset(k, 0, 16);
+    /* deliberately colliding low bytes to exercise probing */
+    k[0] = (uint8_t)(i % 7);
+    memcpy(k + 8, &i, sizeof i);
+}
+
+Test(txmap, put_get_delete_many_keys_survive_collisions)
+{
+    struct txmap m;
+    txmap_init(&m);
+    enum { N = 5000 };
+    static int vals[N];
+    uint8_t k[16];
+    for (unsigned i = 0; i < N; i++) {
+        key_of(i, k);
+        txmap_put(&m, k, &vals[i]);
+    }
+    cr_assert_eq(m.len, N);
+    for (unsigned i = 0; i < N; i += 2) {
+        key_of(i, k);
+        cr_assert_eq(txmap_del(&m, k), &vals[i]);
+    }
+    cr_assert_eq(m.len, N / 2);
+    for (unsigned i = 0; i < N; i++) {
+        key_of(i, k);
+        if (i % 2)
+            cr_assert_eq(txmap_get(&m, k), &vals[i], "key %u lost after deletions", i);
+        else
+            cr_assert_null(txmap_get(&m, k));
+    }
+    key_of(N + 1, k);
+    cr_assert_null(txmap_del(&m, k));
+    txmap_free(&m);
+}
+
+Test(txmap, put_replaces_existing_value)
+{
+    struct txmap m;
+    txmap_init(&m);
+    uint8_t k[16] = {1};
+    int a, b;
+    txmap_put(&m, k, &a);
+    txmap_put(&m, k, &b);
+    cr_assert_eq(m.len, 1);
+    cr_assert_eq(txmap_get(&m, k), &b);
+    txmap_free(&m);
+}
+
+Test(timers, pop_in_due_order_and_only_when_due)
+{
+    struct timers t;
+    timers_init(&t);
+    uint8_t id[16] = {0};
+    int64_t dues[] = {50, 10, 40, 30, 20, 60, 10};
+    for (size_t i = 0; i < sizeof dues / sizeof dues[0]; i++) {
+        id[0] = (uint8_t)i;
+        timers_add(&t, dues[i], id);
+    }
+    cr_assert_eq(timers_next(&t), 10);
+    struct timer_entry e;
+    int64_t last = 0;
+    int n = 0;
+    while (timers_pop_due(&t, 45, &e)) {
+        cr_assert_geq(e.due_ms, last);
+        last = e.due_ms;
+        n++;
+    }
+    cr_assert_eq(n, 5);
+    cr_assert_eq(timers_next(&t), 50);
+    timers_free(&t);
+}
+
+Test(txn, transition_table_allows_only_the_protocol)
+{
+    cr_assert(txn_transition_ok(TXN_NEW, TXN_PREPARING));
+    cr_assert(txn_transition_ok(TXN_PREPARING, TXN_LOGGING_COMMIT));
+    cr_assert(txn_transition_ok(TXN_PREPARING, TXN_ABORTING));
+    cr_assert(txn_transition_ok(TXN_LOGGING_COMMIT, TXN_COMMITTING));
+    cr_assert(txn_transition_ok(TXN_COMMITTING, TXN_DONE));
+    cr_assert(txn_transition_ok(TXN_ABORTING, TXN_DONE));
+    cr_assert_not(txn_transition_ok(TXN_LOGGING_COMMIT, TXN_ABORTING), "a logged commit can never abort");
+    cr_assert_not(txn_transition_ok(TXN_COMMITTING, TXN_ABORTING));
+    cr_assert_not(txn_transition_ok(TXN_ABORTING, TXN_COMMITTING));
+    cr_assert_not(txn_transition_ok(TXN_PREPARING, TXN_COMMITTING), "commit must be logged first");
+    cr_assert_str_eq(txn_state_name(TXN_LOGGING_COMMIT), "logging-commit");
+    cr_assert_str_eq(txn_state_name((enum txn_state)99), "?");
+}
+
+Test(txn, waiters_are_deduplicated_by_routing_id)
+{
+    uint8_t id[16] = {7};
+    struct txn *t = txn_new(id, 2);
+    uint8_t r1[5] = {0, 1, 2, 3, 4}, r2[5] = {0, 1, 2, 3, 5};
+    txn_add_waiter(t, r1, 5);
+    txn_add_waiter(t, r1, 5);
+    txn_add_waiter(t, r2, 5);
+    int n = 0;
+    for (struct waiter *w = t->waiters; w; w = w->next)
+        n++;
+    cr_assert_eq(n, 2);
+    txn_free(t);
+}
+
+static struct wire_frame fr(const char *s)
+{
+    return wire_str(s);
+}
+
+Test(registry, round_robin_over_live_instances_and_sweep_drops_silent_ones)
+{
+    struct registry *r = registry_new(1000);
+    struct wire_frame svc = fr("bank"), i1 = fr("a"), i2 = fr("b");
+    uint8_t rid1[] = {1}, rid2[] = {2};
+    cr_assert(registry_hello(r, &svc, &i1, rid1, 1, 0));
+    cr_assert(registry_hello(r, &svc, &i2, rid2, 1, 500));
+    cr_assert_not(registry_hello(r, &svc, &i1, rid1, 1, 600), "a heartbeat is not a new instance");
+    const struct instance *a = registry_pick(r, "bank");
+    const struct instance *b = registry_pick(r, "bank");
+    cr_assert_neq(a->rid[0], b->rid[0], "round-robin alternates");
+    cr_assert_null(registry_pick(r, "other"));
+    cr_assert(registry_is_live(r, "bank", rid2, 1));
+    cr_assert_eq(registry_sweep(r, 1550), 1, "b was silent for 1050 ms");
+    cr_assert_not(registry_is_live(r, "bank", rid2, 1));
+    cr_assert_eq(registry_count(r), 1);
+    uint8_t rid3[] = {3};
+    cr_assert(registry_hello(r, &svc, &i1, rid3, 1, 1600), "a new routing id for a known instance counts as new");
+    cr_assert(registry_is_live(r, "bank", rid3, 1));
+    registry_destroy(&r);
+    cr_assert_null(r);
+}

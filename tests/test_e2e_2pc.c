@@ -1,0 +1,968 @@
+/*
+ * test_e2e_2pc.c - end-to-end two-phase commit: the real treatyd binary, real
+ * bank_service participants (examples/bank_service.c) and real databases in
+ * the throwaway cluster of tests/run.sh.
+ *
+ * Every test builds its own world: a fresh journal database and two bank
+ * databases, treatyd on a free port, bank-a (service "bank-a", instance a1)
+ * and bank-b (service "bank-b", instance b1). Transfers go through the public
+ * client API; the checks read the banks' databases directly: balances, and
+ * that pg_prepared_xacts holds no treaty:* row once things settle.
+ *
+ * Timing never decides pass/fail: every wait polls with a generous deadline
+ * (SUPPORT_DEADLINE_MS). Crash tests use the fault points of
+ * participant-sdk/src/fault.h through the environment (TREATY_CRASH_AT) of
+ * the process that must crash.
+ *
+ * The processes' logs go to $TREATY_E2E_LOGDIR/e2e-<test>/; the report hooks
+ * below print their tails for a failed test and remove them for a passed one
+ * (unless TREATY_E2E_KEEP_LOGS=1).
+ */
+#include <dirent.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <criterion/hooks.h>
+
+#include "support.h"
+
+/* ------------------------------------------------------------ log reports */
+
+static char logroot[256];
+
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+    (void)set;
+    const char *given = getenv("TREATY_E2E_LOGDIR");
+    if (given != NULL && *given != '\0') {
+        snprintf(logroot, sizeof logroot, "%s", given);
+        return;
+    }
+    snprintf(logroot, sizeof logroot, "/tmp/treaty-e2e.XXXXXX");
+    if (mkdtemp(logroot) == NULL) {
+        logroot[0] = '\0';
+        return;
+    }
+    setenv("TREATY_E2E_LOGDIR", logroot, 1);
+}
+
+static void test_log_dir(const struct criterion_test *t, char *buf, size_t len)
+{
+    /* Same name as support_log_dir() computes inside the test. */
+    char name[256];
+    snprintf(name, sizeof name, "%s-%s", t->category, t->name);
+    for (char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '.' || *p == '-'))
+            *p = '_';
+    snprintf(buf, len, "%s/%s", logroot, name);
+}
+
+static void tail_file(const char *path, int lines)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    long starts[64] = {0};
+    long n = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    long pos = 0;
+    ssize_t got;
+    while ((got = getline(&line, &cap, f)) >= 0) {
+        starts[n % 64] = pos;
+        pos += got;
+        n++;
+    }
+    long first = n > lines ? n - lines : 0;
+    if (n > 0)
+        fseek(f, starts[first % 64], SEEK_SET);
+    while (getline(&line, &cap, f) >= 0)
+        fputs(line, stderr);
+    free(line);
+    fclose(f);
+}
+
+static void report_test(struct criterion_test_stats *stats)
+{
+    if (logroot[0] == '\0' || strcmp(stats->test->category, "e2e") != 0)
+        return;
+    char dir[512];
+    test_log_dir(stats->test, dir, sizeof dir);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    bool failed = stats->test_status == CR_STATUS_FAILED || stats->crashed || stats->timed_out;
+    const char *keep = getenv("TREATY_E2E_KEEP_LOGS");
+    if (!failed && keep != NULL && *keep != '\0' && strcmp(keep, "0") != 0) {
+        closedir(d);
+        return;
+    }
+    if (failed)
+        fprintf(stderr, "\n==== e2e::%s failed; process logs in %s\n", stats->test->name, dir);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[800];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (failed) {
+            size_t l = strlen(e->d_name);
+            if (l > 4 && strcmp(e->d_name + l - 4, ".log") == 0) {
+                fprintf(stderr, "---- %s (last 30 lines)\n", path);
+                tail_file(path, 30);
+            }
+        } else {
+            unlink(path);
+        }
+    }
+    closedir(d);
+    if (!failed)
+        rmdir(dir);
+}
+
+/* POST_FINI carries the verdict of a test that ran to its end, TEST_CRASH
+ * that of one that crashed or timed out. */
+ReportHook(POST_FINI)(struct criterion_test_stats *stats)
+{
+    report_test(stats);
+}
+
+ReportHook(TEST_CRASH)(struct criterion_test_stats *stats)
+{
+    report_test(stats);
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+    (void)stats;
+    if (logroot[0] != '\0')
+        rmdir(logroot); /* only when empty: every test passed */
+}
+
+/* ------------------------------------------------------------------ world */
+
+struct bank {
+    const char *service; /* "bank-a" */
+    const char *instance;
+    char db[64];
+    char conninfo[600];
+    char accounts[1024]; /* --create-accounts */
+    int delay_ms;        /* --prepare-delay-ms */
+    struct support_proc *proc;
+};
+
+struct world {
+    char journal_db[64];
+    char journal[600];
+    struct support_treatyd d;
+    struct bank a, b;
+};
+
+struct world_opts {
+    const char *accounts_a; /* default "alice=100" */
+    const char *accounts_b; /* default "bob=50" */
+    struct support_treatyd_opts coord;
+    const char *const *coord_env;
+    const char *const *bank_b_env;
+    int bank_b_delay_ms;
+};
+
+static void e2e_setup_shared(void)
+{
+    support_pg_base(); /* fail loudly when run outside tests/run.sh */
+    support_lock_shared();
+}
+
+static void e2e_setup_exclusive(void)
+{
+    support_pg_base();
+    support_lock_exclusive();
+}
+
+static void e2e_teardown(void)
+{
+    support_cleanup();
+    support_unlock();
+}
+
+TestSuite(e2e, .fini = e2e_teardown, .timeout = 180);
+
+static void bank_spawn(struct world *w, struct bank *b, const char *const env[])
+{
+    char bin[600], delay[16];
+    snprintf(bin, sizeof bin, "%s/bank_service", support_bin_dir());
+    cr_assert(access(bin, X_OK) == 0, "%s is missing or not executable", bin);
+    snprintf(delay, sizeof delay, "%d", b->delay_ms);
+    char *argv[] = {bin,
+                    (char *)"--endpoint", w->d.endpoint,
+                    (char *)"--service", (char *)b->service,
+                    (char *)"--instance", (char *)b->instance,
+                    (char *)"--db", b->conninfo,
+                    (char *)"--create-accounts", b->accounts,
+                    (char *)"--prepare-delay-ms", delay,
+                    NULL};
+    b->proc = support_spawn(b->service, argv, env);
+}
+
+/* Submits one transaction of one or two branches. The txid goes to out->txid
+ * whatever happens. id NULL = a fresh txid. Returns the submit's rc. */
+static int submit(treaty_client_t *c, const treaty_txid_t *id, int timeout_ms, treaty_outcome_t *out,
+                  const char *svc0, const char *pay0, const char *svc1, const char *pay1)
+{
+    treaty_txn_t *t = NULL;
+    int rc = id != NULL ? treaty_txn_new_with_id(id, &t) : treaty_txn_new(&t);
+    cr_assert(rc == 0, "treaty_txn_new: %s", treaty_strerror(rc));
+    rc = treaty_txn_add_branch(t, svc0, pay0, strlen(pay0));
+    cr_assert(rc == 0, "treaty_txn_add_branch(%s): %s", svc0, treaty_strerror(rc));
+    if (svc1 != NULL) {
+        rc = treaty_txn_add_branch(t, svc1, pay1, strlen(pay1));
+        cr_assert(rc == 0, "treaty_txn_add_branch(%s): %s", svc1, treaty_strerror(rc));
+    }
+    memset(out, 0, sizeof *out);
+    rc = treaty_client_submit(c, t, timeout_ms, out);
+    out->txid = *treaty_txn_id(t);
+    treaty_txn_destroy(&t);
+    return rc;
+}
+
+/* Pings the service until its instance answers "pong" (bank_service's health
+ * probe: a NO vote with that reason). Fails the test if b dies meanwhile. */
+static void bank_wait_up(struct world *w, struct bank *b)
+{
+    treaty_client_t *c = NULL;
+    int rc = treaty_client_new(w->d.endpoint, &c);
+    cr_assert(rc == 0, "treaty_client_new: %s", treaty_strerror(rc));
+    long long deadline = support_now_ms() + SUPPORT_DEADLINE_MS;
+    for (;;) {
+        treaty_outcome_t out;
+        rc = submit(c, NULL, 1000, &out, b->service, "ping", NULL, NULL);
+        if (rc == 0 && strstr(out.reason, "pong") != NULL)
+            break;
+        char st[64];
+        if (!support_proc_running(b->proc)) {
+            support_proc_dump_log(b->proc, 30);
+            cr_assert_fail("%s ended before it served: %s (log %s)", b->service,
+                           support_proc_status_str(b->proc, st, sizeof st), b->proc->log);
+        }
+        if (!support_proc_running(w->d.proc))
+            cr_assert_fail("treatyd ended: %s (log %s)", support_proc_status_str(w->d.proc, st, sizeof st),
+                           w->d.proc->log);
+        cr_assert(support_now_ms() < deadline,
+                  "%s does not answer a ping through treatyd after %d ms: last %s %s \"%s\" (logs %s)", b->service,
+                  SUPPORT_DEADLINE_MS, treaty_err_name(rc), treaty_status_name(out.status), out.reason,
+                  support_log_dir());
+        support_sleep_ms(100);
+    }
+    treaty_client_destroy(&c);
+}
+
+static void bank_start(struct world *w, struct bank *b, const char *const env[])
+{
+    bank_spawn(w, b, env);
+    bank_wait_up(w, b);
+}
+
+static void world_start(struct world *w, const struct world_opts *o)
+{
+    memset(w, 0, sizeof *w);
+    support_db_create("journal", w->journal_db, sizeof w->journal_db);
+    support_db_conninfo(w->journal_db, w->journal, sizeof w->journal);
+    w->a.service = "bank-a";
+    w->a.instance = "a1";
+    w->b.service = "bank-b";
+    w->b.instance = "b1";
+    support_db_create("bank_a", w->a.db, sizeof w->a.db);
+    support_db_create("bank_b", w->b.db, sizeof w->b.db);
+    support_db_conninfo(w->a.db, w->a.conninfo, sizeof w->a.conninfo);
+    support_db_conninfo(w->b.db, w->b.conninfo, sizeof w->b.conninfo);
+    snprintf(w->a.accounts, sizeof w->a.accounts, "%s", o->accounts_a != NULL ? o->accounts_a : "alice=100");
+    snprintf(w->b.accounts, sizeof w->b.accounts, "%s", o->accounts_b != NULL ? o->accounts_b : "bob=50");
+    w->b.delay_ms = o->bank_b_delay_ms;
+
+    support_treatyd_start(&w->d, w->journal, &o->coord, o->coord_env);
+    bank_start(w, &w->a, NULL);
+    bank_start(w, &w->b, o->bank_b_env);
+}
+
+static long long balance(const struct bank *b, const char *account)
+{
+    return support_scalar(b->conninfo, "SELECT balance FROM accounts WHERE id = '%s'", account);
+}
+
+/* Waits until neither bank holds a treaty:* prepared transaction. */
+static void world_settle(struct world *w)
+{
+    support_wait_no_prepared(w->a.conninfo);
+    support_wait_no_prepared(w->b.conninfo);
+}
+
+static void expect_balances(struct world *w, long long alice, long long bob)
+{
+    long long a = balance(&w->a, "alice"), b = balance(&w->b, "bob");
+    cr_assert(a == alice && b == bob, "balances: alice %lld (want %lld), bob %lld (want %lld)", a, alice, b, bob);
+}
+
+static const char *txid_str(const treaty_txid_t *id)
+{
+    static char buf[4][TREATY_TXID_STRLEN];
+    static int next;
+    char *s = buf[next++ % 4];
+    return treaty_txid_format(id, s);
+}
+
+struct journal_probe {
+    const char *journal;
+    const char *txid;
+};
+
+static bool end_written(void *arg)
+{
+    const struct journal_probe *q = arg;
+    long long n = 0;
+    return support_try_scalar(q->journal, &n,
+                              "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'end'", q->txid) &&
+           n > 0;
+}
+
+/* Waits for the END record of txid: every participant acknowledged. */
+static void expect_end_record(struct world *w, const treaty_txid_t *id)
+{
+    struct journal_probe q = {w->journal, txid_str(id)};
+    cr_assert(support_wait_until(end_written, &q, SUPPORT_DEADLINE_MS),
+              "no END record for %s in the journal after %d ms: not every participant acknowledged (logs %s)", q.txid,
+              SUPPORT_DEADLINE_MS, support_log_dir());
+}
+
+static void expect_proc_killed(struct support_proc *p, const char *why)
+{
+    cr_assert(support_proc_wait(p, SUPPORT_DEADLINE_MS), "%s did not die at %s (log %s)", p->name, why, p->log);
+    char st[64];
+    cr_assert(p->status != -1 && WIFSIGNALED(p->status) && WTERMSIG(p->status) == SIGKILL,
+              "%s should have been SIGKILLed by fault point %s, but ended with %s (log %s)", p->name, why,
+              support_proc_status_str(p, st, sizeof st), p->log);
+}
+
+static treaty_client_t *client(struct world *w)
+{
+    treaty_client_t *c = NULL;
+    int rc = treaty_client_new(w->d.endpoint, &c);
+    cr_assert(rc == 0, "treaty_client_new(%s): %s", w->d.endpoint, treaty_strerror(rc));
+    return c;
+}
+
+/* A transfer alice -> bob (amount > 0) or bob -> alice (amount < 0):
+ * branch 0 at bank-a, branch 1 at bank-b. */
+static int transfer(treaty_client_t *c, const treaty_txid_t *id, long long amount, int timeout_ms,
+                    treaty_outcome_t *out)
+{
+    char pa[64], pb[64];
+    snprintf(pa, sizeof pa, "alice:%lld", -amount);
+    snprintf(pb, sizeof pb, "bob:%lld", amount);
+    return submit(c, id, timeout_ms, out, "bank-a", pa, "bank-b", pb);
+}
+
+static void expect_committed(int rc, const treaty_outcome_t *out)
+{
+    cr_assert(rc == 0, "submit %s: %s (logs %s)", txid_str(&out->txid), treaty_err_name(rc), support_log_dir());
+    cr_assert(out->error == 0 && out->status == TREATY_STATUS_COMMITTED,
+              "transaction %s: want committed, got %s (error %s, reason \"%s\", failed branch %u; logs %s)",
+              txid_str(&out->txid), treaty_status_name(out->status), treaty_err_name(out->error), out->reason,
+              out->failed_branch, support_log_dir());
+}
+
+/* ------------------------------------------------------------------ tests */
+
+Test(e2e, transfer_commits_in_both_databases, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_outcome_t t1, t2, q;
+    expect_committed(transfer(c, NULL, 30, 10000, &t1), &t1);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    expect_committed(transfer(c, NULL, -5, 10000, &t2), &t2);
+    world_settle(&w);
+    expect_balances(&w, 75, 75);
+
+    int rc = treaty_client_query(c, &t1.txid, 5000, &q);
+    cr_assert(rc == 0 && q.status == TREATY_STATUS_COMMITTED, "query %s: %s %s", txid_str(&t1.txid),
+              treaty_err_name(rc), treaty_status_name(q.status));
+    expect_end_record(&w, &t1.txid);
+    expect_end_record(&w, &t2.txid);
+    treaty_client_destroy(&c);
+
+    /* Clean shutdown of everything. */
+    cr_assert(support_proc_stop(w.a.proc, 10000), "bank-a did not exit 0 on SIGTERM (log %s)", w.a.proc->log);
+    cr_assert(support_proc_stop(w.b.proc, 10000), "bank-b did not exit 0 on SIGTERM (log %s)", w.b.proc->log);
+    cr_assert(support_proc_stop(w.d.proc, 10000), "treatyd did not exit 0 on SIGTERM (log %s)", w.d.proc->log);
+}
+
+Test(e2e, no_vote_aborts_with_reason_and_changes_nothing, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* bob has 50: bank-b (branch 1) votes NO; bank-a's prepared credit is rolled back. */
+    treaty_outcome_t out, q;
+    int rc = transfer(c, NULL, -80, 10000, &out);
+    cr_assert(rc == 0, "submit: %s", treaty_err_name(rc));
+    cr_assert(out.status == TREATY_STATUS_ABORTED, "want aborted, got %s", treaty_status_name(out.status));
+    cr_assert(out.failed_branch == 1, "want failed branch 1 (bank-b), got %u", out.failed_branch);
+    cr_assert(strstr(out.reason, "insufficient funds in bob") != NULL, "reason \"%s\" does not name the refusal",
+              out.reason);
+
+    rc = treaty_client_query(c, &out.txid, 5000, &q);
+    cr_assert(rc == 0 && q.status == TREATY_STATUS_ABORTED, "query: %s %s", treaty_err_name(rc),
+              treaty_status_name(q.status));
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+
+    /* Unknown account: also a NO, from bank-a this time (branch 0). */
+    rc = submit(c, NULL, 10000, &out, "bank-a", "carol:-1", "bank-b", "bob:1");
+    cr_assert(rc == 0 && out.status == TREATY_STATUS_ABORTED, "want aborted: %s %s", treaty_err_name(rc),
+              treaty_status_name(out.status));
+    cr_assert(out.failed_branch == 0 && strstr(out.reason, "no account carol") != NULL,
+              "want failed branch 0 \"no account carol\", got %u \"%s\"", out.failed_branch, out.reason);
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, prepare_timeout_aborts, .init = e2e_setup_shared)
+{
+    /* bank-b sleeps 4 s before voting; the transaction allows 1.5 s. */
+    struct world w;
+    struct world_opts o = {.bank_b_delay_ms = 4000};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_outcome_t out, fin;
+    int rc = transfer(c, NULL, 30, 1500, &out);
+    cr_assert(rc == 0 || rc == TREATY_ETIMEDOUT, "submit: %s", treaty_err_name(rc));
+    if (rc == 0)
+        cr_assert(out.status == TREATY_STATUS_ABORTED, "want aborted, got %s", treaty_status_name(out.status));
+    enum treaty_status st = support_query_final(w.d.endpoint, &out.txid, &fin);
+    cr_assert(st == TREATY_STATUS_ABORTED, "final outcome %s, want aborted", treaty_status_name(st));
+    cr_log_info("prepare timeout: client told %s/%s; reason \"%s\", failed branch %u", treaty_err_name(rc),
+                treaty_status_name(out.status), fin.reason, fin.failed_branch);
+
+    /* bank-b handles one message at a time: once it answers a ping it has
+     * finished the slow PREPARE (PREPARE TRANSACTION and the late YES). Its
+     * prepared branch must then be rolled back. */
+    bank_wait_up(&w, &w.b);
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    st = support_query_final(w.d.endpoint, &out.txid, &fin);
+    cr_assert(st == TREATY_STATUS_ABORTED, "after the late vote the outcome is %s", treaty_status_name(st));
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, participant_killed_after_prepare_is_rolled_back_through_inquire, .init = e2e_setup_shared)
+{
+    static const char *const crash[] = {"TREATY_CRASH_AT=participant.after_prepare", NULL};
+    struct world w;
+    struct world_opts o = {.bank_b_env = crash};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* bank-b prepares, then dies before voting: the prepare deadline aborts. */
+    treaty_outcome_t out, fin;
+    int rc = transfer(c, NULL, 30, 2000, &out);
+    cr_assert(rc == 0 || rc == TREATY_ETIMEDOUT, "submit: %s", treaty_err_name(rc));
+    if (rc == 0)
+        cr_assert(out.status == TREATY_STATUS_ABORTED, "want aborted, got %s", treaty_status_name(out.status));
+    expect_proc_killed(w.b.proc, "participant.after_prepare");
+    cr_assert(support_query_final(w.d.endpoint, &out.txid, &fin) == TREATY_STATUS_ABORTED, "final outcome %s",
+              treaty_status_name(fin.status));
+
+    /* The branch is in doubt in bank-b's database until someone asks. */
+    cr_assert(support_prepared_count(w.b.conninfo) == 1, "bank-b should hold its in-doubt branch, has %lld",
+              support_prepared_count(w.b.conninfo));
+    support_wait_no_prepared(w.a.conninfo);
+
+    /* Restarted without the fault, bank-b INQUIREs and rolls back. */
+    bank_start(&w, &w.b, NULL);
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+
+    /* And it serves again. */
+    treaty_outcome_t t2;
+    expect_committed(transfer(c, NULL, 10, 10000, &t2), &t2);
+    world_settle(&w);
+    expect_balances(&w, 90, 60);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, participant_killed_after_commit_gets_commit_again, .init = e2e_setup_shared)
+{
+    static const char *const crash[] = {"TREATY_CRASH_AT=participant.after_commit", NULL};
+    struct world w;
+    struct world_opts o = {.bank_b_env = crash};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* The decision is durable before anyone is told: the client hears
+     * committed, bank-b commits and dies before its ACK. */
+    treaty_outcome_t out;
+    expect_committed(transfer(c, NULL, 30, 10000, &out), &out);
+    expect_proc_killed(w.b.proc, "participant.after_commit");
+    cr_assert(support_prepared_count(w.b.conninfo) == 0, "bank-b committed before dying; prepared left: %lld",
+              support_prepared_count(w.b.conninfo));
+    cr_assert(balance(&w.b, "bob") == 80, "bob: %lld, want 80", balance(&w.b, "bob"));
+
+    /* Restarted, bank-b gets COMMIT again (idempotent) and ACKs: END. */
+    bank_start(&w, &w.b, NULL);
+    expect_end_record(&w, &out.txid);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    treaty_outcome_t q;
+    int rc = treaty_client_query(c, &out.txid, 5000, &q);
+    cr_assert(rc == 0 && q.status == TREATY_STATUS_COMMITTED, "query: %s %s", treaty_err_name(rc),
+              treaty_status_name(q.status));
+    treaty_client_destroy(&c);
+}
+
+/* Coordinator crash tests: the client submits, treatyd dies at the fault
+ * point, and the client gets no answer. The client is destroyed before
+ * treatyd restarts so that no re-sent SUBMIT reaches the new incarnation. */
+static void submit_into_crash(struct world *w, const char *point, treaty_txid_t *id, bool may_commit_answer)
+{
+    treaty_client_t *c = client(w);
+    treaty_outcome_t out;
+    int rc = transfer(c, NULL, 30, 3000, &out);
+    *id = out.txid;
+    if (may_commit_answer && rc == 0)
+        cr_assert(out.status == TREATY_STATUS_COMMITTED, "told %s before %s", treaty_status_name(out.status), point);
+    else
+        cr_assert(rc == TREATY_ETIMEDOUT && out.status == TREATY_STATUS_UNKNOWN,
+                  "submit into %s: want TREATY_ETIMEDOUT/unknown, got %s/%s", point, treaty_err_name(rc),
+                  treaty_status_name(out.status));
+    treaty_client_destroy(&c);
+    expect_proc_killed(w->d.proc, point);
+}
+
+Test(e2e, coordinator_killed_after_commit_record_commits_after_restart, .init = e2e_setup_shared)
+{
+    static const char *const crash[] = {"TREATY_CRASH_AT=coord.after_commit_durable", NULL};
+    struct world w;
+    struct world_opts o = {.coord_env = crash};
+    world_start(&w, &o);
+
+    treaty_txid_t id;
+    submit_into_crash(&w, "coord.after_commit_durable", &id, false);
+    /* Both voted YES: both branches are prepared, undecided. */
+    cr_assert(support_prepared_count(w.a.conninfo) == 1 && support_prepared_count(w.b.conninfo) == 1,
+              "want one prepared branch per bank, have %lld and %lld", support_prepared_count(w.a.conninfo),
+              support_prepared_count(w.b.conninfo));
+
+    support_treatyd_restart(&w.d, NULL, true);
+    treaty_outcome_t fin;
+    cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_COMMITTED,
+              "after recovery %s is %s, want committed (the COMMIT record was durable)", txid_str(&id),
+              treaty_status_name(fin.status));
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    expect_end_record(&w, &id);
+}
+
+Test(e2e, coordinator_killed_between_commit_sends_commits_everywhere, .init = e2e_setup_shared)
+{
+    static const char *const crash[] = {"TREATY_CRASH_AT=coord.between_commit_sends", NULL};
+    struct world w;
+    struct world_opts o = {.coord_env = crash};
+    world_start(&w, &o);
+
+    treaty_txid_t id;
+    submit_into_crash(&w, "coord.between_commit_sends", &id, true);
+
+    support_treatyd_restart(&w.d, NULL, true);
+    treaty_outcome_t fin;
+    cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_COMMITTED,
+              "after recovery %s is %s, want committed", txid_str(&id), treaty_status_name(fin.status));
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    expect_end_record(&w, &id);
+}
+
+Test(e2e, coordinator_killed_before_decision_aborts_after_restart, .init = e2e_setup_shared)
+{
+    static const char *const crash[] = {"TREATY_CRASH_AT=coord.before_decision", NULL};
+    struct world w;
+    struct world_opts o = {.coord_env = crash};
+    world_start(&w, &o);
+
+    treaty_txid_t id;
+    submit_into_crash(&w, "coord.before_decision", &id, false);
+    cr_assert(support_prepared_count(w.a.conninfo) == 1 && support_prepared_count(w.b.conninfo) == 1,
+              "want one prepared branch per bank, have %lld and %lld", support_prepared_count(w.a.conninfo),
+              support_prepared_count(w.b.conninfo));
+
+    /* No COMMIT record: presumed abort. The banks learn it by INQUIRE. */
+    support_treatyd_restart(&w.d, NULL, true);
+    treaty_outcome_t fin;
+    cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_ABORTED,
+              "after restart %s is %s, want aborted (no COMMIT record)", txid_str(&id),
+              treaty_status_name(fin.status));
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_ABORTED, "outcome changed to %s",
+              treaty_status_name(fin.status));
+}
+
+Test(e2e, resubmitted_txid_returns_same_outcome_and_applies_once, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_outcome_t first, again;
+    expect_committed(transfer(c, NULL, 30, 10000, &first), &first);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+
+    /* Resubmitted while the coordinator may still hold it in memory... */
+    expect_committed(transfer(c, &first.txid, 30, 10000, &again), &again);
+    cr_assert(memcmp(&again.txid, &first.txid, sizeof first.txid) == 0, "txid changed");
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+
+    /* ...and after it finished (END written). */
+    expect_end_record(&w, &first.txid);
+    expect_committed(transfer(c, &first.txid, 30, 10000, &again), &again);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, resubmitted_aborted_txid_stays_aborted, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* bob has 50: refused. */
+    treaty_outcome_t refused, topup, again;
+    int rc = transfer(c, NULL, -60, 10000, &refused);
+    cr_assert(rc == 0 && refused.status == TREATY_STATUS_ABORTED, "want aborted: %s %s", treaty_err_name(rc),
+              treaty_status_name(refused.status));
+    world_settle(&w);
+
+    /* Now bob could pay; the same txid must still be aborted. */
+    expect_committed(transfer(c, NULL, 30, 10000, &topup), &topup);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    rc = transfer(c, &refused.txid, -60, 10000, &again);
+    cr_assert(rc == 0 && again.status == TREATY_STATUS_ABORTED,
+              "resubmitted aborted txid %s: want aborted, got %s %s", txid_str(&refused.txid), treaty_err_name(rc),
+              treaty_status_name(again.status));
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, branch_to_service_without_instance_aborts, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_outcome_t out;
+    int rc = submit(c, NULL, 10000, &out, "bank-a", "alice:-10", "bank-nowhere", "x:10");
+    cr_assert(rc == 0, "submit: %s (the coordinator should refuse at once, not let the deadline pass)",
+              treaty_err_name(rc));
+    cr_assert(out.status == TREATY_STATUS_ABORTED, "want aborted, got %s (error %s)", treaty_status_name(out.status),
+              treaty_err_name(out.error));
+    cr_assert(out.failed_branch == 1, "want failed branch 1, got %u", out.failed_branch);
+    cr_assert(out.reason[0] != '\0', "abort without a reason");
+    cr_log_info("no instance: reason \"%s\", error %s", out.reason, treaty_err_name(out.error));
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    treaty_client_destroy(&c);
+}
+
+/* ----------------------------------------------------- concurrency tests */
+
+#define MAXACCT 64
+
+struct xfer {
+    treaty_txid_t id;
+    int ai, bi;       /* accounts a<ai> and b<bi> */
+    long long amount; /* from a<ai> to b<bi>; negative: the other way */
+    int rc;           /* submit rc */
+    treaty_outcome_t told;
+    bool answered;
+    enum treaty_status final;
+};
+
+static unsigned rnd(unsigned n)
+{
+    unsigned r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (unsigned)rand();
+    return r % n;
+}
+
+/* A random transfer between a<0..nacct-1> and b<0..nacct-1>. */
+static void xfer_build(struct xfer *x, int nacct, treaty_txn_t **out)
+{
+    x->ai = (int)rnd((unsigned)nacct);
+    x->bi = (int)rnd((unsigned)nacct);
+    x->amount = (long long)rnd(30) + 1;
+    if (rnd(2))
+        x->amount = -x->amount;
+    char pa[64], pb[64];
+    snprintf(pa, sizeof pa, "a%d:%lld", x->ai, -x->amount);
+    snprintf(pb, sizeof pb, "b%d:%lld", x->bi, x->amount);
+    treaty_txn_t *t = NULL;
+    int rc = treaty_txn_new(&t);
+    if (rc == 0)
+        rc = treaty_txn_add_branch(t, "bank-a", pa, strlen(pa));
+    if (rc == 0)
+        rc = treaty_txn_add_branch(t, "bank-b", pb, strlen(pb));
+    x->rc = rc;
+    if (t != NULL)
+        x->id = *treaty_txn_id(t);
+    *out = t;
+}
+
+static void accounts_list(char *buf, size_t len, char prefix, int nacct, long long each)
+{
+    size_t o = 0;
+    for (int i = 0; i < nacct; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%c%d=%lld", i ? "," : "", prefix, i, each);
+}
+
+/* Resolves every transfer's final outcome, then checks the databases:
+ * each account = opening + the committed transfers, nothing prepared. */
+static void check_conserved(struct world *w, struct xfer *xs, int n, int nacct, long long each)
+{
+    int committed = 0;
+    long long want_a[MAXACCT], want_b[MAXACCT];
+    for (int i = 0; i < nacct; i++)
+        want_a[i] = want_b[i] = each;
+    for (int i = 0; i < n; i++) {
+        struct xfer *x = &xs[i];
+        treaty_outcome_t fin;
+        x->final = support_query_final(w->d.endpoint, &x->id, &fin);
+        if (x->answered && x->rc == 0 && x->told.error == 0 &&
+            (x->told.status == TREATY_STATUS_COMMITTED || x->told.status == TREATY_STATUS_ABORTED))
+            cr_assert(x->final == x->told.status, "%s: told %s, later %s", txid_str(&x->id),
+                      treaty_status_name(x->told.status), treaty_status_name(x->final));
+        if (x->final == TREATY_STATUS_COMMITTED) {
+            committed++;
+            want_a[x->ai] -= x->amount;
+            want_b[x->bi] += x->amount;
+        }
+    }
+    world_settle(w);
+    long long total = 0;
+    for (int i = 0; i < nacct; i++) {
+        char acct[8];
+        snprintf(acct, sizeof acct, "a%d", i);
+        long long got = balance(&w->a, acct);
+        cr_assert(got == want_a[i], "%s: %lld, committed transfers say %lld", acct, got, want_a[i]);
+        total += got;
+        snprintf(acct, sizeof acct, "b%d", i);
+        got = balance(&w->b, acct);
+        cr_assert(got == want_b[i], "%s: %lld, committed transfers say %lld", acct, got, want_b[i]);
+        total += got;
+    }
+    cr_assert(total == 2 * nacct * each, "total %lld, want %lld", total, 2 * nacct * each);
+    cr_assert(committed > 0, "no transfer committed out of %d", n);
+    cr_log_info("%d of %d transfers committed", committed, n);
+}
+
+struct async_ctx {
+    int done;
+};
+
+struct async_slot {
+    struct async_ctx *ctx;
+    struct xfer *x;
+};
+
+static void on_outcome(void *arg, const treaty_outcome_t *outcome)
+{
+    struct async_slot *s = arg;
+    s->x->told = *outcome;
+    s->x->answered = true;
+    s->ctx->done++;
+}
+
+Test(e2e, concurrent_transfers_conserve_money, .init = e2e_setup_shared)
+{
+    /* Many accounts: a prepared branch holds its row until COMMIT, and a
+     * PREPARE that finds the row locked is a NO vote ("busy"). */
+    enum { N = 200, WINDOW = 16, NACCT = 40 };
+    char acc_a[1024], acc_b[1024];
+    accounts_list(acc_a, sizeof acc_a, 'a', NACCT, 100);
+    accounts_list(acc_b, sizeof acc_b, 'b', NACCT, 100);
+    struct world w;
+    struct world_opts o = {.accounts_a = acc_a, .accounts_b = acc_b};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    static struct xfer xs[N];
+    static struct async_slot slots[N];
+    memset(xs, 0, sizeof xs);
+    struct async_ctx ctx = {0};
+    int sent = 0;
+    long long deadline = support_now_ms() + 120000;
+    while (ctx.done < N) {
+        while (sent < N && sent - ctx.done < WINDOW) {
+            treaty_txn_t *t = NULL;
+            xfer_build(&xs[sent], NACCT, &t);
+            cr_assert(xs[sent].rc == 0, "building transfer %d: %s", sent, treaty_err_name(xs[sent].rc));
+            slots[sent] = (struct async_slot){&ctx, &xs[sent]};
+            int rc = treaty_client_submit_async(c, t, 20000, on_outcome, &slots[sent]);
+            treaty_txn_destroy(&t);
+            cr_assert(rc == 0, "submit_async %d: %s (%s)", sent, treaty_err_name(rc), treaty_client_errmsg(c));
+            sent++;
+        }
+        int wait = treaty_client_next_timeout(c);
+        if (wait < 0 || wait > 100)
+            wait = 100;
+        struct pollfd pfd = {.fd = treaty_client_fd(c), .events = POLLIN};
+        poll(&pfd, 1, wait);
+        int n;
+        while ((n = treaty_client_process(c)) > 0) {
+        }
+        cr_assert(n == 0, "treaty_client_process: %s (%s)", treaty_err_name(n), treaty_client_errmsg(c));
+        cr_assert(support_now_ms() < deadline, "only %d of %d outcomes after 120 s", ctx.done, N);
+    }
+    treaty_client_destroy(&c);
+    for (int i = 0; i < N; i++)
+        xs[i].rc = 0;
+    check_conserved(&w, xs, N, NACCT, 100);
+}
+
+/* Postgres restart under load: client threads keep transferring while the
+ * cluster restarts. Outcomes during the restart may be unknown or refused;
+ * afterwards every transaction is resolved by query, and what a client was
+ * told must hold, and the databases must match the resolved outcomes. */
+
+#define RESTART_MAX 4000
+#define RESTART_NACCT 8
+
+struct loader {
+    pthread_t th;
+    const char *endpoint;
+    atomic_bool *stop;
+    atomic_int *completed;
+    atomic_int *committed;
+    struct xfer *xs; /* RESTART_MAX */
+    int n;
+    int error; /* a client API error other than a transaction outcome */
+};
+
+static void *loader_main(void *arg)
+{
+    struct loader *l = arg;
+    treaty_client_t *c = NULL;
+    l->error = treaty_client_new(l->endpoint, &c);
+    if (l->error != 0)
+        return NULL;
+    while (!atomic_load(l->stop) && l->n < RESTART_MAX) {
+        struct xfer *x = &l->xs[l->n];
+        treaty_txn_t *t = NULL;
+        xfer_build(x, RESTART_NACCT, &t);
+        if (x->rc != 0) {
+            l->error = x->rc;
+            break;
+        }
+        l->n++;
+        x->rc = treaty_client_submit(c, t, 5000, &x->told);
+        x->answered = x->rc == 0;
+        treaty_txn_destroy(&t);
+        atomic_fetch_add(l->completed, 1);
+        if (x->rc == 0 && x->told.error == 0 && x->told.status == TREATY_STATUS_COMMITTED)
+            atomic_fetch_add(l->committed, 1);
+        if (x->rc != 0 || x->told.error != 0)
+            support_sleep_ms(50); /* the coordinator or Postgres is away: do not spin */
+        support_sleep_ms(20);    /* a steady load, not a flood */
+    }
+    treaty_client_destroy(&c);
+    return NULL;
+}
+
+struct counter_goal {
+    atomic_int *counter;
+    int goal;
+};
+
+static bool reached(void *arg)
+{
+    struct counter_goal *g = arg;
+    return atomic_load(g->counter) >= g->goal;
+}
+
+Test(e2e, postgres_restart_under_load, .init = e2e_setup_exclusive, .timeout = 300)
+{
+    enum { THREADS = 2 };
+    char acc_a[256], acc_b[256];
+    accounts_list(acc_a, sizeof acc_a, 'a', RESTART_NACCT, 1000);
+    accounts_list(acc_b, sizeof acc_b, 'b', RESTART_NACCT, 1000);
+    struct world w;
+    struct world_opts o = {.accounts_a = acc_a, .accounts_b = acc_b};
+    world_start(&w, &o);
+
+    static struct xfer xs[THREADS][RESTART_MAX];
+    memset(xs, 0, sizeof xs);
+    atomic_bool stop = false;
+    atomic_int completed = 0, committed = 0;
+    struct loader ls[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        ls[i] = (struct loader){.endpoint = w.d.endpoint, .stop = &stop, .completed = &completed,
+                                .committed = &committed, .xs = xs[i]};
+        cr_assert(pthread_create(&ls[i].th, NULL, loader_main, &ls[i]) == 0, "pthread_create");
+    }
+
+    struct counter_goal g = {&completed, 20};
+    bool warm = support_wait_until(reached, &g, SUPPORT_DEADLINE_MS);
+    if (warm)
+        support_pg_restart();
+    /* Liveness: once Postgres is back, transfers commit again. */
+    struct counter_goal g2 = {&committed, atomic_load(&committed) + 10};
+    bool recovered = warm && support_wait_until(reached, &g2, 60000);
+    atomic_store(&stop, true);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(ls[i].th, NULL);
+    cr_assert(warm, "only %d transfers completed before the restart", atomic_load(&completed));
+    for (int i = 0; i < THREADS; i++)
+        cr_assert(ls[i].error == 0, "loader %d: %s", i, treaty_err_name(ls[i].error));
+    cr_assert(recovered, "no 10 more commits within 60 s after the Postgres restart (logs %s)", support_log_dir());
+    cr_assert(support_proc_running(w.a.proc) && support_proc_running(w.b.proc) && support_proc_running(w.d.proc),
+              "a process died during the Postgres restart (logs %s)", support_log_dir());
+
+    /* Resolve and check, all transfers of all loaders together. */
+    int total = 0;
+    for (int i = 0; i < THREADS; i++)
+        total += ls[i].n;
+    struct xfer *all = calloc((size_t)total, sizeof *all);
+    cr_assert(all != NULL);
+    int k = 0;
+    for (int i = 0; i < THREADS; i++)
+        for (int j = 0; j < ls[i].n; j++)
+            all[k++] = xs[i][j];
+    check_conserved(&w, all, total, RESTART_NACCT, 1000);
+    free(all);
+}

@@ -1,0 +1,1083 @@
+/*
+ * test_journal.c - the journal (journal/journal.h) against a real PostgreSQL.
+ *
+ * Environment (tests/run.sh sets both):
+ *   TREATY_TEST_PG     base libpq conninfo, no dbname. Unset: the tests that
+ *                      need Postgres fail, they never skip.
+ *   TREATY_TEST_PGDIR  the cluster's directory, for scripts/pgtmp.sh restart.
+ *
+ * Every test gets its own database (journal_test_<pid>_<n>), so the tests run
+ * in parallel. The restart test takes an exclusive flock on
+ * $TREATY_TEST_PGDIR/restart.lock and every other database test a shared one,
+ * so no test sees the cluster go away under it.
+ *
+ * Timing never decides a verdict: waits poll their condition with generous
+ * deadlines.
+ */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+#include <zmq.h>
+
+#include "journal.h"
+#include "journal_int.h"
+#include "log.h"
+#include "treaty.h"
+
+#define WAIT_MS 30000
+
+/* ------------------------------------------------------------- fixture */
+
+static char db_name[64];
+static char db_conninfo[1024];
+static int lock_fd = -1;
+static void *zctx;
+static struct journal *J, *J2; /* closed by the fixture if a test fails */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static const char *base_conninfo(void)
+{
+    const char *b = getenv("TREATY_TEST_PG");
+    if (!b || !*b)
+        cr_assert_fail("TREATY_TEST_PG is not set: run the journal tests through `make test` (tests/run.sh "
+                       "starts a throwaway PostgreSQL), or set it to a base conninfo such as "
+                       "\"host=/tmp/x port=5432 user=treaty\"");
+    return b;
+}
+
+static void cluster_lock(int how)
+{
+    const char *dir = getenv("TREATY_TEST_PGDIR");
+    if (!dir || !*dir) {
+        if (how == LOCK_EX)
+            cr_assert_fail("TREATY_TEST_PGDIR is not set: the restart test needs the cluster's directory");
+        return;
+    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/restart.lock", dir);
+    lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    cr_assert(lock_fd >= 0, "open %s: %s", path, strerror(errno));
+    while (flock(lock_fd, how) != 0)
+        cr_assert(errno == EINTR, "flock %s: %s", path, strerror(errno));
+}
+
+static void quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+/* Connects, retrying for up to 30 s (the cluster may be restarting). */
+static PGconn *pg_open(const char *conninfo)
+{
+    int64_t until = mono_ms() + WAIT_MS;
+    for (;;) {
+        PGconn *c = PQconnectdb(conninfo);
+        if (PQstatus(c) == CONNECTION_OK) {
+            PQsetNoticeProcessor(c, quiet, NULL);
+            return c;
+        }
+        if (mono_ms() > until) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
+            PQfinish(c);
+            cr_assert_fail("cannot connect to %s: %s", conninfo, msg);
+        }
+        PQfinish(c);
+        sleep_ms(100);
+    }
+}
+
+static PGresult *pg_must(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQresultErrorMessage(res));
+    return res;
+}
+
+static void pg_run(const char *conninfo, const char *sql)
+{
+    PGconn *c = pg_open(conninfo);
+    PQclear(pg_must(c, sql));
+    PQfinish(c);
+}
+
+static long long pg_count(const char *sql)
+{
+    PGconn *c = pg_open(db_conninfo);
+    PGresult *res = pg_must(c, sql);
+    cr_assert_eq(PQntuples(res), 1, "%s", sql);
+    long long v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    PQfinish(c);
+    return v;
+}
+
+/* Runs "<verb> <this test's database><suffix>" in the postgres database. */
+static void admin_db(const char *verb, const char *suffix)
+{
+    char ci[1200], sql[512];
+    snprintf(ci, sizeof ci, "%s dbname=postgres", base_conninfo());
+    snprintf(sql, sizeof sql, "%s %s%s", verb, db_name, suffix);
+    pg_run(ci, sql);
+}
+
+static void db_create(void)
+{
+    static unsigned n;
+    const char *base = base_conninfo();
+    snprintf(db_name, sizeof db_name, "journal_test_%d_%u", (int)getpid(), n++);
+    admin_db("CREATE DATABASE", "");
+    snprintf(db_conninfo, sizeof db_conninfo, "%s dbname=%s", base, db_name);
+    zctx = zmq_ctx_new();
+    cr_assert_not_null(zctx);
+}
+
+static void db_setup(void)
+{
+    log_set_level(LOG_LEVEL_WARN);
+    base_conninfo();
+    cluster_lock(LOCK_SH);
+    db_create();
+}
+
+static void db_setup_exclusive(void)
+{
+    log_set_level(LOG_LEVEL_WARN);
+    base_conninfo();
+    cluster_lock(LOCK_EX);
+    db_create();
+}
+
+static void db_teardown(void)
+{
+    journal_close(&J, 0);
+    journal_close(&J2, 0);
+    if (zctx)
+        zmq_ctx_term(zctx);
+    zctx = NULL;
+    if (db_name[0])
+        admin_db("DROP DATABASE IF EXISTS", " WITH (FORCE)");
+    if (lock_fd >= 0)
+        close(lock_fd);
+    lock_fd = -1;
+}
+
+/* ------------------------------------------------------------- helpers */
+
+static struct journal_config test_cfg(void)
+{
+    struct journal_config cfg = {0};
+    cfg.conninfo = db_conninfo;
+    cfg.connect_initial_ms = 20;
+    cfg.connect_max_ms = 500;
+    return cfg;
+}
+
+static struct journal *open_journal(const struct journal_config *cfg, bool start)
+{
+    struct journal *j = NULL;
+    char err[256];
+    int rc = journal_connect(cfg, &j, err, sizeof err);
+    cr_assert_eq(rc, 0, "journal_connect: %s (%s)", treaty_err_name(rc), err);
+    cr_assert_not_null(j);
+    if (start)
+        cr_assert_eq(journal_start(j, zctx), 0);
+    return j;
+}
+
+static void new_txid(uint8_t id[16])
+{
+    treaty_txid_t t;
+    cr_assert_eq(treaty_txid_generate(&t), 0);
+    memcpy(id, t.b, 16);
+}
+
+static void txid_sql(const uint8_t id[16], char out[37])
+{
+    journal_txid_format(id, out);
+}
+
+static const char *const svc_ab[] = {"svc-a", "svc-b"};
+
+static struct journal_rec rec(const uint8_t id[16], enum journal_kind kind, const char *detail)
+{
+    struct journal_rec r = {.kind = kind, .failed_branch = -1, .detail = detail};
+    memcpy(r.txid, id, 16);
+    if (kind != JOURNAL_END) {
+        r.nservices = 2;
+        r.services = svc_ab;
+    }
+    return r;
+}
+
+/* Polls journal_durable (as the loop would) until it reaches seq. */
+static bool wait_durable(struct journal *j, uint64_t seq, int timeout_ms)
+{
+    int64_t until = mono_ms() + timeout_ms;
+    while (journal_durable(j) < seq) {
+        if (mono_ms() > until)
+            return false;
+        zmq_pollitem_t it = {.socket = journal_socket(j), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+    }
+    return true;
+}
+
+struct seen {
+    uint8_t txid[16];
+    enum journal_kind kind;
+    char services[256]; /* joined with '|' */
+    unsigned nservices;
+    char detail[256];
+    bool has_detail;
+    int failed_branch;
+    long long fin;
+};
+
+struct seen_list {
+    struct seen *v;
+    size_t n, cap;
+    size_t stop_after; /* 0: never */
+};
+
+static int collect(void *arg, const struct journal_rec *r, long long fin)
+{
+    struct seen_list *l = arg;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        cr_assert_not_null(l->v);
+    }
+    struct seen *s = &l->v[l->n++];
+    memset(s, 0, sizeof *s);
+    memcpy(s->txid, r->txid, 16);
+    s->kind = r->kind;
+    s->nservices = r->nservices;
+    for (unsigned i = 0; i < r->nservices; i++) {
+        if (i)
+            strcat(s->services, "|");
+        strncat(s->services, r->services[i], sizeof s->services - strlen(s->services) - 2);
+    }
+    if (r->detail) {
+        s->has_detail = true;
+        snprintf(s->detail, sizeof s->detail, "%s", r->detail);
+    }
+    s->failed_branch = r->failed_branch;
+    s->fin = fin;
+    if (l->stop_after && l->n >= l->stop_after)
+        return 42;
+    return 0;
+}
+
+/* Records of txid in scan order; *first gets the index of the first one. */
+static size_t seen_count(const struct seen_list *l, const uint8_t id[16], size_t *first)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        if (memcmp(l->v[i].txid, id, 16) == 0) {
+            if (n == 0 && first)
+                *first = i;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* --------------------------------------------------- codec (no database) */
+
+Test(journal_codec, kind_names)
+{
+    cr_assert_str_eq(journal_kind_name(JOURNAL_COMMIT), "commit");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_ABORT), "abort");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_END), "end");
+    cr_assert_null(journal_kind_name((enum journal_kind)0));
+    cr_assert_null(journal_kind_name((enum journal_kind)4));
+}
+
+Test(journal_codec, txid_format_and_parse_round_trip)
+{
+    uint8_t id[16], back[16];
+    for (int i = 0; i < 16; i++)
+        id[i] = (uint8_t)(i * 17 + 3);
+    char s[37];
+    journal_txid_format(id, s);
+    cr_assert_str_eq(s, "03142536-4758-697a-8b9c-adbecfe0f102");
+    cr_assert_eq(journal_txid_parse(s, back), 0);
+    cr_assert_arr_eq(id, back, 16);
+    cr_assert_eq(journal_txid_parse("03142536-4758-697A-8B9C-ADBECFE0F102", back), 0);
+    cr_assert_arr_eq(id, back, 16);
+    cr_assert_eq(journal_txid_parse("03142536-4758-697a-8b9c-adbecfe0f10", back), TREATY_EINVAL);
+    cr_assert_eq(journal_txid_parse("03142536x4758-697a-8b9c-adbecfe0f102", back), TREATY_EINVAL);
+    cr_assert_eq(journal_txid_parse("03142536-4758-697a-8b9c-adbecfe0f102x", back), TREATY_EINVAL);
+    cr_assert_eq(journal_txid_parse("0314253g-4758-697a-8b9c-adbecfe0f102", back), TREATY_EINVAL);
+}
+
+Test(journal_codec, copy_line_escapes_text_and_quotes_array_elements)
+{
+    static const char *const svcs[] = {"NULL", "a\"b\\c"};
+    struct journal_rec r = {.kind = JOURNAL_ABORT, .nservices = 2, .services = svcs,
+                            .detail = "tab\there\nnl\rcr \\ back \\.", .failed_branch = 1};
+    memset(r.txid, 0xab, 16);
+    struct journal_buf b = {0};
+    journal_encode_row(&b, &r, false);
+    const char *want = "abababab-abab-abab-abab-abababababab\tabort\t{\"NULL\",\"a\\\\\"b\\\\\\\\c\"}\t1\t"
+                       "tab\\there\\nnl\\rcr \\\\ back \\\\.\n";
+    cr_assert_eq(b.len, strlen(want));
+    cr_assert(memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+
+    /* END: no services, no detail, failed_branch only for ABORT. */
+    struct journal_rec e = {.kind = JOURNAL_END, .failed_branch = 3};
+    memset(e.txid, 0x01, 16);
+    b.len = 0;
+    journal_encode_row(&b, &e, false);
+    want = "01010101-0101-0101-0101-010101010101\tend\t\\N\t\\N\t\\N\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+    journal_buf_free(&b);
+}
+
+Test(journal_codec, copy_line_replaces_unstorable_bytes)
+{
+    struct journal_rec r = {.kind = JOURNAL_ABORT, .failed_branch = -1,
+                            .detail = "ok \xff \xc3\xa9 \xed\xa0\x80 \xe2\x82"};
+    struct journal_buf b = {0};
+    journal_encode_row(&b, &r, false);
+    const char *tail = "\t\\N\t\\N\tok ? \xc3\xa9 ??? ??\n";
+    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
+              "got: %.*s", (int)b.len, b.data);
+    b.len = 0;
+    journal_encode_row(&b, &r, true); /* a LATIN1 database: ASCII only */
+    tail = "\t\\N\t\\N\tok ? ?? ??? ??\n";
+    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
+              "got: %.*s", (int)b.len, b.data);
+    journal_buf_free(&b);
+}
+
+Test(journal_codec, text_array_parses_postgres_output)
+{
+    struct journal_strv sv = {0};
+    char s1[] = "{}";
+    cr_assert_eq(journal_parse_text_array(s1, &sv), 0);
+    cr_assert_eq(sv.n, 0);
+    char s2[] = "{svc-a,svc.b_9}";
+    cr_assert_eq(journal_parse_text_array(s2, &sv), 0);
+    cr_assert_eq(sv.n, 2);
+    cr_assert_str_eq(sv.v[0], "svc-a");
+    cr_assert_str_eq(sv.v[1], "svc.b_9");
+    char s3[] = "{\"NULL\",\"a b\",\"c\\\"d\\\\e\",NULL,x}";
+    cr_assert_eq(journal_parse_text_array(s3, &sv), 0);
+    cr_assert_eq(sv.n, 5);
+    cr_assert_str_eq(sv.v[0], "NULL");
+    cr_assert_str_eq(sv.v[1], "a b");
+    cr_assert_str_eq(sv.v[2], "c\"d\\e");
+    cr_assert_str_eq(sv.v[3], "");
+    cr_assert_str_eq(sv.v[4], "x");
+    static const char *const bad[] = {"", "{", "{a", "{a,}", "a}", "{a}x", "{\"a}", "{,a}", "{{a}}", "[1:1]={a}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%s", bad[i]);
+        cr_assert_eq(journal_parse_text_array(buf, &sv), TREATY_EPROTO, "accepted %s", bad[i]);
+    }
+    journal_strv_free(&sv);
+}
+
+/* ------------------------------------------------------ against Postgres */
+
+TestSuite(journal, .init = db_setup, .fini = db_teardown, .timeout = 180);
+
+Test(journal, append_flush_makes_records_durable_and_visible)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    cr_assert(journal_healthy(J));
+    cr_assert_not_null(journal_socket(J));
+
+    uint8_t t1[16], t2[16];
+    new_txid(t1);
+    new_txid(t2);
+    struct journal_rec c1 = rec(t1, JOURNAL_COMMIT, NULL);
+    struct journal_rec a2 = rec(t2, JOURNAL_ABORT, "participant svc-b voted no");
+    a2.failed_branch = 1;
+    struct journal_rec e1 = rec(t1, JOURNAL_END, NULL);
+    uint64_t s1 = journal_append(J, &c1, true);
+    uint64_t s2 = journal_append(J, &a2, false);
+    uint64_t s3 = journal_append(J, &e1, false);
+    cr_assert_eq(s1, 1);
+    cr_assert_eq(s2, 2);
+    cr_assert_eq(s3, 3);
+    cr_assert_eq(journal_backlog(J), 3);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s3, WAIT_MS), "durable stayed at %" PRIu64, journal_durable(J));
+    cr_assert_eq(journal_durable(J), 3);
+    cr_assert_eq(journal_backlog(J), 0);
+
+    struct journal_stats st;
+    journal_get_stats(J, &st);
+    cr_assert_eq(st.records, 3);
+    cr_assert_eq(st.batches, 1);
+    cr_assert_eq(st.forced_batches, 1);
+
+    /* Visible to anyone, as plain SQL. */
+    PGconn *c = pg_open(db_conninfo);
+    PGresult *res = pg_must(c, "SELECT txid::text, kind, services::text, failed_branch, detail "
+                               "FROM treaty_journal ORDER BY seq");
+    cr_assert_eq(PQntuples(res), 3);
+    char id1[37], id2[37];
+    txid_sql(t1, id1);
+    txid_sql(t2, id2);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), id1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "commit");
+    cr_assert_str_eq(PQgetvalue(res, 0, 2), "{svc-a,svc-b}");
+    cr_assert(PQgetisnull(res, 0, 3));
+    cr_assert(PQgetisnull(res, 0, 4));
+    cr_assert_str_eq(PQgetvalue(res, 1, 0), id2);
+    cr_assert_str_eq(PQgetvalue(res, 1, 1), "abort");
+    cr_assert_str_eq(PQgetvalue(res, 1, 3), "1");
+    cr_assert_str_eq(PQgetvalue(res, 1, 4), "participant svc-b voted no");
+    cr_assert_str_eq(PQgetvalue(res, 2, 1), "end");
+    cr_assert(PQgetisnull(res, 2, 2));
+    PQclear(res);
+    PQfinish(c);
+
+    journal_close(&J, WAIT_MS);
+    cr_assert_null(J);
+}
+
+Test(journal, appends_across_turns_are_grouped)
+{
+    /* Lazy turns wait up to 10 s for company; the forced turn at the end
+     * ends the wait. So the writer sees many turns per transaction however
+     * slow the machine is. */
+    struct journal_config cfg = test_cfg();
+    cfg.lazy_delay_ms = 10000;
+    J = open_journal(&cfg, true);
+    enum { TURNS = 200, PER_TURN = 5 };
+    uint64_t last = 0;
+    for (int t = 0; t < TURNS; t++) {
+        for (int k = 0; k < PER_TURN; k++) {
+            uint8_t id[16];
+            new_txid(id);
+            struct journal_rec r = rec(id, JOURNAL_END, NULL);
+            last = journal_append(J, &r, t == TURNS - 1 && k == PER_TURN - 1);
+        }
+        journal_flush(J);
+        journal_durable(J);
+    }
+    cr_assert_eq(last, TURNS * PER_TURN);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    struct journal_stats st;
+    journal_get_stats(J, &st);
+    cr_log_info("%d turns of %d records: %" PRIu64 " Postgres transactions", TURNS, PER_TURN, st.batches);
+    cr_assert_eq(st.records, TURNS * PER_TURN);
+    cr_assert_lt(st.batches, TURNS, "no grouping: %" PRIu64 " transactions for %d turns", st.batches, TURNS);
+    cr_assert_geq(st.forced_batches, 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), TURNS * PER_TURN);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, large_backlog_is_written_in_bounded_transactions)
+{
+    /* ~17 MB of lazy records gathered in one lazy window, closed by a forced
+     * record: the writer splits them over several transactions (4 MB each),
+     * and the first turn alone (~3 MB) goes to libpq in pieces. */
+    struct journal_config cfg = test_cfg();
+    cfg.lazy_delay_ms = 10000;
+    J = open_journal(&cfg, true);
+    char detail[201];
+    memset(detail, 'x', 200);
+    detail[200] = '\0';
+    uint64_t last = 0;
+    for (int t = 0; t < 6; t++) {
+        for (int k = 0; k < 12000; k++) {
+            uint8_t id[16];
+            new_txid(id);
+            struct journal_rec r = rec(id, JOURNAL_ABORT, detail);
+            last = journal_append(J, &r, t == 5 && k == 11999);
+        }
+        journal_flush(J);
+    }
+    cr_assert(wait_durable(J, last, 60000), "durable %" PRIu64 " of %" PRIu64, journal_durable(J), last);
+    struct journal_stats st;
+    journal_get_stats(J, &st);
+    cr_log_info("%" PRIu64 " records in %" PRIu64 " transactions", st.records, st.batches);
+    cr_assert_eq(st.records, last);
+    cr_assert_geq(st.batches, 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), (long long)last);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lazy_only_batch_becomes_durable)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.lazy_delay_ms = 50;
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec a = rec(id, JOURNAL_ABORT, "timeout");
+    struct journal_rec e = rec(id, JOURNAL_END, NULL);
+    journal_append(J, &a, false);
+    uint64_t s = journal_append(J, &e, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+    struct journal_stats st;
+    journal_get_stats(J, &st);
+    cr_assert_eq(st.forced_batches, 0);
+    cr_assert_eq(st.records, 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind IN ('abort', 'end')"), 2);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, text_round_trips_through_postgres)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    static const char *const svcs[] = {"NULL", "a.b-c_9", "null"};
+    const char *detail = "tab\there\nnl\rcr \\ back \\. \"q\" 'a' caf\xc3\xa9 bad\xff end";
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = {.kind = JOURNAL_ABORT, .nservices = 3, .services = svcs, .detail = detail,
+                            .failed_branch = 2};
+    memcpy(r.txid, id, 16);
+    uint64_t s = journal_append(J, &r, true);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    const char *stored = "tab\there\nnl\rcr \\ back \\. \"q\" 'a' caf\xc3\xa9 bad? end";
+    PGconn *c = pg_open(db_conninfo);
+    PGresult *res = pg_must(c, "SELECT detail, services[1] IS NULL, services[1], services[3], "
+                               "array_length(services, 1) FROM treaty_journal");
+    cr_assert_eq(PQntuples(res), 1);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), stored);
+    cr_assert_str_eq(PQgetvalue(res, 0, 1), "f");
+    cr_assert_str_eq(PQgetvalue(res, 0, 2), "NULL");
+    cr_assert_str_eq(PQgetvalue(res, 0, 3), "null");
+    cr_assert_str_eq(PQgetvalue(res, 0, 4), "3");
+    PQclear(res);
+    PQfinish(c);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 1);
+    cr_assert_str_eq(l.v[0].services, "NULL|a.b-c_9|null");
+    cr_assert_str_eq(l.v[0].detail, stored);
+    cr_assert_eq(l.v[0].failed_branch, 2);
+    free(l.v);
+    journal_close(&J, 0);
+}
+
+Test(journal, scan_returns_unfinished_and_retained_finished_transactions)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.retention_s = 60;
+    J = open_journal(&cfg, true);
+    uint8_t t1[16], t2[16], t3[16], t4[16];
+    new_txid(t1);
+    new_txid(t2);
+    new_txid(t3);
+    new_txid(t4);
+    struct journal_rec r;
+    r = rec(t1, JOURNAL_COMMIT, NULL); /* committed, not finished */
+    journal_append(J, &r, true);
+    r = rec(t2, JOURNAL_COMMIT, NULL); /* committed and finished */
+    journal_append(J, &r, true);
+    r = rec(t3, JOURNAL_ABORT, "svc-b voted no"); /* aborted and finished */
+    r.failed_branch = 1;
+    journal_append(J, &r, false);
+    r = rec(t4, JOURNAL_COMMIT, NULL); /* finished long ago */
+    journal_append(J, &r, true);
+    journal_flush(J);
+    r = rec(t2, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(t3, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(t4, JOURNAL_END, NULL);
+    uint64_t last = journal_append(J, &r, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    /* t4 ended two hours ago: past retention. t1's COMMIT is stored twice, as
+     * after a rewritten group. */
+    char id1[37], id4[37], sql[512];
+    txid_sql(t1, id1);
+    txid_sql(t4, id4);
+    snprintf(sql, sizeof sql,
+             "UPDATE treaty_journal SET written_at = now() - interval '2 hours' WHERE txid = '%s'; "
+             "INSERT INTO treaty_journal (txid, kind, services) "
+             "SELECT txid, kind, services FROM treaty_journal WHERE txid = '%s'",
+             id4, id1);
+    pg_run(db_conninfo, sql);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    long long now = (long long)time(NULL);
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 2 + 2 + 2, "scan returned %zu records", l.n);
+
+    size_t i1 = 0, i2 = 0, i3 = 0;
+    cr_assert_eq(seen_count(&l, t1, &i1), 2);
+    cr_assert_eq(seen_count(&l, t2, &i2), 2);
+    cr_assert_eq(seen_count(&l, t3, &i3), 2);
+    cr_assert_eq(seen_count(&l, t4, NULL), 0, "a transaction finished past retention came back");
+
+    /* Unfinished: finished_at 0, the COMMIT with its services. */
+    for (size_t k = i1; k < i1 + 2; k++) {
+        cr_assert_eq(l.v[k].kind, JOURNAL_COMMIT);
+        cr_assert_eq(l.v[k].fin, 0);
+        cr_assert_str_eq(l.v[k].services, "svc-a|svc-b");
+        cr_assert(!l.v[k].has_detail);
+    }
+    /* Finished: append order within the transaction, finished_at set. */
+    cr_assert_eq(l.v[i2].kind, JOURNAL_COMMIT);
+    cr_assert_eq(l.v[i2 + 1].kind, JOURNAL_END);
+    cr_assert_eq(l.v[i2 + 1].nservices, 0);
+    cr_assert_eq(l.v[i3].kind, JOURNAL_ABORT);
+    cr_assert_eq(l.v[i3].failed_branch, 1);
+    cr_assert_str_eq(l.v[i3].detail, "svc-b voted no");
+    cr_assert_eq(l.v[i3 + 1].kind, JOURNAL_END);
+    for (size_t k = 0; k < 2; k++) {
+        cr_assert(l.v[i2 + k].fin > now - 3600 && l.v[i2 + k].fin <= now + 60, "finished_at %lld, now %lld",
+                  l.v[i2 + k].fin, now);
+        cr_assert_eq(l.v[i3 + k].fin, l.v[i3 + 1].fin);
+        cr_assert_neq(l.v[i3 + k].fin, 0);
+    }
+    /* Grouped by txid: txids never decrease (uuid order is byte order). */
+    for (size_t k = 1; k < l.n; k++)
+        cr_assert_leq(memcmp(l.v[k - 1].txid, l.v[k].txid, 16), 0, "records out of txid order at %zu", k);
+    free(l.v);
+    journal_close(&J, 0);
+}
+
+Test(journal, scan_stops_when_the_callback_says_so)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint64_t last = 0;
+    for (int i = 0; i < 5; i++) {
+        uint8_t id[16];
+        new_txid(id);
+        struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+        last = journal_append(J, &r, true);
+    }
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {.stop_after = 2};
+    cr_assert_eq(journal_scan(J, collect, &l), 42);
+    cr_assert_eq(l.n, 2);
+    /* The connection is still usable: a second scan reads everything. */
+    l.n = 0;
+    l.stop_after = 0;
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 5);
+    free(l.v);
+    /* Scanning belongs before journal_start. */
+    cr_assert_eq(journal_start(J, zctx), 0);
+    cr_assert_eq(journal_scan(J, collect, &l), TREATY_ESTATE);
+    journal_close(&J, 0);
+}
+
+static int count_rows(void *arg, const struct journal_rec *r, long long fin)
+{
+    size_t *n = arg;
+    if (r->nservices != 2 || strcmp(r->services[1], "svc-b") != 0 || fin != 0)
+        return -1;
+    (*n)++;
+    return 0;
+}
+
+Test(journal, scan_of_100k_unfinished_transactions)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false);
+    /* 100,000 unfinished transactions, and as many finished past retention. */
+    pg_run(db_conninfo, "INSERT INTO treaty_journal (txid, kind, services) "
+                        "SELECT gen_random_uuid(), 'commit', ARRAY['svc-a', 'svc-b'] "
+                        "  FROM generate_series(1, 100000); "
+                        "WITH t AS (SELECT gen_random_uuid() AS txid FROM generate_series(1, 100000)) "
+                        "INSERT INTO treaty_journal (txid, kind, services, written_at) "
+                        "SELECT txid, k, CASE WHEN k = 'commit' THEN ARRAY['svc-a'] END, "
+                        "       now() - interval '2 days' "
+                        "  FROM t, unnest(ARRAY['commit', 'end']) AS k; "
+                        "ANALYZE treaty_journal");
+    size_t n = 0;
+    int64_t t0 = mono_ms();
+    cr_assert_eq(journal_scan(J, count_rows, &n), 0);
+    int64_t ms = mono_ms() - t0;
+    cr_assert_eq(n, 100000);
+    cr_log_info("scan of 100,000 unfinished transactions: %lld ms", (long long)ms);
+    fprintf(stderr, "test_journal: scan of 100,000 unfinished transactions took %lld ms\n", (long long)ms);
+    journal_close(&J, 0);
+}
+
+Test(journal, newer_schema_is_refused)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false);
+    journal_close(&J, 0);
+    /* Applying the schema again is harmless. */
+    J = open_journal(&cfg, false);
+    journal_close(&J, 0);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 1);
+
+    pg_run(db_conninfo, "INSERT INTO treaty_schema (version) VALUES (999)");
+    char err[256] = "";
+    struct journal *j = (struct journal *)&err; /* must be reset to NULL */
+    int rc = journal_connect(&cfg, &j, err, sizeof err);
+    cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
+    cr_assert_null(j);
+    cr_assert(strstr(err, "999") != NULL, "message does not name the version: %s", err);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+}
+
+struct connect_arg {
+    struct journal_config cfg;
+    struct journal *j;
+    int rc;
+};
+
+static void *connect_thread(void *p)
+{
+    struct connect_arg *a = p;
+    char err[256];
+    a->rc = journal_connect(&a->cfg, &a->j, err, sizeof err);
+    return NULL;
+}
+
+Test(journal, concurrent_connects_apply_the_schema_once)
+{
+    enum { N = 4 };
+    struct connect_arg a[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (struct connect_arg){.cfg = test_cfg()};
+        cr_assert_eq(pthread_create(&th[i], NULL, connect_thread, &a[i]), 0);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++) {
+        cr_expect_eq(a[i].rc, 0, "connect %d: %s", i, treaty_err_name(a[i].rc));
+        journal_close(&a[i].j, 0);
+    }
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 1);
+}
+
+struct stopper {
+    volatile int *flag;
+    int after_ms;
+};
+
+static void *stop_later(void *p)
+{
+    struct stopper *s = p;
+    sleep_ms(s->after_ms);
+    *s->flag = 1;
+    return NULL;
+}
+
+/* Connects with *stop set from another thread after 300 ms. */
+static int connect_until_stopped(const char *conninfo, int64_t *took_ms)
+{
+    volatile int stop = 0;
+    struct journal_config cfg = {.conninfo = conninfo, .connect_initial_ms = 20, .connect_max_ms = 100,
+                                 .stop = &stop};
+    struct stopper s = {.flag = &stop, .after_ms = 300};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, stop_later, &s), 0);
+    struct journal *j = NULL;
+    char err[256];
+    int64_t t0 = mono_ms();
+    int rc = journal_connect(&cfg, &j, err, sizeof err);
+    *took_ms = mono_ms() - t0;
+    pthread_join(th, NULL);
+    cr_assert_null(j);
+    if (rc == TREATY_EBUSY)
+        cr_assert(strstr(err, "stopped") != NULL, "message: %s", err);
+    return rc;
+}
+
+static int tcp_listener(int *port, bool listening)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t len = sizeof sa;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    if (listening)
+        cr_assert_eq(listen(fd, 16), 0);
+    return fd;
+}
+
+Test(journal_connect, unreachable_port_with_stop_returns_ebusy, .timeout = 120)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    int port;
+    int fd = tcp_listener(&port, false); /* bound, not listening: refused */
+    char ci[256];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=nobody dbname=nothing sslmode=disable", port);
+    int64_t took;
+    int rc = connect_until_stopped(ci, &took);
+    cr_assert_eq(rc, TREATY_EBUSY, "got %s", treaty_err_name(rc));
+    cr_log_info("refused port: stopped after %lld ms", (long long)took);
+    close(fd);
+}
+
+Test(journal_connect, silent_server_with_stop_returns_ebusy, .timeout = 120)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    int port;
+    int fd = tcp_listener(&port, true); /* accepts the TCP handshake, never answers */
+    char ci[256];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=nobody dbname=nothing sslmode=disable", port);
+    int64_t took;
+    int rc = connect_until_stopped(ci, &took);
+    cr_assert_eq(rc, TREATY_EBUSY, "got %s", treaty_err_name(rc));
+    cr_log_info("silent server: stopped after %lld ms", (long long)took);
+    close(fd);
+}
+
+Test(journal_connect, invalid_arguments)
+{
+    struct journal *j = NULL;
+    char err[128];
+    struct journal_config cfg = {0};
+    cr_assert_eq(journal_connect(&cfg, &j, err, sizeof err), TREATY_EINVAL);
+    cr_assert_eq(journal_connect(NULL, &j, err, sizeof err), TREATY_EINVAL);
+    cfg.conninfo = "host=";
+    cr_assert_eq(journal_connect(&cfg, NULL, err, sizeof err), TREATY_EINVAL);
+    cfg.conninfo = "this is = not = a conninfo";
+    cr_assert_eq(journal_connect(&cfg, &j, err, sizeof err), TREATY_EINVAL);
+    cr_assert(strstr(err, "conninfo") != NULL, "%s", err);
+    cr_assert_null(j);
+    journal_close(NULL, 0);
+    journal_close(&j, 0);
+}
+
+Test(journal, close_writes_what_is_pending)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(id, JOURNAL_END, NULL);
+    journal_append(J, &r, false); /* no flush: close hands it over */
+    journal_close(&J, WAIT_MS);
+    cr_assert_null(J);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 2);
+
+    /* Appended before journal_start and never started: written at close. */
+    J = open_journal(&cfg, false);
+    r = rec(id, JOURNAL_END, "again");
+    journal_append(J, &r, false);
+    journal_close(&J, WAIT_MS);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE detail = 'again'"), 1);
+
+    /* Appended before journal_start: written once started. */
+    J = open_journal(&cfg, false);
+    r = rec(id, JOURNAL_END, "early");
+    uint64_t s = journal_append(J, &r, true);
+    cr_assert_eq(journal_start(J, zctx), 0);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+    journal_close(&J, 0);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE detail = 'early'"), 1);
+}
+
+Test(journal, close_gives_up_when_postgres_is_gone)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    uint64_t s = journal_append(J, &r, true);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+
+    /* The database disappears for good: the writer can never write again. */
+    admin_db("DROP DATABASE", " WITH (FORCE)");
+    r = rec(id, JOURNAL_END, NULL);
+    s = journal_append(J, &r, true);
+    journal_flush(J);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (journal_healthy(J) && mono_ms() < until) {
+        journal_durable(J);
+        sleep_ms(20);
+    }
+    cr_assert(!journal_healthy(J), "still healthy without a database");
+    cr_assert_lt(journal_durable(J), s);
+    cr_assert_eq(journal_backlog(J), 1);
+    journal_close(&J, 200); /* must return although nothing can be written */
+    cr_assert_null(J);
+}
+
+Test(journal, gc_deletes_ended_transactions_past_retention)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.retention_s = 1;
+    cfg.gc_interval_ms = 100;
+    J = open_journal(&cfg, true);
+    uint8_t t1[16], t2[16], t3[16];
+    new_txid(t1);
+    new_txid(t2);
+    new_txid(t3);
+    struct journal_rec r;
+    r = rec(t1, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(t1, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(t2, JOURNAL_COMMIT, NULL); /* never ends */
+    journal_append(J, &r, true);
+    r = rec(t3, JOURNAL_ABORT, "no");
+    journal_append(J, &r, false);
+    r = rec(t3, JOURNAL_END, NULL);
+    uint64_t s = journal_append(J, &r, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+    /* Everything is old now, the unfinished t2 too. */
+    pg_run(db_conninfo, "UPDATE treaty_journal SET written_at = now() - interval '1 hour'");
+
+    char id1[37], id2[37], id3[37], q_done[256], q_open[256];
+    txid_sql(t1, id1);
+    txid_sql(t2, id2);
+    txid_sql(t3, id3);
+    snprintf(q_done, sizeof q_done, "SELECT count(*) FROM treaty_journal WHERE txid IN ('%s', '%s')", id1, id3);
+    snprintf(q_open, sizeof q_open, "SELECT count(*) FROM treaty_journal WHERE txid = '%s'", id2);
+    struct journal_stats st;
+    int64_t until = mono_ms() + WAIT_MS;
+    for (;;) {
+        journal_get_stats(J, &st);
+        long long left = pg_count(q_done);
+        if ((left == 0 && st.gc_deleted >= 4) || mono_ms() > until)
+            break;
+        journal_durable(J);
+        sleep_ms(100);
+    }
+    cr_assert_eq(pg_count(q_done), 0, "finished transactions were not collected");
+    cr_assert_eq(st.gc_deleted, 4);
+    cr_assert_eq(pg_count(q_open), 1, "an unfinished transaction was collected");
+    journal_close(&J, WAIT_MS);
+}
+
+/* ------------------------------------------- Postgres restarts underneath */
+
+TestSuite(journal_restart, .init = db_setup_exclusive, .fini = db_teardown, .timeout = 240);
+
+/* One loop turn of n forced records, each naming its sequence number. */
+static uint64_t append_turn(struct journal *j, int n, uint64_t *count)
+{
+    uint64_t s = 0;
+    for (int i = 0; i < n; i++) {
+        uint8_t id[16];
+        char detail[32];
+        new_txid(id);
+        snprintf(detail, sizeof detail, "r%" PRIu64, ++*count);
+        struct journal_rec r = rec(id, JOURNAL_COMMIT, detail);
+        s = journal_append(j, &r, true);
+        cr_assert_eq(s, *count);
+    }
+    journal_flush(j);
+    journal_durable(j);
+    return s;
+}
+
+Test(journal_restart, postgres_restart_while_appending)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    const char *dir = getenv("TREATY_TEST_PGDIR");
+    const char *top = getenv("TREATY_TOP");
+    char script[1024];
+    snprintf(script, sizeof script, "%s/scripts/pgtmp.sh", top && *top ? top : ".");
+    cr_assert(access(script, R_OK) == 0, "%s: %s", script, strerror(errno));
+
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint64_t last = 0, count = 0;
+    for (int t = 0; t < 20; t++)
+        last = append_turn(J, 10, &count);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+
+    /* Restart Postgres while the loop keeps appending. */
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", script, "restart", dir, (char *)NULL);
+        _exit(127);
+    }
+    bool saw_unhealthy = false;
+    int status = 0, turns = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        cr_assert(r >= 0);
+        if (r == pid)
+            break;
+        last = append_turn(J, 10, &count);
+        turns++;
+        saw_unhealthy = saw_unhealthy || !journal_healthy(J);
+        sleep_ms(5);
+    }
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pgtmp.sh restart failed");
+    for (int t = 0; t < 20; t++) {
+        last = append_turn(J, 10, &count);
+        saw_unhealthy = saw_unhealthy || !journal_healthy(J);
+        sleep_ms(5);
+    }
+
+    cr_assert(wait_durable(J, last, 60000), "durable %" PRIu64 " of %" PRIu64, journal_durable(J), last);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (!journal_healthy(J) && mono_ms() < until)
+        sleep_ms(20);
+    cr_assert(journal_healthy(J));
+    struct journal_stats st;
+    journal_get_stats(J, &st);
+    cr_log_info("restart: %d turns during it, unhealthy seen: %d, reconnects %" PRIu64 ", %" PRIu64
+                " records written for %" PRIu64 " appended",
+                turns, saw_unhealthy, st.reconnects, st.records, last);
+    cr_assert_geq(st.reconnects, 1, "the writer never reconnected");
+    cr_assert_geq(st.records, last);
+    journal_close(&J, WAIT_MS);
+
+    /* Every record is there (some perhaps twice). */
+    char q[128];
+    snprintf(q, sizeof q, "SELECT count(DISTINCT detail) FROM treaty_journal");
+    cr_assert_eq(pg_count(q), (long long)last);
+    snprintf(q, sizeof q, "SELECT max(substr(detail, 2)::bigint) FROM treaty_journal");
+    cr_assert_eq(pg_count(q), (long long)last);
+}

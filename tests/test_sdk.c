@@ -1,0 +1,1222 @@
+/*
+ * test_sdk.c - libtreaty's client and participant SDK against a fake
+ * coordinator (a ROUTER socket in the test, speaking the wire format by hand)
+ * and a real PostgreSQL (TREATY_TEST_PG; the PostgreSQL tests fail, never
+ * skip, when it is missing).
+ *
+ * The SDK is used only through treaty.h; wire.h is used to play the
+ * coordinator's side. Every wait is a poll for a condition with a generous
+ * deadline: timing never decides a verdict.
+ */
+#include <criterion/criterion.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+#include <zmq.h>
+
+#include "treaty.h"
+#include "wire.h"
+
+#define WAIT_MS 20000 /* generous: only a broken SDK waits this long */
+#define GOT_FRAMES 8
+#define GOT_FRAME_MAX 512
+
+/* ------------------------------------------------------------ utilities */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static treaty_txid_t new_txid(void)
+{
+    treaty_txid_t id;
+    cr_assert_eq(treaty_txid_generate(&id), 0);
+    return id;
+}
+
+/* ------------------------------------------------------ fake coordinator */
+
+struct fake {
+    void *ctx;
+    void *sock;
+    char endpoint[128];
+};
+
+/* One received message, copied out of the socket's buffers. */
+struct got {
+    uint8_t rid[WIRE_ROUTING_ID_MAX];
+    size_t rid_len;
+    struct wire_hdr hdr;
+    size_t nframes;
+    size_t len[GOT_FRAMES];
+    char frame[GOT_FRAMES][GOT_FRAME_MAX]; /* NUL-terminated copies (truncated) */
+};
+
+/* A fake on an ipc endpoint chosen before it is bound: a forked child can
+ * connect to it first (ZeroMQ retries until the bind). */
+static void ipc_endpoint(char *buf, size_t cap)
+{
+    static int n;
+    snprintf(buf, cap, "ipc:///tmp/treaty-sdk-test-%ld-%d.sock", (long)getpid(), n++);
+}
+
+static void fake_open_at(struct fake *f, const char *endpoint)
+{
+    int zero = 0, one = 1;
+    memset(f, 0, sizeof *f);
+    f->ctx = zmq_ctx_new();
+    cr_assert_not_null(f->ctx);
+    f->sock = zmq_socket(f->ctx, ZMQ_ROUTER);
+    cr_assert_not_null(f->sock);
+    zmq_setsockopt(f->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    cr_assert_eq(zmq_bind(f->sock, endpoint), 0, "bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+    snprintf(f->endpoint, sizeof f->endpoint, "%s", endpoint);
+}
+
+/* A fake on a free TCP port of the loopback interface. */
+static void fake_open(struct fake *f)
+{
+    fake_open_at(f, "tcp://127.0.0.1:*");
+    size_t len = sizeof f->endpoint;
+    cr_assert_eq(zmq_getsockopt(f->sock, ZMQ_LAST_ENDPOINT, f->endpoint, &len), 0);
+}
+
+static void fake_close(struct fake *f)
+{
+    if (f->sock != NULL)
+        zmq_close(f->sock);
+    if (f->ctx != NULL)
+        zmq_ctx_term(f->ctx);
+    f->sock = f->ctx = NULL;
+    if (strncmp(f->endpoint, "ipc://", 6) == 0)
+        unlink(f->endpoint + 6);
+}
+
+/* Receives the next well-formed message within timeout_ms. */
+static bool fake_recv(struct fake *f, struct got *g, int timeout_ms)
+{
+    static struct wire_in in; /* large; one per process is enough */
+    int64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        int rc = wire_recv(f->sock, true, 1u << 20, &in);
+        if (rc == 0) {
+            memset(g, 0, sizeof *g);
+            memcpy(g->rid, in.rid, in.rid_len);
+            g->rid_len = in.rid_len;
+            g->hdr = in.msg.hdr;
+            g->nframes = in.msg.nframes;
+            for (size_t i = 0; i < in.msg.nframes && i < GOT_FRAMES; i++) {
+                size_t n = in.msg.frames[i].len;
+                g->len[i] = n;
+                if (n >= GOT_FRAME_MAX)
+                    n = GOT_FRAME_MAX - 1;
+                if (n > 0)
+                    memcpy(g->frame[i], in.msg.frames[i].data, n);
+                g->frame[i][n] = '\0';
+            }
+            wire_in_close(&in);
+            return true;
+        }
+        if (rc != TREATY_ETIMEDOUT)
+            continue; /* malformed: the SDK should never send such, skip */
+        int64_t left = deadline - now_ms();
+        if (left <= 0)
+            return false;
+        zmq_pollitem_t item = {f->sock, 0, ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, left > 100 ? 100 : (long)left);
+    }
+}
+
+/* Receives until a message of type (and txid, when given) arrives. */
+static bool fake_expect(struct fake *f, uint8_t type, const treaty_txid_t *id, struct got *g, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0 || !fake_recv(f, g, (int)left))
+            return false;
+        if (g->hdr.type == type && (id == NULL || memcmp(g->hdr.txid, id->b, 16) == 0))
+            return true;
+    }
+}
+
+static void fake_send(struct fake *f, const struct got *to, uint8_t type, const treaty_txid_t *id, unsigned branch,
+                      unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
+{
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = type;
+    if (id != NULL)
+        memcpy(h.txid, id->b, 16);
+    h.branch = (uint16_t)branch;
+    h.attempt = (uint16_t)attempt;
+    h.code = (uint16_t)code;
+    int rc = wire_send(f->sock, to->rid, to->rid_len, &h, frames, n);
+    cr_assert_eq(rc, 0, "fake coordinator could not send %s: %s", wire_type_name(type), zmq_strerror(zmq_errno()));
+}
+
+/* Sends raw parts (routing id first) to a peer: for malformed messages. */
+static void fake_send_raw(struct fake *f, const struct got *to, const struct wire_frame *parts, size_t n)
+{
+    cr_assert_geq(zmq_send(f->sock, to->rid, to->rid_len, n ? ZMQ_SNDMORE : 0), 0);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_geq(zmq_send(f->sock, parts[i].data, parts[i].len, i + 1 < n ? ZMQ_SNDMORE : 0), 0);
+}
+
+static void send_prepare(struct fake *f, const struct got *to, const treaty_txid_t *id, unsigned branch,
+                         unsigned attempt, const char *payload)
+{
+    struct wire_frame fr = wire_str(payload);
+    fake_send(f, to, WIRE_PREPARE, id, branch, attempt, 0, &fr, 1);
+}
+
+static void send_welcome(struct fake *f, const struct got *to, uint32_t heartbeat_ms)
+{
+    uint8_t hb[4];
+    wire_put_u32(hb, heartbeat_ms);
+    struct wire_frame fr = {hb, 4};
+    fake_send(f, to, WIRE_WELCOME, NULL, 0, 0, 0, &fr, 1);
+}
+
+static void expect_vote(struct fake *f, const treaty_txid_t *id, unsigned branch, unsigned vote, struct got *g)
+{
+    cr_assert(fake_expect(f, WIRE_VOTE, NULL, g, WAIT_MS), "no VOTE arrived");
+    cr_assert_eq(memcmp(g->hdr.txid, id->b, 16), 0, "VOTE for another txid");
+    cr_assert_eq(g->hdr.branch, branch);
+    cr_assert_eq(g->hdr.code, vote, "vote %u, expected %u (reason '%s')", g->hdr.code, vote, g->frame[0]);
+}
+
+static void expect_ack(struct fake *f, const treaty_txid_t *id, unsigned branch, unsigned status)
+{
+    struct got g;
+    cr_assert(fake_expect(f, WIRE_ACK, NULL, &g, WAIT_MS), "no ACK arrived");
+    cr_assert_eq(memcmp(g.hdr.txid, id->b, 16), 0, "ACK for another txid");
+    cr_assert_eq(g.hdr.branch, branch);
+    cr_assert_eq(g.hdr.code, status);
+}
+
+/* ---------------------------------------------------- plain participant */
+
+struct th {
+    atomic_int prepares, commits, aborts;
+};
+
+/* payload "yes" -> YES, "no" -> NO ("nope"), "err" -> no vote, else 42 */
+static int th_prepare(void *arg, const treaty_branch_t *b, char *reason)
+{
+    struct th *t = arg;
+    atomic_fetch_add(&t->prepares, 1);
+    if (b->len == 3 && memcmp(b->payload, "yes", 3) == 0)
+        return TREATY_VOTE_YES;
+    if (b->len == 2 && memcmp(b->payload, "no", 2) == 0) {
+        snprintf(reason, TREATY_REASON_MAX, "nope");
+        return TREATY_VOTE_NO;
+    }
+    if (b->len == 3 && memcmp(b->payload, "err", 3) == 0)
+        return TREATY_EBUSY;
+    return 42;
+}
+
+/* branch 99 fails (no ACK), others succeed */
+static int th_commit(void *arg, const treaty_branch_t *b)
+{
+    struct th *t = arg;
+    atomic_fetch_add(&t->commits, 1);
+    return b->branch == 99 ? TREATY_EBUSY : 0;
+}
+
+static int th_abort(void *arg, const treaty_branch_t *b)
+{
+    struct th *t = arg;
+    atomic_fetch_add(&t->aborts, 1);
+    return b->branch == 99 ? TREATY_EBUSY : 0;
+}
+
+static treaty_participant_t *plain_participant(struct fake *f, struct th *t, const char *instance)
+{
+    treaty_handlers_t h = {th_prepare, th_commit, th_abort, t};
+    treaty_participant_t *p = NULL;
+    cr_assert_eq(treaty_participant_new(f->endpoint, "inventory", instance, &h, &p), 0);
+    cr_assert_not_null(p);
+    return p;
+}
+
+/* Waits for the participant's HELLO: the routing id to talk to it. */
+static void expect_hello(struct fake *f, const char *instance, struct got *hello)
+{
+    for (;;) {
+        cr_assert(fake_expect(f, WIRE_HELLO, NULL, hello, WAIT_MS), "no HELLO arrived");
+        if (instance == NULL || strcmp(hello->frame[1], instance) == 0)
+            return;
+    }
+}
+
+Test(participant, says_hello_with_names_and_repeats_it, .timeout = 120)
+{
+    struct fake f;
+    struct th t = {0};
+    struct got g;
+    fake_open(&f);
+    treaty_participant_t *p = plain_participant(&f, &t, "inv-1");
+    cr_assert_eq(treaty_participant_start(p), 0);
+    cr_assert_eq(treaty_participant_start(p), TREATY_ESTATE);
+
+    expect_hello(&f, NULL, &g);
+    cr_assert_eq(g.nframes, 2);
+    cr_assert_str_eq(g.frame[0], "inventory");
+    cr_assert_str_eq(g.frame[1], "inv-1");
+    static const uint8_t zero[16];
+    cr_assert_eq(memcmp(g.hdr.txid, zero, 16), 0);
+    /* adopt a short heartbeat; HELLO keeps coming */
+    send_welcome(&f, &g, 50);
+    for (int i = 0; i < 3; i++)
+        expect_hello(&f, "inv-1", &g);
+
+    cr_assert_eq(treaty_participant_stop(p), 0);
+    cr_assert_eq(treaty_participant_stop(p), TREATY_ESTATE);
+    treaty_participant_destroy(&p);
+    cr_assert_null(p);
+    treaty_participant_destroy(&p); /* NULL is fine */
+    treaty_participant_destroy(NULL);
+    fake_close(&f);
+}
+
+Test(participant, prepare_votes_yes_and_no_with_reason, .timeout = 120)
+{
+    struct fake f;
+    struct th t = {0};
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = plain_participant(&f, &t, "inv-1");
+    cr_assert_eq(treaty_participant_start(p), 0);
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid(), c = new_txid(), d = new_txid();
+    send_prepare(&f, &hello, &a, 3, 0, "yes");
+    expect_vote(&f, &a, 3, TREATY_VOTE_YES, &g);
+    cr_assert_eq(g.nframes, 1);
+    cr_assert_str_eq(g.frame[0], "");
+
+    send_prepare(&f, &hello, &b, 0, 2, "no");
+    expect_vote(&f, &b, 0, TREATY_VOTE_NO, &g);
+    cr_assert_str_eq(g.frame[0], "nope");
+    cr_assert_eq(g.hdr.attempt, 2, "attempt is echoed");
+
+    /* A handler error sends no vote: the next VOTE is for the next PREPARE
+     * (messages are handled in order). */
+    send_prepare(&f, &hello, &c, 1, 0, "err");
+    send_prepare(&f, &hello, &d, 1, 0, "something else");
+    expect_vote(&f, &d, 1, TREATY_VOTE_NO, &g); /* a non-vote return value votes NO */
+    cr_assert_eq(atomic_load(&t.prepares), 4);
+
+    treaty_participant_destroy(&p); /* stops the thread */
+    fake_close(&f);
+}
+
+Test(participant, commit_and_abort_ack_and_errors_do_not, .timeout = 120)
+{
+    struct fake f;
+    struct th t = {0};
+    struct got hello;
+    fake_open(&f);
+    treaty_participant_t *p = plain_participant(&f, &t, "inv-1");
+    cr_assert_eq(treaty_participant_start(p), 0);
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid();
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 5, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 5, TREATY_STATUS_COMMITTED);
+    fake_send(&f, &hello, WIRE_COMMIT, &b, 99, 0, 0, NULL, 0); /* handler fails: no ACK */
+    fake_send(&f, &hello, WIRE_ABORT, &b, 7, 1, 0, NULL, 0);
+    expect_ack(&f, &b, 7, TREATY_STATUS_ABORTED);
+    cr_assert_eq(atomic_load(&t.commits), 2);
+    cr_assert_eq(atomic_load(&t.aborts), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(participant, malformed_messages_are_dropped, .timeout = 120)
+{
+    struct fake f;
+    struct th t = {0};
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = plain_participant(&f, &t, "inv-1");
+    cr_assert_eq(treaty_participant_start(p), 0);
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    uint8_t hdr[WIRE_HDR_LEN];
+    struct wire_hdr h = {.type = WIRE_PREPARE};
+    memcpy(h.txid, a.b, 16);
+    wire_encode_hdr(&h, hdr);
+
+    struct wire_frame junk = {(const uint8_t *)"garbage", 7};
+    fake_send_raw(&f, &hello, &junk, 1); /* not a header */
+    struct wire_frame none[1] = {{(const uint8_t *)"", 0}};
+    fake_send_raw(&f, &hello, none, 1); /* empty */
+    struct wire_frame noframes[1] = {{hdr, sizeof hdr}};
+    fake_send_raw(&f, &hello, noframes, 1); /* PREPARE without its payload frame */
+    uint8_t bad[WIRE_HDR_LEN];
+    memcpy(bad, hdr, sizeof bad);
+    bad[2] = 9; /* other version */
+    struct wire_frame badver[2] = {{bad, sizeof bad}, {(const uint8_t *)"yes", 3}};
+    fake_send_raw(&f, &hello, badver, 2);
+    memcpy(bad, hdr, sizeof bad);
+    bad[3] = 200; /* unknown type */
+    struct wire_frame badtype[2] = {{bad, sizeof bad}, {(const uint8_t *)"yes", 3}};
+    fake_send_raw(&f, &hello, badtype, 2);
+    memcpy(bad, hdr, sizeof bad);
+    bad[27] = 1; /* reserved bits */
+    struct wire_frame badres[2] = {{bad, sizeof bad}, {(const uint8_t *)"yes", 3}};
+    fake_send_raw(&f, &hello, badres, 2);
+    fake_send(&f, &hello, WIRE_VOTE, &a, 0, 0, TREATY_VOTE_YES, &junk, 1); /* well-formed, wrong direction */
+    uint8_t hb3[3] = {0, 0, 1};
+    struct wire_frame welcome_bad = {hb3, 3};
+    fake_send(&f, &hello, WIRE_WELCOME, NULL, 0, 0, 0, &welcome_bad, 1); /* u32 of 3 bytes */
+
+    /* still alive and answering */
+    send_prepare(&f, &hello, &a, 0, 0, "yes");
+    expect_vote(&f, &a, 0, TREATY_VOTE_YES, &g);
+    cr_assert_eq(atomic_load(&t.prepares), 1, "no malformed PREPARE reached the handler");
+
+    cr_assert_eq(treaty_participant_stop(p), 0);
+    cr_assert(strstr(treaty_participant_errmsg(p), "dropped") != NULL, "errmsg: %s", treaty_participant_errmsg(p));
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* Caller-loop mode: process the participant and play the coordinator on
+ * the same thread. */
+static bool pump_until(struct fake *f, treaty_participant_t *p, uint8_t type, struct got *g)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (now_ms() < deadline) {
+        int n;
+        while ((n = treaty_participant_process(p)) > 0)
+            ;
+        cr_assert_geq(n, 0, "process: %s", treaty_err_name(n));
+        int wait = treaty_participant_next_timeout(p);
+        cr_assert_geq(wait, 0);
+        zmq_pollitem_t items[2] = {{NULL, treaty_participant_fd(p), ZMQ_POLLIN, 0}, {f->sock, 0, ZMQ_POLLIN, 0}};
+        zmq_poll(items, 2, wait > 50 ? 50 : wait);
+        if (items[1].revents & ZMQ_POLLIN) {
+            if (fake_recv(f, g, 0) && g->hdr.type == type)
+                return true;
+        }
+    }
+    return false;
+}
+
+Test(participant, caller_loop_mode, .timeout = 120)
+{
+    struct fake f;
+    struct th t = {0};
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = plain_participant(&f, &t, "inv-loop");
+    cr_assert_geq(treaty_participant_fd(p), 0);
+    cr_assert_eq(treaty_participant_next_timeout(p), 0, "the first HELLO is due at once");
+
+    cr_assert(pump_until(&f, p, WIRE_HELLO, &hello));
+    cr_assert_str_eq(hello.frame[1], "inv-loop");
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 2, 0, "no");
+    cr_assert(pump_until(&f, p, WIRE_VOTE, &g));
+    cr_assert_eq(memcmp(g.hdr.txid, a.b, 16), 0);
+    cr_assert_eq(g.hdr.code, TREATY_VOTE_NO);
+    cr_assert_str_eq(g.frame[0], "nope");
+
+    /* inquire before start, from the owning thread */
+    treaty_txid_t q = new_txid();
+    cr_assert_eq(treaty_participant_inquire(p, &q, 4), 0);
+    cr_assert(pump_until(&f, p, WIRE_INQUIRE, &g));
+    cr_assert_eq(memcmp(g.hdr.txid, q.b, 16), 0);
+    cr_assert_eq(g.hdr.branch, 4);
+
+    /* mixing modes is refused */
+    cr_assert_eq(treaty_participant_start(p), 0);
+    cr_assert_eq(treaty_participant_process(p), TREATY_ESTATE);
+    cr_assert_eq(treaty_participant_inquire(p, &q, 4), TREATY_ESTATE);
+    cr_assert_eq(treaty_participant_stop(p), 0);
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(participant, arguments_are_checked)
+{
+    struct th t = {0};
+    treaty_handlers_t h = {th_prepare, th_commit, th_abort, &t};
+    treaty_handlers_t partial = {th_prepare, NULL, th_abort, &t};
+    treaty_participant_t *p = (treaty_participant_t *)&t; /* must be reset to NULL */
+    cr_assert_eq(treaty_participant_new("tcp://127.0.0.1:1", "bad name", "i", &h, &p), TREATY_EINVAL);
+    cr_assert_null(p);
+    cr_assert_eq(treaty_participant_new("tcp://127.0.0.1:1", "svc", "", &h, &p), TREATY_EINVAL);
+    cr_assert_eq(treaty_participant_new("tcp://127.0.0.1:1", "svc", "i", &partial, &p), TREATY_EINVAL);
+    cr_assert_eq(treaty_participant_new("nonsense://x", "svc", "i", &h, &p), TREATY_EINVAL);
+    cr_assert_null(p);
+    cr_assert_not_null(treaty_participant_errmsg(NULL));
+}
+
+/* ------------------------------------------------- PostgreSQL participant */
+
+struct testdb {
+    char name[64];
+    char conninfo[1024];
+    PGconn *conn; /* the test's own view of the database */
+};
+
+static struct testdb db;
+static atomic_int work_calls;
+
+static const char *base_conninfo(void)
+{
+    const char *base = getenv("TREATY_TEST_PG");
+    if (base == NULL || *base == '\0')
+        cr_assert_fail("TREATY_TEST_PG is not set: these tests need a PostgreSQL "
+                       "(run them through `make test` or tests/run.sh, or set it to \"host=... port=... user=...\")");
+    return base;
+}
+
+static PGconn *connect_to(const char *dbname)
+{
+    char ci[1024];
+    snprintf(ci, sizeof ci, "%s dbname=%s", base_conninfo(), dbname);
+    PGconn *c = PQconnectdb(ci);
+    cr_assert_eq(PQstatus(c), CONNECTION_OK, "connect %s: %s", ci, PQerrorMessage(c));
+    return c;
+}
+
+static void sql_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql,
+              PQerrorMessage(c));
+    PQclear(r);
+}
+
+static long sql_long(const char *sql)
+{
+    PGresult *r = PQexec(db.conn, sql);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(db.conn));
+    cr_assert_eq(PQntuples(r), 1);
+    long v = atol(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+static void db_setup(void)
+{
+    static int n;
+    snprintf(db.name, sizeof db.name, "sdk_test_%ld_%d", (long)getpid(), n++);
+    PGconn *c = connect_to("postgres");
+    char sql[256];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db.name);
+    sql_ok(c, sql);
+    PQfinish(c);
+    snprintf(db.conninfo, sizeof db.conninfo, "%s dbname=%s", base_conninfo(), db.name);
+    db.conn = connect_to(db.name);
+    sql_ok(db.conn, "CREATE TABLE items (txid uuid NOT NULL, branch integer NOT NULL, payload text NOT NULL)");
+    atomic_store(&work_calls, 0);
+}
+
+static void db_teardown(void)
+{
+    if (db.conn == NULL)
+        return;
+    /* leave nothing prepared behind, then drop the database */
+    PGresult *r = PQexec(db.conn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        for (int i = 0; i < PQntuples(r); i++) {
+            char sql[256];
+            snprintf(sql, sizeof sql, "ROLLBACK PREPARED '%s'", PQgetvalue(r, i, 0));
+            PQclear(PQexec(db.conn, sql));
+        }
+    }
+    PQclear(r);
+    PQfinish(db.conn);
+    db.conn = NULL;
+    PGconn *c = connect_to("postgres");
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", db.name);
+    PQclear(PQexec(c, sql));
+    PQfinish(c);
+}
+
+/* Inserts (txid, branch, payload) into items. payload "no" votes NO,
+ * "fail" returns an error. */
+static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char *reason)
+{
+    (void)arg;
+    atomic_fetch_add(&work_calls, 1);
+    char payload[128], ids[TREATY_TXID_STRLEN], branch[16];
+    size_t n = b->len < sizeof payload - 1 ? b->len : sizeof payload - 1;
+    memcpy(payload, b->payload, n);
+    payload[n] = '\0';
+    if (strcmp(payload, "no") == 0) {
+        snprintf(reason, TREATY_REASON_MAX, "refused: %s", payload);
+        return TREATY_VOTE_NO;
+    }
+    treaty_txid_format(&b->txid, ids);
+    snprintf(branch, sizeof branch, "%u", b->branch);
+    const char *v[3] = {ids, branch, payload};
+    PGresult *r = PQexecParams(conn, "INSERT INTO items (txid, branch, payload) VALUES ($1::uuid, $2::integer, $3)", 3,
+                               NULL, v, NULL, NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok)
+        return TREATY_EPG;
+    if (strcmp(payload, "fail") == 0)
+        return TREATY_EBUSY;
+    return TREATY_VOTE_YES;
+}
+
+static treaty_participant_t *pg_participant(struct fake *f, const char *instance)
+{
+    treaty_participant_t *p = NULL;
+    int rc = treaty_pg_participant_new(f->endpoint, "bank", instance, db.conninfo, work, NULL, &p);
+    cr_assert_eq(rc, 0, "treaty_pg_participant_new: %s: %s", treaty_err_name(rc), treaty_participant_errmsg(p));
+    cr_assert_eq(treaty_participant_start(p), 0);
+    return p;
+}
+
+static void gid_of(const treaty_txid_t *id, unsigned branch, char *gid)
+{
+    char ids[TREATY_TXID_STRLEN];
+    snprintf(gid, 64, "treaty:%s:%u", treaty_txid_format(id, ids), branch);
+}
+
+static long prepared_count(const treaty_txid_t *id, unsigned branch)
+{
+    char gid[64], sql[256];
+    gid_of(id, branch, gid);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = '%s'", gid);
+    return sql_long(sql);
+}
+
+static long items_count(const treaty_txid_t *id)
+{
+    char ids[TREATY_TXID_STRLEN], sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM items WHERE txid = '%s'", treaty_txid_format(id, ids));
+    return sql_long(sql);
+}
+
+Test(pg, creates_the_barrier_table, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    cr_assert_eq(sql_long("SELECT count(*) FROM information_schema.tables WHERE table_name = 'treaty_barrier'"), 1);
+    treaty_participant_destroy(&p);
+    /* a second participant on the same database finds the table there */
+    p = pg_participant(&f, "bank-2");
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, prepare_then_commit_applies_and_acks, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 1, 0, "debit 10");
+    expect_vote(&f, &a, 1, TREATY_VOTE_YES, &g);
+    /* durable but undecided: prepared, not visible */
+    cr_assert_eq(prepared_count(&a, 1), 1);
+    cr_assert_eq(items_count(&a), 0);
+
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 1, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 1, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(prepared_count(&a, 1), 0);
+    cr_assert_eq(items_count(&a), 1);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 1);
+
+    /* a duplicate COMMIT is acknowledged again */
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 1, 1, 0, NULL, 0);
+    expect_ack(&f, &a, 1, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&a), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, duplicate_prepare_does_not_apply_work_twice, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid();
+    send_prepare(&f, &hello, &a, 0, 0, "credit 5");
+    expect_vote(&f, &a, 0, TREATY_VOTE_YES, &g);
+    send_prepare(&f, &hello, &a, 0, 1, "credit 5"); /* re-sent PREPARE */
+    expect_vote(&f, &a, 0, TREATY_VOTE_YES, &g);
+    cr_assert_eq(g.hdr.attempt, 1);
+    cr_assert_eq(atomic_load(&work_calls), 1, "work ran again for a duplicate PREPARE");
+    cr_assert_eq(prepared_count(&a, 0), 1);
+
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
+
+    /* a stale PREPARE after the commit: no work, no vote (the next VOTE is b's) */
+    send_prepare(&f, &hello, &a, 0, 2, "credit 5");
+    send_prepare(&f, &hello, &b, 0, 0, "other");
+    expect_vote(&f, &b, 0, TREATY_VOTE_YES, &g);
+    cr_assert_eq(atomic_load(&work_calls), 2);
+    cr_assert_eq(items_count(&a), 1);
+    cr_assert_eq(prepared_count(&a, 0), 0);
+
+    fake_send(&f, &hello, WIRE_ABORT, &b, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &b, 0, TREATY_STATUS_ABORTED);
+    cr_assert_eq(items_count(&b), 0);
+    cr_assert_eq(prepared_count(&b, 0), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, no_vote_and_errors_roll_back, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid(), c = new_txid();
+    send_prepare(&f, &hello, &a, 2, 0, "no");
+    expect_vote(&f, &a, 2, TREATY_VOTE_NO, &g);
+    cr_assert_str_eq(g.frame[0], "refused: no");
+    send_prepare(&f, &hello, &b, 0, 0, "fail"); /* error: rolled back, no vote */
+    send_prepare(&f, &hello, &c, 0, 0, "fine");
+    expect_vote(&f, &c, 0, TREATY_VOTE_YES, &g);
+    cr_assert_eq(items_count(&a), 0);
+    cr_assert_eq(items_count(&b), 0);
+    cr_assert_eq(prepared_count(&a, 2), 0);
+    cr_assert_eq(prepared_count(&b, 0), 0);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 0, "barrier rows of rolled-back branches");
+
+    /* the NO-voted branch is aborted: nothing to roll back, still ACKed */
+    fake_send(&f, &hello, WIRE_ABORT, &a, 2, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 2, TREATY_STATUS_ABORTED);
+    fake_send(&f, &hello, WIRE_ABORT, &c, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &c, 0, TREATY_STATUS_ABORTED);
+    cr_assert_eq(prepared_count(&c, 0), 0);
+    cr_assert_eq(items_count(&c), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, abort_of_unknown_gid_acks, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+    treaty_txid_t a = new_txid();
+    fake_send(&f, &hello, WIRE_ABORT, &a, 9, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 9, TREATY_STATUS_ABORTED);
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, in_doubt_branch_is_inquired_after_restart, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, "bank-1", &hello);
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 4, 0, "in doubt");
+    expect_vote(&f, &a, 4, TREATY_VOTE_YES, &g);
+    treaty_participant_destroy(&p); /* "crash" after voting YES */
+    cr_assert_eq(prepared_count(&a, 4), 1);
+
+    p = pg_participant(&f, "bank-2");
+    expect_hello(&f, "bank-2", &hello);
+    send_welcome(&f, &hello, 1000);
+    cr_assert(fake_expect(&f, WIRE_INQUIRE, &a, &g, WAIT_MS), "no INQUIRE for the prepared branch");
+    cr_assert_eq(g.hdr.branch, 4);
+    fake_send(&f, &g, WIRE_COMMIT, &a, 4, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 4, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&a), 1);
+    cr_assert_eq(sql_long("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* Runs a PostgreSQL participant in a forked child that SIGKILLs itself at
+ * the fault point (TREATY_CRASH_AT). The child never returns. */
+static pid_t crash_child(const char *endpoint, const char *point)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid > 0)
+        return pid;
+    /* child: no Criterion, no inherited sockets or connections */
+    setenv("TREATY_CRASH_AT", point, 1);
+    treaty_participant_t *p = NULL;
+    if (treaty_pg_participant_new(endpoint, "bank", "bank-crash", db.conninfo, work, NULL, &p) < 0 ||
+        treaty_participant_start(p) < 0)
+        _exit(2);
+    sleep_ms(WAIT_MS);
+    _exit(3); /* the fault point was never reached */
+}
+
+static void expect_killed(pid_t pid)
+{
+    int status = 0;
+    int64_t deadline = now_ms() + WAIT_MS;
+    pid_t r;
+    while ((r = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() < deadline)
+        sleep_ms(20);
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        cr_assert_fail("the participant did not reach its fault point");
+    }
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child ended with status %d", status);
+}
+
+Test(pg, crash_after_prepare_is_recovered_by_inquiry, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char endpoint[128];
+    ipc_endpoint(endpoint, sizeof endpoint);
+    pid_t pid = crash_child(endpoint, "participant.after_prepare");
+    fake_open_at(&f, endpoint);
+    expect_hello(&f, "bank-crash", &hello);
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 0, 0, "crash me");
+    expect_killed(pid);
+    /* killed after PREPARE TRANSACTION, before its vote */
+    cr_assert_eq(prepared_count(&a, 0), 1);
+
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, "bank-1", &hello);
+    send_welcome(&f, &hello, 1000);
+    cr_assert(fake_expect(&f, WIRE_INQUIRE, &a, &g, WAIT_MS), "no INQUIRE for the prepared branch");
+    fake_send(&f, &g, WIRE_ABORT, &a, 0, 0, 0, NULL, 0); /* presumed abort: no vote was counted */
+    expect_ack(&f, &a, 0, TREATY_STATUS_ABORTED);
+    cr_assert_eq(prepared_count(&a, 0), 0);
+    cr_assert_eq(items_count(&a), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, crash_after_commit_then_resent_commit_acks, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char endpoint[128];
+    ipc_endpoint(endpoint, sizeof endpoint);
+    fake_open_at(&f, endpoint);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, "bank-1", &hello);
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 1, 0, "to commit");
+    expect_vote(&f, &a, 1, TREATY_VOTE_YES, &g);
+    treaty_participant_destroy(&p);
+    fake_close(&f); /* fork with no ZeroMQ context alive in this process */
+
+    pid_t pid = crash_child(endpoint, "participant.after_commit");
+    fake_open_at(&f, endpoint);
+    expect_hello(&f, "bank-crash", &hello);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 1, 0, 0, NULL, 0);
+    expect_killed(pid);
+    /* killed after COMMIT PREPARED, before its ACK */
+    cr_assert_eq(prepared_count(&a, 1), 0);
+    cr_assert_eq(items_count(&a), 1);
+
+    p = pg_participant(&f, "bank-2");
+    expect_hello(&f, "bank-2", &hello);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 1, 1, 0, NULL, 0); /* the coordinator re-sends */
+    expect_ack(&f, &a, 1, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&a), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, reconnects_after_its_connection_dies, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    /* what a Postgres restart does to the participant's session */
+    cr_assert_eq(sql_long("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND application_name = 'treaty-participant'"),
+                 1);
+    treaty_txid_t a = new_txid();
+    int64_t deadline = now_ms() + WAIT_MS;
+    bool voted = false;
+    /* PREPARE until a vote comes (the coordinator re-sends the same way) */
+    for (unsigned attempt = 0; !voted && now_ms() < deadline; attempt++) {
+        send_prepare(&f, &hello, &a, 0, attempt, "after reconnect");
+        voted = fake_expect(&f, WIRE_VOTE, &a, &g, 1000);
+    }
+    cr_assert(voted, "no vote after the connection was lost");
+    cr_assert_eq(g.hdr.code, TREATY_VOTE_YES);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&a), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, connection_failure_is_reported, .timeout = 120)
+{
+    char ci[1200];
+    snprintf(ci, sizeof ci, "%s dbname=sdk_test_no_such_database", base_conninfo());
+    treaty_participant_t *p = NULL;
+    int rc = treaty_pg_participant_new("tcp://127.0.0.1:1", "bank", "b1", ci, work, NULL, &p);
+    cr_assert_eq(rc, TREATY_EPG);
+    cr_assert_not_null(p, "the handle carries the error text");
+    cr_assert(strstr(treaty_participant_errmsg(p), "sdk_test_no_such_database") != NULL, "errmsg: %s",
+              treaty_participant_errmsg(p));
+    treaty_participant_destroy(&p);
+    cr_assert_null(p);
+}
+
+/* ---------------------------------------------------------------- client */
+
+enum script_kind { SCRIPT_OUTCOME, SCRIPT_RESEND, SCRIPT_ERROR, SCRIPT_QUERY };
+
+/* The fake coordinator on its own thread, for the blocking client calls.
+ * It records what it saw; the test thread asserts after joining it. */
+struct script {
+    struct fake f;
+    enum script_kind kind;
+    treaty_txid_t txid;
+    bool ok;
+    char what[128];
+    struct got first;
+    unsigned attempts[2];
+};
+
+static void *script_thread(void *arg)
+{
+    struct script *s = arg;
+    struct got g;
+    treaty_txid_t other = s->txid;
+    other.b[0] ^= 0xff;
+
+    uint8_t want = s->kind == SCRIPT_QUERY ? WIRE_QUERY : WIRE_SUBMIT;
+    if (!fake_expect(&s->f, want, &s->txid, &s->first, WAIT_MS)) {
+        snprintf(s->what, sizeof s->what, "no %s arrived", wire_type_name(want));
+        return NULL;
+    }
+    s->attempts[0] = s->first.hdr.attempt;
+    struct wire_frame empty = wire_str("");
+    switch (s->kind) {
+    case SCRIPT_OUTCOME: {
+        struct wire_frame r = wire_str("stale");
+        fake_send(&s->f, &s->first, WIRE_OUTCOME, &other, 0, 0, TREATY_STATUS_ABORTED, &r, 1);
+        fake_send(&s->f, &s->first, WIRE_OUTCOME, &s->txid, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &empty, 1);
+        sleep_ms(50);
+        fake_send(&s->f, &s->first, WIRE_OUTCOME, &s->txid, TREATY_NO_BRANCH, 0, TREATY_STATUS_COMMITTED, &empty, 1);
+        break;
+    }
+    case SCRIPT_RESEND: {
+        if (!fake_expect(&s->f, WIRE_SUBMIT, &s->txid, &g, WAIT_MS)) {
+            snprintf(s->what, sizeof s->what, "the SUBMIT was not re-sent");
+            return NULL;
+        }
+        s->attempts[1] = g.hdr.attempt;
+        if (g.nframes != s->first.nframes || strcmp(g.frame[1], s->first.frame[1]) != 0) {
+            snprintf(s->what, sizeof s->what, "the re-sent SUBMIT differs");
+            return NULL;
+        }
+        struct wire_frame r = wire_str("branch 1 voted no");
+        fake_send(&s->f, &g, WIRE_OUTCOME, &s->txid, 1, 0, TREATY_STATUS_ABORTED, &r, 1);
+        break;
+    }
+    case SCRIPT_ERROR: {
+        struct wire_frame r = wire_str("coordinator busy");
+        fake_send(&s->f, &s->first, WIRE_ERROR, &s->txid, 0, 0, (unsigned)-TREATY_EBUSY, &r, 1);
+        break;
+    }
+    case SCRIPT_QUERY:
+        fake_send(&s->f, &s->first, WIRE_OUTCOME, &s->txid, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &empty, 1);
+        break;
+    }
+    s->ok = true;
+    return NULL;
+}
+
+static treaty_txn_t *two_branch_txn(void)
+{
+    treaty_txn_t *t = NULL;
+    cr_assert_eq(treaty_txn_new(&t), 0);
+    cr_assert_eq(treaty_txn_add_branch(t, "bank", "debit 10", 8), 0);
+    cr_assert_eq(treaty_txn_add_branch(t, "inventory", "", 0), 0);
+    return t;
+}
+
+static void script_run(struct script *s, pthread_t *th)
+{
+    cr_assert_eq(pthread_create(th, NULL, script_thread, s), 0);
+}
+
+static void script_join(struct script *s, pthread_t th)
+{
+    pthread_join(th, NULL);
+    cr_assert(s->ok, "fake coordinator: %s", s->what);
+    fake_close(&s->f);
+}
+
+Test(client, submit_receives_outcome, .timeout = 120)
+{
+    static struct script s;
+    pthread_t th;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    fake_open(&s.f);
+    s.kind = SCRIPT_OUTCOME;
+    treaty_txn_t *t = two_branch_txn();
+    s.txid = *treaty_txn_id(t);
+    cr_assert_eq(treaty_client_new(s.f.endpoint, &c), 0);
+    script_run(&s, &th);
+
+    int rc = treaty_client_submit(c, t, WAIT_MS, &out);
+    script_join(&s, th);
+    cr_assert_eq(rc, 0, "%s: %s", treaty_err_name(rc), treaty_client_errmsg(c));
+    cr_assert_eq(out.status, TREATY_STATUS_COMMITTED, "status %s", treaty_status_name(out.status));
+    cr_assert_eq(out.error, 0);
+    cr_assert_eq(memcmp(&out.txid, &s.txid, sizeof out.txid), 0);
+    cr_assert_eq(out.failed_branch, TREATY_NO_BRANCH);
+    cr_assert_str_eq(out.reason, "");
+
+    /* what the coordinator saw: timeout, then service/payload per branch */
+    cr_assert_eq(s.first.nframes, 5);
+    uint32_t timeout;
+    struct wire_frame tf = {(const uint8_t *)s.first.frame[0], s.first.len[0]};
+    cr_assert(wire_get_u32(&tf, &timeout));
+    /* the prepare deadline leaves the client a margin: a quarter, at most 1 s */
+    cr_assert_eq(timeout, WAIT_MS - (WAIT_MS / 4 < 1000 ? WAIT_MS / 4 : 1000));
+    cr_assert_str_eq(s.first.frame[1], "bank");
+    cr_assert_str_eq(s.first.frame[2], "debit 10");
+    cr_assert_str_eq(s.first.frame[3], "inventory");
+    cr_assert_eq(s.first.len[4], 0);
+
+    treaty_txn_destroy(&t);
+    cr_assert_null(t);
+    treaty_client_destroy(&c);
+    cr_assert_null(c);
+    treaty_client_destroy(&c);
+}
+
+Test(client, submit_resends_while_waiting, .timeout = 120)
+{
+    static struct script s;
+    pthread_t th;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    fake_open(&s.f);
+    s.kind = SCRIPT_RESEND;
+    treaty_txn_t *t = two_branch_txn();
+    s.txid = *treaty_txn_id(t);
+    cr_assert_eq(treaty_client_new(s.f.endpoint, &c), 0);
+    script_run(&s, &th);
+
+    int rc = treaty_client_submit(c, t, WAIT_MS, &out);
+    script_join(&s, th);
+    cr_assert_eq(rc, 0, "%s: %s", treaty_err_name(rc), treaty_client_errmsg(c));
+    cr_assert_gt(s.attempts[1], s.attempts[0], "attempt counts the re-sends");
+    cr_assert_eq(out.status, TREATY_STATUS_ABORTED);
+    cr_assert_eq(out.failed_branch, 1);
+    cr_assert_str_eq(out.reason, "branch 1 voted no");
+
+    treaty_txn_destroy(&t);
+    treaty_client_destroy(&c);
+}
+
+Test(client, error_reply_is_an_answer, .timeout = 120)
+{
+    static struct script s;
+    pthread_t th;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    fake_open(&s.f);
+    s.kind = SCRIPT_ERROR;
+    treaty_txn_t *t = two_branch_txn();
+    s.txid = *treaty_txn_id(t);
+    cr_assert_eq(treaty_client_new(s.f.endpoint, &c), 0);
+    script_run(&s, &th);
+
+    int rc = treaty_client_submit(c, t, WAIT_MS, &out);
+    script_join(&s, th);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(out.error, TREATY_EBUSY);
+    cr_assert_eq(out.status, TREATY_STATUS_NONE);
+    cr_assert_str_eq(out.reason, "coordinator busy");
+
+    treaty_txn_destroy(&t);
+    treaty_client_destroy(&c);
+}
+
+Test(client, query_returns_pending, .timeout = 120)
+{
+    static struct script s;
+    pthread_t th;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    fake_open(&s.f);
+    s.kind = SCRIPT_QUERY;
+    s.txid = new_txid();
+    cr_assert_eq(treaty_client_new(s.f.endpoint, &c), 0);
+    script_run(&s, &th);
+
+    int rc = treaty_client_query(c, &s.txid, WAIT_MS, &out);
+    script_join(&s, th);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(out.status, TREATY_STATUS_PENDING);
+    cr_assert_eq(memcmp(&out.txid, &s.txid, sizeof out.txid), 0);
+    treaty_client_destroy(&c);
+}
+
+Test(client, no_coordinator_times_out_unknown, .timeout = 120)
+{
+    /* a port that was just free: nobody answers */
+    struct fake f;
+    fake_open(&f);
+    char endpoint[128];
+    snprintf(endpoint, sizeof endpoint, "%s", f.endpoint);
+    fake_close(&f);
+
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    cr_assert_eq(treaty_client_new(endpoint, &c), 0);
+    treaty_txn_t *t = two_branch_txn();
+    int rc = treaty_client_submit(c, t, 300, &out);
+    cr_assert_eq(rc, TREATY_ETIMEDOUT);
+    cr_assert_eq(out.status, TREATY_STATUS_UNKNOWN);
+    cr_assert_eq(memcmp(&out.txid, treaty_txn_id(t), sizeof out.txid), 0);
+
+    treaty_txid_t q = new_txid();
+    rc = treaty_client_query(c, &q, 200, &out);
+    cr_assert_eq(rc, TREATY_ETIMEDOUT);
+    cr_assert_eq(out.status, TREATY_STATUS_UNKNOWN);
+    cr_assert_eq(memcmp(&out.txid, &q, sizeof q), 0);
+
+    treaty_txn_destroy(&t);
+    treaty_client_destroy(&c);
+}
+
+struct async_result {
+    int calls;
+    treaty_outcome_t out;
+};
+
+static void on_outcome(void *arg, const treaty_outcome_t *o)
+{
+    struct async_result *r = arg;
+    r->calls++;
+    r->out = *o;
+}
+
+Test(client, async_submit_outcome_and_timeout, .timeout = 120)
+{
+    struct fake f;
+    struct got g;
+    struct async_result ra = {0}, rb = {0};
+    treaty_client_t *c = NULL;
+    fake_open(&f);
+    cr_assert_eq(treaty_client_new(f.endpoint, &c), 0);
+    cr_assert_eq(treaty_client_next_timeout(c), -1, "nothing pending");
+    cr_assert_geq(treaty_client_fd(c), 0);
+
+    treaty_txn_t *a = two_branch_txn(), *b = two_branch_txn();
+    treaty_txid_t ida = *treaty_txn_id(a), idb = *treaty_txn_id(b);
+    cr_assert_eq(treaty_client_submit_async(c, a, WAIT_MS, on_outcome, &ra), 0);
+    cr_assert_eq(treaty_client_submit_async(c, b, 300, on_outcome, &rb), 0);
+    treaty_txn_destroy(&a); /* the request keeps its own copy */
+    treaty_txn_destroy(&b);
+    cr_assert_geq(treaty_client_next_timeout(c), 0);
+
+    cr_assert(fake_expect(&f, WIRE_SUBMIT, &ida, &g, WAIT_MS));
+    struct wire_frame r = wire_str("");
+    fake_send(&f, &g, WIRE_OUTCOME, &ida, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &r, 1);
+    fake_send(&f, &g, WIRE_OUTCOME, &ida, TREATY_NO_BRANCH, 0, TREATY_STATUS_COMMITTED, &r, 1);
+
+    int64_t deadline = now_ms() + WAIT_MS;
+    while ((ra.calls == 0 || rb.calls == 0) && now_ms() < deadline) {
+        int wait = treaty_client_next_timeout(c);
+        zmq_pollitem_t item = {NULL, treaty_client_fd(c), ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, wait < 0 || wait > 100 ? 100 : wait);
+        int n;
+        while ((n = treaty_client_process(c)) > 0)
+            ;
+        cr_assert_geq(n, 0);
+    }
+    cr_assert_eq(ra.calls, 1);
+    cr_assert_eq(ra.out.status, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(memcmp(&ra.out.txid, &ida, sizeof ida), 0);
+    cr_assert_eq(rb.calls, 1);
+    cr_assert_eq(rb.out.status, TREATY_STATUS_UNKNOWN);
+    cr_assert_eq(memcmp(&rb.out.txid, &idb, sizeof idb), 0);
+    cr_assert_eq(treaty_client_next_timeout(c), -1);
+    cr_assert_eq(treaty_client_process(c), 0);
+
+    treaty_client_destroy(&c);
+    fake_close(&f);
+}
+
+Test(client, arguments_are_checked)
+{
+    treaty_txn_t *t = NULL;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    cr_assert_eq(treaty_txn_new(&t), 0);
+    cr_assert_eq(treaty_txn_add_branch(t, "bad service", "x", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_txn_add_branch(t, "", "x", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_txn_add_branch(t, "svc", NULL, 3), TREATY_EINVAL);
+    cr_assert_eq(treaty_client_new("tcp://127.0.0.1:1", &c), 0);
+    cr_assert_eq(treaty_client_submit(c, t, 1000, &out), TREATY_EINVAL, "no branches");
+    for (int i = 0; i < WIRE_MAX_BRANCHES; i++)
+        cr_assert_eq(treaty_txn_add_branch(t, "svc", "x", 1), 0);
+    cr_assert_eq(treaty_txn_add_branch(t, "svc", "x", 1), TREATY_ETOOBIG);
+    cr_assert_eq(treaty_client_submit(c, t, 0, &out), TREATY_EINVAL, "timeout must be positive");
+    treaty_client_destroy(&c);
+    cr_assert_eq(treaty_client_new("nonsense://", &c), TREATY_EINVAL);
+    cr_assert_null(c);
+    treaty_txn_destroy(&t);
+    treaty_txn_destroy(&t);
+}
