@@ -58,7 +58,10 @@ $(BUILD)/gen/sql_journal.h: sql/001_journal.sql scripts/sql2c.sh
 $(BUILD)/gen/sql_barrier.h: sql/participant_barrier.sql scripts/sql2c.sh
 	@mkdir -p $(@D)
 	sh scripts/sql2c.sh sql_barrier $< > $@
-GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_barrier.h
+$(BUILD)/gen/sql_saga.h: sql/002_saga.sql scripts/sql2c.sh
+	@mkdir -p $(@D)
+	sh scripts/sql2c.sh sql_saga $< > $@
+GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_saga.h $(BUILD)/gen/sql_barrier.h
 
 $(BUILD)/obj/%.o: %.c $(GEN)
 	@mkdir -p $(@D)
@@ -135,3 +138,27 @@ clean:
 	rm -rf build build-asan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ------------------------------------------------------------ bench (issue 5)
+# make bench   build treaty-bench and noop_participant, then run bench/run.sh:
+#              a throwaway PostgreSQL, treatyd, the participants, pgbench
+#              baselines and every workload, about 5 minutes; the comparison
+#              table goes to stdout and $(BUILD)/bench/results.json.
+#              Not part of `make test`. Knobs (environment): BENCH_SECONDS,
+#              BENCH_WARMUP, BENCH_REPS, BENCH_NOOP_CLIENTS, BENCH_BANK_CLIENTS,
+#              BENCH_BANK_INSTANCES (see bench/README.md).
+BENCH_BIN := $(BUILD)/bin/treaty-bench $(BUILD)/bin/noop_participant
+.PHONY: bench bench-bin
+bench-bin: $(BENCH_BIN)
+
+$(BUILD)/bin/treaty-bench: $(BUILD)/obj/bench/treaty_bench.o $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(SAN) -pthread $(PKG_LIBS)
+
+$(BUILD)/bin/noop_participant: $(BUILD)/obj/bench/noop_participant.o $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(SAN) -pthread $(PKG_LIBS)
+
+bench: deps
+	$(MAKE) all bench-bin
+	BUILD=$(BUILD) sh bench/run.sh

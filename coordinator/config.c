@@ -61,6 +61,10 @@ static const struct key keys[] = {
     INT_KEY("twopc", "resend_initial_ms", resend_initial_ms, 1, 60000),
     INT_KEY("twopc", "resend_max_ms", resend_max_ms, 1, 3600000),
 
+    INT_KEY("saga", "max_steps", max_steps, 1, 64),
+    INT_KEY("saga", "stuck_after_attempts", stuck_after_attempts, 1, 1000000),
+    INT_KEY("saga", "stuck_retry_ms", stuck_retry_ms, 1, 86400000),
+
     INT_KEY("registry", "heartbeat_ms", heartbeat_ms, 10, 60000),
     INT_KEY("registry", "dead_after_ms", dead_after_ms, 20, 600000),
 
@@ -71,7 +75,7 @@ static const struct key keys[] = {
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "twopc", "registry", "limits"};
+static const char *const groups[] = {"journal", "twopc", "saga", "registry", "limits"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -96,6 +100,9 @@ void config_defaults(struct config *c)
 
     c->heartbeat_ms = 1000;
     c->dead_after_ms = 5000;
+    c->max_steps = 32;
+    c->stuck_after_attempts = 10;
+    c->stuck_retry_ms = 30000;
 
     c->max_payload_bytes = 65536;
     c->max_branches = 16;

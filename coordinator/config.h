@@ -21,6 +21,11 @@
  *     resend_initial_ms           = 200             first decision re-send backoff               [1, 60000]
  *     resend_max_ms               = 5000            decision re-send backoff cap                 [1, 3600000]
  *   }
+ *   saga: {
+ *     max_steps                   = 32              steps per saga                               [1, 64]
+ *     stuck_after_attempts        = 10              failed tries after which a compensation is stuck [1, 1000000]
+ *     stuck_retry_ms              = 30000           how often a stuck compensation is still retried [1, 86400000]
+ *   }
  *   registry: {
  *     heartbeat_ms                = 1000            interval participants say HELLO              [10, 60000]
  *     dead_after_ms               = 5000            silence after which an instance is dropped   [20, 600000]
@@ -55,6 +60,10 @@ struct config {
     int max_timeout_ms;
     int resend_initial_ms;
     int resend_max_ms;
+
+    int max_steps;
+    int stuck_after_attempts;
+    int stuck_retry_ms;
 
     int heartbeat_ms;
     int dead_after_ms;

@@ -30,6 +30,7 @@
  *     participants answer idempotently (COMMIT PREPARED of a missing gid).
  */
 #include "coord.h"
+#include "coord_int.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -44,65 +45,26 @@
 #include "journal.h"
 #include "log.h"
 #include "registry.h"
+#include "saga.h"
 #include "timers.h"
 #include "treaty.h"
 #include "txmap.h"
 #include "txn.h"
 #include "wire.h"
 
-#define MAX_MSGS_PER_TURN 4096
-
-/* The outcome of a finished transaction, kept for retention_s so that a
- * resubmitted or queried txid gets the same answer. */
-struct done {
-    uint8_t txid[16];
-    uint8_t status; /* TREATY_STATUS_COMMITTED / ABORTED */
-    int16_t failed_branch;
-    long long finished_at; /* wall clock, seconds */
-    char *reason;          /* owned, or NULL */
-    struct done *next;     /* FIFO by finishing time */
-};
-
-struct durable_wait {
-    uint64_t seq;
-    uint8_t txid[16];
-};
-
-struct stats {
-    uint64_t submitted, committed, aborted, malformed, refused, late_votes, inquiries, recovered;
-};
-
-struct coord {
-    const struct config *cfg;
-    void *zctx;
-    void *router;
-    struct journal *journal;
-    struct registry *reg;
-    struct txmap inflight; /* txid -> struct txn */
-    struct txmap finished; /* txid -> struct done */
-    struct done *done_head, *done_tail;
-    struct timers timers;
-    struct durable_wait *waits; /* ring of txns awaiting their decision record */
-    size_t wait_head, wait_len, wait_cap;
-    uint64_t durable_seq;
-    struct wire_in *in;
-    bool stopping;
-    struct stats st;
-};
-
 /* ------------------------------------------------------------ helpers */
 
-static long long wall_seconds(void)
+long long coord_wall_seconds(void)
 {
     return (long long)time(NULL);
 }
 
-static const char *fmt_txid(const uint8_t *txid, char *buf)
+const char *coord_fmt_txid(const uint8_t *txid, char *buf)
 {
     return treaty_txid_format((const treaty_txid_t *)txid, buf);
 }
 
-static char *xstrdup(const char *s)
+char *coord_strdup(const char *s)
 {
     if (s == NULL)
         return NULL;
@@ -112,7 +74,7 @@ static char *xstrdup(const char *s)
     return d;
 }
 
-static void send_msg(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid,
+void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid,
                      unsigned branch, unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
 {
     struct wire_hdr h;
@@ -127,9 +89,7 @@ static void send_msg(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_
         log_debug("send %s failed: %s (peer gone?)", wire_type_name(type), zmq_strerror(errno));
 }
 
-static void reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
-                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
+void coord_reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
                         const char *fmt, ...)
 {
     char text[512];
@@ -138,21 +98,26 @@ static void reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, con
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     struct wire_frame f = wire_str(text);
-    send_msg(c, rid, rid_len, WIRE_ERROR, txid, 0, 0, (unsigned)-err, &f, 1);
+    coord_send(c, rid, rid_len, WIRE_ERROR, txid, 0, 0, (unsigned)-err, &f, 1);
 }
 
-static void reply_outcome(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid,
+void coord_reply_outcome(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid,
                           enum treaty_status st, int failed_branch, const char *reason)
 {
     struct wire_frame f = wire_str(reason ? reason : "");
-    send_msg(c, rid, rid_len, WIRE_OUTCOME, txid, failed_branch < 0 ? TREATY_NO_BRANCH : (unsigned)failed_branch, 0,
+    coord_send(c, rid, rid_len, WIRE_OUTCOME, txid, failed_branch < 0 ? TREATY_NO_BRANCH : (unsigned)failed_branch, 0,
              st, &f, 1);
+}
+
+void coord_add_timer(struct coord *c, const uint8_t txid[16], int64_t due_ms)
+{
+    timers_add(&c->timers, due_ms, txid);
 }
 
 static void set_timer(struct coord *c, struct txn *t, int64_t due_ms)
 {
     t->timer_due_ms = due_ms;
-    timers_add(&c->timers, due_ms, t->txid);
+    coord_add_timer(c, t->txid, due_ms);
 }
 
 /* Exponential backoff with +-25% jitter, capped. */
@@ -164,7 +129,7 @@ static int next_backoff(const struct coord *c, int cur)
     return n;
 }
 
-static int jitter(int ms)
+int coord_jitter(int ms)
 {
     int span = ms / 4;
     if (span <= 0)
@@ -175,6 +140,11 @@ static int jitter(int ms)
 static void expect_durable(struct coord *c, struct txn *t, uint64_t seq)
 {
     t->record_seq = seq;
+    coord_expect_durable(c, t->txid, seq);
+}
+
+void coord_expect_durable(struct coord *c, const uint8_t txid[16], uint64_t seq)
+{
     if (c->wait_len == c->wait_cap) {
         size_t ncap = c->wait_cap ? c->wait_cap * 2 : 1024;
         struct durable_wait *nw = malloc(ncap * sizeof *nw);
@@ -189,13 +159,13 @@ static void expect_durable(struct coord *c, struct txn *t, uint64_t seq)
     }
     struct durable_wait *w = &c->waits[(c->wait_head + c->wait_len) % c->wait_cap];
     w->seq = seq;
-    memcpy(w->txid, t->txid, 16);
+    memcpy(w->txid, txid, 16);
     c->wait_len++;
 }
 
 /* ------------------------------------------------------------ finished outcomes */
 
-static void remember_done(struct coord *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
+void coord_remember_done(struct coord *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
                           const char *reason, long long finished_at)
 {
     struct done *d = txmap_get(&c->finished, txid);
@@ -208,7 +178,7 @@ static void remember_done(struct coord *c, const uint8_t *txid, enum treaty_stat
     d->status = (uint8_t)st;
     d->failed_branch = (int16_t)failed_branch;
     d->finished_at = finished_at;
-    d->reason = xstrdup(reason);
+    d->reason = coord_strdup(reason);
     txmap_put(&c->finished, txid, d);
     if (c->done_tail)
         c->done_tail->next = d;
@@ -219,7 +189,7 @@ static void remember_done(struct coord *c, const uint8_t *txid, enum treaty_stat
 
 static void expire_done(struct coord *c)
 {
-    long long horizon = wall_seconds() - c->cfg->journal_retention_s;
+    long long horizon = coord_wall_seconds() - c->cfg->journal_retention_s;
     while (c->done_head && c->done_head->finished_at < horizon) {
         struct done *d = c->done_head;
         c->done_head = d->next;
@@ -238,7 +208,7 @@ static void tell_waiters(struct coord *c, struct txn *t, enum treaty_status st)
     struct waiter *w = t->waiters;
     while (w) {
         struct waiter *n = w->next;
-        reply_outcome(c, w->rid, w->rid_len, t->txid, st, t->failed_branch, t->reason);
+        coord_reply_outcome(c, w->rid, w->rid_len, t->txid, st, t->failed_branch, t->reason);
         free(w);
         w = n;
     }
@@ -264,7 +234,7 @@ static void send_decision(struct coord *c, struct txn *t, unsigned i)
         rid = in->rid;
         rid_len = in->rid_len;
     }
-    send_msg(c, rid, rid_len, type, t->txid, i, b->attempt++, 0, NULL, 0);
+    coord_send(c, rid, rid_len, type, t->txid, i, b->attempt++, 0, NULL, 0);
 }
 
 static void send_decisions(struct coord *c, struct txn *t)
@@ -278,7 +248,7 @@ static void send_decisions(struct coord *c, struct txn *t)
     }
     if (t->resend_ms <= 0)
         t->resend_ms = c->cfg->resend_initial_ms;
-    set_timer(c, t, timers_now_ms() + jitter(t->resend_ms));
+    set_timer(c, t, timers_now_ms() + coord_jitter(t->resend_ms));
     t->resend_ms = next_backoff(c, t->resend_ms);
 }
 
@@ -295,12 +265,12 @@ static void finish(struct coord *c, struct txn *t)
     /* Lazy: if END is lost in a crash, recovery re-sends the decision and the
      * participants acknowledge again (decisions are idempotent). */
     journal_append(c->journal, &r, false);
-    log_debug("txn %s: finished %s", fmt_txid(t->txid, id), treaty_status_name(st));
+    log_debug("txn %s: finished %s", coord_fmt_txid(t->txid, id), treaty_status_name(st));
     /* Clients still waiting (only possible for a recovered or resubmitted txn
      * whose decision was durable) get the outcome now. */
     if (t->decision_durable)
         tell_waiters(c, t, st);
-    remember_done(c, t->txid, st, t->failed_branch, t->reason, wall_seconds());
+    coord_remember_done(c, t->txid, st, t->failed_branch, t->reason, coord_wall_seconds());
     txmap_del(&c->inflight, t->txid);
     txn_free(t);
 }
@@ -333,8 +303,8 @@ static void decide_abort(struct coord *c, struct txn *t, int failed_branch, cons
     txn_set_state(t, TXN_ABORTING);
     t->failed_branch = failed_branch;
     free(t->reason);
-    t->reason = xstrdup(reason);
-    log_info("txn %s: abort (branch %d: %s)", fmt_txid(t->txid, id), failed_branch, reason);
+    t->reason = coord_strdup(reason);
+    log_info("txn %s: abort (branch %d: %s)", coord_fmt_txid(t->txid, id), failed_branch, reason);
     /* The ABORT record is forced only so that the client's answer survives a
      * crash: until it is durable a crash forgets the txn and presumed abort
      * answers every INQUIRE with ABORT, which is the same outcome. */
@@ -396,16 +366,46 @@ static void process_durable(struct coord *c)
         struct durable_wait *d = &c->waits[c->wait_head];
         if (d->seq > w)
             break;
+        struct durable_wait dw = *d;
+        d = &dw;
         struct txn *t = txmap_get(&c->inflight, d->txid);
         uint64_t seq = d->seq;
         c->wait_head = (c->wait_head + 1) % c->wait_cap;
         c->wait_len--;
-        if (t != NULL && t->record_seq == seq && !t->decision_durable)
-            on_decision_durable(c, t);
+        if (t != NULL) {
+            if (t->record_seq == seq && !t->decision_durable)
+                on_decision_durable(c, t);
+        } else {
+            struct saga *sg = txmap_get(&c->sagas, d->txid);
+            if (sg != NULL)
+                saga_on_durable(c, sg, seq);
+        }
     }
 }
 
 /* ------------------------------------------------------------ client requests */
+
+int coord_admit(struct coord *c, const struct wire_in *in)
+{
+    const uint8_t *txid = in->msg.hdr.txid;
+    if (c->stopping) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "coordinator is shutting down");
+        return TREATY_EBUSY;
+    }
+    if (!journal_healthy(c->journal)) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "journal unavailable: PostgreSQL unreachable");
+        return TREATY_EBUSY;
+    }
+    if (c->inflight.len + c->sagas.len >= (size_t)c->cfg->max_inflight) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "too many transactions in flight (limit %d)",
+                          c->cfg->max_inflight);
+        return TREATY_EBUSY;
+    }
+    return 0;
+}
 
 static void handle_submit(struct coord *c, const struct wire_in *in)
 {
@@ -417,7 +417,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
     if (t != NULL) {
         /* A resubmission: same txid, same transaction. Answer when decided. */
         if (t->decision_durable)
-            reply_outcome(c, in->rid, in->rid_len, txid,
+            coord_reply_outcome(c, in->rid, in->rid_len, txid,
                           t->state == TXN_COMMITTING ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED,
                           t->failed_branch, t->reason);
         else
@@ -426,29 +426,19 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
     }
     struct done *d = txmap_get(&c->finished, txid);
     if (d != NULL) {
-        reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+        coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
     }
-    if (c->stopping) {
-        c->st.refused++;
-        reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "coordinator is shutting down");
+    if (txmap_get(&c->sagas, txid) != NULL) {
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a saga");
         return;
     }
-    if (!journal_healthy(c->journal)) {
-        c->st.refused++;
-        reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "journal unavailable: PostgreSQL unreachable");
+    if (coord_admit(c, in) < 0)
         return;
-    }
-    if (c->inflight.len >= (size_t)c->cfg->max_inflight) {
-        c->st.refused++;
-        reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "too many transactions in flight (limit %d)",
-                    c->cfg->max_inflight);
-        return;
-    }
     size_t nb = (m->nframes - 1) / 2;
     if (nb > (size_t)c->cfg->max_branches) {
         c->st.refused++;
-        reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu branches exceed the limit of %d", nb,
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu branches exceed the limit of %d", nb,
                     c->cfg->max_branches);
         return;
     }
@@ -456,7 +446,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
         size_t len = m->frames[2 + 2 * i].len;
         if (len > (size_t)c->cfg->max_payload_bytes) {
             c->st.refused++;
-            reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
+            coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
                         "branch %zu payload of %zu bytes exceeds the limit of %d", i, len, c->cfg->max_payload_bytes);
             return;
         }
@@ -491,7 +481,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
             return;
         }
     }
-    log_debug("txn %s: prepare %zu branches", fmt_txid(txid, id), nb);
+    log_debug("txn %s: prepare %zu branches", coord_fmt_txid(txid, id), nb);
     for (size_t i = 0; i < nb; i++) {
         struct branch *b = &t->branches[i];
         if (chosen[i]->rid_len <= BRANCH_RID_MAX) {
@@ -499,7 +489,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
             b->rid_len = (uint8_t)chosen[i]->rid_len;
         }
         b->prepared = true;
-        send_msg(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0,
+        coord_send(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0,
                  &m->frames[2 + 2 * i], 1);
     }
     set_timer(c, t, timers_now_ms() + timeout_ms);
@@ -508,20 +498,25 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
 static void handle_query(struct coord *c, const struct wire_in *in)
 {
     const uint8_t *txid = in->msg.hdr.txid;
+    struct saga *sg = txmap_get(&c->sagas, txid);
+    if (sg != NULL) {
+        saga_handle_query(c, sg, in);
+        return;
+    }
     struct txn *t = txmap_get(&c->inflight, txid);
     if (t != NULL) {
         enum treaty_status st = TREATY_STATUS_PENDING;
         if (t->decision_durable)
             st = t->state == TXN_ABORTING ? TREATY_STATUS_ABORTED : TREATY_STATUS_COMMITTED;
-        reply_outcome(c, in->rid, in->rid_len, txid, st, t->failed_branch, t->reason);
+        coord_reply_outcome(c, in->rid, in->rid_len, txid, st, t->failed_branch, t->reason);
         return;
     }
     struct done *d = txmap_get(&c->finished, txid);
     if (d != NULL) {
-        reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+        coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
     }
-    reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_ABORTED, -1,
+    coord_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_ABORTED, -1,
                   "no record of this transaction (presumed abort)");
 }
 
@@ -544,7 +539,7 @@ static void answer_decision(struct coord *c, const struct wire_in *in)
         if (d != NULL && d->status == TREATY_STATUS_COMMITTED)
             type = WIRE_COMMIT;
     }
-    send_msg(c, in->rid, in->rid_len, type, txid, branch, 0, 0, NULL, 0);
+    coord_send(c, in->rid, in->rid_len, type, txid, branch, 0, 0, NULL, 0);
 }
 
 static void record_vote(struct coord *c, struct txn *t, unsigned branch, bool yes, const char *reason)
@@ -594,7 +589,7 @@ static void handle_ack(struct coord *c, const struct wire_in *in)
         return;
     if ((m->hdr.code == TREATY_STATUS_COMMITTED) != want_commit) {
         char id[TREATY_TXID_STRLEN];
-        log_warn("txn %s: branch %u acknowledged %s but the decision is %s; ignored", fmt_txid(t->txid, id),
+        log_warn("txn %s: branch %u acknowledged %s but the decision is %s; ignored", coord_fmt_txid(t->txid, id),
                  m->hdr.branch, treaty_status_name(m->hdr.code), want_commit ? "commit" : "abort");
         return;
     }
@@ -635,10 +630,11 @@ static void handle_hello(struct coord *c, const struct wire_in *in)
     uint8_t hb[4];
     wire_put_u32(hb, (uint32_t)c->cfg->heartbeat_ms);
     struct wire_frame f = {hb, 4};
-    send_msg(c, in->rid, in->rid_len, WIRE_WELCOME, NULL, 0, 0, 0, &f, 1);
+    coord_send(c, in->rid, in->rid_len, WIRE_WELCOME, NULL, 0, 0, 0, &f, 1);
 }
 
-static void handle_message(struct coord *c)
+/* Receives and handles one message. Returns false when none was waiting. */
+static bool handle_message(struct coord *c)
 {
     /* Names and numbers must always fit; branch payloads are checked against
      * max_payload_bytes in handle_submit. */
@@ -646,19 +642,19 @@ static void handle_message(struct coord *c)
                                                                           : TREATY_REASON_MAX;
     int rc = wire_recv(c->router, true, limit, c->in);
     if (rc == TREATY_ETIMEDOUT)
-        return;
+        return false;
     if (rc < 0) {
         c->st.malformed++;
         if (c->in->rid_len == 0) {
             log_warn("dropped a malformed message: %s", treaty_strerror(rc));
-            return;
+            return true;
         }
         log_warn("rejected a message from a peer: %s", treaty_strerror(rc));
         const char *what = rc == TREATY_ETOOBIG    ? "message exceeds a limit (payload bytes or frame count)"
                            : rc == TREATY_EVERSION ? "unsupported protocol version"
                                                    : "malformed message";
-        reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, rc, "%s", what);
-        return;
+        coord_reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, rc, "%s", what);
+        return true;
     }
     switch (c->in->msg.hdr.type) {
     case WIRE_SUBMIT:
@@ -679,13 +675,20 @@ static void handle_message(struct coord *c)
     case WIRE_INQUIRE:
         handle_inquire(c, c->in);
         break;
+    case WIRE_SAGA:
+        saga_handle_submit(c, c->in);
+        break;
+    case WIRE_RESULT:
+        saga_handle_result(c, c->in);
+        break;
     default:
         c->st.malformed++;
-        reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, TREATY_EPROTO,
+        coord_reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, TREATY_EPROTO,
                     "message type %s is not accepted by the coordinator", wire_type_name(c->in->msg.hdr.type));
         break;
     }
     wire_in_close(c->in);
+    return true;
 }
 
 /* ------------------------------------------------------------ timers */
@@ -724,7 +727,13 @@ static void run_timers(struct coord *c)
     struct timer_entry e;
     while (timers_pop_due(&c->timers, now, &e)) {
         struct txn *t = txmap_get(&c->inflight, e.txid);
-        if (t == NULL || t->timer_due_ms != e.due_ms)
+        if (t == NULL) {
+            struct saga *sg = txmap_get(&c->sagas, e.txid);
+            if (sg != NULL)
+                saga_on_timer(c, sg, e.due_ms);
+            continue;
+        }
+        if (t->timer_due_ms != e.due_ms)
             continue; /* cancelled or rescheduled */
         t->timer_due_ms = -1;
         on_timer(c, t);
@@ -735,6 +744,8 @@ static void run_timers(struct coord *c)
 
 struct scan_state {
     struct coord *c;
+    struct saga_recovery *saga;
+    bool is_saga;
     bool have;
     uint8_t txid[16];
     bool commit, abort;
@@ -752,8 +763,16 @@ static void scan_finish_txn(struct scan_state *s)
     if (!s->have)
         return;
     s->have = false;
+    if (s->is_saga) {
+        s->is_saga = false;
+        if (saga_recovery_finish(c, s->saga, s->ended_at))
+            s->resumed++;
+        else if (s->ended_at > 0)
+            s->remembered++;
+        return;
+    }
     if (s->ended_at > 0) {
-        remember_done(c, s->txid, s->commit ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, s->failed_branch,
+        coord_remember_done(c, s->txid, s->commit ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, s->failed_branch,
                       s->abort ? s->detail : NULL, s->ended_at);
         s->remembered++;
         return;
@@ -773,7 +792,7 @@ static void scan_finish_txn(struct scan_state *s)
         txn_set_state(t, TXN_COMMITTING);
     } else {
         txn_set_state(t, TXN_ABORTING);
-        t->reason = xstrdup(s->detail);
+        t->reason = coord_strdup(s->detail);
     }
     txmap_put(&c->inflight, s->txid, t);
     /* First re-send soon: participants are reconnecting right now. */
@@ -797,7 +816,13 @@ static int scan_cb(void *arg, const struct journal_rec *r, long long finished_at
         s->detail[0] = '\0';
         s->failed_branch = -1;
     }
+    saga_recovery_add(s->saga, r);
     switch (r->kind) {
+    case JOURNAL_SAGA:
+    case JOURNAL_STEP:
+    case JOURNAL_TURN:
+        s->is_saga = true;
+        break;
     case JOURNAL_COMMIT:
     case JOURNAL_ABORT:
         if (r->kind == JOURNAL_COMMIT)
@@ -814,7 +839,7 @@ static int scan_cb(void *arg, const struct journal_rec *r, long long finished_at
         s->failed_branch = r->failed_branch;
         break;
     case JOURNAL_END:
-        s->ended_at = finished_at > 0 ? finished_at : wall_seconds();
+        s->ended_at = finished_at > 0 ? finished_at : coord_wall_seconds();
         break;
     }
     if (finished_at > 0)
@@ -828,12 +853,14 @@ static int recover(struct coord *c)
     if (s == NULL)
         abort();
     s->c = c;
+    s->saga = saga_recovery_new();
     int64_t t0 = timers_now_ms();
     int rc = journal_scan(c->journal, scan_cb, s);
     if (rc == 0)
         scan_finish_txn(s);
     log_info("recovery: %zu unfinished transactions resumed, %zu finished outcomes retained (%lld ms)", s->resumed,
              s->remembered, (long long)(timers_now_ms() - t0));
+    saga_recovery_free(s->saga);
     free(s);
     return rc;
 }
@@ -865,13 +892,16 @@ static void log_stats(const struct coord *c)
     journal_get_stats(c->journal, &js);
     log_info("stats: submitted=%llu committed=%llu aborted=%llu in_flight=%zu refused=%llu malformed=%llu "
              "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
-             "forced_batches=%llu instances=%zu",
+             "forced_batches=%llu instances=%zu sagas=%llu sagas_completed=%llu sagas_compensated=%llu "
+             "sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu",
              (unsigned long long)c->st.submitted, (unsigned long long)c->st.committed,
              (unsigned long long)c->st.aborted, c->inflight.len, (unsigned long long)c->st.refused,
              (unsigned long long)c->st.malformed, (unsigned long long)c->st.late_votes,
              (unsigned long long)c->st.inquiries, (unsigned long long)c->st.recovered,
              (unsigned long long)js.batches, (unsigned long long)js.records, (unsigned long long)js.forced_batches,
-             registry_count(c->reg));
+             registry_count(c->reg), (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
+             (unsigned long long)c->st.sagas_compensated, (unsigned long long)c->st.sagas_stuck, c->sagas.len,
+             (unsigned long long)c->st.step_retries);
 }
 
 static void serve(struct coord *c, volatile sig_atomic_t *stop)
@@ -888,10 +918,11 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
             log_info("stopping: refusing new transactions; %zu in flight, deadline %d ms", c->inflight.len,
                      c->cfg->shutdown_deadline_ms);
         }
-        if (c->stopping && (c->inflight.len == 0 || now >= deadline)) {
-            if (c->inflight.len > 0)
-                log_warn("stopping with %zu transactions unfinished; recovery resumes them at next start",
-                         c->inflight.len);
+        if (c->stopping && (c->inflight.len + c->sagas.len == 0 || now >= deadline)) {
+            if (c->inflight.len + c->sagas.len > 0)
+                log_warn("stopping with %zu transactions and %zu sagas unfinished; recovery resumes them at next "
+                         "start",
+                         c->inflight.len, c->sagas.len);
             break;
         }
         long timeout = 1000;
@@ -914,13 +945,10 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
         if (n > 0 && (items[1].revents & ZMQ_POLLIN))
             process_durable(c);
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
-            for (int k = 0; k < MAX_MSGS_PER_TURN; k++) {
-                int events = 0;
-                size_t el = sizeof events;
-                if (zmq_getsockopt(c->router, ZMQ_EVENTS, &events, &el) != 0 || !(events & ZMQ_POLLIN))
-                    break;
-                handle_message(c);
-            }
+            /* Receive until EAGAIN: asking ZMQ_EVENTS before every message
+             * costs a system call each. */
+            for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(c); k++)
+                ;
         }
         run_timers(c);
         now = timers_now_ms();
@@ -951,6 +979,7 @@ int coord_run(const struct config *cfg, volatile sig_atomic_t *stop)
         return TREATY_ENOMEM;
     }
     txmap_init(&c->inflight);
+    txmap_init(&c->sagas);
     txmap_init(&c->finished);
     timers_init(&c->timers);
     srand((unsigned)timers_now_ms());
@@ -990,6 +1019,7 @@ int coord_run(const struct config *cfg, volatile sig_atomic_t *stop)
     rc = open_router(c);
     if (rc < 0)
         goto fail_router;
+    c->started_ms = timers_now_ms();
     log_info("treatyd serving on %s", cfg->listen);
     serve(c, stop);
     log_stats(c);
@@ -1010,6 +1040,10 @@ cleanup:
         if (c->inflight.slots[i].val)
             txn_free(c->inflight.slots[i].val);
     txmap_free(&c->inflight);
+    for (size_t i = 0; i < c->sagas.cap; i++)
+        if (c->sagas.slots[i].val)
+            saga_free(c->sagas.slots[i].val);
+    txmap_free(&c->sagas);
     while (c->done_head) {
         struct done *d = c->done_head;
         c->done_head = d->next;

@@ -56,12 +56,7 @@ void txn_free(struct txn *t)
 {
     if (t == NULL)
         return;
-    struct waiter *w = t->waiters;
-    while (w) {
-        struct waiter *n = w->next;
-        free(w);
-        w = n;
-    }
+    waiter_free_all(&t->waiters);
     free(t->reason);
     free(t);
 }
@@ -77,9 +72,9 @@ void txn_set_state(struct txn *t, enum txn_state to)
     t->state = to;
 }
 
-void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len)
+void waiter_add(struct waiter **list, const uint8_t *rid, size_t rid_len)
 {
-    for (struct waiter *w = t->waiters; w; w = w->next)
+    for (struct waiter *w = *list; w; w = w->next)
         if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
             return;
     struct waiter *w = calloc(1, sizeof *w);
@@ -87,6 +82,22 @@ void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len)
         abort();
     memcpy(w->rid, rid, rid_len);
     w->rid_len = (uint8_t)rid_len;
-    w->next = t->waiters;
-    t->waiters = w;
+    w->next = *list;
+    *list = w;
+}
+
+void waiter_free_all(struct waiter **list)
+{
+    struct waiter *w = *list;
+    while (w) {
+        struct waiter *n = w->next;
+        free(w);
+        w = n;
+    }
+    *list = NULL;
+}
+
+void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len)
+{
+    waiter_add(&t->waiters, rid, rid_len);
 }

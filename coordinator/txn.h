@@ -80,4 +80,8 @@ void txn_set_state(struct txn *t, enum txn_state to);
 /* Adds a client to tell the outcome (deduplicated by routing id). */
 void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len);
 
+/* The same for any list of waiting clients (sagas use it too). */
+void waiter_add(struct waiter **list, const uint8_t *rid, size_t rid_len);
+void waiter_free_all(struct waiter **list);
+
 #endif

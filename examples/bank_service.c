@@ -192,9 +192,12 @@ static int setup_db(const struct bank *bk, const char *conninfo, const char *acc
     /* Quiet NOTICEs; never wait long for a lock here (see below). */
     PGresult *r = PQexec(c, "SET client_min_messages = warning; SET lock_timeout = '10s'");
     PQclear(r);
-    r = PQexec(c, "CREATE TABLE IF NOT EXISTS accounts ("
-                            " id text PRIMARY KEY,"
-                            " balance bigint NOT NULL CHECK (balance >= 0))");
+    /* Instances of one bank may start together: CREATE TABLE IF NOT EXISTS
+     * races on the catalog, so serialise it with a transaction-level lock. */
+    r = PQexec(c, "BEGIN; SELECT pg_advisory_xact_lock(7600001);"
+                  " CREATE TABLE IF NOT EXISTS accounts ("
+                  " id text PRIMARY KEY,"
+                  " balance bigint NOT NULL CHECK (balance >= 0)); COMMIT");
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         say(bk, "create table accounts: %s", PQresultErrorMessage(r));
         PQclear(r);

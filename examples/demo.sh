@@ -10,7 +10,10 @@
 # set, else a throwaway cluster (scripts/pgtmp.sh) removed on exit. The
 # databases treaty_journal, bank_a and bank_b are dropped and created afresh.
 # Everything started here is stopped on exit, also on failure or ^C.
-# Exit status: bank_demo's.
+# Part two, sagas: three shop_service participants (orders, inventory,
+# payment) with databases shop_orders, shop_inventory and shop_payment, against
+# the same treatyd; saga_demo runs order sagas through them (see saga_demo.c).
+# Exit status: 0 only when both bank_demo and saga_demo exit 0.
 set -u
 BUILD=${BUILD:-build}
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +33,7 @@ cleanup() {
     rc=$?
     trap - EXIT INT TERM
     if [ -n "$PIDS" ]; then
-        say "stopping treatyd and the banks (SIGTERM)"
+        say "stopping treatyd and the participants (SIGTERM)"
         for p in $PIDS; do kill -TERM "$p" 2>/dev/null; done
         for p in $PIDS; do
             n=0
@@ -60,7 +63,7 @@ trap 'exit 130' INT TERM
 
 fail() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-for b in treatyd bank_service bank_demo; do
+for b in treatyd bank_service bank_demo shop_service saga_demo; do
     [ -x "$BIN/$b" ] || fail "$BIN/$b is missing: run make first"
 done
 
@@ -139,14 +142,64 @@ say "running bank_demo: 2PC transfers between alice and bob"
 "$BIN/bank_demo" --endpoint "$EP" --db-a "$BASE dbname=bank_a" --db-b "$BASE dbname=bank_b"
 status=$?
 
+if [ "$status" -eq 0 ]; then
+    say "bank part passed: every transfer happened at both banks or at neither"
+else
+    say "bank part failed: bank_demo exited with status $status"
+fi
+
+# ------------------------------------------------------------ part two: sagas
+say "part two: sagas. Creating databases shop_orders, shop_inventory and shop_payment"
+for db in shop_orders shop_inventory shop_payment; do
+    "$PSQL" "$BASE dbname=postgres" -q -v ON_ERROR_STOP=1 \
+        -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
+        -c "CREATE DATABASE $db" >/dev/null ||
+        fail "cannot create database $db"
+done
+
+say "starting three shop services (saga participants, every step through the SDK's barrier)"
+"$BIN/shop_service" --endpoint "$EP" --role orders --instance o1 --db "$BASE dbname=shop_orders" \
+    >"$WORK/shop-orders.log" 2>&1 &
+PIDS="$PIDS $!"
+note "orders:    table orders, database shop_orders"
+"$BIN/shop_service" --endpoint "$EP" --role inventory --instance i1 --db "$BASE dbname=shop_inventory" \
+    --setup widget=10 --transient-failures 1 >"$WORK/shop-inventory.log" 2>&1 &
+PIDS="$PIDS $!"
+note "inventory: stock widget = 10, database shop_inventory;"
+note "           --transient-failures 1: the first try of every reserve fails (the coordinator retries)"
+"$BIN/shop_service" --endpoint "$EP" --role payment --instance p1 --db "$BASE dbname=shop_payment" \
+    --setup alice=100,bob=20 >"$WORK/shop-payment.log" 2>&1 &
+PIDS="$PIDS $!"
+note "payment:   wallets alice = 100, bob = 20, database shop_payment"
+
+n=0
+while :; do
+    for p in $PIDS; do kill -0 "$p" 2>/dev/null || fail "a process ended during start-up (see the logs below)"; done
+    if grep -q ready "$WORK/shop-orders.log" && grep -q ready "$WORK/shop-inventory.log" &&
+        grep -q ready "$WORK/shop-payment.log"; then break; fi
+    [ $n -lt 300 ] || fail "the shop services did not start within 30 s"
+    sleep 0.1
+    n=$((n + 1))
+done
+
+say "running saga_demo: order sagas create_order -> reserve -> charge"
+"$BIN/saga_demo" --endpoint "$EP" --db-orders "$BASE dbname=shop_orders" \
+    --db-inventory "$BASE dbname=shop_inventory" --db-payment "$BASE dbname=shop_payment"
+saga_status=$?
+
 say "what the coordinator's journal recorded (plain SQL: SELECT kind, count(*) FROM treaty_journal GROUP BY kind)"
 "$PSQL" "$BASE dbname=treaty_journal" -Atq -F ' ' \
     -c "SELECT kind, count(*) FROM treaty_journal GROUP BY kind ORDER BY kind" 2>/dev/null |
     while read -r kind count; do note "$kind: $count"; done
 
-if [ "$status" -eq 0 ]; then
-    say "demo passed: every transfer happened at both banks or at neither"
+if [ "$saga_status" -eq 0 ]; then
+    say "saga part passed: every saga completed or was fully compensated, as expected"
 else
-    say "demo failed: bank_demo exited with status $status"
+    say "saga part failed: saga_demo exited with status $saga_status"
 fi
+if [ "$status" -eq 0 ] && [ "$saga_status" -eq 0 ]; then
+    say "demo passed"
+    exit 0
+fi
+[ "$status" -ne 0 ] || status=$saga_status
 exit "$status"

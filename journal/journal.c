@@ -41,8 +41,9 @@
  * group is one Postgres transaction, so "every record up to the watermark is
  * committed" holds. A lazy group commits with synchronous_commit = off: its
  * COMMIT returns before the WAL is flushed, so a Postgres crash may lose it
- * (END and ABORT records only; recovery copes: a lost END resends the
- * decision, a lost ABORT is presumed). The next forced group's flush covers
+ * (END, ABORT and STEP records only; recovery copes: a lost END resends the
+ * decision or finishes the saga again, a lost ABORT is presumed, a lost STEP
+ * runs the step again through the participant's barrier). The next forced group's flush covers
  * every earlier lazy group, since the WAL is flushed in order.
  */
 #include "journal.h"
@@ -68,6 +69,7 @@
 
 #include "log.h"
 #include "sql_journal.h"
+#include "sql_saga.h"
 #include "treaty.h"
 
 #define DEFAULT_CONNECT_INITIAL_MS 100
@@ -79,19 +81,24 @@
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 10000
 /* Waits are cut into slices this long to notice a stop request. */
 #define SLICE_MS 20
-/* A group stops taking batches beyond this many bytes of COPY data. */
+/* A group stops taking batches beyond this many bytes of COPY data. It always
+ * takes one: a batch bigger than this (a saga definition is up to a few MB of
+ * hex) is written alone. */
 #define GROUP_MAX_BYTES ((size_t)4 << 20)
 /* COPY data goes to libpq in pieces of at most this size. */
 #define COPY_CHUNK ((size_t)1 << 20)
+/* The scan fetches at most this many rows at a time, starting with
+ * SCAN_FETCH_FIRST and adapting to the average row size so that one fetch
+ * holds about SCAN_FETCH_BYTES: saga definitions can be megabytes each, and
+ * 10000 of them in one result would not fit in memory. */
 #define SCAN_FETCH_ROWS 10000
+#define SCAN_FETCH_FIRST 256
+#define SCAN_FETCH_BYTES ((size_t)64 << 20)
 #define GC_MAX_TXIDS 10000
 /* pg_advisory_xact_lock key pair held while applying the schema: "TREA", 1. */
 #define SCHEMA_LOCK_SQL "SELECT pg_advisory_xact_lock(1414677825, 1)"
 
 #define ERRLEN 512
-
-#define JSTR_(x) #x
-#define JSTR(x) JSTR_(x)
 
 /* ------------------------------------------------------------------ types */
 
@@ -528,13 +535,20 @@ const char *journal_kind_name(enum journal_kind k)
         return "abort";
     case JOURNAL_END:
         return "end";
+    case JOURNAL_SAGA:
+        return "saga";
+    case JOURNAL_STEP:
+        return "step";
+    case JOURNAL_TURN:
+        return "turn";
     }
     return NULL;
 }
 
 static int kind_parse(const char *s, enum journal_kind *out)
 {
-    static const enum journal_kind kinds[] = {JOURNAL_COMMIT, JOURNAL_ABORT, JOURNAL_END};
+    static const enum journal_kind kinds[] = {JOURNAL_COMMIT, JOURNAL_ABORT, JOURNAL_END,
+                                              JOURNAL_SAGA,   JOURNAL_STEP,  JOURNAL_TURN};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strcmp(s, journal_kind_name(kinds[i])) == 0) {
             *out = kinds[i];
@@ -542,6 +556,38 @@ static int kind_parse(const char *s, enum journal_kind *out)
         }
     }
     return TREATY_EPROTO;
+}
+
+static void put_int_or_null(struct journal_buf *b, bool present, int v)
+{
+    if (present) {
+        char num[16];
+        int n = snprintf(num, sizeof num, "%d", v);
+        buf_put(b, num, (size_t)n);
+    } else {
+        buf_puts(b, "\\N");
+    }
+}
+
+/* bytea in hex form, "\\x" + two lowercase digits a byte: the COPY text of
+ * the literal \x0a1b..., whose backslash COPY itself wants escaped. Nothing
+ * else in the hex form needs escaping. */
+static void put_bytea(struct journal_buf *b, const void *data, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = data;
+    if (len > (SIZE_MAX - 3) / 2)
+        out_of_memory();
+    buf_reserve(b, 3 + 2 * len);
+    char *w = b->data + b->len;
+    *w++ = '\\';
+    *w++ = '\\';
+    *w++ = 'x';
+    for (size_t i = 0; i < len; i++) {
+        *w++ = hex[p[i] >> 4];
+        *w++ = hex[p[i] & 0xf];
+    }
+    b->len += 3 + 2 * len;
 }
 
 void journal_encode_row(struct journal_buf *b, const struct journal_rec *r, bool ascii_only)
@@ -575,16 +621,21 @@ void journal_encode_row(struct journal_buf *b, const struct journal_rec *r, bool
         buf_putc(b, '}');
     }
     buf_putc(b, '\t');
-    if (r->kind == JOURNAL_ABORT && r->failed_branch >= 0) {
-        char num[16];
-        int n = snprintf(num, sizeof num, "%d", r->failed_branch);
-        buf_put(b, num, (size_t)n);
-    } else {
-        buf_puts(b, "\\N");
-    }
+    /* Callers zero-initialise records: failed_branch and step mean something
+     * only for the kinds that carry them. */
+    put_int_or_null(b, (r->kind == JOURNAL_ABORT || r->kind == JOURNAL_TURN) && r->failed_branch >= 0,
+                    r->failed_branch);
     buf_putc(b, '\t');
     if (r->detail)
         put_text(b, r->detail, ascii_only, false);
+    else
+        buf_puts(b, "\\N");
+    buf_putc(b, '\t');
+    put_int_or_null(b, r->kind == JOURNAL_STEP && r->step >= 0, r->step);
+    buf_putc(b, '\t');
+    assert(r->data || r->data_len == 0);
+    if (r->data)
+        put_bytea(b, r->data, r->data_len);
     else
         buf_puts(b, "\\N");
     buf_putc(b, '\n');
@@ -666,9 +717,14 @@ static void batch_free(struct batch *b)
 /* ---------------------------------------------------------------- connect */
 
 /*
- * Applies sql/001_journal.sql in one transaction under an advisory lock, so
- * that coordinators starting together do not race on CREATE ... IF NOT
- * EXISTS. A database already holding a newer schema is left untouched.
+ * Applies sql/001_journal.sql, then sql/002_saga.sql when the database is
+ * below version 2, in one transaction under an advisory lock, so that
+ * coordinators starting together do not race on CREATE ... IF NOT EXISTS and
+ * an upgrade from version 1 happens once, entirely or not at all (if we crash
+ * in the middle, the transaction rolls back and the next start upgrades).
+ * 002 is skipped at version 2: re-adding its CHECK constraint would scan the
+ * whole journal under an exclusive lock on every start. A database already
+ * holding a newer schema is left untouched.
  * Returns 0, TREATY_EVERSION, or TREATY_EPG (the caller tells a lost
  * connection from an SQL error by PQstatus).
  */
@@ -687,11 +743,12 @@ static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
     bool exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     res = NULL;
+    int v = 0;
     if (exists) {
         res = PQexec(c, "SELECT coalesce(max(version), 0) FROM treaty_schema");
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             goto fail_res;
-        int v = atoi(PQgetvalue(res, 0, 0));
+        v = atoi(PQgetvalue(res, 0, 0));
         PQclear(res);
         res = NULL;
         if (v > JOURNAL_SCHEMA_VERSION) {
@@ -705,6 +762,12 @@ static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
     }
     if (!pg_exec(c, sql_journal, PGRES_COMMAND_OK, why, sizeof why))
         goto fail_sql;
+    if (v < 2) {
+        if (v == 1)
+            log_info("journal: upgrading the journal schema from version 1 to 2 (sagas)");
+        if (!pg_exec(c, sql_saga, PGRES_COMMAND_OK, why, sizeof why))
+            goto fail_sql;
+    }
     res = PQexec(c, "SELECT max(version) FROM treaty_schema");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         goto fail_res;
@@ -836,6 +899,40 @@ static void scan_fail(PGconn *c, PGresult *res, const char *what)
     log_error("journal: recovery scan failed (%s): %s", what, why);
 }
 
+static int hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Decodes a bytea in text output form ("\x0a1b...", the scan sets
+ * bytea_output = hex) into out, reused from row to row. Returns 0 or
+ * TREATY_EPROTO.
+ */
+static int bytea_decode(const char *s, size_t len, struct journal_buf *out)
+{
+    out->len = 0;
+    if (len < 2 || s[0] != '\\' || s[1] != 'x' || len % 2 != 0)
+        return TREATY_EPROTO;
+    size_t n = (len - 2) / 2;
+    buf_reserve(out, n + 1);
+    const unsigned char *p = (const unsigned char *)s + 2;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hex_digit(p[2 * i]), lo = hex_digit(p[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return TREATY_EPROTO;
+        out->data[i] = (char)(hi << 4 | lo);
+    }
+    out->len = n;
+    return 0;
+}
+
 int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
 {
     if (!j || !cb)
@@ -855,7 +952,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
     int rc = 0;
     uint64_t nrows = 0, ntx = 0;
     uint8_t last_txid[16] = {0};
-    struct journal_buf scratch = {0};
+    struct journal_buf scratch = {0}, bytes = {0};
     struct journal_strv sv = {0};
     char sql[1024];
     PGresult *res = NULL;
@@ -866,7 +963,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
     snprintf(sql, sizeof sql,
              "DECLARE treaty_scan NO SCROLL CURSOR FOR "
              "SELECT j.txid, j.kind, j.services, j.failed_branch, j.detail, "
-             "       floor(extract(epoch FROM e.ended))::bigint "
+             "       floor(extract(epoch FROM e.ended))::bigint, j.step, j.data "
              "  FROM treaty_journal j "
              "  LEFT JOIN (SELECT txid, min(written_at) AS ended FROM treaty_journal "
              "              WHERE kind = 'end' GROUP BY txid) e ON e.txid = j.txid "
@@ -874,7 +971,8 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
              " ORDER BY j.txid, j.seq",
              j->retention_s);
     /* Planned for reading every row (not the first 10%), sorted in memory. */
-    res = PQexec(c, "BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1; SET LOCAL work_mem = '64MB'");
+    res = PQexec(c, "BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1; SET LOCAL work_mem = '64MB'; "
+                    "SET LOCAL bytea_output = 'hex'");
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         goto fail_sql;
     PQclear(res);
@@ -884,15 +982,28 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
     PQclear(res);
     res = NULL;
 
+    long fetch = SCAN_FETCH_FIRST;
     for (;;) {
-        res = PQexec(c, "FETCH FORWARD " JSTR(SCAN_FETCH_ROWS) " FROM treaty_scan");
+        char fetch_sql[64];
+        snprintf(fetch_sql, sizeof fetch_sql, "FETCH FORWARD %ld FROM treaty_scan", fetch);
+        res = PQexec(c, fetch_sql);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             goto fail_sql;
         int n = PQntuples(res);
         if (n == 0)
             break;
+        /* Next fetch: about SCAN_FETCH_BYTES at this fetch's average row
+         * size, growing at most fourfold at a time. */
+        size_t got = 0;
+        for (int i = 0; i < n; i++)
+            got += 64 + (size_t)PQgetlength(res, i, 2) + (size_t)PQgetlength(res, i, 4) +
+                     (size_t)PQgetlength(res, i, 7);
+        size_t want = SCAN_FETCH_BYTES / (got / (size_t)n + 1);
+        fetch = want < 1 ? 1 : want > (size_t)fetch * 4 ? fetch * 4 : (long)want;
+        if (fetch > SCAN_FETCH_ROWS)
+            fetch = SCAN_FETCH_ROWS;
         for (int i = 0; i < n && rc == 0; i++) {
-            struct journal_rec r = {.failed_branch = -1};
+            struct journal_rec r = {.failed_branch = -1, .step = -1};
             if (journal_txid_parse(PQgetvalue(res, i, 0), r.txid) != 0 ||
                 kind_parse(PQgetvalue(res, i, 1), &r.kind) != 0) {
                 log_error("journal: recovery scan: malformed row (txid %s, kind %s)", PQgetvalue(res, i, 0),
@@ -915,6 +1026,19 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
             if (!PQgetisnull(res, i, 4))
                 r.detail = PQgetvalue(res, i, 4);
             long long fin = PQgetisnull(res, i, 5) ? 0 : strtoll(PQgetvalue(res, i, 5), NULL, 10);
+            if (r.kind == JOURNAL_STEP && !PQgetisnull(res, i, 6))
+                r.step = atoi(PQgetvalue(res, i, 6));
+            if (!PQgetisnull(res, i, 7)) {
+                if (bytea_decode(PQgetvalue(res, i, 7), (size_t)PQgetlength(res, i, 7), &bytes) != 0) {
+                    char id[37];
+                    journal_txid_format(r.txid, id);
+                    log_error("journal: recovery scan: malformed data of a %s record (txid %s)",
+                              journal_kind_name(r.kind), id);
+                    goto fail_row;
+                }
+                r.data = bytes.data;
+                r.data_len = bytes.len;
+            }
             if (nrows == 0 || memcmp(last_txid, r.txid, 16) != 0)
                 ntx++;
             memcpy(last_txid, r.txid, 16);
@@ -940,6 +1064,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
                  nrows, ntx, (long long)(now_ms() - t0));
     }
     journal_buf_free(&scratch);
+    journal_buf_free(&bytes);
     journal_strv_free(&sv);
     return rc;
 
@@ -950,6 +1075,7 @@ fail_row:
     if (PQstatus(c) == CONNECTION_OK)
         PQclear(PQexec(c, "ROLLBACK"));
     journal_buf_free(&scratch);
+    journal_buf_free(&bytes);
     journal_strv_free(&sv);
     return TREATY_EPG;
 }
@@ -969,7 +1095,7 @@ static int write_group(PGconn *c, const struct batch *head, bool forced, char *e
     if (!pg_exec(c, forced ? "BEGIN; SET LOCAL synchronous_commit = on" : "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, err,
                  errlen))
         return TREATY_EPG;
-    if (!pg_exec(c, "COPY treaty_journal (txid, kind, services, failed_branch, detail) FROM STDIN",
+    if (!pg_exec(c, "COPY treaty_journal (txid, kind, services, failed_branch, detail, step, data) FROM STDIN",
                  PGRES_COPY_IN, err, errlen))
         return TREATY_EPG;
     for (const struct batch *b = head; b; b = b->next) {

@@ -37,24 +37,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JOURNAL_SCHEMA_VERSION 1
+#define JOURNAL_SCHEMA_VERSION 2 /* sql/001_journal.sql, sql/002_saga.sql */
 
 enum journal_kind {
-    JOURNAL_COMMIT = 1, /* decision: commit. Forced. services = every branch's service */
-    JOURNAL_ABORT = 2,  /* decision: abort. Lazy (presumed abort). services, detail = reason */
-    JOURNAL_END = 3     /* every participant acknowledged; the transaction is finished. Lazy */
+    JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */
+    JOURNAL_ABORT = 2,  /* 2PC decision: abort. Forced. services, detail = reason, failed_branch */
+    JOURNAL_END = 3,    /* finished (2PC: every branch acknowledged; saga: detail = "completed" or
+                           "compensated"). Lazy */
+    JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
+                           service; data = the encoded definition (coordinator's format) */
+    JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */
+    JOURNAL_TURN = 6    /* saga turned around. Forced before any compensation runs. step = the
+                           failing step (failed_branch column), detail = reason */
 };
 
-/* "commit", "abort", "end" (the text stored in the kind column) or NULL. */
+/* "commit", "abort", "end", "saga", "step", "turn" (the kind column) or NULL. */
 const char *journal_kind_name(enum journal_kind k);
 
 struct journal_rec {
     uint8_t txid[16];
     enum journal_kind kind;
-    unsigned nservices;         /* branches, in branch order */
+    unsigned nservices;         /* branches or steps, in order */
     const char *const *services; /* nservices names of [A-Za-z0-9._-]{1,64} */
     const char *detail;         /* free text or NULL; e.g. the abort reason and failed branch */
-    int failed_branch;          /* ABORT: branch that caused it, or -1 */
+    int failed_branch;          /* ABORT: branch that caused it; TURN: failing step; else -1 */
+    int step;                   /* STEP: the step index; else -1 */
+    const void *data;           /* SAGA: the definition (bytea); else NULL */
+    size_t data_len;
 };
 
 struct journal_config {

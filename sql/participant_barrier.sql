@@ -12,3 +12,12 @@ CREATE TABLE IF NOT EXISTS treaty_barrier (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (txid, branch, op)
 );
+
+-- Version 2: sagas. op is 'action' or 'compensation' for saga steps (branch =
+-- step index). result records what the action did ('ok', 'failed', or
+-- 'blocked' when the row was written by a compensation that arrived first),
+-- so a duplicate action answers with the first result and a late action is
+-- refused.
+ALTER TABLE treaty_barrier ADD COLUMN IF NOT EXISTS result text;
+ALTER TABLE treaty_barrier ADD COLUMN IF NOT EXISTS reason text;
+CREATE INDEX IF NOT EXISTS treaty_barrier_created ON treaty_barrier (created_at);

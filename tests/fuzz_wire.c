@@ -133,7 +133,7 @@ static void check_decoded(const struct wire_msg *m, const struct wire_frame *hdr
         CHECK(n == 1 && wire_get_u32(&m->frames[0], &u));
         break;
     case WIRE_SUBMIT:
-        CHECK(n >= 3 && n % 2 == 1 && wire_get_u32(&m->frames[0], &u));
+        CHECK(n >= 3 && n % 2 == 1 && (n - 1) / 2 <= WIRE_MAX_BRANCHES && wire_get_u32(&m->frames[0], &u));
         for (size_t i = 1; i < n; i += 2)
             CHECK(wire_name_ok(m->frames[i].data, m->frames[i].len));
         break;
@@ -144,7 +144,33 @@ static void check_decoded(const struct wire_msg *m, const struct wire_frame *hdr
         CHECK(n == 0 && (m->hdr.code == TREATY_STATUS_COMMITTED || m->hdr.code == TREATY_STATUS_ABORTED));
         break;
     case WIRE_OUTCOME:
-        CHECK(n == 1 && m->hdr.code >= TREATY_STATUS_COMMITTED && m->hdr.code <= TREATY_STATUS_UNKNOWN);
+        CHECK(n == 1 && m->hdr.code >= TREATY_STATUS_COMMITTED && m->hdr.code <= TREATY_STATUS_STUCK);
+        break;
+    case WIRE_SAGA: {
+        struct wire_policy pol;
+        CHECK(n >= 1 + WIRE_SAGA_FRAMES_PER_STEP && (n - 1) % WIRE_SAGA_FRAMES_PER_STEP == 0 &&
+              (n - 1) / WIRE_SAGA_FRAMES_PER_STEP <= WIRE_MAX_STEPS && wire_get_u32(&m->frames[0], &u));
+        for (size_t i = 1; i < n; i += WIRE_SAGA_FRAMES_PER_STEP) {
+            CHECK(wire_name_ok(m->frames[i].data, m->frames[i].len));
+            CHECK(wire_name_ok(m->frames[i + 1].data, m->frames[i + 1].len));
+            CHECK(wire_name_ok(m->frames[i + 3].data, m->frames[i + 3].len));
+            CHECK(wire_decode_policy(&m->frames[i + 5], &pol));
+            /* the policy re-encodes to the same bytes */
+            uint8_t pb[WIRE_POLICY_LEN];
+            wire_encode_policy(&pol, pb);
+            CHECK(memcmp(pb, m->frames[i + 5].data, WIRE_POLICY_LEN) == 0);
+        }
+        break;
+    }
+    case WIRE_STEP:
+        CHECK(n == 2 && (m->hdr.code == WIRE_STEP_ACTION || m->hdr.code == WIRE_STEP_COMPENSATION) &&
+              wire_name_ok(m->frames[0].data, m->frames[0].len));
+        break;
+    case WIRE_RESULT:
+        CHECK(n == 1 &&
+              (WIRE_RESULT_KIND(m->hdr.code) == WIRE_STEP_ACTION ||
+               WIRE_RESULT_KIND(m->hdr.code) == WIRE_STEP_COMPENSATION) &&
+              WIRE_RESULT_VALUE(m->hdr.code) >= WIRE_RESULT_OK && WIRE_RESULT_VALUE(m->hdr.code) <= WIRE_RESULT_TRANSIENT);
         break;
     case WIRE_QUERY:
     case WIRE_COMMIT:
@@ -296,7 +322,7 @@ int main(int argc, char **argv)
     make(&s, 0, &h, NULL, 0);
     save(dir, "query", &s);
 
-    for (uint16_t c = TREATY_STATUS_COMMITTED; c <= TREATY_STATUS_UNKNOWN; c++) {
+    for (uint16_t c = TREATY_STATUS_COMMITTED; c <= TREATY_STATUS_STUCK; c++) {
         char name[32];
         h = hdr(WIRE_OUTCOME, c);
         struct wire_frame reason[] = {wire_str(c == TREATY_STATUS_ABORTED ? "branch 1 voted NO\n" : "")};
@@ -340,6 +366,41 @@ int main(int argc, char **argv)
     h = hdr(WIRE_INQUIRE, 0);
     make(&s, 0, &h, NULL, 0);
     save(dir, "inquire", &s);
+
+    h = hdr(WIRE_SAGA, 0);
+    wire_put_u32(u, 30000);
+    uint8_t pol0[WIRE_POLICY_LEN], pol1[WIRE_POLICY_LEN];
+    struct wire_policy p0 = {0, 3, 100, 5000, 5000}, p1 = {1, 7, 250, 900, 2000};
+    wire_encode_policy(&p0, pol0);
+    wire_encode_policy(&p1, pol1);
+    struct wire_frame saga[] = {{u, 4},
+                                wire_str("bank"), wire_str("debit"), wire_str("alice:10"), wire_str("refund"),
+                                wire_str("alice:10"), {pol0, sizeof pol0},
+                                wire_str("shop"), wire_str("reserve"), {NULL, 0}, wire_str("release"),
+                                {NULL, 0}, {pol1, sizeof pol1}};
+    make(&s, 0, &h, saga, 13);
+    save(dir, "saga", &s);
+    make(&s, 1, &h, saga, 7);
+    save(dir, "saga-1", &s);
+
+    h = hdr(WIRE_STEP, WIRE_STEP_ACTION);
+    struct wire_frame step[] = {wire_str("debit"), wire_str("alice:10")};
+    make(&s, 0, &h, step, 2);
+    save(dir, "step-action", &s);
+    h = hdr(WIRE_STEP, WIRE_STEP_COMPENSATION);
+    make(&s, 1, &h, step, 2);
+    save(dir, "step-compensation", &s);
+
+    for (uint16_t kind = WIRE_STEP_ACTION; kind <= WIRE_STEP_COMPENSATION; kind++) {
+        for (uint16_t r = WIRE_RESULT_OK; r <= WIRE_RESULT_TRANSIENT; r++) {
+            char name[32];
+            h = hdr(WIRE_RESULT, WIRE_RESULT(kind, r));
+            struct wire_frame reason[] = {wire_str(r == WIRE_RESULT_OK ? "" : "insufficient funds")};
+            make(&s, r & 1, &h, reason, 1);
+            snprintf(name, sizeof name, "result-%u-%u", kind, r);
+            save(dir, name, &s);
+        }
+    }
 
     /* near misses: other version, reserved bits, too many frames */
     h = hdr(WIRE_QUERY, 0);

@@ -692,8 +692,8 @@ bool support_file_contains(const char *path, const char *needle)
     return found;
 }
 
-void support_treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
-                           const struct support_treatyd_opts *opts, const char *const env[])
+static void treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
+                          const struct support_treatyd_opts *opts, const char *extra_config, const char *const env[])
 {
     struct support_treatyd_opts o = {0};
     if (opts != NULL)
@@ -720,6 +720,11 @@ void support_treatyd_start(struct support_treatyd *d, const char *journal_connin
                  o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000, resend_max < 100 ? resend_max : 100,
                  resend_max, o.heartbeat_ms > 0 ? o.heartbeat_ms : 100,
                  o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
+        if (extra_config != NULL) {
+            size_t used = strlen(text);
+            int n = snprintf(text + used, sizeof text - used, "%s\n", extra_config);
+            cr_assert(n > 0 && (size_t)n < sizeof text - used, "extra treatyd config too long");
+        }
         char name[64];
         snprintf(name, sizeof name, "treatyd-%d.conf", attempt);
         support_write_file(name, text, d->config, sizeof d->config);
@@ -730,6 +735,19 @@ void support_treatyd_start(struct support_treatyd *d, const char *journal_connin
         break;
     }
     support_treatyd_wait_serving(d);
+}
+
+void support_treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
+                           const struct support_treatyd_opts *opts, const char *const env[])
+{
+    treatyd_start(d, journal_conninfo, opts, NULL, env);
+}
+
+void support_treatyd_start_with(struct support_treatyd *d, const char *journal_conninfo,
+                                const struct support_treatyd_opts *opts, const char *extra_config,
+                                const char *const env[])
+{
+    treatyd_start(d, journal_conninfo, opts, extra_config, env);
 }
 
 void support_treatyd_restart(struct support_treatyd *d, const char *const env[], bool wait)
@@ -789,6 +807,35 @@ enum treaty_status support_query_final(const char *endpoint, const treaty_txid_t
             cr_assert_fail("no final outcome for %s after %d ms: rc %s, status %s, error %s (logs: %s)",
                            treaty_txid_format(txid, idbuf), SUPPORT_DEADLINE_MS, treaty_err_name(rc),
                            treaty_status_name(out->status), treaty_err_name(out->error), support_log_dir());
+        }
+        support_sleep_ms(100);
+    }
+    treaty_client_destroy(&c);
+    return out->status;
+}
+
+enum treaty_status support_query_saga_final(const char *endpoint, const treaty_txid_t *txid, bool accept_stuck,
+                                            treaty_outcome_t *out)
+{
+    treaty_client_t *c = NULL;
+    int rc = treaty_client_new(endpoint, &c);
+    cr_assert(rc == 0, "treaty_client_new(%s): %s", endpoint, treaty_strerror(rc));
+    long long deadline = support_now_ms() + SUPPORT_DEADLINE_MS;
+    char idbuf[TREATY_TXID_STRLEN];
+    for (;;) {
+        memset(out, 0, sizeof *out);
+        rc = treaty_client_query(c, txid, 2000, out);
+        if (rc == 0 && out->error == 0 &&
+            (out->status == TREATY_STATUS_COMPLETED || out->status == TREATY_STATUS_COMPENSATED ||
+             (accept_stuck && out->status == TREATY_STATUS_STUCK)))
+            break;
+        if (support_now_ms() >= deadline) {
+            treaty_client_destroy(&c);
+            cr_assert_fail("no final saga outcome for %s after %d ms: rc %s, status %s, error %s, reason \"%s\" "
+                           "(logs: %s)",
+                           treaty_txid_format(txid, idbuf), SUPPORT_DEADLINE_MS, treaty_err_name(rc),
+                           treaty_status_name(out->status), treaty_err_name(out->error), out->reason,
+                           support_log_dir());
         }
         support_sleep_ms(100);
     }

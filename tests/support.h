@@ -175,6 +175,12 @@ struct support_treatyd {
  * and waits until it serves. */
 void support_treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
                            const struct support_treatyd_opts *opts, const char *const env[]);
+/* The same, with extra_config (libconfig text such as
+ * "saga = { stuck_after_attempts = 3; };"; NULL for none) appended to the
+ * config file. */
+void support_treatyd_start_with(struct support_treatyd *d, const char *journal_conninfo,
+                                const struct support_treatyd_opts *opts, const char *extra_config,
+                                const char *const env[]);
 /* Starts treatyd again with the same config (same endpoint) after it died or
  * was stopped; waits until it serves unless env makes it crash (pass
  * wait = false then). */
@@ -188,6 +194,12 @@ void support_treatyd_wait_serving(struct support_treatyd *d);
  * aborted; returns it. Fails the test after SUPPORT_DEADLINE_MS. */
 enum treaty_status support_query_final(const char *endpoint, const treaty_txid_t *txid,
                                        treaty_outcome_t *out);
+
+/* The same for a saga: queries until it is completed or compensated (or
+ * stuck, when accept_stuck); returns that. Fails the test after
+ * SUPPORT_DEADLINE_MS. */
+enum treaty_status support_query_saga_final(const char *endpoint, const treaty_txid_t *txid, bool accept_stuck,
+                                            treaty_outcome_t *out);
 
 /* ------------------------------------------------------------ wait-until */
 

@@ -68,7 +68,9 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->max_timeout_ms == b->max_timeout_ms && a->resend_initial_ms == b->resend_initial_ms &&
            a->resend_max_ms == b->resend_max_ms && a->heartbeat_ms == b->heartbeat_ms &&
            a->dead_after_ms == b->dead_after_ms && a->max_payload_bytes == b->max_payload_bytes &&
-           a->max_branches == b->max_branches && a->max_inflight == b->max_inflight;
+           a->max_branches == b->max_branches && a->max_inflight == b->max_inflight &&
+           a->max_steps == b->max_steps && a->stuck_after_attempts == b->stuck_after_attempts &&
+           a->stuck_retry_ms == b->stuck_retry_ms;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -145,7 +147,8 @@ Test(config, every_key_is_read)
                        "twopc = { default_timeout_ms = 7; max_timeout_ms = 8; resend_initial_ms = 9;\n"
                        "  resend_max_ms = 0xA; };\n"
                        "registry: { heartbeat_ms = 11; dead_after_ms = 22; };\n"
-                       "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; };\n";
+                       "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; };\n"
+                       "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; };\n";
     struct config c;
     char path[64], err[256];
     cr_assert_eq(load_text(text, &c, path, err, sizeof err), 0, "%s", err);
@@ -166,6 +169,9 @@ Test(config, every_key_is_read)
     cr_assert_eq(c.dead_after_ms, 22);
     cr_assert_eq(c.max_payload_bytes, 13);
     cr_assert_eq(c.max_branches, 14);
+    cr_assert_eq(c.max_steps, 16);
+    cr_assert_eq(c.stuck_after_attempts, 17);
+    cr_assert_eq(c.stuck_retry_ms, 18);
     cr_assert_eq(c.max_inflight, 15);
 }
 

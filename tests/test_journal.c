@@ -38,6 +38,7 @@
 #include "journal.h"
 #include "journal_int.h"
 #include "log.h"
+#include "sql_journal.h"
 #include "treaty.h"
 
 #define WAIT_MS 30000
@@ -261,6 +262,10 @@ struct seen {
     char detail[256];
     bool has_detail;
     int failed_branch;
+    int step;
+    bool has_data;
+    unsigned char *data; /* a copy: the scan's buffer is borrowed for the call */
+    size_t data_len;
     long long fin;
 };
 
@@ -283,20 +288,41 @@ static int collect(void *arg, const struct journal_rec *r, long long fin)
     memcpy(s->txid, r->txid, 16);
     s->kind = r->kind;
     s->nservices = r->nservices;
-    for (unsigned i = 0; i < r->nservices; i++) {
-        if (i)
-            strcat(s->services, "|");
-        strncat(s->services, r->services[i], sizeof s->services - strlen(s->services) - 2);
+    /* Joined with '|', cut at the buffer's size (a saga has up to 64). */
+    size_t used = 0;
+    for (unsigned i = 0; i < r->nservices && used + 1 < sizeof s->services; i++) {
+        int n = snprintf(s->services + used, sizeof s->services - used, "%s%s", i ? "|" : "", r->services[i]);
+        cr_assert(n >= 0);
+        used += (size_t)n;
     }
     if (r->detail) {
         s->has_detail = true;
         snprintf(s->detail, sizeof s->detail, "%s", r->detail);
     }
     s->failed_branch = r->failed_branch;
+    s->step = r->step;
+    if (r->data) {
+        s->has_data = true;
+        s->data_len = r->data_len;
+        s->data = malloc(r->data_len ? r->data_len : 1);
+        cr_assert_not_null(s->data);
+        memcpy(s->data, r->data, r->data_len);
+    } else {
+        cr_assert_eq(r->data_len, 0);
+    }
     s->fin = fin;
     if (l->stop_after && l->n >= l->stop_after)
         return 42;
     return 0;
+}
+
+static void seen_list_free(struct seen_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].data);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
 }
 
 /* Records of txid in scan order; *first gets the index of the first one. */
@@ -320,8 +346,58 @@ Test(journal_codec, kind_names)
     cr_assert_str_eq(journal_kind_name(JOURNAL_COMMIT), "commit");
     cr_assert_str_eq(journal_kind_name(JOURNAL_ABORT), "abort");
     cr_assert_str_eq(journal_kind_name(JOURNAL_END), "end");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_SAGA), "saga");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_STEP), "step");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_TURN), "turn");
     cr_assert_null(journal_kind_name((enum journal_kind)0));
-    cr_assert_null(journal_kind_name((enum journal_kind)4));
+    cr_assert_null(journal_kind_name((enum journal_kind)7));
+}
+
+Test(journal_codec, copy_line_of_saga_records)
+{
+    static const char *const svcs[] = {"pay", "ship"};
+    static const unsigned char def[] = {0x00, 0x5c, 0x0a, 0x09, 0xff, 0x5c, 0x00};
+    struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = 2, .services = svcs, .failed_branch = -1,
+                            .step = -1, .data = def, .data_len = sizeof def};
+    memset(r.txid, 0xab, 16);
+    struct journal_buf b = {0};
+    journal_encode_row(&b, &r, false);
+    /* bytea hex form, its backslash escaped for COPY. */
+    const char *want = "abababab-abab-abab-abab-abababababab\tsaga\t{\"pay\",\"ship\"}\t\\N\t\\N\t\\N\t"
+                       "\\\\x005c0a09ff5c00\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+
+    /* STEP: the step index; failed_branch is not a STEP's. */
+    struct journal_rec st = {.kind = JOURNAL_STEP, .failed_branch = 4, .step = 7, .detail = "action"};
+    memset(st.txid, 0x01, 16);
+    b.len = 0;
+    journal_encode_row(&b, &st, false);
+    want = "01010101-0101-0101-0101-010101010101\tstep\t\\N\t\\N\taction\t7\t\\N\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+
+    /* TURN: the failing step goes in failed_branch; step is a STEP's only. */
+    struct journal_rec t = {.kind = JOURNAL_TURN, .failed_branch = 3, .step = 3, .detail = "no stock"};
+    memset(t.txid, 0x01, 16);
+    b.len = 0;
+    journal_encode_row(&b, &t, false);
+    want = "01010101-0101-0101-0101-010101010101\tturn\t\\N\t3\tno stock\t\\N\t\\N\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+
+    /* A zero-initialised 2PC record: step 0 is not stored; empty data is. */
+    struct journal_rec c;
+    memset(&c, 0, sizeof c);
+    c.kind = JOURNAL_COMMIT;
+    b.len = 0;
+    journal_encode_row(&b, &c, false);
+    want = "00000000-0000-0000-0000-000000000000\tcommit\t\\N\t\\N\t\\N\t\\N\t\\N\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+    c.kind = JOURNAL_SAGA;
+    c.data = "";
+    b.len = 0;
+    journal_encode_row(&b, &c, false);
+    want = "00000000-0000-0000-0000-000000000000\tsaga\t\\N\t\\N\t\\N\t\\N\t\\\\x\n";
+    cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
+    journal_buf_free(&b);
 }
 
 Test(journal_codec, txid_format_and_parse_round_trip)
@@ -351,7 +427,7 @@ Test(journal_codec, copy_line_escapes_text_and_quotes_array_elements)
     struct journal_buf b = {0};
     journal_encode_row(&b, &r, false);
     const char *want = "abababab-abab-abab-abab-abababababab\tabort\t{\"NULL\",\"a\\\\\"b\\\\\\\\c\"}\t1\t"
-                       "tab\\there\\nnl\\rcr \\\\ back \\\\.\n";
+                       "tab\\there\\nnl\\rcr \\\\ back \\\\.\t\\N\t\\N\n";
     cr_assert_eq(b.len, strlen(want));
     cr_assert(memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
 
@@ -360,7 +436,7 @@ Test(journal_codec, copy_line_escapes_text_and_quotes_array_elements)
     memset(e.txid, 0x01, 16);
     b.len = 0;
     journal_encode_row(&b, &e, false);
-    want = "01010101-0101-0101-0101-010101010101\tend\t\\N\t\\N\t\\N\n";
+    want = "01010101-0101-0101-0101-010101010101\tend\t\\N\t\\N\t\\N\t\\N\t\\N\n";
     cr_assert(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "got: %.*s", (int)b.len, b.data);
     journal_buf_free(&b);
 }
@@ -371,12 +447,12 @@ Test(journal_codec, copy_line_replaces_unstorable_bytes)
                             .detail = "ok \xff \xc3\xa9 \xed\xa0\x80 \xe2\x82"};
     struct journal_buf b = {0};
     journal_encode_row(&b, &r, false);
-    const char *tail = "\t\\N\t\\N\tok ? \xc3\xa9 ??? ??\n";
+    const char *tail = "\t\\N\t\\N\tok ? \xc3\xa9 ??? ??\t\\N\t\\N\n";
     cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
               "got: %.*s", (int)b.len, b.data);
     b.len = 0;
     journal_encode_row(&b, &r, true); /* a LATIN1 database: ASCII only */
-    tail = "\t\\N\t\\N\tok ? ?? ??? ??\n";
+    tail = "\t\\N\t\\N\tok ? ?? ??? ??\t\\N\t\\N\n";
     cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
               "got: %.*s", (int)b.len, b.data);
     journal_buf_free(&b);
@@ -751,7 +827,8 @@ Test(journal, newer_schema_is_refused)
     /* Applying the schema again is harmless. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), JOURNAL_SCHEMA_VERSION);
 
     pg_run(db_conninfo, "INSERT INTO treaty_schema (version) VALUES (999)");
     char err[256] = "";
@@ -760,7 +837,15 @@ Test(journal, newer_schema_is_refused)
     cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
     cr_assert_null(j);
     cr_assert(strstr(err, "999") != NULL, "message does not name the version: %s", err);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
+
+    /* Version 3 is newer too: refused, nothing applied. */
+    pg_run(db_conninfo, "DELETE FROM treaty_schema WHERE version = 999; "
+                        "INSERT INTO treaty_schema (version) VALUES (3)");
+    rc = journal_connect(&cfg, &j, err, sizeof err);
+    cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
+    cr_assert_null(j);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
 }
 
 struct connect_arg {
@@ -792,7 +877,9 @@ Test(journal, concurrent_connects_apply_the_schema_once)
         cr_expect_eq(a[i].rc, 0, "connect %d: %s", i, treaty_err_name(a[i].rc));
         journal_close(&a[i].j, 0);
     }
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 1"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 2"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
 }
 
 struct stopper {
@@ -994,6 +1081,336 @@ Test(journal, gc_deletes_ended_transactions_past_retention)
     cr_assert_eq(st.gc_deleted, 4);
     cr_assert_eq(pg_count(q_open), 1, "an unfinished transaction was collected");
     journal_close(&J, WAIT_MS);
+}
+
+/* ----------------------------------------------------------------- sagas */
+
+/* len bytes: every byte value, zero and 0x5c (backslash) many times over. */
+static unsigned char *pattern(size_t len, unsigned seed)
+{
+    unsigned char *p = malloc(len ? len : 1);
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < len; i++)
+        p[i] = (unsigned char)(i % 3 == 0 ? 0x00 : i % 3 == 1 ? 0x5c : (i * 7 + seed) & 0xff);
+    return p;
+}
+
+static void expect_data(const struct seen *s, const unsigned char *want, size_t len)
+{
+    cr_assert(s->has_data, "no data");
+    cr_assert_eq(s->data_len, len, "data_len %zu, want %zu", s->data_len, len);
+    cr_assert(memcmp(s->data, want, len) == 0, "data differs");
+}
+
+Test(journal, saga_records_round_trip)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+
+    /* A small definition with every byte value, and a ~1 MB one of 64 steps. */
+    unsigned char small[256 + 4];
+    for (int i = 0; i < 256; i++)
+        small[i] = (unsigned char)i;
+    memcpy(small + 256, "\x00\x5c\x5c\x00", 4);
+    enum { STEPS = 64 };
+    const size_t big_len = (size_t)1 << 20;
+    unsigned char *big = pattern(big_len, 1);
+    char names[STEPS][16];
+    const char *steps[STEPS];
+    for (int i = 0; i < STEPS; i++) {
+        snprintf(names[i], sizeof names[i], "svc-%02d", i);
+        steps[i] = names[i];
+    }
+
+    uint8_t s1[16], s2[16], s3[16], c1[16];
+    new_txid(s1); /* running: definition and two steps done */
+    new_txid(s2); /* turned around at step 1, compensating */
+    new_txid(s3); /* completed and ended: retained */
+    new_txid(c1); /* a 2PC record zero-initialised with memset */
+    struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = STEPS, .services = steps, .failed_branch = -1,
+                            .step = -1, .data = big, .data_len = big_len};
+    memcpy(r.txid, s1, 16);
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
+                             .step = -1, .data = small, .data_len = sizeof small};
+    memcpy(r.txid, s2, 16);
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 1, .services = svc_ab, .failed_branch = -1,
+                             .step = -1, .data = "", .data_len = 0};
+    memcpy(r.txid, s3, 16);
+    journal_append(J, &r, true);
+    struct journal_rec z;
+    memset(&z, 0, sizeof z);
+    memcpy(z.txid, c1, 16);
+    z.kind = JOURNAL_COMMIT;
+    z.nservices = 2;
+    z.services = svc_ab;
+    journal_append(J, &z, true);
+    journal_flush(J);
+
+    r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 0, .detail = "action"};
+    memcpy(r.txid, s1, 16);
+    journal_append(J, &r, false);
+    r.step = 1;
+    journal_append(J, &r, false);
+    r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 0, .detail = "action"};
+    memcpy(r.txid, s2, 16);
+    journal_append(J, &r, false);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1,
+                             .detail = "svc-b: out of stock\t\\ \xc3\xa9"};
+    memcpy(r.txid, s2, 16);
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 1, .detail = "compensation"};
+    memcpy(r.txid, s2, 16);
+    journal_append(J, &r, false);
+    r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 0, .detail = "action"};
+    memcpy(r.txid, s3, 16);
+    journal_append(J, &r, false);
+    r = (struct journal_rec){.kind = JOURNAL_END, .failed_branch = -1, .step = -1, .detail = "completed"};
+    memcpy(r.txid, s3, 16);
+    uint64_t last = journal_append(J, &r, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    /* Plain SQL a person can query. */
+    char id1[37], id2[37], q[512];
+    txid_sql(s1, id1);
+    txid_sql(s2, id2);
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'saga' AND length(data) = %zu "
+             "AND array_length(services, 1) = %d AND step IS NULL AND failed_branch IS NULL",
+             id1, big_len, STEPS);
+    cr_assert_eq(pg_count(q), 1);
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'saga' "
+             "AND substr(data, 1, 4) = '\\x00010203'::bytea AND substr(data, 93, 1) = '\\x5c'::bytea",
+             id2);
+    cr_assert_eq(pg_count(q), 1);
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'turn' AND failed_branch = 1 "
+             "AND step IS NULL AND data IS NULL",
+             id2);
+    cr_assert_eq(pg_count(q), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'step' AND step IS NOT NULL"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'commit' AND step IS NULL "
+                          "AND data IS NULL AND failed_branch IS NULL"),
+                 1);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 3 + 4 + 3 + 1, "scan returned %zu records", l.n);
+    size_t i1 = 0, i2 = 0, i3 = 0, ic = 0;
+    cr_assert_eq(seen_count(&l, s1, &i1), 3);
+    cr_assert_eq(seen_count(&l, s2, &i2), 4);
+    cr_assert_eq(seen_count(&l, s3, &i3), 3);
+    cr_assert_eq(seen_count(&l, c1, &ic), 1);
+
+    /* s1: the big definition with its 64 services, then its steps. */
+    const struct seen *v = &l.v[i1];
+    cr_assert_eq(v[0].kind, JOURNAL_SAGA);
+    cr_assert_eq(v[0].nservices, STEPS);
+    cr_assert(strncmp(v[0].services, "svc-00|svc-01|", 14) == 0, "%s", v[0].services);
+    cr_assert_eq(v[0].step, -1);
+    cr_assert_eq(v[0].failed_branch, -1);
+    cr_assert_eq(v[0].fin, 0);
+    expect_data(&v[0], big, big_len);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(v[1 + k].kind, JOURNAL_STEP);
+        cr_assert_eq(v[1 + k].step, k);
+        cr_assert_str_eq(v[1 + k].detail, "action");
+        cr_assert(!v[1 + k].has_data);
+        cr_assert_eq(v[1 + k].failed_branch, -1);
+        cr_assert_eq(v[1 + k].fin, 0);
+    }
+    /* s2: definition, step 0, the turn, step 1 compensated. */
+    v = &l.v[i2];
+    cr_assert_eq(v[0].kind, JOURNAL_SAGA);
+    expect_data(&v[0], small, sizeof small);
+    cr_assert_str_eq(v[0].services, "svc-a|svc-b");
+    cr_assert_eq(v[1].kind, JOURNAL_STEP);
+    cr_assert_eq(v[1].step, 0);
+    cr_assert_eq(v[2].kind, JOURNAL_TURN);
+    cr_assert_eq(v[2].failed_branch, 1);
+    cr_assert_eq(v[2].step, -1);
+    cr_assert_str_eq(v[2].detail, "svc-b: out of stock\t\\ \xc3\xa9");
+    cr_assert(!v[2].has_data);
+    cr_assert_eq(v[3].kind, JOURNAL_STEP);
+    cr_assert_eq(v[3].step, 1);
+    cr_assert_str_eq(v[3].detail, "compensation");
+    /* s3: ended, retained, an empty (not NULL) definition. */
+    v = &l.v[i3];
+    cr_assert_eq(v[0].kind, JOURNAL_SAGA);
+    expect_data(&v[0], small, 0);
+    cr_assert_eq(v[1].kind, JOURNAL_STEP);
+    cr_assert_eq(v[1].step, 0);
+    cr_assert_eq(v[2].kind, JOURNAL_END);
+    cr_assert_str_eq(v[2].detail, "completed");
+    cr_assert_eq(v[2].step, -1);
+    for (int k = 0; k < 3; k++)
+        cr_assert_neq(v[k].fin, 0);
+    /* The memset record: no step, no data, no failed branch. */
+    v = &l.v[ic];
+    cr_assert_eq(v->kind, JOURNAL_COMMIT);
+    cr_assert_eq(v->step, -1);
+    cr_assert_eq(v->failed_branch, -1);
+    cr_assert(!v->has_data);
+    seen_list_free(&l);
+    free(big);
+    journal_close(&J, 0);
+}
+
+Test(journal, saga_record_larger_than_a_group_is_written)
+{
+    /* 3 MB of definition is a 6 MB COPY line, over the writer's 4 MB group
+     * cap; it comes in the same turn as other records and after a lazy one. */
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    const size_t len = (size_t)3 << 20;
+    unsigned char *def = pattern(len, 5);
+    uint8_t a[16], b[16];
+    new_txid(a);
+    new_txid(b);
+    struct journal_rec r = rec(b, JOURNAL_END, "compensated");
+    journal_append(J, &r, false);
+    journal_flush(J);
+    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
+                             .step = -1, .data = def, .data_len = len};
+    memcpy(r.txid, a, 16);
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
+                             .step = -1, .data = def + 1, .data_len = len - 1};
+    memcpy(r.txid, b, 16);
+    uint64_t last = journal_append(J, &r, true);
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, 60000), "durable %" PRIu64 " of %" PRIu64, journal_durable(J), last);
+    journal_close(&J, WAIT_MS);
+    cr_assert_eq(pg_count("SELECT sum(length(data)) FROM treaty_journal"), (long long)(2 * len - 1));
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    size_t ia = 0, ib = 0;
+    cr_assert_eq(seen_count(&l, a, &ia), 1);
+    cr_assert_eq(seen_count(&l, b, &ib), 2);
+    expect_data(&l.v[ia], def, len);
+    /* b: append order, the END first; finished, so retained with finished_at. */
+    cr_assert_eq(l.v[ib].kind, JOURNAL_END);
+    cr_assert_eq(l.v[ib + 1].kind, JOURNAL_SAGA);
+    expect_data(&l.v[ib + 1], def + 1, len - 1);
+    cr_assert_neq(l.v[ib + 1].fin, 0);
+    seen_list_free(&l);
+    free(def);
+    journal_close(&J, 0);
+}
+
+Test(journal, scan_of_many_sagas_across_fetches)
+{
+    /* More rows than one fetch holds: every definition comes back whole,
+     * with its own bytes, in append order per saga. */
+    enum { N = 1500 };
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint64_t last = 0;
+    for (int i = 0; i < N; i++) {
+        uint8_t id[16];
+        new_txid(id);
+        unsigned char def[6] = {0x5c, 0x00, (unsigned char)(i >> 8), (unsigned char)i, 0x5c, 0x00};
+        struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
+                                .step = -1, .data = def, .data_len = (size_t)(i % 7)};
+        memcpy(r.txid, id, 16);
+        journal_append(J, &r, true);
+        r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = i, .detail = "action"};
+        memcpy(r.txid, id, 16);
+        last = journal_append(J, &r, false);
+    }
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 2 * N);
+    bool seen_step[N] = {false};
+    for (size_t k = 0; k < l.n; k += 2) {
+        cr_assert_eq(l.v[k].kind, JOURNAL_SAGA);
+        cr_assert_arr_eq(l.v[k].txid, l.v[k + 1].txid, 16);
+        cr_assert_eq(l.v[k + 1].kind, JOURNAL_STEP);
+        int i = l.v[k + 1].step;
+        cr_assert(i >= 0 && i < N && !seen_step[i], "step %d", i);
+        seen_step[i] = true;
+        unsigned char def[6] = {0x5c, 0x00, (unsigned char)(i >> 8), (unsigned char)i, 0x5c, 0x00};
+        expect_data(&l.v[k], def, (size_t)(i % 7));
+    }
+    seen_list_free(&l);
+    journal_close(&J, 0);
+}
+
+Test(journal, version_1_database_is_upgraded_and_keeps_its_rows)
+{
+    /* A database as a version-1 treatyd left it. */
+    uint8_t t1[16], t2[16];
+    new_txid(t1);
+    new_txid(t2);
+    char id1[37], id2[37], sql[1024];
+    txid_sql(t1, id1);
+    txid_sql(t2, id2);
+    pg_run(db_conninfo, sql_journal);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO treaty_journal (txid, kind, services) VALUES ('%s', 'commit', ARRAY['svc-a','svc-b']); "
+             "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail) "
+             "  VALUES ('%s', 'abort', ARRAY['svc-a','svc-b'], 1, 'svc-b voted no'); "
+             "INSERT INTO treaty_journal (txid, kind) VALUES ('%s', 'end')",
+             id1, id2, id2);
+    pg_run(db_conninfo, sql);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM information_schema.columns "
+                          "WHERE table_name = 'treaty_journal' AND column_name IN ('step', 'data')"),
+                 0);
+
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM information_schema.columns "
+                          "WHERE table_name = 'treaty_journal' AND column_name IN ('step', 'data')"),
+                 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 3);
+
+    /* The old rows scan back as before, without step or data. */
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 3);
+    size_t i1 = 0, i2 = 0;
+    cr_assert_eq(seen_count(&l, t1, &i1), 1);
+    cr_assert_eq(seen_count(&l, t2, &i2), 2);
+    cr_assert_eq(l.v[i1].kind, JOURNAL_COMMIT);
+    cr_assert_str_eq(l.v[i1].services, "svc-a|svc-b");
+    cr_assert_eq(l.v[i1].step, -1);
+    cr_assert(!l.v[i1].has_data);
+    cr_assert_eq(l.v[i2].kind, JOURNAL_ABORT);
+    cr_assert_eq(l.v[i2].failed_branch, 1);
+    cr_assert_str_eq(l.v[i2].detail, "svc-b voted no");
+    cr_assert_eq(l.v[i2 + 1].kind, JOURNAL_END);
+    seen_list_free(&l);
+
+    /* And saga records can be written to it now. */
+    cr_assert_eq(journal_start(J, zctx), 0);
+    struct journal_rec r = {.kind = JOURNAL_STEP, .failed_branch = -1, .step = 2, .detail = "action"};
+    memcpy(r.txid, t1, 16);
+    uint64_t s = journal_append(J, &r, true);
+    journal_flush(J);
+    cr_assert(wait_durable(J, s, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'step' AND step = 2"), 1);
+
+    /* Connecting again leaves version 2 as it is. */
+    J = open_journal(&cfg, false);
+    journal_close(&J, 0);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 4);
 }
 
 /* ------------------------------------------- Postgres restarts underneath */

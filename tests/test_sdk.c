@@ -28,7 +28,7 @@
 #include "wire.h"
 
 #define WAIT_MS 20000 /* generous: only a broken SDK waits this long */
-#define GOT_FRAMES 8
+#define GOT_FRAMES (1 + 6 * 3) /* a SAGA of three steps */
 #define GOT_FRAME_MAX 512
 
 /* ------------------------------------------------------------ utilities */
@@ -1152,6 +1152,12 @@ static void on_outcome(void *arg, const treaty_outcome_t *o)
     r->out = *o;
 }
 
+static void on_outcome_noop(void *arg, const treaty_outcome_t *o)
+{
+    (void)arg;
+    (void)o;
+}
+
 Test(client, async_submit_outcome_and_timeout, .timeout = 120)
 {
     struct fake f;
@@ -1219,4 +1225,726 @@ Test(client, arguments_are_checked)
     cr_assert_null(c);
     treaty_txn_destroy(&t);
     treaty_txn_destroy(&t);
+}
+
+/* ------------------------------------------------------------ saga client */
+
+Test(saga, builder_checks_arguments)
+{
+    treaty_saga_t *s = NULL;
+    treaty_client_t *c = NULL;
+    treaty_outcome_t out;
+    treaty_txid_t id = new_txid();
+
+    cr_assert_eq(treaty_saga_new(NULL), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_new_with_id(NULL, &s), TREATY_EINVAL);
+    cr_assert_null(s);
+    cr_assert_eq(treaty_saga_new_with_id(&id, &s), 0);
+    cr_assert_eq(memcmp(treaty_saga_id(s), &id, sizeof id), 0);
+    cr_assert_null(treaty_saga_id(NULL));
+
+    cr_assert_eq(treaty_saga_add_parallel_step(s, "bank", "debit", "1", 1, "refund", "1", 1), TREATY_ESTATE,
+                 "no previous step to run in parallel with");
+    cr_assert_eq(treaty_saga_add_step(s, "bad service", "debit", "1", 1, "refund", "1", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "", "1", 1, "refund", "1", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", "1", 1, NULL, "1", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", "1", 1, "re fund", "1", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", NULL, 3, "refund", "1", 1), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", "1", 1, "refund", NULL, 2), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_add_step(NULL, "bank", "debit", "1", 1, "refund", "1", 1), TREATY_EINVAL);
+
+    cr_assert_eq(treaty_client_new("tcp://127.0.0.1:1", &c), 0);
+    cr_assert_eq(treaty_client_run_saga(c, s, 1000, &out), TREATY_EINVAL, "no steps");
+    cr_assert_eq(treaty_client_run_saga_async(c, s, 1000, on_outcome_noop, NULL), TREATY_EINVAL, "no steps");
+
+    /* indices count up; NULL payloads of length 0 are fine */
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", NULL, 0, "refund", NULL, 0), 0);
+    cr_assert_eq(treaty_saga_add_parallel_step(s, "shop", "reserve", "x", 1, "release", "", 0), 1);
+    for (int i = 2; i < WIRE_MAX_STEPS; i++)
+        cr_assert_eq(treaty_saga_add_step(s, "svc", "a", "x", 1, "c", "y", 1), i);
+    cr_assert_eq(treaty_saga_add_step(s, "svc", "a", "x", 1, "c", "y", 1), TREATY_ETOOBIG);
+    cr_assert_eq(treaty_saga_add_parallel_step(s, "svc", "a", "x", 1, "c", "y", 1), TREATY_ETOOBIG);
+
+    treaty_retry_t r = {0};
+    cr_assert_eq(treaty_saga_set_retry(s, 0, &r), 0, "all defaults");
+    cr_assert_eq(treaty_saga_set_retry(s, WIRE_MAX_STEPS, &r), TREATY_EINVAL, "unknown step");
+    cr_assert_eq(treaty_saga_set_retry(s, 0, NULL), TREATY_EINVAL);
+    r.max_attempts = 70000; /* does not fit the wire's u16 */
+    cr_assert_eq(treaty_saga_set_retry(s, 0, &r), TREATY_EINVAL);
+    cr_assert_eq(treaty_saga_set_deadline(s, 0), 0);
+    cr_assert_eq(treaty_saga_set_deadline(NULL, 10), TREATY_EINVAL);
+
+    cr_assert_eq(treaty_client_run_saga(c, s, 0, &out), TREATY_EINVAL, "timeout must be positive");
+    cr_assert_eq(treaty_client_run_saga(c, NULL, 1000, &out), TREATY_EINVAL);
+    cr_assert_eq(treaty_client_run_saga(NULL, s, 1000, &out), TREATY_EINVAL);
+    cr_assert_eq(treaty_client_run_saga_async(c, s, 1000, NULL, NULL), TREATY_EINVAL);
+
+    treaty_client_destroy(&c);
+    treaty_saga_destroy(&s);
+    cr_assert_null(s);
+    treaty_saga_destroy(&s);
+    treaty_saga_destroy(NULL);
+}
+
+static struct wire_policy policy_of(const struct got *g, size_t step)
+{
+    struct wire_policy pol;
+    size_t i = 1 + WIRE_SAGA_FRAMES_PER_STEP * step + 5;
+    struct wire_frame f = {(const uint8_t *)g->frame[i], g->len[i]};
+    cr_assert(wire_decode_policy(&f, &pol), "step %zu: policy frame of %zu bytes", step, g->len[i]);
+    return pol;
+}
+
+Test(saga, sends_steps_policies_and_groups, .timeout = 120)
+{
+    struct fake f;
+    struct got g, again;
+    struct async_result res = {0};
+    treaty_client_t *c = NULL;
+    treaty_saga_t *s = NULL;
+    fake_open(&f);
+    cr_assert_eq(treaty_client_new(f.endpoint, &c), 0);
+    cr_assert_eq(treaty_saga_new(&s), 0);
+    cr_assert_eq(treaty_saga_add_step(s, "bank", "debit", "10", 2, "refund", "10 back", 7), 0);
+    cr_assert_eq(treaty_saga_add_parallel_step(s, "shop", "reserve", "", 0, "release", NULL, 0), 1);
+    cr_assert_eq(treaty_saga_add_step(s, "mail", "send", "hi", 2, "unsend", "x", 1), 2);
+    treaty_retry_t r = {.max_attempts = 7, .first_backoff_ms = 0, .max_backoff_ms = 900, .try_timeout_ms = 0};
+    cr_assert_eq(treaty_saga_set_retry(s, 2, &r), 0);
+    cr_assert_eq(treaty_saga_set_deadline(s, 12345), 0);
+    treaty_txid_t id = *treaty_saga_id(s);
+
+    cr_assert_eq(treaty_client_run_saga_async(c, s, WAIT_MS, on_outcome, &res), 0);
+    treaty_saga_destroy(&s); /* the request keeps its own copy */
+
+    cr_assert(fake_expect(&f, WIRE_SAGA, &id, &g, WAIT_MS), "no SAGA arrived");
+    cr_assert_eq(g.hdr.code, 0);
+    cr_assert_eq(g.nframes, 1 + 3 * WIRE_SAGA_FRAMES_PER_STEP);
+    uint32_t deadline;
+    struct wire_frame df = {(const uint8_t *)g.frame[0], g.len[0]};
+    cr_assert(wire_get_u32(&df, &deadline));
+    cr_assert_eq(deadline, 12345);
+    const char *want[3][5] = {{"bank", "debit", "10", "refund", "10 back"},
+                              {"shop", "reserve", "", "release", ""},
+                              {"mail", "send", "hi", "unsend", "x"}};
+    for (size_t st = 0; st < 3; st++)
+        for (size_t k = 0; k < 5; k++) {
+            size_t i = 1 + WIRE_SAGA_FRAMES_PER_STEP * st + k;
+            cr_assert_eq(g.len[i], strlen(want[st][k]), "step %zu frame %zu", st, k);
+            cr_assert_str_eq(g.frame[i], want[st][k], "step %zu frame %zu", st, k);
+        }
+    struct wire_policy p0 = policy_of(&g, 0), p1 = policy_of(&g, 1), p2 = policy_of(&g, 2);
+    /* groups: a step opens the next group, a parallel step joins the previous one */
+    cr_assert_eq(p0.group, 0);
+    cr_assert_eq(p1.group, 0);
+    cr_assert_eq(p2.group, 1);
+    /* defaults for zeros */
+    cr_assert_eq(p0.max_attempts, 3);
+    cr_assert_eq(p0.first_backoff_ms, 100);
+    cr_assert_eq(p0.max_backoff_ms, 5000);
+    cr_assert_eq(p0.try_timeout_ms, 5000);
+    cr_assert_eq(p1.max_attempts, 3);
+    cr_assert_eq(p1.try_timeout_ms, 5000);
+    cr_assert_eq(p2.max_attempts, 7);
+    cr_assert_eq(p2.first_backoff_ms, 100);
+    cr_assert_eq(p2.max_backoff_ms, 900);
+    cr_assert_eq(p2.try_timeout_ms, 5000);
+
+    /* re-sent while waiting (by treaty_client_process, in async use): the
+     * same request, a higher attempt */
+    bool resent = false;
+    for (int64_t end = now_ms() + WAIT_MS; !resent && now_ms() < end;) {
+        cr_assert_geq(treaty_client_process(c), 0);
+        resent = fake_expect(&f, WIRE_SAGA, &id, &again, 50);
+    }
+    cr_assert(resent, "the SAGA was not re-sent");
+    cr_assert_gt(again.hdr.attempt, g.hdr.attempt);
+    cr_assert_eq(again.nframes, g.nframes);
+    for (size_t i = 0; i < g.nframes; i++) {
+        cr_assert_eq(again.len[i], g.len[i]);
+        cr_assert_eq(memcmp(again.frame[i], g.frame[i], g.len[i]), 0);
+    }
+
+    /* PENDING keeps the saga waiting; COMPLETED ends it */
+    struct wire_frame empty = wire_str("");
+    fake_send(&f, &g, WIRE_OUTCOME, &id, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &empty, 1);
+    fake_send(&f, &g, WIRE_OUTCOME, &id, TREATY_NO_BRANCH, 0, TREATY_STATUS_COMPLETED, &empty, 1);
+    int64_t end = now_ms() + WAIT_MS;
+    while (res.calls == 0 && now_ms() < end) {
+        int wait = treaty_client_next_timeout(c);
+        zmq_pollitem_t item = {NULL, treaty_client_fd(c), ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, wait < 0 || wait > 100 ? 100 : wait);
+        cr_assert_geq(treaty_client_process(c), 0);
+    }
+    cr_assert_eq(res.calls, 1);
+    cr_assert_eq(res.out.status, TREATY_STATUS_COMPLETED, "status %s", treaty_status_name(res.out.status));
+    cr_assert_eq(memcmp(&res.out.txid, &id, sizeof id), 0);
+
+    treaty_client_destroy(&c);
+    fake_close(&f);
+}
+
+/* The fake coordinator for a blocking run_saga: answers the SAGA with
+ * PENDING, then with status/step/reason. */
+struct saga_script {
+    struct fake f;
+    treaty_txid_t txid;
+    unsigned status, step;
+    const char *reason;
+    bool ok;
+    char what[128];
+};
+
+static void *saga_script_thread(void *arg)
+{
+    struct saga_script *s = arg;
+    struct got g;
+    if (!fake_expect(&s->f, WIRE_SAGA, &s->txid, &g, WAIT_MS)) {
+        snprintf(s->what, sizeof s->what, "no SAGA arrived");
+        return NULL;
+    }
+    struct wire_frame empty = wire_str(""), r = wire_str(s->reason);
+    fake_send(&s->f, &g, WIRE_OUTCOME, &s->txid, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &empty, 1);
+    sleep_ms(50);
+    fake_send(&s->f, &g, WIRE_OUTCOME, &s->txid, s->step, 0, s->status, &r, 1);
+    s->ok = true;
+    return NULL;
+}
+
+static void run_saga_against(unsigned status, unsigned step, const char *reason, treaty_outcome_t *out)
+{
+    static struct saga_script s;
+    pthread_t th;
+    treaty_client_t *c = NULL;
+    treaty_saga_t *saga = NULL;
+    memset(&s, 0, sizeof s);
+    fake_open(&s.f);
+    s.status = status;
+    s.step = step;
+    s.reason = reason;
+    cr_assert_eq(treaty_saga_new(&saga), 0);
+    cr_assert_eq(treaty_saga_add_step(saga, "bank", "debit", "10", 2, "refund", "10", 2), 0);
+    cr_assert_eq(treaty_saga_add_step(saga, "shop", "reserve", "1", 1, "release", "1", 1), 1);
+    cr_assert_eq(treaty_saga_add_step(saga, "mail", "send", "", 0, "unsend", "", 0), 2);
+    s.txid = *treaty_saga_id(saga);
+    cr_assert_eq(treaty_client_new(s.f.endpoint, &c), 0);
+    cr_assert_eq(pthread_create(&th, NULL, saga_script_thread, &s), 0);
+    int rc = treaty_client_run_saga(c, saga, WAIT_MS, out);
+    pthread_join(th, NULL);
+    cr_assert(s.ok, "fake coordinator: %s", s.what);
+    cr_assert_eq(rc, 0, "%s: %s", treaty_err_name(rc), treaty_client_errmsg(c));
+    cr_assert_eq(memcmp(&out->txid, &s.txid, sizeof s.txid), 0);
+    cr_assert_eq(out->error, 0);
+    treaty_saga_destroy(&saga);
+    treaty_client_destroy(&c);
+    fake_close(&s.f);
+}
+
+Test(saga, run_saga_completed, .timeout = 120)
+{
+    treaty_outcome_t out;
+    run_saga_against(TREATY_STATUS_COMPLETED, TREATY_NO_BRANCH, "", &out);
+    cr_assert_eq(out.status, TREATY_STATUS_COMPLETED, "status %s", treaty_status_name(out.status));
+    cr_assert_eq(out.failed_branch, TREATY_NO_BRANCH);
+    cr_assert_str_eq(out.reason, "");
+    cr_assert_str_eq(treaty_status_name(out.status), "completed");
+}
+
+Test(saga, run_saga_compensated_names_the_failed_step, .timeout = 120)
+{
+    treaty_outcome_t out;
+    run_saga_against(TREATY_STATUS_COMPENSATED, 1, "step 1 (shop/reserve) failed: out of stock", &out);
+    cr_assert_eq(out.status, TREATY_STATUS_COMPENSATED, "status %s", treaty_status_name(out.status));
+    cr_assert_eq(out.failed_branch, 1);
+    cr_assert_str_eq(out.reason, "step 1 (shop/reserve) failed: out of stock");
+}
+
+Test(saga, run_saga_stuck_is_a_final_answer, .timeout = 120)
+{
+    treaty_outcome_t out;
+    run_saga_against(TREATY_STATUS_STUCK, 2, "compensation unsend keeps failing", &out);
+    cr_assert_eq(out.status, TREATY_STATUS_STUCK, "status %s", treaty_status_name(out.status));
+    cr_assert_eq(out.failed_branch, 2);
+    cr_assert_str_eq(out.reason, "compensation unsend keeps failing");
+}
+
+/* ------------------------------------------------------ saga participant */
+
+struct steps_seen {
+    atomic_int calls;
+    treaty_step_t last; /* name and payload pointers are not kept */
+    char name[WIRE_NAME_MAX + 1];
+    char payload[64];
+};
+
+/* payload "ok" -> OK, "fail" -> FAILED, "err" -> transient, "7" -> 7 */
+static int record_step(void *arg, const treaty_step_t *s, char *reason)
+{
+    struct steps_seen *seen = arg;
+    seen->last = *s;
+    snprintf(seen->name, sizeof seen->name, "%s", s->name);
+    size_t n = s->len < sizeof seen->payload - 1 ? s->len : sizeof seen->payload - 1;
+    memcpy(seen->payload, s->payload, n);
+    seen->payload[n] = '\0';
+    atomic_fetch_add(&seen->calls, 1);
+    if (strcmp(seen->payload, "fail") == 0) {
+        snprintf(reason, TREATY_REASON_MAX, "insufficient funds");
+        return TREATY_STEP_FAILED;
+    }
+    if (strcmp(seen->payload, "err") == 0) {
+        snprintf(reason, TREATY_REASON_MAX, "database busy");
+        return TREATY_EBUSY;
+    }
+    if (strcmp(seen->payload, "7") == 0)
+        return 7;
+    return TREATY_STEP_OK;
+}
+
+static void send_step(struct fake *f, const struct got *to, const treaty_txid_t *id, unsigned kind, unsigned step,
+                      unsigned attempt, const char *name, const char *payload)
+{
+    struct wire_frame fr[2] = {wire_str(name), wire_str(payload)};
+    fake_send(f, to, WIRE_STEP, id, step, attempt, kind, fr, 2);
+}
+
+static void expect_result(struct fake *f, const treaty_txid_t *id, unsigned kind, unsigned step, unsigned attempt,
+                          unsigned result, struct got *g)
+{
+    cr_assert(fake_expect(f, WIRE_RESULT, id, g, WAIT_MS), "no RESULT arrived");
+    cr_assert_eq(g->hdr.branch, step, "RESULT for step %u, want %u", g->hdr.branch, step);
+    cr_assert_eq(g->hdr.attempt, attempt, "attempt is echoed");
+    cr_assert_eq(g->nframes, 1);
+    cr_assert_eq(WIRE_RESULT_KIND(g->hdr.code), kind, "kind %u", WIRE_RESULT_KIND(g->hdr.code));
+    cr_assert_eq(WIRE_RESULT_VALUE(g->hdr.code), result, "result %u, want %u (reason '%s')",
+                 WIRE_RESULT_VALUE(g->hdr.code), result, g->frame[0]);
+}
+
+Test(saga_participant, dispatches_steps_by_name_and_replies_result, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    static struct steps_seen reserve, charge, release;
+    treaty_participant_t *p = NULL;
+    fake_open(&f);
+    cr_assert_eq(treaty_participant_new(f.endpoint, "shop", "shop-1", NULL, &p), 0, "saga-only: no 2PC handlers");
+    cr_assert_eq(treaty_participant_on_action(p, "reserve", record_step, &reserve), 0);
+    cr_assert_eq(treaty_participant_on_action(p, "charge", record_step, &charge), 0);
+    cr_assert_eq(treaty_participant_on_compensation(p, "release", record_step, &release), 0);
+    cr_assert_eq(treaty_participant_on_action(p, "bad name", record_step, &reserve), TREATY_EINVAL);
+    cr_assert_eq(treaty_participant_on_action(p, "x", NULL, NULL), TREATY_EINVAL);
+    cr_assert_eq(treaty_participant_on_action(NULL, "x", record_step, NULL), TREATY_EINVAL);
+    cr_assert_eq(treaty_participant_start(p), 0);
+    cr_assert_eq(treaty_participant_on_action(p, "late", record_step, &reserve), TREATY_ESTATE, "after start");
+    cr_assert_eq(treaty_participant_on_compensation(p, "late", record_step, &reserve), TREATY_ESTATE);
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 2, 4, "reserve", "ok");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 2, 4, WIRE_RESULT_OK, &g);
+    cr_assert_str_eq(g.frame[0], "");
+    cr_assert_eq(atomic_load(&reserve.calls), 1);
+    cr_assert_eq(memcmp(&reserve.last.txid, &a, sizeof a), 0);
+    cr_assert_eq(reserve.last.step, 2);
+    cr_assert_eq(reserve.last.attempt, 4);
+    cr_assert_str_eq(reserve.name, "reserve");
+    cr_assert_str_eq(reserve.payload, "ok");
+
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 0, "charge", "fail");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert_str_eq(g.frame[0], "insufficient funds");
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 1, "charge", "err");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 1, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert_str_eq(g.frame[0], "database busy");
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 2, "charge", "7"); /* not a step result */
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 2, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "returned 7") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&charge.calls), 3);
+
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 2, 0, "release", "ok");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 2, 0, WIRE_RESULT_OK, &g);
+    /* a compensation cannot fail for a business reason: transient, retried */
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 2, 1, "release", "fail");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 2, 1, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert_str_eq(g.frame[0], "insufficient funds");
+    cr_assert_eq(atomic_load(&release.calls), 2);
+    cr_assert_eq(atomic_load(&reserve.calls), 1);
+
+    /* and no 2PC: PREPARE is voted NO, ABORT acknowledged */
+    send_prepare(&f, &hello, &a, 0, 0, "yes");
+    expect_vote(&f, &a, 0, TREATY_VOTE_NO, &g);
+    cr_assert_str_eq(g.frame[0], "this participant does not take part in 2PC");
+    fake_send(&f, &hello, WIRE_ABORT, &a, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 0, TREATY_STATUS_ABORTED);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(saga_participant, unknown_handler_names, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    static struct steps_seen reserve;
+    treaty_participant_t *p = NULL;
+    fake_open(&f);
+    cr_assert_eq(treaty_participant_new(f.endpoint, "shop", "shop-1", NULL, &p), 0);
+    cr_assert_eq(treaty_participant_on_action(p, "reserve", record_step, &reserve), 0);
+    cr_assert_eq(treaty_participant_start(p), 0);
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "nope", "ok");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert_str_eq(g.frame[0], "no action handler named nope");
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 0, "nope", "ok");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert_str_eq(g.frame[0], "no compensation handler named nope");
+    /* names are per kind: "reserve" is an action, not a compensation */
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 1, "reserve", "ok");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 1, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert_str_eq(g.frame[0], "no compensation handler named reserve");
+    cr_assert_eq(atomic_load(&reserve.calls), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* --------------------------------------------------- Postgres saga barrier */
+
+static atomic_int debit_calls, refund_calls;
+
+static void pg_saga_setup(void)
+{
+    db_setup();
+    sql_ok(db.conn, "CREATE TABLE accounts (id text PRIMARY KEY, balance integer NOT NULL)");
+    sql_ok(db.conn, "INSERT INTO accounts VALUES ('acct', 100)");
+    atomic_store(&debit_calls, 0);
+    atomic_store(&refund_calls, 0);
+}
+
+static bool add_balance(struct pg_conn *conn, int delta)
+{
+    char d[16];
+    snprintf(d, sizeof d, "%d", delta);
+    const char *v[1] = {d};
+    PGresult *r =
+        PQexecParams(conn, "UPDATE accounts SET balance = balance + $1::integer WHERE id = 'acct'", 1, NULL, v, NULL,
+                     NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok;
+}
+
+/* Debits 10 (a business change that is not idempotent by itself). Payload
+ * "fail": debits, then fails for a business reason; "err": debits, then a
+ * transient error; "commit" / "commit-begin": debits and ends the
+ * transaction itself, which the SDK must catch. */
+static int pg_debit(void *arg, struct pg_conn *conn, const treaty_step_t *s, char *reason)
+{
+    (void)arg;
+    atomic_fetch_add(&debit_calls, 1);
+    char payload[32];
+    size_t n = s->len < sizeof payload - 1 ? s->len : sizeof payload - 1;
+    memcpy(payload, s->payload, n);
+    payload[n] = '\0';
+    if (!add_balance(conn, -10))
+        return TREATY_EPG;
+    if (strcmp(payload, "fail") == 0) {
+        snprintf(reason, TREATY_REASON_MAX, "insufficient funds");
+        return TREATY_STEP_FAILED;
+    }
+    if (strcmp(payload, "err") == 0)
+        return TREATY_EBUSY;
+    if (strcmp(payload, "commit") == 0)
+        PQclear(PQexec(conn, "COMMIT"));
+    if (strcmp(payload, "commit-begin") == 0) {
+        PQclear(PQexec(conn, "COMMIT"));
+        PQclear(PQexec(conn, "BEGIN"));
+    }
+    return TREATY_STEP_OK;
+}
+
+static int pg_refund(void *arg, struct pg_conn *conn, const treaty_step_t *s, char *reason)
+{
+    (void)arg;
+    (void)s;
+    (void)reason;
+    atomic_fetch_add(&refund_calls, 1);
+    return add_balance(conn, 10) ? TREATY_STEP_OK : TREATY_EPG;
+}
+
+static treaty_participant_t *pg_saga_participant(struct fake *f, const char *instance)
+{
+    treaty_participant_t *p = NULL;
+    int rc = treaty_pg_participant_new(f->endpoint, "bank", instance, db.conninfo, work, NULL, &p);
+    cr_assert_eq(rc, 0, "treaty_pg_participant_new: %s: %s", treaty_err_name(rc), treaty_participant_errmsg(p));
+    cr_assert_eq(treaty_pg_on_action(p, "debit", pg_debit, NULL), 0);
+    cr_assert_eq(treaty_pg_on_compensation(p, "refund", pg_refund, NULL), 0);
+    cr_assert_eq(treaty_participant_start(p), 0);
+    return p;
+}
+
+static long balance(void)
+{
+    return sql_long("SELECT balance FROM accounts WHERE id = 'acct'");
+}
+
+/* The barrier row's result ("NULL" for SQL NULL, "none" without a row). */
+static void barrier_row(const treaty_txid_t *id, unsigned step, const char *op, char *result, char *reason)
+{
+    char ids[TREATY_TXID_STRLEN], sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT result, reason FROM treaty_barrier WHERE txid = '%s' AND branch = %u AND op = '%s'",
+             treaty_txid_format(id, ids), step, op);
+    PGresult *r = PQexec(db.conn, sql);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(db.conn));
+    if (PQntuples(r) == 0) {
+        strcpy(result, "none");
+        if (reason != NULL)
+            strcpy(reason, "none");
+    } else {
+        snprintf(result, 32, "%s", PQgetisnull(r, 0, 0) ? "NULL" : PQgetvalue(r, 0, 0));
+        if (reason != NULL)
+            snprintf(reason, TREATY_REASON_MAX, "%s", PQgetisnull(r, 0, 1) ? "NULL" : PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
+}
+
+Test(pg_saga, duplicate_action_is_applied_once, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
+    barrier_row(&a, 0, "action", result, NULL);
+    cr_assert_str_eq(result, "ok");
+
+    /* the coordinator re-sends (its RESULT was lost): answered OK, not re-applied */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 1, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90, "the duplicate action was applied again");
+    cr_assert_eq(atomic_load(&debit_calls), 1);
+    /* another step of the same saga is its own row */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 1, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 1, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 80);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 2);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, compensation_before_action_is_null_and_refuses_the_action, .init = pg_saga_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    /* the action's STEP was delayed; its compensation arrives first */
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 3, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 3, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(atomic_load(&refund_calls), 0, "a null compensation runs no handler");
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 3, "action", result, NULL);
+    cr_assert_str_eq(result, "blocked");
+    barrier_row(&a, 3, "compensation", result, NULL);
+    cr_assert_str_neq(result, "none");
+
+    /* the late action: refused, nothing applied (no hanging) */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert_str_eq(g.frame[0], "compensated before the action arrived (hanging action refused)");
+    cr_assert_eq(atomic_load(&debit_calls), 0);
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 3, "action", result, NULL);
+    cr_assert_str_eq(result, "blocked");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, failed_action_keeps_its_row_and_compensation_is_a_noop, .init = pg_saga_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32], reason[TREATY_REASON_MAX];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 1, 0, "debit", "fail");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 1, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert_str_eq(g.frame[0], "insufficient funds");
+    cr_assert_eq(balance(), 100, "the failed action's business change rolled back");
+    barrier_row(&a, 1, "action", result, reason);
+    cr_assert_str_eq(result, "failed", "the attempted action is recorded");
+    cr_assert_str_eq(reason, "insufficient funds");
+
+    /* a duplicate answers the first result, with its reason */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 1, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 1, 1, WIRE_RESULT_FAILED, &g);
+    cr_assert_str_eq(g.frame[0], "insufficient funds");
+    cr_assert_eq(atomic_load(&debit_calls), 1);
+
+    /* the saga turns around: the compensation is a no-op that completes */
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 1, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 1, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(atomic_load(&refund_calls), 0);
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 1, "compensation", result, NULL);
+    cr_assert_str_neq(result, "none");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, duplicate_compensation_is_applied_once, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 0, "compensation", result, NULL);
+    cr_assert_str_eq(result, "ok");
+
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 1, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 1, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 100, "the duplicate compensation was applied again");
+    cr_assert_eq(atomic_load(&refund_calls), 1);
+    /* a stray re-send of the action after its compensation is not applied
+     * again either: it answers its first result */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 2, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 2, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 100);
+    cr_assert_eq(atomic_load(&debit_calls), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, transient_action_leaves_nothing, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "err");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "TREATY_EBUSY") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 0, "action", result, NULL);
+    cr_assert_str_eq(result, "none", "a transient try leaves no barrier row");
+    /* the retry runs afresh */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 1, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, handler_that_ends_the_transaction_is_caught, .init = pg_saga_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "commit");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "must not COMMIT or ROLLBACK") != NULL, "reason: %s", g.frame[0]);
+    /* what it committed stays, but the barrier never recorded a result */
+    barrier_row(&a, 0, "action", result, NULL);
+    cr_assert_str_eq(result, "NULL");
+    /* ... so a duplicate cannot claim success */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 1, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert_eq(atomic_load(&debit_calls), 1);
+
+    /* COMMIT followed by BEGIN looks like an open transaction: caught too */
+    send_step(&f, &hello, &b, WIRE_STEP_ACTION, 0, 0, "debit", "commit-begin");
+    expect_result(&f, &b, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "must not COMMIT or ROLLBACK") != NULL, "reason: %s", g.frame[0]);
+    barrier_row(&b, 0, "action", result, NULL);
+    cr_assert_str_eq(result, "NULL");
+
+    /* the participant's connection is still usable */
+    treaty_txid_t c = new_txid();
+    send_step(&f, &hello, &c, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &c, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_OK, &g);
+    barrier_row(&c, 0, "action", result, NULL);
+    cr_assert_str_eq(result, "ok");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, purge_deletes_old_rows, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    fake_open(&f);
+    treaty_participant_t *p = NULL;
+    int rc = treaty_pg_participant_new(f.endpoint, "bank", "bank-1", db.conninfo, work, NULL, &p);
+    cr_assert_eq(rc, 0, "%s: %s", treaty_err_name(rc), treaty_participant_errmsg(p));
+    sql_ok(db.conn, "INSERT INTO treaty_barrier (txid, branch, op, result, created_at) VALUES "
+                    "('00000000-0000-4000-8000-000000000001', 0, 'action', 'ok', now() - interval '2 days'), "
+                    "('00000000-0000-4000-8000-000000000001', 0, 'compensation', 'ok', now() - interval '2 days'), "
+                    "('00000000-0000-4000-8000-000000000002', 0, 'action', 'ok', now() - interval '10 minutes'), "
+                    "('00000000-0000-4000-8000-000000000003', 1, 'prepare', NULL, now())");
+
+    cr_assert_eq(treaty_pg_barrier_purge(p, 86400), 2, "rows older than a day");
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 2);
+    cr_assert_eq(treaty_pg_barrier_purge(p, 86400), 0);
+    cr_assert_eq(treaty_pg_barrier_purge(p, 60), 1);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier WHERE txid = '00000000-0000-4000-8000-000000000003'"),
+                 1);
+
+    /* the connection belongs to the participant's thread once started */
+    cr_assert_eq(treaty_participant_start(p), 0);
+    cr_assert_eq(treaty_pg_barrier_purge(p, 0), TREATY_ESTATE);
+    cr_assert_eq(treaty_pg_on_action(p, "debit", pg_debit, NULL), TREATY_ESTATE);
+    cr_assert_eq(treaty_participant_stop(p), 0);
+    cr_assert_eq(treaty_pg_barrier_purge(NULL, 0), TREATY_EINVAL);
+
+    /* only for Postgres participants */
+    treaty_participant_t *plain = NULL;
+    cr_assert_eq(treaty_participant_new(f.endpoint, "shop", "shop-1", NULL, &plain), 0);
+    cr_assert_eq(treaty_pg_barrier_purge(plain, 0), TREATY_EINVAL);
+    cr_assert_eq(treaty_pg_on_action(plain, "debit", pg_debit, NULL), TREATY_EINVAL);
+    cr_assert_eq(treaty_pg_on_compensation(plain, "refund", pg_refund, NULL), TREATY_EINVAL);
+    treaty_participant_destroy(&plain);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
 }

@@ -63,6 +63,7 @@ static int decode_raw(const uint8_t *hdr, size_t len)
 /* ------------------------------------------------------------ sample messages */
 
 static uint8_t u32_1000[4], u32_5000[4];
+static uint8_t pol_a[WIRE_POLICY_LEN], pol_b[WIRE_POLICY_LEN];
 static uint8_t binary[256];
 static uint8_t bigpayload[4000];
 
@@ -70,7 +71,7 @@ struct sample {
     const char *label;
     struct wire_hdr h;
     size_t n;
-    struct wire_frame f[8];
+    struct wire_frame f[16];
 };
 
 static size_t make_samples(struct sample *s)
@@ -127,6 +128,45 @@ static size_t make_samples(struct sample *s)
     k++;
     s[k] = (struct sample){"INQUIRE", mkhdr(WIRE_INQUIRE, 0), 0, {{0}}};
     k++;
+    s[k] = (struct sample){"OUTCOME completed", mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMPLETED), 1, {wire_str("")}};
+    s[k].h.branch = TREATY_NO_BRANCH;
+    k++;
+    s[k] = (struct sample){"OUTCOME compensated", mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMPENSATED), 1,
+                           {wire_str("step 1 (shop/reserve) failed: out of stock")}};
+    s[k].h.branch = 1;
+    k++;
+    s[k] = (struct sample){"OUTCOME stuck", mkhdr(WIRE_OUTCOME, TREATY_STATUS_STUCK), 1,
+                           {wire_str("compensation release keeps failing")}};
+    k++;
+    struct wire_policy pa = {0, 3, 100, 5000, 5000}, pb = {1, 0xffff, 0, 0xffffffffu, 1};
+    wire_encode_policy(&pa, pol_a);
+    wire_encode_policy(&pb, pol_b);
+    s[k] = (struct sample){"SAGA",
+                           mkhdr(WIRE_SAGA, 0),
+                           13,
+                           {fr(u32_5000, 4), wire_str("bank"), wire_str("debit"), wire_str("alice:10"),
+                            wire_str("refund"), wire_str("alice:10"), fr(pol_a, sizeof pol_a), wire_str("shop"),
+                            wire_str("reserve.v2"), fr(binary, sizeof binary), wire_str("release_all"), fr(NULL, 0),
+                            fr(pol_b, sizeof pol_b)}};
+    k++;
+    s[k] = (struct sample){"STEP action", mkhdr(WIRE_STEP, WIRE_STEP_ACTION), 2,
+                           {wire_str("debit"), fr(binary, sizeof binary)}};
+    k++;
+    s[k] = (struct sample){"STEP compensation", mkhdr(WIRE_STEP, WIRE_STEP_COMPENSATION), 2,
+                           {wire_str("refund"), fr(NULL, 0)}};
+    s[k].h.branch = 63;
+    k++;
+    s[k] = (struct sample){"RESULT action ok", mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_OK)), 1,
+                           {fr(NULL, 0)}};
+    k++;
+    s[k] = (struct sample){"RESULT action failed",
+                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_FAILED)), 1,
+                           {wire_str("insufficient funds")}};
+    k++;
+    s[k] = (struct sample){"RESULT compensation transient",
+                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_COMPENSATION, WIRE_RESULT_TRANSIENT)), 1,
+                           {wire_str("database unavailable")}};
+    k++;
     return k;
 }
 
@@ -149,7 +189,7 @@ static void assert_msg_eq(const struct sample *s, const struct wire_msg *m)
 
 Test(wire_decode, every_type_round_trips)
 {
-    struct sample s[32];
+    struct sample s[48];
     size_t n = make_samples(s);
     bool seen[WIRE_TYPE_MAX_ + 1] = {false};
     for (size_t i = 0; i < n; i++) {
@@ -259,22 +299,26 @@ Test(wire_decode, reserved_bits_must_be_zero)
     }
 }
 
-/* With every frame "abcd" (a valid name and a valid u32), validity depends on
- * the frame count alone: check every count for every type. */
+/* With every frame "abcd" (a valid name and a valid u32) - and, for SAGA, a
+ * policy wherever a step's policy frame falls - validity depends on the frame
+ * count alone: check every count for every type. */
 static bool count_ok(int type, size_t n)
 {
     switch (type) {
     case WIRE_HELLO:
+    case WIRE_STEP:
         return n == 2;
     case WIRE_SUBMIT:
         return n >= 3 && n % 2 == 1;
+    case WIRE_SAGA:
+        return n >= 1 + WIRE_SAGA_FRAMES_PER_STEP && (n - 1) % WIRE_SAGA_FRAMES_PER_STEP == 0;
     case WIRE_QUERY:
     case WIRE_COMMIT:
     case WIRE_ABORT:
     case WIRE_ACK:
     case WIRE_INQUIRE:
         return n == 0;
-    default: /* WELCOME OUTCOME ERROR PREPARE VOTE */
+    default: /* WELCOME OUTCOME ERROR PREPARE VOTE RESULT */
         return n == 1;
     }
 }
@@ -290,6 +334,10 @@ static uint16_t valid_code(int type)
         return TREATY_VOTE_NO;
     case WIRE_ERROR:
         return (uint16_t)-TREATY_EPROTO;
+    case WIRE_STEP:
+        return WIRE_STEP_COMPENSATION;
+    case WIRE_RESULT:
+        return WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_TRANSIENT);
     default:
         return 0;
     }
@@ -297,15 +345,21 @@ static uint16_t valid_code(int type)
 
 Test(wire_decode, frame_counts_per_type)
 {
-    static struct wire_frame f[WIRE_MAX_FRAMES + 4];
-    for (size_t i = 0; i < NELEM(f); i++)
+    static struct wire_frame f[WIRE_MAX_FRAMES + 4], sf[WIRE_MAX_FRAMES + 4];
+    uint8_t pol[WIRE_POLICY_LEN] = {0};
+    for (size_t i = 0; i < NELEM(f); i++) {
         f[i] = wire_str("abcd");
+        sf[i] = i > 0 && (i - 1) % WIRE_SAGA_FRAMES_PER_STEP == 5 ? fr(pol, sizeof pol) : f[i];
+    }
     for (int t = 1; t <= WIRE_TYPE_MAX_; t++) {
         struct wire_hdr h = mkhdr(t, valid_code(t));
         for (size_t n = 0; n < NELEM(f); n++) {
             struct wire_msg m;
             int want = n > WIRE_MAX_FRAMES ? TREATY_ETOOBIG : count_ok(t, n) ? 0 : TREATY_EPROTO;
-            int rc = decode(&h, f, n, MAXP, &m);
+            /* SUBMIT: at most WIRE_MAX_BRANCHES branches, whatever WIRE_MAX_FRAMES allows */
+            if (t == WIRE_SUBMIT && want == 0 && (n - 1) / 2 > WIRE_MAX_BRANCHES)
+                want = TREATY_ETOOBIG;
+            int rc = decode(&h, t == WIRE_SAGA ? sf : f, n, MAXP, &m);
             cr_assert_eq(rc, want, "%s with %zu frames: %d, want %d", wire_type_name(t), n, rc, want);
         }
     }
@@ -357,6 +411,128 @@ Test(wire_decode, submit_max_branches)
     cr_assert_eq(m.nframes, 1 + 2 * WIRE_MAX_BRANCHES);
     cr_assert_eq(m.frames[2 * WIRE_MAX_BRANCHES - 1].len, strlen(names[WIRE_MAX_BRANCHES - 1]));
     cr_assert_eq(decode(&h, f, 1 + 2 * (WIRE_MAX_BRANCHES + 1), MAXP, &m), TREATY_ETOOBIG);
+}
+
+static const char *const bad_names_saga[] = {"", "a b", "a/b", "caf\xc3\xa9", "\x80",
+                                             "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"};
+
+/* One valid step per 6 frames, deadline first. */
+static void saga_frames(struct wire_frame *f, size_t steps, const uint8_t *deadline, const uint8_t *pol)
+{
+    f[0] = fr(deadline, 4);
+    for (size_t i = 0; i < steps; i++) {
+        struct wire_frame *s = &f[1 + WIRE_SAGA_FRAMES_PER_STEP * i];
+        s[0] = wire_str("svc");
+        s[1] = wire_str("act");
+        s[2] = wire_str("payload");
+        s[3] = wire_str("comp");
+        s[4] = fr(NULL, 0);
+        s[5] = fr(pol, WIRE_POLICY_LEN);
+    }
+}
+
+Test(wire_decode, saga_shapes)
+{
+    static struct wire_frame f[1 + WIRE_SAGA_FRAMES_PER_STEP * (WIRE_MAX_STEPS + 1)];
+    uint8_t d4[4] = {0, 0, 0x75, 0x30}, d3[3] = {0, 0x75, 0x30}, pol[WIRE_POLICY_LEN + 1] = {0};
+    struct wire_hdr h = mkhdr(WIRE_SAGA, 0);
+    struct wire_msg m;
+
+    saga_frames(f, 2, d4, pol);
+    cr_assert_eq(decode(&h, f, 13, MAXP, &m), 0);
+    uint32_t deadline;
+    cr_assert(wire_get_u32(&m.frames[0], &deadline));
+    cr_assert_eq(deadline, 30000);
+    /* no step at all, or a step cut short */
+    cr_assert_eq(decode(&h, f, 1, MAXP, &m), TREATY_EPROTO);
+    for (size_t n = 2; n < 13; n++)
+        if (n != 7)
+            cr_assert_eq(decode(&h, f, n, MAXP, &m), TREATY_EPROTO, "%zu frames", n);
+    /* deadline not a u32 */
+    f[0] = fr(d3, 3);
+    cr_assert_eq(decode(&h, f, 7, MAXP, &m), TREATY_EPROTO);
+    f[0] = fr(d4, 4);
+    /* policy not exactly WIRE_POLICY_LEN bytes */
+    for (size_t len = 0; len <= WIRE_POLICY_LEN + 1; len++) {
+        f[12] = fr(pol, len);
+        cr_assert_eq(decode(&h, f, 13, MAXP, &m), len == WIRE_POLICY_LEN ? 0 : TREATY_EPROTO, "policy of %zu", len);
+    }
+    f[12] = fr(pol, WIRE_POLICY_LEN);
+    /* service, action and compensation are names; payloads are opaque */
+    const size_t name_at[] = {1, 2, 4};
+    for (size_t i = 0; i < NELEM(name_at); i++) {
+        for (size_t b = 0; b < NELEM(bad_names_saga); b++) {
+            saga_frames(f, 2, d4, pol);
+            f[6 + name_at[i]] = wire_str(bad_names_saga[b]);
+            cr_assert_eq(decode(&h, f, 13, MAXP, &m), TREATY_EPROTO, "frame %zu \"%s\"", name_at[i],
+                         bad_names_saga[b]);
+        }
+    }
+    saga_frames(f, 2, d4, pol);
+    f[3] = wire_str("bad name / \x01");
+    f[5] = fr(pol, 3);
+    cr_assert_eq(decode(&h, f, 13, MAXP, &m), 0);
+
+    /* WIRE_MAX_STEPS steps fit, one more does not */
+    saga_frames(f, WIRE_MAX_STEPS + 1, d4, pol);
+    cr_assert_eq(decode(&h, f, 1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS, MAXP, &m), 0);
+    cr_assert_eq(decode(&h, f, NELEM(f), MAXP, &m), TREATY_ETOOBIG);
+}
+
+Test(wire_decode, step_shapes)
+{
+    struct wire_msg m;
+    for (uint16_t kind = WIRE_STEP_ACTION; kind <= WIRE_STEP_COMPENSATION; kind++) {
+        struct wire_hdr h = mkhdr(WIRE_STEP, kind);
+        struct wire_frame ok[] = {wire_str("debit"), fr(binary, sizeof binary)};
+        cr_assert_eq(decode(&h, ok, 2, MAXP, &m), 0);
+        cr_assert_eq(m.hdr.code, kind);
+        struct wire_frame empty_payload[] = {wire_str("debit"), fr(NULL, 0)};
+        cr_assert_eq(decode(&h, empty_payload, 2, MAXP, &m), 0);
+        for (size_t b = 0; b < NELEM(bad_names_saga); b++) {
+            struct wire_frame bad[] = {wire_str(bad_names_saga[b]), wire_str("p")};
+            cr_assert_eq(decode(&h, bad, 2, MAXP, &m), TREATY_EPROTO, "STEP name \"%s\"", bad_names_saga[b]);
+        }
+    }
+}
+
+Test(wire_decode, policy_encode_decode)
+{
+    const struct wire_policy cases[] = {
+        {0, 3, 100, 5000, 5000},
+        {63, 1, 0, 0, 0},
+        {0xffff, 0xffff, 0xffffffffu, 0xffffffffu, 0xffffffffu},
+        {0x0102, 0x0304, 0x05060708u, 0x090a0b0cu, 0x0d0e0f10u},
+    };
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        uint8_t b[WIRE_POLICY_LEN];
+        wire_encode_policy(&cases[i], b);
+        struct wire_policy back;
+        memset(&back, 0xa5, sizeof back);
+        struct wire_frame f = fr(b, sizeof b);
+        cr_assert(wire_decode_policy(&f, &back));
+        cr_assert_eq(back.group, cases[i].group);
+        cr_assert_eq(back.max_attempts, cases[i].max_attempts);
+        cr_assert_eq(back.first_backoff_ms, cases[i].first_backoff_ms);
+        cr_assert_eq(back.max_backoff_ms, cases[i].max_backoff_ms);
+        cr_assert_eq(back.try_timeout_ms, cases[i].try_timeout_ms);
+    }
+    /* layout: big-endian u16 group, u16 max_attempts, then three u32 */
+    uint8_t b[WIRE_POLICY_LEN];
+    wire_encode_policy(&cases[3], b);
+    for (uint8_t i = 0; i < WIRE_POLICY_LEN; i++)
+        cr_assert_eq(b[i], i + 1, "byte %u", i);
+    /* anything but exactly 16 bytes is refused, and the output left alone */
+    uint8_t big[WIRE_POLICY_LEN + 1] = {0};
+    for (size_t len = 0; len <= sizeof big; len++) {
+        if (len == WIRE_POLICY_LEN)
+            continue;
+        struct wire_policy out = {7, 7, 7, 7, 7};
+        struct wire_frame f = fr(big, len);
+        cr_assert_not(wire_decode_policy(&f, &out), "length %zu", len);
+        cr_assert_eq(out.group, 7);
+        cr_assert_eq(out.try_timeout_ms, 7);
+    }
 }
 
 static const char *const bad_names[] = {
@@ -487,7 +663,7 @@ Test(wire_decode, invalid_codes)
         struct wire_hdr h = mkhdr(WIRE_ACK, ack_bad[i]);
         cr_assert_eq(decode(&h, NULL, 0, MAXP, &m), TREATY_EPROTO, "ACK code %u", ack_bad[i]);
     }
-    const uint16_t outcome_bad[] = {TREATY_STATUS_NONE, TREATY_STATUS_UNKNOWN + 1, 0x8000, 0xffff};
+    const uint16_t outcome_bad[] = {TREATY_STATUS_NONE, TREATY_STATUS_STUCK + 1, 0x8000, 0xffff};
     for (size_t i = 0; i < NELEM(outcome_bad); i++) {
         struct wire_hdr h = mkhdr(WIRE_OUTCOME, outcome_bad[i]);
         cr_assert_eq(decode(&h, reason, 1, MAXP, &m), TREATY_EPROTO, "OUTCOME code %u", outcome_bad[i]);
@@ -497,10 +673,38 @@ Test(wire_decode, invalid_codes)
         struct wire_hdr h = mkhdr(WIRE_VOTE, c);
         cr_assert_eq(decode(&h, reason, 1, MAXP, &m), 0);
     }
-    for (uint16_t c = TREATY_STATUS_COMMITTED; c <= TREATY_STATUS_UNKNOWN; c++) {
+    for (uint16_t c = TREATY_STATUS_COMMITTED; c <= TREATY_STATUS_STUCK; c++) {
         struct wire_hdr h = mkhdr(WIRE_OUTCOME, c);
         cr_assert_eq(decode(&h, reason, 1, MAXP, &m), 0);
     }
+
+    /* STEP: action or compensation only */
+    struct wire_frame step[] = {wire_str("debit"), wire_str("p")};
+    const uint16_t step_bad[] = {0, 3, 0x0101, 0x0201, 0xffff};
+    for (size_t i = 0; i < NELEM(step_bad); i++) {
+        struct wire_hdr h = mkhdr(WIRE_STEP, step_bad[i]);
+        cr_assert_eq(decode(&h, step, 2, MAXP, &m), TREATY_EPROTO, "STEP code %#x", step_bad[i]);
+    }
+    /* RESULT: kind in the high byte, result in the low byte, both checked */
+    const uint16_t result_bad[] = {0,
+                                   WIRE_RESULT_OK, /* kind 0 */
+                                   WIRE_RESULT(3, WIRE_RESULT_OK),
+                                   WIRE_RESULT(0xff, WIRE_RESULT_FAILED),
+                                   WIRE_RESULT(WIRE_STEP_ACTION, 0),
+                                   WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_TRANSIENT + 1),
+                                   WIRE_RESULT(WIRE_STEP_COMPENSATION, 0xff),
+                                   0xffff};
+    for (size_t i = 0; i < NELEM(result_bad); i++) {
+        struct wire_hdr h = mkhdr(WIRE_RESULT, result_bad[i]);
+        cr_assert_eq(decode(&h, reason, 1, MAXP, &m), TREATY_EPROTO, "RESULT code %#x", result_bad[i]);
+    }
+    for (uint16_t kind = WIRE_STEP_ACTION; kind <= WIRE_STEP_COMPENSATION; kind++)
+        for (uint16_t r = WIRE_RESULT_OK; r <= WIRE_RESULT_TRANSIENT; r++) {
+            struct wire_hdr h = mkhdr(WIRE_RESULT, WIRE_RESULT(kind, r));
+            cr_assert_eq(decode(&h, reason, 1, MAXP, &m), 0);
+            cr_assert_eq(WIRE_RESULT_KIND(m.hdr.code), kind);
+            cr_assert_eq(WIRE_RESULT_VALUE(m.hdr.code), r);
+        }
 }
 
 /* wire.h: on an error the header is all zero, or the decoded one when only
@@ -563,8 +767,9 @@ Test(wire_decode, u32_helpers)
 
 Test(wire_decode, type_names)
 {
-    const char *want[] = {"?",     "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR",
-                          "PREPARE", "VOTE", "COMMIT",  "ABORT",  "ACK",   "INQUIRE"};
+    const char *want[] = {"?",     "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR", "PREPARE",
+                          "VOTE",  "COMMIT", "ABORT", "ACK",    "INQUIRE", "SAGA",  "STEP",  "RESULT"};
+    cr_assert_eq(NELEM(want), WIRE_TYPE_MAX_ + 1);
     for (int t = 0; t <= WIRE_TYPE_MAX_; t++)
         cr_assert_str_eq(wire_type_name(t), want[t]);
     cr_assert_str_eq(wire_type_name(-1), "?");
@@ -683,7 +888,7 @@ static void round_trip_all(const char *endpoint)
     void *router, *dealer;
     socket_pair(endpoint, &router, &dealer);
     static struct wire_in in;
-    struct sample s[32];
+    struct sample s[48];
     size_t n = make_samples(s);
 
     for (size_t i = 0; i < n; i++) {
@@ -971,5 +1176,8 @@ Test(errors, status_names)
     cr_assert_str_eq(treaty_status_name(TREATY_STATUS_ABORTED), "aborted");
     cr_assert_str_eq(treaty_status_name(TREATY_STATUS_PENDING), "pending");
     cr_assert_str_eq(treaty_status_name(TREATY_STATUS_UNKNOWN), "unknown");
+    cr_assert_str_eq(treaty_status_name(TREATY_STATUS_COMPLETED), "completed");
+    cr_assert_str_eq(treaty_status_name(TREATY_STATUS_COMPENSATED), "compensated");
+    cr_assert_str_eq(treaty_status_name(TREATY_STATUS_STUCK), "stuck");
     cr_assert_str_eq(treaty_status_name((enum treaty_status)99), "?");
 }

@@ -94,7 +94,10 @@ enum treaty_status {
     TREATY_STATUS_COMMITTED = 1, /* committed at every participant (or will be: decision durable) */
     TREATY_STATUS_ABORTED = 2,   /* aborted: applied at no participant */
     TREATY_STATUS_PENDING = 3,   /* still running at the coordinator */
-    TREATY_STATUS_UNKNOWN = 4    /* no answer in time; ask again by txid */
+    TREATY_STATUS_UNKNOWN = 4,   /* no answer in time; ask again by txid */
+    TREATY_STATUS_COMPLETED = 5, /* saga: every step done */
+    TREATY_STATUS_COMPENSATED = 6, /* saga: a step failed; every started step was compensated */
+    TREATY_STATUS_STUCK = 7      /* saga: a compensation keeps failing; still retried, needs an operator */
 };
 
 #define TREATY_NO_BRANCH 0xFFFFu
@@ -104,7 +107,7 @@ enum treaty_status {
 typedef struct treaty_outcome {
     treaty_txid_t txid;
     enum treaty_status status;
-    unsigned failed_branch;        /* branch that caused an abort, or TREATY_NO_BRANCH */
+    unsigned failed_branch;        /* branch (2PC) or step (saga) that caused an abort, or TREATY_NO_BRANCH */
     int error;                     /* TREATY_E* when the coordinator refused the request, else 0 */
     char reason[TREATY_REASON_MAX]; /* NUL-terminated; "" when none */
 } treaty_outcome_t;
@@ -166,6 +169,60 @@ TREATY_EXPORT int treaty_client_next_timeout(const treaty_client_t *c);
  * number of callbacks run, or a negative TREATY_E*. */
 TREATY_EXPORT int treaty_client_process(treaty_client_t *c);
 
+/* ------------------------------------------------------------------ sagas */
+
+/*
+ * A saga: ordered steps, each an action on a service and the compensation that
+ * undoes it. Steps run one after another, except that steps added with
+ * treaty_saga_add_parallel_step() run together with the step before them (a
+ * group). If a step fails for a business reason, or exhausts its retries, or
+ * the saga's deadline passes, the saga turns around: the compensations of every
+ * started step, the failing one included, run in reverse order (a group's
+ * compensations in parallel), each retried with backoff until it succeeds.
+ */
+typedef struct treaty_saga treaty_saga_t;
+
+/* Per-step retry policy. Zero fields take the defaults in parentheses. */
+typedef struct treaty_retry {
+    unsigned max_attempts;     /* tries of the action before it counts as failed (3) */
+    unsigned first_backoff_ms; /* wait before the first retry (100); doubles, with jitter */
+    unsigned max_backoff_ms;   /* backoff cap (5000) */
+    unsigned try_timeout_ms;   /* no answer within this counts as a transient failure (5000) */
+} treaty_retry_t;
+
+/* A saga under construction with a fresh txid (or a chosen one, to resubmit). Caller owns *out. */
+TREATY_EXPORT int treaty_saga_new(treaty_saga_t **out);
+TREATY_EXPORT int treaty_saga_new_with_id(const treaty_txid_t *id, treaty_saga_t **out);
+TREATY_EXPORT void treaty_saga_destroy(treaty_saga_t **s);
+TREATY_EXPORT const treaty_txid_t *treaty_saga_id(const treaty_saga_t *s);
+
+/* Appends a step in a group of its own (runs after every step before it).
+ * service, action and compensation are names of 1..64 chars of [A-Za-z0-9._-];
+ * payloads are copied. Returns the step's index (>= 0) or TREATY_EINVAL,
+ * TREATY_ENOMEM, TREATY_ETOOBIG (more than 64 steps). */
+TREATY_EXPORT int treaty_saga_add_step(treaty_saga_t *s, const char *service, const char *action, const void *payload,
+                                       size_t len, const char *compensation, const void *comp_payload,
+                                       size_t comp_len);
+/* The same, but in the group of the previous step (runs in parallel with it).
+ * TREATY_ESTATE when there is no previous step. */
+TREATY_EXPORT int treaty_saga_add_parallel_step(treaty_saga_t *s, const char *service, const char *action,
+                                                const void *payload, size_t len, const char *compensation,
+                                                const void *comp_payload, size_t comp_len);
+/* Sets step's retry policy (copied). TREATY_EINVAL for an unknown step. */
+TREATY_EXPORT int treaty_saga_set_retry(treaty_saga_t *s, unsigned step, const treaty_retry_t *policy);
+/* Overall deadline of the forward run, from submission (0: none). Past it the saga turns around. */
+TREATY_EXPORT int treaty_saga_set_deadline(treaty_saga_t *s, unsigned deadline_ms);
+
+/* Submits s and waits up to timeout_ms for its outcome: COMPLETED,
+ * COMPENSATED (failed_branch = the failing step, reason), STUCK, or after the
+ * wait TREATY_ETIMEDOUT with UNKNOWN (ask later with treaty_client_query, or
+ * resubmit the same txid: idempotent). Returns as treaty_client_submit. */
+TREATY_EXPORT int treaty_client_run_saga(treaty_client_t *c, const treaty_saga_t *s, int timeout_ms,
+                                         treaty_outcome_t *out);
+/* Asynchronous variant; see treaty_client_submit_async. */
+TREATY_EXPORT int treaty_client_run_saga_async(treaty_client_t *c, const treaty_saga_t *s, int timeout_ms,
+                                               treaty_outcome_fn cb, void *arg);
+
 /* ------------------------------------------------------------ participant */
 
 typedef struct treaty_participant treaty_participant_t;
@@ -202,6 +259,29 @@ typedef struct treaty_handlers {
     void *arg;
 } treaty_handlers_t;
 
+/* One saga step as seen by an action or compensation handler. Borrowed for the call. */
+typedef struct treaty_step {
+    treaty_txid_t txid;
+    unsigned step;       /* index within the saga */
+    unsigned attempt;    /* 0 for the first try */
+    const char *name;    /* the action's or compensation's name */
+    const void *payload;
+    size_t len;
+} treaty_step_t;
+
+enum treaty_step_result {
+    TREATY_STEP_OK = 1,    /* done */
+    TREATY_STEP_FAILED = 2 /* business failure (actions only; reason set): the saga turns around */
+};
+
+/* An action or compensation handler: returns TREATY_STEP_OK, TREATY_STEP_FAILED
+ * with reason[TREATY_REASON_MAX] set, or a negative TREATY_E* for a transient
+ * error (retried with backoff). A compensation should not fail for business
+ * reasons; TREATY_STEP_FAILED from one is treated as transient. Handlers may
+ * see a step more than once and must be idempotent (the Postgres helpers below
+ * make them so). */
+typedef int (*treaty_step_fn)(void *arg, const treaty_step_t *s, char *reason);
+
 /* A participant for service (1..64 chars of [A-Za-z0-9._-]) named instance
  * (1..64 chars; unique per process of that service). It connects to endpoint
  * and says HELLO, repeated every heartbeat. Caller owns *out. */
@@ -210,6 +290,17 @@ TREATY_EXPORT int treaty_participant_new(const char *endpoint, const char *servi
 /* Stops (if started) and frees. */
 TREATY_EXPORT void treaty_participant_destroy(treaty_participant_t **p);
 TREATY_EXPORT const char *treaty_participant_errmsg(const treaty_participant_t *p);
+
+/* Registers saga handlers by name (the name is copied; a second registration
+ * of a name replaces the first). Call before start.
+ * A STEP naming no registered handler is answered as a business failure
+ * (action) or a transient error (compensation), with a reason. treaty_handlers_t
+ * may be NULL in treaty_participant_new for a saga-only participant.
+ * TREATY_EINVAL, TREATY_ENOMEM, TREATY_ESTATE (after start). */
+TREATY_EXPORT int treaty_participant_on_action(treaty_participant_t *p, const char *name, treaty_step_fn fn,
+                                               void *arg);
+TREATY_EXPORT int treaty_participant_on_compensation(treaty_participant_t *p, const char *name, treaty_step_fn fn,
+                                                     void *arg);
 
 /* Run on a thread of the SDK's own: start returns at once; stop joins it. */
 TREATY_EXPORT int treaty_participant_start(treaty_participant_t *p);
@@ -254,10 +345,37 @@ typedef int (*treaty_pg_work_fn)(void *arg, struct pg_conn *conn, const treaty_b
  * participant apply to the returned handle. The database connection is made
  * here; TREATY_EPG when it fails: then *out is still set to a handle whose
  * treaty_participant_errmsg() says why, and the caller destroys it (on every
- * other error *out is NULL; errmsg(NULL) and destroy(NULL) are fine). */
+ * other error *out is NULL; errmsg(NULL) and destroy(NULL) are fine). work
+ * may be NULL for a saga-only participant (PREPARE is then answered NO).
+ * Saga step handlers need PostgreSQL 13 or later. */
 TREATY_EXPORT int treaty_pg_participant_new(const char *endpoint, const char *service, const char *instance,
                                             const char *conninfo, treaty_pg_work_fn work, void *arg,
                                             treaty_participant_t **out);
+
+/*
+ * Saga steps on Postgres, through the barrier (table treaty_barrier in the
+ * participant's database, sql/participant_barrier.sql). The SDK runs fn inside
+ * a local transaction on the participant's connection, and the barrier row is
+ * written in that same transaction, so that:
+ *   - a duplicate action or compensation is applied once (a duplicate action
+ *     answers with the first run's result);
+ *   - a compensation that arrives before its action does nothing and succeeds
+ *     (null compensation), and the action that arrives after it is refused as
+ *     a business failure (no hanging);
+ *   - an action that failed for a business reason still leaves its barrier row
+ *     (its business change rolled back to a savepoint), so its compensation is
+ *     a proper no-op that completes.
+ * fn must not COMMIT or ROLLBACK. Only for participants made by
+ * treaty_pg_participant_new (TREATY_EINVAL otherwise). Call before start.
+ */
+typedef int (*treaty_pg_step_fn)(void *arg, struct pg_conn *conn, const treaty_step_t *s, char *reason);
+TREATY_EXPORT int treaty_pg_on_action(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg);
+TREATY_EXPORT int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn,
+                                            void *arg);
+/* Deletes barrier rows older than older_than_s seconds. Returns the number
+ * deleted (>= 0), TREATY_EPG, TREATY_EINVAL (not a Postgres participant) or
+ * TREATY_ESTATE (called from another thread after start, or inside a transaction). */
+TREATY_EXPORT long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s);
 
 #ifdef __cplusplus
 }

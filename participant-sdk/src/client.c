@@ -1,19 +1,22 @@
 /*
- * client.c - treaty_client_* and treaty_txn_*: start transactions and learn
- * their outcome.
+ * client.c - treaty_client_*, treaty_txn_* and treaty_saga_*: start
+ * transactions (2PC) and sagas, and learn their outcome.
  *
  * One DEALER socket (with its own ZeroMQ context) per client, connected to the
  * coordinator's ROUTER. Every request in flight is an entry in a list of
  * pending requests that keeps the encoded request for re-sending:
  *
- *   1. submit/query: the request is encoded once and sent (attempt 0).
+ *   1. submit/run_saga/query: the request is encoded once and sent (attempt 0).
  *   2. waiting: every 500..1000 ms (jittered) the same request is sent again
- *      with attempt + 1. The coordinator treats a re-sent SUBMIT of a txid it
- *      already knows as a duplicate, so re-sending is idempotent; it is what
+ *      with attempt + 1. The coordinator treats a re-sent SUBMIT or SAGA of a txid
+ *      it already knows as a duplicate, so re-sending is idempotent; it is what
  *      carries a request across a coordinator restart or a lost message.
- *   3. answered: OUTCOME (committed/aborted, or pending for a QUERY) or ERROR
- *      with the entry's txid completes the entry. OUTCOME pending for a SUBMIT
- *      only says "still running": keep waiting for the decision.
+ *   3. answered: OUTCOME (committed/aborted, completed/compensated/stuck, or
+ *      pending for a QUERY) or ERROR with the entry's txid completes the
+ *      entry. OUTCOME pending for a SUBMIT or SAGA only says "still running":
+ *      keep waiting for the decision. OUTCOME stuck for a SAGA is final for
+ *      the caller (the coordinator keeps retrying the compensation, an
+ *      operator is needed), so it completes the entry.
  *   4. timed out: after timeout_ms without an answer the entry completes with
  *      TREATY_STATUS_UNKNOWN. The transaction may still commit: the caller
  *      asks again by txid (treaty_client_query) or resubmits with
@@ -140,13 +143,172 @@ int treaty_txn_add_branch(treaty_txn_t *t, const char *service, const void *payl
     return 0;
 }
 
+
+/* ----------------------------------------------------------------- saga */
+
+#define SAGA_DEFAULT_MAX_ATTEMPTS 3
+#define SAGA_DEFAULT_FIRST_BACKOFF_MS 100
+#define SAGA_DEFAULT_MAX_BACKOFF_MS 5000
+#define SAGA_DEFAULT_TRY_TIMEOUT_MS 5000
+
+struct saga_step {
+    char service[WIRE_NAME_MAX + 1];
+    char action[WIRE_NAME_MAX + 1];
+    char compensation[WIRE_NAME_MAX + 1];
+    uint8_t *payload; /* owned; NULL when len == 0 */
+    size_t len;
+    uint8_t *comp_payload; /* owned; NULL when comp_len == 0 */
+    size_t comp_len;
+    struct wire_policy policy; /* defaults already applied */
+};
+
+struct treaty_saga {
+    treaty_txid_t id;
+    uint32_t deadline_ms; /* 0: none */
+    size_t nsteps;
+    struct saga_step steps[WIRE_MAX_STEPS];
+};
+
+int treaty_saga_new_with_id(const treaty_txid_t *id, treaty_saga_t **out)
+{
+    if (out == NULL)
+        return TREATY_EINVAL;
+    *out = NULL;
+    if (id == NULL)
+        return TREATY_EINVAL;
+    struct treaty_saga *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return TREATY_ENOMEM;
+    s->id = *id;
+    *out = s;
+    return 0;
+}
+
+int treaty_saga_new(treaty_saga_t **out)
+{
+    treaty_txid_t id;
+    if (out == NULL)
+        return TREATY_EINVAL;
+    *out = NULL;
+    int rc = treaty_txid_generate(&id);
+    if (rc < 0)
+        return rc;
+    return treaty_saga_new_with_id(&id, out);
+}
+
+void treaty_saga_destroy(treaty_saga_t **sp)
+{
+    if (sp == NULL || *sp == NULL)
+        return;
+    struct treaty_saga *s = *sp;
+    for (size_t i = 0; i < s->nsteps; i++) {
+        free(s->steps[i].payload);
+        free(s->steps[i].comp_payload);
+    }
+    free(s);
+    *sp = NULL;
+}
+
+const treaty_txid_t *treaty_saga_id(const treaty_saga_t *s)
+{
+    return s != NULL ? &s->id : NULL;
+}
+
+static bool name_ok(const char *name)
+{
+    return name != NULL && wire_name_ok((const uint8_t *)name, strnlen(name, WIRE_NAME_MAX + 1));
+}
+
+/* Copies len bytes of data (NULL when len == 0). 0 or TREATY_ENOMEM. */
+static int copy_payload(const void *data, size_t len, uint8_t **out)
+{
+    *out = NULL;
+    if (len == 0)
+        return 0;
+    *out = malloc(len);
+    if (*out == NULL)
+        return TREATY_ENOMEM;
+    memcpy(*out, data, len);
+    return 0;
+}
+
+/* Appends a step to s in group group. Returns its index or a TREATY_E*. */
+static int saga_add(struct treaty_saga *s, bool parallel, const char *service, const char *action, const void *payload,
+                    size_t len, const char *compensation, const void *comp_payload, size_t comp_len)
+{
+    if (s == NULL || !name_ok(service) || !name_ok(action) || !name_ok(compensation) ||
+        (payload == NULL && len > 0) || (comp_payload == NULL && comp_len > 0))
+        return TREATY_EINVAL;
+    if (parallel && s->nsteps == 0)
+        return TREATY_ESTATE;
+    if (s->nsteps >= WIRE_MAX_STEPS)
+        return TREATY_ETOOBIG;
+    struct saga_step *st = &s->steps[s->nsteps];
+    memset(st, 0, sizeof *st);
+    if (copy_payload(payload, len, &st->payload) < 0)
+        return TREATY_ENOMEM;
+    if (copy_payload(comp_payload, comp_len, &st->comp_payload) < 0) {
+        free(st->payload);
+        st->payload = NULL;
+        return TREATY_ENOMEM;
+    }
+    snprintf(st->service, sizeof st->service, "%s", service);
+    snprintf(st->action, sizeof st->action, "%s", action);
+    snprintf(st->compensation, sizeof st->compensation, "%s", compensation);
+    st->len = len;
+    st->comp_len = comp_len;
+    /* Groups run in ascending order: a new step opens the next group, a
+     * parallel one joins the group of the step before it. */
+    if (s->nsteps == 0)
+        st->policy.group = 0;
+    else
+        st->policy.group = (uint16_t)(s->steps[s->nsteps - 1].policy.group + (parallel ? 0 : 1));
+    st->policy.max_attempts = SAGA_DEFAULT_MAX_ATTEMPTS;
+    st->policy.first_backoff_ms = SAGA_DEFAULT_FIRST_BACKOFF_MS;
+    st->policy.max_backoff_ms = SAGA_DEFAULT_MAX_BACKOFF_MS;
+    st->policy.try_timeout_ms = SAGA_DEFAULT_TRY_TIMEOUT_MS;
+    return (int)s->nsteps++;
+}
+
+int treaty_saga_add_step(treaty_saga_t *s, const char *service, const char *action, const void *payload, size_t len,
+                         const char *compensation, const void *comp_payload, size_t comp_len)
+{
+    return saga_add(s, false, service, action, payload, len, compensation, comp_payload, comp_len);
+}
+
+int treaty_saga_add_parallel_step(treaty_saga_t *s, const char *service, const char *action, const void *payload,
+                                  size_t len, const char *compensation, const void *comp_payload, size_t comp_len)
+{
+    return saga_add(s, true, service, action, payload, len, compensation, comp_payload, comp_len);
+}
+
+int treaty_saga_set_retry(treaty_saga_t *s, unsigned step, const treaty_retry_t *policy)
+{
+    if (s == NULL || policy == NULL || step >= s->nsteps || policy->max_attempts > UINT16_MAX)
+        return TREATY_EINVAL;
+    struct wire_policy *w = &s->steps[step].policy;
+    w->max_attempts = (uint16_t)(policy->max_attempts ? policy->max_attempts : SAGA_DEFAULT_MAX_ATTEMPTS);
+    w->first_backoff_ms = policy->first_backoff_ms ? policy->first_backoff_ms : SAGA_DEFAULT_FIRST_BACKOFF_MS;
+    w->max_backoff_ms = policy->max_backoff_ms ? policy->max_backoff_ms : SAGA_DEFAULT_MAX_BACKOFF_MS;
+    w->try_timeout_ms = policy->try_timeout_ms ? policy->try_timeout_ms : SAGA_DEFAULT_TRY_TIMEOUT_MS;
+    return 0;
+}
+
+int treaty_saga_set_deadline(treaty_saga_t *s, unsigned deadline_ms)
+{
+    if (s == NULL)
+        return TREATY_EINVAL;
+    s->deadline_ms = (uint32_t)deadline_ms; /* unsigned is at most 32 bits on every supported target */
+    return 0;
+}
+
 /* --------------------------------------------------------------- client */
 
 /* One request in flight. */
 struct pending {
     struct pending *next;
     treaty_txid_t txid;
-    uint8_t type; /* WIRE_SUBMIT or WIRE_QUERY */
+    uint8_t type; /* WIRE_SUBMIT, WIRE_SAGA or WIRE_QUERY */
     bool async;   /* completed by a callback in treaty_client_process */
     treaty_outcome_fn cb;
     void *arg;
@@ -157,8 +319,8 @@ struct pending {
     /* the encoded request, kept for re-sending */
     size_t nframes;
     struct wire_frame *frames; /* into storage below / the frame array */
-    uint8_t timeout_buf[4];
-    uint8_t *storage; /* one block holding the copied payloads */
+    uint8_t timeout_buf[4]; /* SUBMIT: timeout_ms; SAGA: deadline_ms */
+    uint8_t *storage;       /* one block holding the copied names, payloads, policies */
     /* completion */
     bool done;
     int rc; /* 0 answered, TREATY_ETIMEDOUT */
@@ -339,9 +501,55 @@ static void outcome_init(treaty_outcome_t *o, const treaty_txid_t *id)
     o->failed_branch = TREATY_NO_BRANCH;
 }
 
-/* A new pending entry for a SUBMIT of t or (t == NULL) a QUERY of id. */
-static int pending_new(uint8_t type, const treaty_txn_t *t, const treaty_txid_t *id, int timeout_ms,
-                       struct pending **out)
+/* Encodes the SAGA request of s into p's frames and storage. */
+static int pending_fill_saga(struct pending *p, const struct treaty_saga *s)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < s->nsteps; i++) {
+        const struct saga_step *st = &s->steps[i];
+        total += strlen(st->service) + strlen(st->action) + strlen(st->compensation) + st->len + st->comp_len +
+                 WIRE_POLICY_LEN;
+    }
+    p->nframes = 1 + WIRE_SAGA_FRAMES_PER_STEP * s->nsteps;
+    p->frames = calloc(p->nframes, sizeof *p->frames);
+    if (p->frames == NULL)
+        return TREATY_ENOMEM;
+    p->storage = malloc(total);
+    if (p->storage == NULL)
+        return TREATY_ENOMEM; /* frames freed with p */
+    wire_put_u32(p->timeout_buf, s->deadline_ms);
+    p->frames[0].data = p->timeout_buf;
+    p->frames[0].len = sizeof p->timeout_buf;
+    size_t off = 0;
+    struct wire_frame *f = &p->frames[1];
+#define SAGA_PUT(ptr, n)                         \
+    do {                                         \
+        if ((n) > 0)                             \
+            memcpy(p->storage + off, (ptr), (n)); \
+        f->data = p->storage + off;              \
+        f->len = (n);                            \
+        off += (n);                              \
+        f++;                                     \
+    } while (0)
+    for (size_t i = 0; i < s->nsteps; i++) {
+        const struct saga_step *st = &s->steps[i];
+        uint8_t pol[WIRE_POLICY_LEN];
+        wire_encode_policy(&st->policy, pol);
+        SAGA_PUT(st->service, strlen(st->service));
+        SAGA_PUT(st->action, strlen(st->action));
+        SAGA_PUT(st->payload, st->len);
+        SAGA_PUT(st->compensation, strlen(st->compensation));
+        SAGA_PUT(st->comp_payload, st->comp_len);
+        SAGA_PUT(pol, sizeof pol);
+    }
+#undef SAGA_PUT
+    return 0;
+}
+
+/* A new pending entry for a SUBMIT of t, a SAGA of s, or a QUERY of id
+ * (t and s NULL). */
+static int pending_new(uint8_t type, const treaty_txn_t *t, const struct treaty_saga *s, const treaty_txid_t *id,
+                       int timeout_ms, struct pending **out)
 {
     *out = NULL;
     struct pending *p = calloc(1, sizeof *p);
@@ -352,7 +560,14 @@ static int pending_new(uint8_t type, const treaty_txn_t *t, const treaty_txid_t 
     p->timeout_ms = timeout_ms;
     outcome_init(&p->out, id);
 
-    if (type == WIRE_SUBMIT) {
+    if (type == WIRE_SAGA) {
+        /* Copied: the saga may be destroyed while an async request is
+         * still being re-sent. */
+        if (pending_fill_saga(p, s) < 0) {
+            pending_free(p);
+            return TREATY_ENOMEM;
+        }
+    } else if (type == WIRE_SUBMIT) {
         /* Copy services and payloads into one block: the txn may be destroyed
          * while an async request is still being re-sent. */
         size_t total = 0;
@@ -431,8 +646,9 @@ static void dispatch(struct treaty_client *c, const struct wire_msg *m)
         if (p->done || memcmp(p->txid.b, m->hdr.txid, TREATY_TXID_LEN) != 0)
             continue;
         used = true;
-        /* PENDING answers a QUERY; a SUBMIT waits for the decision. */
-        if (m->hdr.type == WIRE_OUTCOME && m->hdr.code == TREATY_STATUS_PENDING && p->type == WIRE_SUBMIT)
+        /* PENDING answers a QUERY; a SUBMIT or SAGA waits for the decision
+         * (STUCK is as final as a saga gets for its client: it completes). */
+        if (m->hdr.type == WIRE_OUTCOME && m->hdr.code == TREATY_STATUS_PENDING && p->type != WIRE_QUERY)
             continue;
         pending_complete(p, m);
     }
@@ -559,11 +775,11 @@ static int wait_for(struct treaty_client *c, struct pending *p)
     }
 }
 
-static int blocking_request(struct treaty_client *c, uint8_t type, const treaty_txn_t *t, const treaty_txid_t *id,
-                            int timeout_ms, treaty_outcome_t *out)
+static int blocking_request(struct treaty_client *c, uint8_t type, const treaty_txn_t *t, const struct treaty_saga *s,
+                            const treaty_txid_t *id, int timeout_ms, treaty_outcome_t *out)
 {
     struct pending *p;
-    int rc = pending_new(type, t, id, timeout_ms, &p);
+    int rc = pending_new(type, t, s, id, timeout_ms, &p);
     if (rc < 0)
         return rc;
     int64_t now = now_ms();
@@ -600,7 +816,7 @@ int treaty_client_submit(treaty_client_t *c, const treaty_txn_t *t, int timeout_
     int rc = check_txn(c, t);
     if (rc < 0)
         return rc;
-    return blocking_request(c, WIRE_SUBMIT, t, &t->id, timeout_ms, out);
+    return blocking_request(c, WIRE_SUBMIT, t, NULL, &t->id, timeout_ms, out);
 }
 
 int treaty_client_query(treaty_client_t *c, const treaty_txid_t *id, int timeout_ms, treaty_outcome_t *out)
@@ -609,19 +825,15 @@ int treaty_client_query(treaty_client_t *c, const treaty_txid_t *id, int timeout
         outcome_init(out, id);
     if (c == NULL || id == NULL || out == NULL || check_timeout(timeout_ms) < 0)
         return TREATY_EINVAL;
-    return blocking_request(c, WIRE_QUERY, NULL, id, timeout_ms, out);
+    return blocking_request(c, WIRE_QUERY, NULL, NULL, id, timeout_ms, out);
 }
 
-int treaty_client_submit_async(treaty_client_t *c, const treaty_txn_t *t, int timeout_ms, treaty_outcome_fn cb,
-                               void *arg)
+/* Links and sends a request whose outcome goes to cb in treaty_client_process. */
+static int async_request(struct treaty_client *c, uint8_t type, const treaty_txn_t *t, const struct treaty_saga *s,
+                         const treaty_txid_t *id, int timeout_ms, treaty_outcome_fn cb, void *arg)
 {
-    if (c == NULL || t == NULL || cb == NULL || check_timeout(timeout_ms) < 0)
-        return TREATY_EINVAL;
-    int rc = check_txn(c, t);
-    if (rc < 0)
-        return rc;
     struct pending *p;
-    rc = pending_new(WIRE_SUBMIT, t, &t->id, timeout_ms, &p);
+    int rc = pending_new(type, t, s, id, timeout_ms, &p);
     if (rc < 0)
         return rc;
     p->async = true;
@@ -632,6 +844,49 @@ int treaty_client_submit_async(treaty_client_t *c, const treaty_txn_t *t, int ti
     pending_link(c, p);
     pending_send(c, p, now);
     return 0;
+}
+
+int treaty_client_submit_async(treaty_client_t *c, const treaty_txn_t *t, int timeout_ms, treaty_outcome_fn cb,
+                               void *arg)
+{
+    if (c == NULL || t == NULL || cb == NULL || check_timeout(timeout_ms) < 0)
+        return TREATY_EINVAL;
+    int rc = check_txn(c, t);
+    if (rc < 0)
+        return rc;
+    return async_request(c, WIRE_SUBMIT, t, NULL, &t->id, timeout_ms, cb, arg);
+}
+
+static int check_saga(struct treaty_client *c, const struct treaty_saga *s)
+{
+    if (s->nsteps == 0) {
+        client_errorf(c, "saga has no steps");
+        return TREATY_EINVAL;
+    }
+    return 0;
+}
+
+int treaty_client_run_saga(treaty_client_t *c, const treaty_saga_t *s, int timeout_ms, treaty_outcome_t *out)
+{
+    if (out != NULL)
+        outcome_init(out, s != NULL ? &s->id : NULL);
+    if (c == NULL || s == NULL || out == NULL || check_timeout(timeout_ms) < 0)
+        return TREATY_EINVAL;
+    int rc = check_saga(c, s);
+    if (rc < 0)
+        return rc;
+    return blocking_request(c, WIRE_SAGA, NULL, s, &s->id, timeout_ms, out);
+}
+
+int treaty_client_run_saga_async(treaty_client_t *c, const treaty_saga_t *s, int timeout_ms, treaty_outcome_fn cb,
+                                 void *arg)
+{
+    if (c == NULL || s == NULL || cb == NULL || check_timeout(timeout_ms) < 0)
+        return TREATY_EINVAL;
+    int rc = check_saga(c, s);
+    if (rc < 0)
+        return rc;
+    return async_request(c, WIRE_SAGA, NULL, s, &s->id, timeout_ms, cb, arg);
 }
 
 int treaty_client_fd(const treaty_client_t *c)

@@ -51,6 +51,12 @@ const char *treaty_status_name(enum treaty_status s)
         return "pending";
     case TREATY_STATUS_UNKNOWN:
         return "unknown";
+    case TREATY_STATUS_COMPLETED:
+        return "completed";
+    case TREATY_STATUS_COMPENSATED:
+        return "compensated";
+    case TREATY_STATUS_STUCK:
+        return "stuck";
     }
     return "?";
 }

@@ -11,6 +11,9 @@
  *   coord.before_decision        all YES votes in, COMMIT record not yet appended
  *   coord.after_commit_durable   COMMIT record durable, nothing sent yet
  *   coord.between_commit_sends   first COMMIT sent, the others not yet
+ *   coord.saga_between_groups    saga forward: a group finished, the next not started
+ *   coord.saga_after_turn        saga turn record durable, no compensation sent yet
+ *   coord.saga_during_compensation  right after a compensation was sent
  *   participant.after_prepare    PREPARE TRANSACTION done, vote not yet sent
  *   participant.before_commit    COMMIT received, COMMIT PREPARED not yet run
  *   participant.after_commit     COMMIT PREPARED done, ACK not yet sent

@@ -1,6 +1,6 @@
 /*
- * participant.c - treaty_participant_*: serve PREPARE / COMMIT / ABORT for
- * one service instance.
+ * participant.c - treaty_participant_*: serve PREPARE / COMMIT / ABORT and
+ * saga STEPs for one service instance.
  *
  * Lifecycle of a participant
  *   1. new: a DEALER socket (own ZeroMQ context) connects to the coordinator.
@@ -17,6 +17,15 @@
  *      error: no vote; the coordinator's prepare timeout then aborts).
  *      COMMIT / ABORT -> handler -> ACK when it returned 0 (else no ACK: the
  *      coordinator re-sends the decision).
+ *      A participant made without 2PC handlers (saga only) votes NO to every
+ *      PREPARE and acknowledges ABORT (nothing was applied).
+ *   4b. STEP (action or compensation, by name) -> the handler registered
+ *      under that name and kind -> RESULT ok / failed / transient, echoing
+ *      txid, step and attempt. A RESULT is always sent: a transient one tells
+ *      the coordinator to retry with backoff now rather than after its try
+ *      timeout. No handler of that name: an action fails (the saga turns
+ *      around), a compensation is transient (retried until someone deploys
+ *      the handler; the saga shows as stuck meanwhile).
  *   5. destroy: stop the thread if started, close the socket.
  *
  * Durability lives in the handlers, not here: this file only moves messages.
@@ -28,6 +37,9 @@
  *   - crash after COMMIT/ABORT was applied, before the ACK left: the
  *     coordinator re-sends the decision; the handler applies it again
  *     (idempotent) and ACKs.
+ *   - crash after a step handler returned, before the RESULT left: the
+ *     coordinator's try timeout re-sends the STEP; the handler sees it again
+ *     and must answer as the first time (pg.c's barrier does exactly that).
  *
  * Threading: the socket is created by new() on the caller's thread. After
  * treaty_participant_start() the SDK thread owns it exclusively until
@@ -67,10 +79,23 @@
 #define PARTICIPANT_MAX_PAYLOAD (64u * 1024u * 1024u)
 #define PARTICIPANT_ERRMSG_MAX 256
 
+/* One registered saga handler. */
+struct step_handler {
+    enum participant_step_kind kind;
+    char name[WIRE_NAME_MAX + 1];
+    size_t name_len;
+    treaty_step_fn fn;
+    void *arg;
+    void (*free_arg)(void *);
+};
+
 struct treaty_participant {
     char service[WIRE_NAME_MAX + 1];
     char instance[WIRE_NAME_MAX + 1];
     treaty_handlers_t h;
+    bool has_2pc; /* h was given; without it every PREPARE is voted NO */
+    struct step_handler *steps; /* saga handlers, set before start */
+    size_t nsteps, cap_steps;
     struct participant_ext ext;
 
     void *ctx;
@@ -167,8 +192,8 @@ int treaty_participant_new(const char *endpoint, const char *service, const char
     if (out == NULL)
         return TREATY_EINVAL;
     *out = NULL;
-    if (endpoint == NULL || *endpoint == '\0' || !name_ok(service) || !name_ok(instance) || h == NULL ||
-        h->prepare == NULL || h->commit == NULL || h->abort == NULL)
+    if (endpoint == NULL || *endpoint == '\0' || !name_ok(service) || !name_ok(instance) ||
+        (h != NULL && (h->prepare == NULL || h->commit == NULL || h->abort == NULL)))
         return TREATY_EINVAL;
 
     struct treaty_participant *p = calloc(1, sizeof *p);
@@ -176,7 +201,10 @@ int treaty_participant_new(const char *endpoint, const char *service, const char
         return TREATY_ENOMEM;
     snprintf(p->service, sizeof p->service, "%s", service);
     snprintf(p->instance, sizeof p->instance, "%s", instance);
-    p->h = *h;
+    if (h != NULL) {
+        p->h = *h;
+        p->has_2pc = true;
+    }
     p->heartbeat_ms = PARTICIPANT_HEARTBEAT_MS;
     p->sweep_ms = PARTICIPANT_SWEEP_MS;
     p->next_hello = participant_now_ms(); /* due at the first turn */
@@ -237,11 +265,94 @@ void treaty_participant_destroy(treaty_participant_t **pp)
         treaty_participant_stop(p);
     zmq_close(p->sock); /* ZMQ_LINGER 0: unsent replies are dropped; the coordinator re-sends */
     zmq_ctx_term(p->ctx);
+    for (size_t i = 0; i < p->nsteps; i++)
+        if (p->steps[i].free_arg != NULL)
+            p->steps[i].free_arg(p->steps[i].arg);
+    free(p->steps);
     if (p->ext.on_destroy != NULL)
         p->ext.on_destroy(p->ext.arg);
     pthread_mutex_destroy(&p->err_lock);
     free(p);
     *pp = NULL;
+}
+
+/* ---------------------------------------------------------- saga handlers */
+
+int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
+                         treaty_step_fn fn, void *arg, void (*free_arg)(void *))
+{
+    int rc;
+    if (p == NULL || fn == NULL || !name_ok(name) ||
+        (kind != PARTICIPANT_ACTION && kind != PARTICIPANT_COMPENSATION)) {
+        rc = TREATY_EINVAL;
+        goto fail;
+    }
+    if (atomic_load(&p->running)) {
+        rc = TREATY_ESTATE; /* the SDK thread reads the table without a lock */
+        goto fail;
+    }
+    size_t len = strlen(name);
+    for (size_t i = 0; i < p->nsteps; i++) {
+        struct step_handler *e = &p->steps[i];
+        if (e->kind == kind && e->name_len == len && memcmp(e->name, name, len) == 0) {
+            if (e->free_arg != NULL)
+                e->free_arg(e->arg);
+            e->fn = fn;
+            e->arg = arg;
+            e->free_arg = free_arg;
+            return 0;
+        }
+    }
+    if (p->nsteps == p->cap_steps) {
+        size_t cap = p->cap_steps ? p->cap_steps * 2 : 8;
+        struct step_handler *n = realloc(p->steps, cap * sizeof *n);
+        if (n == NULL) {
+            rc = TREATY_ENOMEM;
+            goto fail;
+        }
+        p->steps = n;
+        p->cap_steps = cap;
+    }
+    struct step_handler *e = &p->steps[p->nsteps++];
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    memcpy(e->name, name, len);
+    e->name_len = len;
+    e->fn = fn;
+    e->arg = arg;
+    e->free_arg = free_arg;
+    return 0;
+
+fail:
+    if (free_arg != NULL)
+        free_arg(arg);
+    return rc;
+}
+
+int treaty_participant_on_action(treaty_participant_t *p, const char *name, treaty_step_fn fn, void *arg)
+{
+    return participant_add_step(p, PARTICIPANT_ACTION, name, fn, arg, NULL);
+}
+
+int treaty_participant_on_compensation(treaty_participant_t *p, const char *name, treaty_step_fn fn, void *arg)
+{
+    return participant_add_step(p, PARTICIPANT_COMPENSATION, name, fn, arg, NULL);
+}
+
+static const struct step_handler *find_step(const struct treaty_participant *p, unsigned kind, const uint8_t *name,
+                                            size_t len)
+{
+    for (size_t i = 0; i < p->nsteps; i++) {
+        const struct step_handler *e = &p->steps[i];
+        if ((unsigned)e->kind == kind && e->name_len == len && memcmp(e->name, name, len) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+const struct participant_ext *participant_get_ext(const treaty_participant_t *p)
+{
+    return &p->ext;
 }
 
 /* ------------------------------------------------------------- messages */
@@ -320,7 +431,13 @@ static void on_prepare(struct treaty_participant *p, const struct wire_msg *m)
     b.len = m->frames[0].len;
     reason[0] = '\0';
     unsigned seq = atomic_load(&p->err_seq);
-    int rc = p->h.prepare(p->h.arg, &b, reason);
+    int rc;
+    if (p->has_2pc) {
+        rc = p->h.prepare(p->h.arg, &b, reason);
+    } else {
+        rc = TREATY_VOTE_NO; /* nothing was done: NO is the truth (presumed abort) */
+        snprintf(reason, sizeof reason, "this participant does not take part in 2PC");
+    }
     reason[TREATY_REASON_MAX - 1] = '\0';
     if (rc < 0) {
         if (atomic_load(&p->err_seq) == seq) /* keep the handler's own, better words */
@@ -353,8 +470,15 @@ static void on_decision(struct treaty_participant *p, const struct wire_msg *m)
     bool commit = m->hdr.type == WIRE_COMMIT;
 
     branch_of(m, &b);
+    if (!p->has_2pc && commit) {
+        /* We vote NO to every PREPARE, so no coordinator can decide commit. */
+        atomic_fetch_add(&p->dropped, 1);
+        participant_errorf(p, "dropped COMMIT %s:%u: this participant does not take part in 2PC",
+                           txid_str(m->hdr.txid, ids), b.branch);
+        return;
+    }
     unsigned seq = atomic_load(&p->err_seq);
-    int rc = commit ? p->h.commit(p->h.arg, &b) : p->h.abort(p->h.arg, &b);
+    int rc = !p->has_2pc ? 0 : commit ? p->h.commit(p->h.arg, &b) : p->h.abort(p->h.arg, &b);
     if (rc < 0) {
         if (atomic_load(&p->err_seq) == seq)
             participant_errorf(p, "%s %s:%u not acknowledged: %s", commit ? "commit" : "abort",
@@ -366,6 +490,73 @@ static void on_decision(struct treaty_participant *p, const struct wire_msg *m)
     uint16_t code = commit ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED;
     if (send_msg(p, WIRE_ACK, m->hdr.txid, m->hdr.branch, m->hdr.attempt, code, NULL, 0) < 0)
         participant_errorf(p, "ACK %s:%u not sent: %s", txid_str(m->hdr.txid, ids), b.branch, zmq_strerror(errno));
+}
+
+/* STEP -> handler -> RESULT. */
+static void on_step(struct treaty_participant *p, const struct wire_msg *m)
+{
+    char reason[TREATY_REASON_MAX];
+    char ids[TREATY_TXID_STRLEN];
+    char name[WIRE_NAME_MAX + 1];
+    unsigned kind = m->hdr.code; /* WIRE_STEP_ACTION or _COMPENSATION: checked by the codec */
+    bool action = kind == WIRE_STEP_ACTION;
+    const struct wire_frame *nf = &m->frames[0];
+
+    memcpy(name, nf->data, nf->len); /* a valid name: 1..64 bytes, checked by the codec */
+    name[nf->len] = '\0';
+    reason[0] = '\0';
+    unsigned result;
+    const struct step_handler *e = find_step(p, kind, nf->data, nf->len);
+    if (e == NULL) {
+        /* An action nobody serves cannot succeed: fail it and let the saga
+         * turn around. A compensation must not be given up: transient, so
+         * it is retried until a handler is deployed. */
+        result = action ? WIRE_RESULT_FAILED : WIRE_RESULT_TRANSIENT;
+        snprintf(reason, sizeof reason, "no %s handler named %s", action ? "action" : "compensation", name);
+        participant_errorf(p, "STEP %s:%u: %s", txid_str(m->hdr.txid, ids), m->hdr.branch, reason);
+    } else {
+        treaty_step_t st;
+        memset(&st, 0, sizeof st);
+        memcpy(st.txid.b, m->hdr.txid, TREATY_TXID_LEN);
+        st.step = m->hdr.branch;
+        st.attempt = m->hdr.attempt;
+        st.name = name;
+        st.payload = m->frames[1].len > 0 ? (const void *)m->frames[1].data : (const void *)"";
+        st.len = m->frames[1].len;
+        unsigned seq = atomic_load(&p->err_seq);
+        int rc = e->fn(e->arg, &st, reason);
+        reason[TREATY_REASON_MAX - 1] = '\0';
+        if (rc == TREATY_STEP_OK) {
+            result = WIRE_RESULT_OK;
+            reason[0] = '\0';
+        } else if (rc == TREATY_STEP_FAILED && action) {
+            result = WIRE_RESULT_FAILED;
+            if (reason[0] == '\0')
+                snprintf(reason, sizeof reason, "action %s failed", name);
+        } else {
+            result = WIRE_RESULT_TRANSIENT;
+            if (rc == TREATY_STEP_FAILED) {
+                if (reason[0] == '\0')
+                    snprintf(reason, sizeof reason, "compensation %s failed (retried: a compensation must succeed)",
+                             name);
+            } else if (rc >= 0) {
+                snprintf(reason, sizeof reason, "%s handler %s returned %d, not a step result",
+                         action ? "action" : "compensation", name, rc);
+            } else if (reason[0] == '\0') {
+                snprintf(reason, sizeof reason, "%s: %s", treaty_err_name(rc), treaty_strerror(rc));
+            }
+            if (atomic_load(&p->err_seq) == seq) /* keep the handler's own words */
+                participant_errorf(p, "%s %s %s:%u transient: %s", action ? "action" : "compensation", name,
+                                   txid_str(m->hdr.txid, ids), m->hdr.branch, reason);
+        }
+    }
+    /* If we crash (or the send fails) here, the step's effect stays and the
+     * RESULT is lost: the coordinator re-sends the STEP after its try
+     * timeout, and the (idempotent) handler answers it again. */
+    struct wire_frame f = wire_str(reason);
+    if (send_msg(p, WIRE_RESULT, m->hdr.txid, m->hdr.branch, m->hdr.attempt, WIRE_RESULT(kind, result), &f, 1) < 0)
+        participant_errorf(p, "RESULT %s:%u not sent: %s", txid_str(m->hdr.txid, ids), m->hdr.branch,
+                           zmq_strerror(errno));
 }
 
 static void handle(struct treaty_participant *p, const struct wire_msg *m)
@@ -381,6 +572,9 @@ static void handle(struct treaty_participant *p, const struct wire_msg *m)
     case WIRE_COMMIT:
     case WIRE_ABORT:
         on_decision(p, m);
+        return;
+    case WIRE_STEP:
+        on_step(p, m);
         return;
     case WIRE_ERROR:
         wire_copy_text(&m->frames[0], text, sizeof text);
@@ -455,6 +649,11 @@ static bool on_own_thread(const struct treaty_participant *p)
 static bool may_use_socket(const struct treaty_participant *p)
 {
     return !atomic_load(&((struct treaty_participant *)p)->running) || on_own_thread(p);
+}
+
+bool participant_on_owner_thread(const treaty_participant_t *p)
+{
+    return may_use_socket(p);
 }
 
 int treaty_participant_fd(const treaty_participant_t *p)

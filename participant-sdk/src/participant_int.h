@@ -36,6 +36,26 @@ void participant_set_ext(treaty_participant_t *p, const struct participant_ext *
 /* Sets the in-doubt sweep period (ms, > 0). Before start only. */
 void participant_set_sweep_ms(treaty_participant_t *p, int ms);
 
+/* Kinds of saga step handlers (the values of WIRE_STEP_*). */
+enum participant_step_kind { PARTICIPANT_ACTION = 1, PARTICIPANT_COMPENSATION = 2 };
+
+/*
+ * Registers fn under name for kind, replacing an earlier registration of the
+ * same name and kind. free_arg (may be NULL) releases arg when the
+ * registration is replaced or the participant destroyed, and also when this
+ * call fails: from the call on, the participant owns arg. Before start only.
+ * 0, TREATY_EINVAL, TREATY_ENOMEM, TREATY_ESTATE (started).
+ */
+int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
+                         treaty_step_fn fn, void *arg, void (*free_arg)(void *));
+
+/* The extension installed with participant_set_ext (all NULL when none). */
+const struct participant_ext *participant_get_ext(const treaty_participant_t *p);
+
+/* True when the calling thread may use the participant's socket and its
+ * extension's state: the participant is not started, or this is its thread. */
+bool participant_on_owner_thread(const treaty_participant_t *p);
+
 /* Writes the handle's error text (what treaty_participant_errmsg returns). */
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))

@@ -1,6 +1,7 @@
 /*
  * pg.c - treaty_pg_participant_new: a participant whose branches are local
- * PostgreSQL transactions ended by PREPARE TRANSACTION.
+ * PostgreSQL transactions ended by PREPARE TRANSACTION; and treaty_pg_on_action
+ * / treaty_pg_on_compensation: saga steps run through the barrier.
  *
  * Every branch has a global transaction id (gid) in Postgres:
  *     treaty:<txid as lowercase uuid>:<branch>
@@ -26,12 +27,24 @@
  *      treaty:* prepared transaction of this database is INQUIREd; the answer
  *      comes back as COMMIT or ABORT (steps 2/3).
  *
+ * Saga steps (branch = step index) go through the same barrier table, rows
+ * (txid, step, 'action') and (txid, step, 'compensation'), each written in
+ * the one local transaction that also holds the step's business change, on
+ * the participant's own connection. The action row's result column says what
+ * happened: 'ok', 'failed' (business failure; its change was rolled back to a
+ * savepoint but the row stays), or 'blocked' (written by a compensation that
+ * came first). See saga_action() and saga_compensation() for the algorithm
+ * and its crash windows. The user's fn never sees BEGIN or COMMIT: it gets the
+ * connection inside the transaction, and if it ends that transaction itself
+ * the step is answered as transient with a reason that says so.
+ *
  * The PGconn belongs to the participant's thread: handlers and the sweep run
  * there only. When the connection breaks (Postgres restarted), handlers
  * reconnect with capped exponential backoff and return TREATY_EPG meanwhile,
  * so no vote or ACK is sent and the coordinator's re-sends / timeouts carry
  * the protocol forward.
  */
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +62,7 @@
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
 #define PG_BARRIER_LOCK_TIMEOUT "5s"             /* waiting on a barrier row another session holds */
+#define PG_SCHEMA_LOCK_TIMEOUT "2s"              /* waiting to upgrade the barrier table */
 #define PG_SCHEMA_LOCK_KEY "7596536934174785537" /* advisory lock around CREATE TABLE */
 #define SQLSTATE_UNDEFINED_OBJECT "42704"
 #define SQLSTATE_LOCK_NOT_AVAILABLE "55P03"
@@ -56,9 +70,11 @@
 struct pgp {
     treaty_participant_t *p; /* the participant that owns this */
     PGconn *conn;
-    treaty_pg_work_fn work;
+    treaty_pg_work_fn work; /* NULL: saga steps only, every PREPARE is voted NO */
     void *arg;
-    bool schema_ready;
+    bool schema_ready; /* the barrier table exists (2PC can run) */
+    bool saga_ready;   /* ... and has the version 2 columns (saga steps can run) */
+    char last_err[TREATY_REASON_MAX]; /* the last text given to errmsg: a failed step's reason */
     int backoff_ms;
     int64_t next_reset; /* monotonic ms: earliest next reconnect */
 };
@@ -122,6 +138,22 @@ static const char *sqlstate(const PGresult *r)
     return s != NULL ? s : "";
 }
 
+/* Writes a text to errmsg and keeps it in g->last_err (for a step's reason). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void note(struct pgp *g, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->last_err, sizeof g->last_err, fmt, ap);
+    va_end(ap);
+    for (char *c = g->last_err; *c; c++) /* one line: libpq's messages span several */
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    participant_errorf(g->p, "%s", g->last_err);
+}
+
 /* Records a failed statement in errmsg: "<what>: <message> (SQLSTATE x)". */
 static void pg_report(struct pgp *g, const char *what, const PGresult *r)
 {
@@ -131,7 +163,7 @@ static void pg_report(struct pgp *g, const char *what, const PGresult *r)
     size_t len = strlen(msg);
     while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
         len--;
-    participant_errorf(g->p, "%s: %.*s (SQLSTATE %s)", what, (int)len, msg, *sqlstate(r) ? sqlstate(r) : "none");
+    note(g, "%s: %.*s (SQLSTATE %s)", what, (int)len, msg, *sqlstate(r) ? sqlstate(r) : "none");
 }
 
 /* Runs a command that returns no rows. 0, or TREATY_EPG (reported). */
@@ -156,9 +188,16 @@ static void rollback(struct pgp *g)
         PQclear(PQexec(g->conn, "ROLLBACK"));
 }
 
-/* Creates the barrier table if missing. Concurrent instances sharing a
- * database serialize on an advisory lock (CREATE TABLE IF NOT EXISTS alone
- * races on the catalog). */
+/* Creates the barrier table if missing, or upgrades it. Concurrent instances
+ * sharing a database serialize on an advisory lock (CREATE TABLE IF NOT
+ * EXISTS alone races on the catalog).
+ *
+ * The DDL runs only when something is missing: ALTER TABLE and CREATE INDEX
+ * wait for every lock on the table, and the prepared transactions of in-doubt
+ * branches hold one until they are decided - which needs this participant
+ * running. So the DDL runs under a lock_timeout, and when an upgrade of an
+ * existing table cannot get its lock, 2PC goes on (it needs no new column)
+ * and saga steps answer transient until a later try succeeds. */
 static int create_schema(struct pgp *g)
 {
     if (exec_cmd(g, "BEGIN (barrier schema)", "BEGIN") < 0)
@@ -170,11 +209,43 @@ static int create_schema(struct pgp *g)
         goto fail;
     }
     PQclear(r);
-    if (exec_cmd(g, "create treaty_barrier", sql_barrier) < 0)
+    r = PQexec(g->conn, "SELECT to_regclass('treaty_barrier') IS NOT NULL, "
+                        "to_regclass('treaty_barrier_created') IS NOT NULL AND "
+                        "(SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('treaty_barrier') "
+                        "AND attname IN ('result', 'reason') AND NOT attisdropped) = 2");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pg_report(g, "inspect treaty_barrier", r);
+        PQclear(r);
         goto fail;
+    }
+    bool exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    bool current = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    PQclear(r);
+    if (!current) {
+        if (exec_cmd(g, "set lock_timeout (barrier schema)",
+                     "SET LOCAL lock_timeout = '" PG_SCHEMA_LOCK_TIMEOUT "'") < 0)
+            goto fail;
+        r = PQexec(g->conn, sql_barrier);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            bool locked = strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0;
+            pg_report(g, locked ? "upgrade treaty_barrier (its lock is held, e.g. by prepared transactions; saga "
+                                  "steps wait for the upgrade)"
+                                : "create treaty_barrier",
+                      r);
+            PQclear(r);
+            if (locked && exists) {
+                rollback(g);
+                g->schema_ready = true; /* 2PC works on the old table */
+                return 0;
+            }
+            goto fail;
+        }
+        PQclear(r);
+    }
     if (exec_cmd(g, "COMMIT (barrier schema)", "COMMIT") < 0)
         goto fail;
     g->schema_ready = true;
+    g->saga_ready = true;
     return 0;
 fail:
     rollback(g);
@@ -189,7 +260,7 @@ static int pg_ready(struct pgp *g)
     if (PQstatus(g->conn) != CONNECTION_OK) {
         int64_t now = participant_now_ms();
         if (now < g->next_reset) {
-            participant_errorf(g->p, "database unavailable; reconnecting in %lld ms", (long long)(g->next_reset - now));
+            note(g, "database unavailable; reconnecting in %lld ms", (long long)(g->next_reset - now));
             return TREATY_EPG;
         }
         PQreset(g->conn);
@@ -343,6 +414,10 @@ fail_rollback:
 static int pg_prepare(void *arg, const treaty_branch_t *b, char *reason)
 {
     struct pgp *g = arg;
+    if (g->work == NULL) {
+        snprintf(reason, TREATY_REASON_MAX, "this participant does not take part in 2PC");
+        return TREATY_VOTE_NO;
+    }
     for (int attempt = 0;; attempt++) {
         int rc = pg_ready(g);
         if (rc < 0)
@@ -483,7 +558,7 @@ int treaty_pg_participant_new(const char *endpoint, const char *service, const c
     if (out == NULL)
         return TREATY_EINVAL;
     *out = NULL;
-    if (conninfo == NULL || work == NULL)
+    if (conninfo == NULL)
         return TREATY_EINVAL;
 
     struct pgp *g = calloc(1, sizeof *g);
@@ -513,7 +588,7 @@ int treaty_pg_participant_new(const char *endpoint, const char *service, const c
         rc = TREATY_EPG;
         goto fail_db;
     }
-    rc = check_server(g);
+    rc = work != NULL ? check_server(g) : 0; /* saga only: no PREPARE TRANSACTION */
     if (rc < 0)
         goto fail_db;
     rc = create_schema(g);
@@ -533,4 +608,456 @@ fail_conn:
 fail_participant:
     free(g);
     return rc;
+}
+
+/* ------------------------------------------------------------ saga steps */
+
+/*
+ * Action of step k of saga t (one local transaction on g->conn):
+ *   BEGIN; INSERT (t, k, 'action', result NULL) ON CONFLICT DO NOTHING
+ *     conflict: a duplicate, or a compensation came first. Read the row's
+ *       result, ROLLBACK and answer from it: 'ok' -> OK, 'failed' -> FAILED
+ *       with the stored reason, 'blocked' -> FAILED (hanging action refused).
+ *   SAVEPOINT treaty_step; fn()
+ *     OK     -> result = 'ok'; COMMIT -> OK
+ *     FAILED -> ROLLBACK TO SAVEPOINT (the business change goes, the row
+ *               stays); result = 'failed', reason; COMMIT -> FAILED
+ *     error  -> ROLLBACK (no row: the next try starts afresh) -> transient
+ * Crash windows: before COMMIT nothing happened (the server rolls back); after
+ * it, before the RESULT left, the coordinator re-sends the STEP and the
+ * conflict path answers with the first result.
+ *
+ * Compensation of step k:
+ *   BEGIN; INSERT (t, k, 'compensation') ON CONFLICT DO NOTHING
+ *     conflict: already compensated -> ROLLBACK -> OK
+ *   INSERT (t, k, 'action', 'blocked') ON CONFLICT DO NOTHING
+ *     inserted: the action never ran here; it never will (refused above).
+ *       COMMIT -> OK (null compensation)
+ *   the action row's result: 'failed' or 'blocked' -> nothing to undo ->
+ *     COMMIT -> OK; otherwise fn(): OK -> COMMIT -> OK, else ROLLBACK ->
+ *     transient (the coordinator retries with backoff).
+ * Crash windows as for the action: the compensation row commits with the
+ * undo, so a re-sent compensation after a crash is answered OK, undone once.
+ *
+ * Two instances of the service sharing the database serialize on the barrier
+ * row (the second INSERT waits for the first transaction); lock_timeout
+ * bounds that wait, and the loser answers transient.
+ *
+ * fn must not end the transaction. PQtransactionStatus after fn catches a
+ * COMMIT or ROLLBACK; the final UPDATE of the barrier row names the
+ * transaction id read at the INSERT, which catches "COMMIT; BEGIN". Either
+ * way the try is answered transient. (If fn did COMMIT, the barrier row was
+ * committed with no result: later duplicates of the action stay transient, and
+ * its compensation runs fn, since the business change may be there.)
+ */
+
+#define PG_STEP_SAVEPOINT "treaty_step"
+#define PG_BARRIER_BEGIN "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'"
+
+struct pg_step {
+    struct pgp *g;
+    treaty_pg_step_fn fn;
+    void *arg;
+};
+
+/* The pgp of a participant made by treaty_pg_participant_new, else NULL. */
+static struct pgp *pgp_of(treaty_participant_t *p)
+{
+    const struct participant_ext *ext = participant_get_ext(p);
+    return ext->on_destroy == pg_free ? ext->arg : NULL;
+}
+
+/* Runs a command that returns no rows; on failure the step's reason says why. */
+static int step_cmd(struct pgp *g, char *reason, const char *what, const char *sql)
+{
+    if (exec_cmd(g, what, sql) < 0) {
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_EPG;
+    }
+    return 0;
+}
+
+static int step_fail(struct pgp *g, char *reason, const char *what, PGresult *r)
+{
+    pg_report(g, what, r);
+    PQclear(r);
+    snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+    rollback(g);
+    return TREATY_EPG;
+}
+
+/* After fn: is the step's transaction still open and usable? 0, or a
+ * negative TREATY_E* with the reason set (the transaction rolled back). */
+static int check_fn_txn(struct pgp *g, const char *kind, const treaty_step_t *s, bool ok, char *reason)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(g->conn);
+    if (ts == PQTRANS_UNKNOWN || PQstatus(g->conn) != CONNECTION_OK) {
+        note(g, "connection lost during %s %s of step %u", kind, s->name, s->step);
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_EPG;
+    }
+    if (ts == PQTRANS_IDLE) {
+        note(g, "%s handler %s ended the step's transaction itself (it must not COMMIT or ROLLBACK); "
+                "barrier bypassed, try counted as transient",
+             kind, s->name);
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_ESTATE;
+    }
+    if (ok && ts == PQTRANS_INERROR) {
+        rollback(g);
+        note(g, "%s handler %s returned OK, but a statement in its transaction failed; rolled back", kind, s->name);
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_ESTATE;
+    }
+    return 0;
+}
+
+/* UPDATE of the step's own barrier row, only inside the transaction that
+ * inserted it (xid). 0, or a negative TREATY_E* (rolled back, reason set). */
+static int update_row(struct pgp *g, const char *kind, const treaty_step_t *s, const char *sql, const char *const *pv,
+                      int n, char *reason)
+{
+    PGresult *r = PQexecParams(g->conn, sql, n, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        return step_fail(g, reason, "update barrier row", r);
+    bool same = strcmp(PQcmdTuples(r), "1") == 0;
+    PQclear(r);
+    if (!same) {
+        rollback(g);
+        note(g, "%s handler %s ended the step's transaction itself and began another (it must not COMMIT or "
+                "ROLLBACK); barrier bypassed, try counted as transient",
+             kind, s->name);
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_ESTATE;
+    }
+    return 0;
+}
+
+static int step_commit(struct pgp *g, char *reason)
+{
+    PGresult *r = PQexec(g->conn, "COMMIT");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        return step_fail(g, reason, "COMMIT step", r);
+    bool ok = strcmp(PQcmdStatus(r), "COMMIT") == 0;
+    PQclear(r);
+    if (!ok) { /* the server rolled back instead */
+        note(g, "COMMIT of the step rolled back");
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_EPG;
+    }
+    return 0;
+}
+
+static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
+{
+    struct pgp *g = ps->g;
+    char ids[TREATY_TXID_STRLEN], step[16], xid[32];
+    treaty_txid_format(&s->txid, ids);
+    snprintf(step, sizeof step, "%u", s->step);
+    const char *pk[2] = {ids, step};
+
+    if (step_cmd(g, reason, "BEGIN (action)", PG_BARRIER_BEGIN) < 0)
+        goto fail_rollback;
+    PGresult *r = PQexecParams(g->conn,
+                               "INSERT INTO treaty_barrier (txid, branch, op, result) "
+                               "VALUES ($1::uuid, $2::integer, 'action', NULL) "
+                               "ON CONFLICT DO NOTHING RETURNING pg_current_xact_id()::text",
+                               2, NULL, pk, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        return step_fail(g, reason,
+                         strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0
+                             ? "action barrier row held by another transaction"
+                             : "insert action barrier row",
+                         r);
+    if (PQntuples(r) == 0) {
+        /* A duplicate, or the compensation came first: answer from the row. */
+        PQclear(r);
+        r = PQexecParams(g->conn,
+                         "SELECT result, reason FROM treaty_barrier "
+                         "WHERE txid = $1::uuid AND branch = $2::integer AND op = 'action'",
+                         2, NULL, pk, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            return step_fail(g, reason, "read action barrier row", r);
+        char result[16] = "";
+        bool have = PQntuples(r) == 1 && !PQgetisnull(r, 0, 0);
+        if (have)
+            snprintf(result, sizeof result, "%s", PQgetvalue(r, 0, 0));
+        if (PQntuples(r) == 1 && !PQgetisnull(r, 0, 1))
+            snprintf(reason, TREATY_REASON_MAX, "%s", PQgetvalue(r, 0, 1));
+        PQclear(r);
+        rollback(g);
+        if (strcmp(result, "ok") == 0) {
+            reason[0] = '\0';
+            return TREATY_STEP_OK;
+        }
+        if (strcmp(result, "failed") == 0) {
+            if (reason[0] == '\0')
+                snprintf(reason, TREATY_REASON_MAX, "action %s failed", s->name);
+            return TREATY_STEP_FAILED;
+        }
+        if (strcmp(result, "blocked") == 0) {
+            snprintf(reason, TREATY_REASON_MAX, "compensated before the action arrived (hanging action refused)");
+            return TREATY_STEP_FAILED;
+        }
+        /* No result: only an earlier handler that committed by itself leaves
+         * that (or the row went between the statements). Unknown: transient. */
+        note(g, "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
+                "itself); outcome unknown",
+             s->name, ids, s->step);
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+        return TREATY_ESTATE;
+    }
+    snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (step_cmd(g, reason, "savepoint (action)",
+                 "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT " PG_STEP_SAVEPOINT) < 0)
+        goto fail_rollback;
+
+    /* The business change, in the same transaction as the barrier row. */
+    reason[0] = '\0';
+    int rc = ps->fn(ps->arg, g->conn, s, reason);
+    reason[TREATY_REASON_MAX - 1] = '\0';
+    int bad = check_fn_txn(g, "action", s, rc == TREATY_STEP_OK, reason);
+    if (bad < 0) {
+        rollback(g);
+        return bad;
+    }
+    if (rc == TREATY_STEP_OK) {
+        const char *pv[3] = {ids, step, xid};
+        rc = update_row(g, "action", s,
+                        "UPDATE treaty_barrier SET result = 'ok' WHERE txid = $1::uuid AND branch = $2::integer "
+                        "AND op = 'action' AND pg_current_xact_id() = $3::xid8",
+                        pv, 3, reason);
+        if (rc < 0)
+            return rc;
+        if (step_commit(g, reason) < 0)
+            return TREATY_EPG;
+        /* Durable: the change and its barrier row. If we crash now the
+         * coordinator re-sends the STEP and the duplicate answers OK. */
+        reason[0] = '\0';
+        return TREATY_STEP_OK;
+    }
+    if (rc == TREATY_STEP_FAILED) {
+        /* Keep the barrier row, drop the business change: the failure is
+         * recorded, so the compensation is a proper no-op. */
+        if (reason[0] == '\0')
+            snprintf(reason, TREATY_REASON_MAX, "action %s failed", s->name);
+        char why[TREATY_REASON_MAX];
+        snprintf(why, sizeof why, "%s", reason);
+        PGresult *rr = PQexec(g->conn, "ROLLBACK TO SAVEPOINT " PG_STEP_SAVEPOINT);
+        if (PQresultStatus(rr) != PGRES_COMMAND_OK)
+            return step_fail(g, reason, "the action handler's savepoint is gone (did it end the transaction?)", rr);
+        PQclear(rr);
+        const char *pv[4] = {ids, step, why, xid};
+        rc = update_row(g, "action", s,
+                        "UPDATE treaty_barrier SET result = 'failed', reason = $3 WHERE txid = $1::uuid "
+                        "AND branch = $2::integer AND op = 'action' AND pg_current_xact_id() = $4::xid8",
+                        pv, 4, reason);
+        if (rc < 0)
+            return rc;
+        if (step_commit(g, reason) < 0)
+            return TREATY_EPG;
+        snprintf(reason, TREATY_REASON_MAX, "%s", why);
+        return TREATY_STEP_FAILED;
+    }
+    /* Transient (or not a step result): nothing stays, the next try starts afresh. */
+    rollback(g);
+    return rc;
+
+fail_rollback:
+    rollback(g);
+    return TREATY_EPG;
+}
+
+static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
+{
+    struct pgp *g = ps->g;
+    char ids[TREATY_TXID_STRLEN], step[16], xid[32];
+    treaty_txid_format(&s->txid, ids);
+    snprintf(step, sizeof step, "%u", s->step);
+    const char *pk[2] = {ids, step};
+
+    if (step_cmd(g, reason, "BEGIN (compensation)", PG_BARRIER_BEGIN) < 0)
+        goto fail_rollback;
+    PGresult *r = PQexecParams(g->conn,
+                               "INSERT INTO treaty_barrier (txid, branch, op, result) "
+                               "VALUES ($1::uuid, $2::integer, 'compensation', NULL) "
+                               "ON CONFLICT DO NOTHING RETURNING pg_current_xact_id()::text",
+                               2, NULL, pk, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        return step_fail(g, reason,
+                         strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0
+                             ? "compensation barrier row held by another transaction"
+                             : "insert compensation barrier row",
+                         r);
+    if (PQntuples(r) == 0) {
+        PQclear(r); /* compensated before: a duplicate */
+        rollback(g);
+        return TREATY_STEP_OK;
+    }
+    snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+
+    /* Block the action: if it never ran here, it never will. */
+    r = PQexecParams(g->conn,
+                     "INSERT INTO treaty_barrier (txid, branch, op, result) "
+                     "VALUES ($1::uuid, $2::integer, 'action', 'blocked') ON CONFLICT DO NOTHING",
+                     2, NULL, pk, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        return step_fail(g, reason,
+                         strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0
+                             ? "action barrier row held by another transaction"
+                             : "insert blocking action barrier row",
+                         r);
+    bool blocked = strcmp(PQcmdTuples(r), "1") == 0;
+    PQclear(r);
+    if (blocked) {
+        /* Null compensation: nothing to undo. Durable with the COMMIT; a
+         * re-sent compensation then takes the duplicate path. */
+        if (step_commit(g, reason) < 0)
+            return TREATY_EPG;
+        return TREATY_STEP_OK;
+    }
+    r = PQexecParams(g->conn,
+                     "SELECT result FROM treaty_barrier WHERE txid = $1::uuid AND branch = $2::integer AND op = 'action'",
+                     2, NULL, pk, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            PQclear(r);
+            rollback(g);
+            note(g, "action barrier row of %s step %u vanished during its compensation", ids, s->step);
+            snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+            return TREATY_ESTATE;
+        }
+        return step_fail(g, reason, "read action barrier row", r);
+    }
+    bool undo = PQgetisnull(r, 0, 0) || strcmp(PQgetvalue(r, 0, 0), "ok") == 0;
+    PQclear(r);
+    if (!undo) {
+        /* 'failed' (its change rolled back) or 'blocked': nothing to undo. */
+        if (step_commit(g, reason) < 0)
+            return TREATY_EPG;
+        return TREATY_STEP_OK;
+    }
+    if (step_cmd(g, reason, "reset lock_timeout (compensation)", "SET LOCAL lock_timeout TO DEFAULT") < 0)
+        goto fail_rollback;
+
+    reason[0] = '\0';
+    int rc = ps->fn(ps->arg, g->conn, s, reason);
+    reason[TREATY_REASON_MAX - 1] = '\0';
+    int bad = check_fn_txn(g, "compensation", s, rc == TREATY_STEP_OK, reason);
+    if (bad < 0) {
+        rollback(g);
+        return bad;
+    }
+    if (rc != TREATY_STEP_OK) {
+        rollback(g); /* retried by the coordinator */
+        return rc;
+    }
+    const char *pv[3] = {ids, step, xid};
+    rc = update_row(g, "compensation", s,
+                    "UPDATE treaty_barrier SET result = 'ok' WHERE txid = $1::uuid AND branch = $2::integer "
+                    "AND op = 'compensation' AND pg_current_xact_id() = $3::xid8",
+                    pv, 3, reason);
+    if (rc < 0)
+        return rc;
+    if (step_commit(g, reason) < 0)
+        return TREATY_EPG;
+    /* Durable: the undo and the compensation row. A re-sent compensation
+     * after a crash here takes the duplicate path. */
+    reason[0] = '\0';
+    return TREATY_STEP_OK;
+
+fail_rollback:
+    rollback(g);
+    return TREATY_EPG;
+}
+
+static int pg_step(struct pg_step *ps, const treaty_step_t *s, char *reason, bool action)
+{
+    struct pgp *g = ps->g;
+    for (int attempt = 0;; attempt++) {
+        reason[0] = '\0';
+        int rc = pg_ready(g);
+        if (rc == 0 && !g->saga_ready && create_schema(g) == 0 && !g->saga_ready)
+            rc = TREATY_EPG; /* the upgrade is still blocked; create_schema said why */
+        if (rc < 0) {
+            snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+            return rc;
+        }
+        rc = action ? action_once(ps, s, reason) : compensation_once(ps, s, reason);
+        /* A broken connection rolled back whatever was open, or committed it
+         * (then the retry takes the duplicate path): retry once at once. */
+        if (rc != TREATY_EPG || attempt > 0 || !conn_broke(g))
+            return rc;
+    }
+}
+
+static int pg_action(void *arg, const treaty_step_t *s, char *reason)
+{
+    return pg_step(arg, s, reason, true);
+}
+
+static int pg_compensation(void *arg, const treaty_step_t *s, char *reason)
+{
+    return pg_step(arg, s, reason, false);
+}
+
+static int pg_register(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
+                       treaty_pg_step_fn fn, void *arg)
+{
+    if (p == NULL || fn == NULL)
+        return TREATY_EINVAL;
+    struct pgp *g = pgp_of(p);
+    if (g == NULL) {
+        participant_errorf(p, "treaty_pg_on_%s: not a participant made by treaty_pg_participant_new",
+                           kind == PARTICIPANT_ACTION ? "action" : "compensation");
+        return TREATY_EINVAL;
+    }
+    struct pg_step *ps = calloc(1, sizeof *ps);
+    if (ps == NULL)
+        return TREATY_ENOMEM;
+    ps->g = g;
+    ps->fn = fn;
+    ps->arg = arg;
+    return participant_add_step(p, kind, name, kind == PARTICIPANT_ACTION ? pg_action : pg_compensation, ps, free);
+}
+
+int treaty_pg_on_action(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg)
+{
+    return pg_register(p, PARTICIPANT_ACTION, name, fn, arg);
+}
+
+int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg)
+{
+    return pg_register(p, PARTICIPANT_COMPENSATION, name, fn, arg);
+}
+
+long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s)
+{
+    if (p == NULL)
+        return TREATY_EINVAL;
+    struct pgp *g = pgp_of(p);
+    if (g == NULL)
+        return TREATY_EINVAL;
+    if (!participant_on_owner_thread(p))
+        return TREATY_ESTATE; /* the connection belongs to the participant's thread */
+    if (PQstatus(g->conn) == CONNECTION_OK && PQtransactionStatus(g->conn) != PQTRANS_IDLE)
+        return TREATY_ESTATE; /* inside a handler's transaction: not ours to end */
+    if (pg_ready(g) < 0)
+        return TREATY_EPG;
+    char secs[16];
+    snprintf(secs, sizeof secs, "%u", older_than_s);
+    const char *pv[1] = {secs};
+    /* Rows of prepared (undecided) branches are not visible, so they stay. */
+    PGresult *r = PQexecParams(g->conn, "DELETE FROM treaty_barrier WHERE created_at < now() - $1::bigint * interval '1 second'",
+                               1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pg_report(g, "purge barrier rows", r);
+        PQclear(r);
+        return TREATY_EPG;
+    }
+    long n = atol(PQcmdTuples(r));
+    PQclear(r);
+    return n;
 }

@@ -10,7 +10,7 @@
 
 static const char *const type_names[] = {
     "?",       "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR",
-    "PREPARE", "VOTE",  "COMMIT",  "ABORT",  "ACK",   "INQUIRE",
+    "PREPARE", "VOTE",  "COMMIT",  "ABORT",  "ACK",   "INQUIRE", "SAGA", "STEP", "RESULT",
 };
 
 const char *wire_type_name(int type)
@@ -45,6 +45,33 @@ bool wire_get_u32(const struct wire_frame *f, uint32_t *v)
         return false;
     const uint8_t *b = f->data;
     *v = ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+    return true;
+}
+
+void wire_encode_policy(const struct wire_policy *p, uint8_t b[WIRE_POLICY_LEN])
+{
+    put_u16(b, p->group);
+    put_u16(b + 2, p->max_attempts);
+    wire_put_u32(b + 4, p->first_backoff_ms);
+    wire_put_u32(b + 8, p->max_backoff_ms);
+    wire_put_u32(b + 12, p->try_timeout_ms);
+}
+
+bool wire_decode_policy(const struct wire_frame *f, struct wire_policy *out)
+{
+    if (f->len != WIRE_POLICY_LEN)
+        return false;
+    const uint8_t *b = f->data;
+    struct wire_frame w;
+    out->group = get_u16(b);
+    out->max_attempts = get_u16(b + 2);
+    w.len = 4;
+    w.data = b + 4;
+    wire_get_u32(&w, &out->first_backoff_ms);
+    w.data = b + 8;
+    wire_get_u32(&w, &out->max_backoff_ms);
+    w.data = b + 12;
+    wire_get_u32(&w, &out->try_timeout_ms);
     return true;
 }
 
@@ -92,6 +119,8 @@ static int check_frames(const struct wire_msg *m)
     case WIRE_SUBMIT:
         if (n < 3 || (n - 1) % 2 != 0 || !wire_get_u32(&f[0], &u))
             return TREATY_EPROTO;
+        if ((n - 1) / 2 > WIRE_MAX_BRANCHES) /* WIRE_MAX_FRAMES no longer bounds it (sagas need more) */
+            return TREATY_ETOOBIG;
         for (size_t i = 1; i < n; i += 2)
             if (!wire_name_ok(f[i].data, f[i].len))
                 return TREATY_EPROTO;
@@ -106,9 +135,33 @@ static int check_frames(const struct wire_msg *m)
             return TREATY_EPROTO;
         return 0;
     case WIRE_OUTCOME:
-        if (n != 1 || m->hdr.code < TREATY_STATUS_COMMITTED || m->hdr.code > TREATY_STATUS_UNKNOWN)
+        if (n != 1 || m->hdr.code < TREATY_STATUS_COMMITTED || m->hdr.code > TREATY_STATUS_STUCK)
             return TREATY_EPROTO;
         return 0;
+    case WIRE_SAGA: {
+        if (n < 1 + WIRE_SAGA_FRAMES_PER_STEP || (n - 1) % WIRE_SAGA_FRAMES_PER_STEP != 0 ||
+            !wire_get_u32(&f[0], &u))
+            return TREATY_EPROTO;
+        struct wire_policy pol;
+        for (size_t i = 1; i < n; i += WIRE_SAGA_FRAMES_PER_STEP) {
+            if (!wire_name_ok(f[i].data, f[i].len) || !wire_name_ok(f[i + 1].data, f[i + 1].len) ||
+                !wire_name_ok(f[i + 3].data, f[i + 3].len) || !wire_decode_policy(&f[i + 5], &pol))
+                return TREATY_EPROTO;
+        }
+        return 0;
+    }
+    case WIRE_STEP:
+        if (n != 2 || (m->hdr.code != WIRE_STEP_ACTION && m->hdr.code != WIRE_STEP_COMPENSATION) ||
+            !wire_name_ok(f[0].data, f[0].len))
+            return TREATY_EPROTO;
+        return 0;
+    case WIRE_RESULT: {
+        unsigned kind = WIRE_RESULT_KIND(m->hdr.code), r = WIRE_RESULT_VALUE(m->hdr.code);
+        if (n != 1 || (kind != WIRE_STEP_ACTION && kind != WIRE_STEP_COMPENSATION) || r < WIRE_RESULT_OK ||
+            r > WIRE_RESULT_TRANSIENT)
+            return TREATY_EPROTO;
+        return 0;
+    }
     case WIRE_ERROR:
         return n == 1 ? 0 : TREATY_EPROTO;
     case WIRE_PREPARE:

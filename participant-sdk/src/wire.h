@@ -27,6 +27,18 @@
  *   ABORT     C->P   0                        -
  *   ACK       P->C   treaty_status            -        (COMMITTED or ABORTED: what was applied)
  *   INQUIRE   P->C   0                        -        (answered by COMMIT or ABORT)
+ *   SAGA      X->C   0                        deadline_ms (u32), then per step 6 frames:
+ *                                             service, action, action payload, compensation,
+ *                                             compensation payload, policy (WIRE_POLICY_LEN bytes)
+ *   STEP      C->P   WIRE_STEP_ACTION or      name, payload           branch = step index
+ *                    WIRE_STEP_COMPENSATION
+ *   RESULT    P->C   WIRE_RESULT(kind, r)     reason (text, may be empty)   branch = step index
+ *
+ * A saga step's policy frame (big-endian): u16 group (steps of one group run
+ * in parallel; groups run in ascending order), u16 max_attempts, u32
+ * first_backoff_ms, u32 max_backoff_ms, u32 try_timeout_ms.
+ * OUTCOME for a saga carries TREATY_STATUS_COMPLETED, _COMPENSATED, _STUCK or
+ * _PENDING, with branch = the failing step.
  *
  * (P participant, C coordinator, X client.) The coordinator's ROUTER sees one
  * extra routing-id frame in front. Decoding checks the magic, version, type,
@@ -46,7 +58,29 @@
 #define WIRE_HDR_LEN 28
 #define WIRE_NAME_MAX 64        /* service and instance names */
 #define WIRE_MAX_BRANCHES 128   /* hard ceiling; the coordinator's limit is configurable below it */
-#define WIRE_MAX_FRAMES (2 + 2 * WIRE_MAX_BRANCHES)
+#define WIRE_MAX_STEPS 64       /* saga steps, likewise */
+#define WIRE_SAGA_FRAMES_PER_STEP 6
+#define WIRE_POLICY_LEN 16
+#define WIRE_MAX_FRAMES (1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS) /* >= 2 + 2 * WIRE_MAX_BRANCHES */
+
+/* STEP code */
+#define WIRE_STEP_ACTION 1
+#define WIRE_STEP_COMPENSATION 2
+/* RESULT code: (kind << 8) | result, kind a WIRE_STEP_* value */
+#define WIRE_RESULT_OK 1        /* done (or a duplicate of a done step) */
+#define WIRE_RESULT_FAILED 2    /* business failure: the saga turns around (actions only) */
+#define WIRE_RESULT_TRANSIENT 3 /* try again later */
+#define WIRE_RESULT(kind, r) ((uint16_t)(((kind) << 8) | (r)))
+#define WIRE_RESULT_KIND(code) ((code) >> 8)
+#define WIRE_RESULT_VALUE(code) ((code)&0xff)
+
+struct wire_policy {
+    uint16_t group;
+    uint16_t max_attempts;
+    uint32_t first_backoff_ms;
+    uint32_t max_backoff_ms;
+    uint32_t try_timeout_ms;
+};
 #define WIRE_ROUTING_ID_MAX 255 /* ZeroMQ's limit */
 
 enum wire_type {
@@ -62,7 +96,10 @@ enum wire_type {
     WIRE_ABORT = 10,
     WIRE_ACK = 11,
     WIRE_INQUIRE = 12,
-    WIRE_TYPE_MAX_ = 12
+    WIRE_SAGA = 13,
+    WIRE_STEP = 14,
+    WIRE_RESULT = 15,
+    WIRE_TYPE_MAX_ = 15
 };
 
 struct wire_hdr {
@@ -85,6 +122,9 @@ struct wire_msg {
     size_t nframes; /* payload frames after the header */
     struct wire_frame frames[WIRE_MAX_FRAMES];
 };
+
+void wire_encode_policy(const struct wire_policy *p, uint8_t buf[WIRE_POLICY_LEN]);
+bool wire_decode_policy(const struct wire_frame *f, struct wire_policy *out); /* false unless exactly 16 bytes */
 
 /* "HELLO", ... or "?" */
 const char *wire_type_name(int type);

@@ -1,0 +1,870 @@
+/*
+ * saga.c - see saga.h for the lifecycle and the crash windows.
+ */
+#include "saga.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord_int.h"
+#include "fault.h"
+#include "log.h"
+#include "txn.h"
+
+enum saga_state {
+    SAGA_LOGGING_DEF = 0, /* definition appended, not yet durable: nothing runs */
+    SAGA_FORWARD,         /* running the actions of group `group` */
+    SAGA_LOGGING_TURN,    /* decided to compensate; turn record not yet durable */
+    SAGA_COMPENSATING,    /* running the compensations of group `group`, descending */
+    SAGA_DONE,            /* END appended; about to be freed */
+    SAGA_STATE_COUNT_
+};
+
+static const char *const saga_state_names[SAGA_STATE_COUNT_] = {
+    "logging-definition", "forward", "logging-turn", "compensating", "done",
+};
+
+static const bool saga_legal[SAGA_STATE_COUNT_][SAGA_STATE_COUNT_] = {
+    [SAGA_LOGGING_DEF] = {[SAGA_FORWARD] = true},
+    [SAGA_FORWARD] = {[SAGA_LOGGING_TURN] = true, [SAGA_DONE] = true},
+    [SAGA_LOGGING_TURN] = {[SAGA_COMPENSATING] = true},
+    [SAGA_COMPENSATING] = {[SAGA_DONE] = true},
+    [SAGA_DONE] = {0},
+};
+
+enum step_state {
+    STEP_IDLE = 0,     /* not started */
+    STEP_RUNNING,      /* action sent, waiting for RESULT, timeout or retry */
+    STEP_DONE,         /* action succeeded */
+    STEP_FAILED,       /* action failed (business) or exhausted its retries */
+    STEP_COMPENSATING, /* compensation sent or waiting for its retry */
+    STEP_COMPENSATED   /* compensation succeeded */
+};
+
+struct saga_step {
+    char service[WIRE_NAME_MAX + 1];
+    char action[WIRE_NAME_MAX + 1];
+    char comp[WIRE_NAME_MAX + 1];
+    struct wire_frame payload, comp_payload; /* point into saga->def */
+    struct wire_policy pol;
+    uint8_t state;      /* enum step_state */
+    bool started;       /* an action was (maybe) sent: it must be compensated on turn-around */
+    bool waiting_retry; /* due_ms is a retry, not a try timeout */
+    uint16_t attempts;  /* action tries sent */
+    uint32_t comp_attempts;
+    int backoff_ms;
+    int64_t due_ms; /* retry or try-timeout time, -1 none */
+    char *last_error;
+};
+
+struct saga {
+    uint8_t txid[16];
+    enum saga_state state;
+    uint16_t nsteps;
+    int group;          /* current group (forward: ascending; compensating: descending) */
+    int max_group;
+    int failed_step;    /* -1 none */
+    char *reason;       /* why it turned around */
+    bool stuck;
+    bool resume_pending; /* recovered: (re)start the current group at the first timer */
+    uint64_t record_seq; /* forced record awaited */
+    int64_t deadline_ms; /* forward deadline on the monotonic clock, -1 none */
+    int64_t timer_due_ms;
+    uint8_t *def; /* encoded definition (owned); frames point into it */
+    size_t def_len;
+    struct waiter *waiters;
+    struct saga_step steps[];
+};
+
+/* ------------------------------------------------------------ small helpers */
+
+static const char *state_name(enum saga_state s)
+{
+    return (unsigned)s < SAGA_STATE_COUNT_ ? saga_state_names[s] : "?";
+}
+
+static void set_state(struct saga *s, enum saga_state to)
+{
+    if ((unsigned)to >= SAGA_STATE_COUNT_ || !saga_legal[s->state][to]) {
+        char id[TREATY_TXID_STRLEN];
+        log_error("saga %s: illegal state transition %s -> %s", coord_fmt_txid(s->txid, id), state_name(s->state),
+                  state_name(to));
+        abort();
+    }
+    s->state = to;
+}
+
+static void add_waiter(struct saga *s, const uint8_t *rid, size_t rid_len)
+{
+    waiter_add(&s->waiters, rid, rid_len);
+}
+
+/* Tells every waiting client; keep_waiters for STUCK (not final at the coordinator). */
+static void tell_waiters(struct coord *c, struct saga *s, enum treaty_status st, bool keep_waiters)
+{
+    struct waiter *w = s->waiters;
+    while (w) {
+        struct waiter *n = w->next;
+        coord_reply_outcome(c, w->rid, w->rid_len, s->txid, st, s->failed_step, s->reason);
+        if (!keep_waiters)
+            free(w);
+        w = n;
+    }
+    if (!keep_waiters)
+        s->waiters = NULL;
+}
+
+void saga_free(struct saga *s)
+{
+    if (s == NULL)
+        return;
+    waiter_free_all(&s->waiters);
+    for (unsigned i = 0; i < s->nsteps; i++)
+        free(s->steps[i].last_error);
+    free(s->reason);
+    free(s->def);
+    free(s);
+}
+
+static void set_error(struct saga_step *st, const char *text)
+{
+    free(st->last_error);
+    st->last_error = coord_strdup(text);
+}
+
+/* Keeps the saga's single timer at the earliest step or deadline time. */
+static void rearm(struct coord *c, struct saga *s)
+{
+    int64_t due = -1;
+    for (unsigned i = 0; i < s->nsteps; i++) {
+        int64_t d = s->steps[i].due_ms;
+        if (d >= 0 && (due < 0 || d < due))
+            due = d;
+    }
+    if (s->state == SAGA_FORWARD && s->deadline_ms >= 0 && (due < 0 || s->deadline_ms < due))
+        due = s->deadline_ms;
+    if (due >= 0 && due != s->timer_due_ms) {
+        s->timer_due_ms = due;
+        coord_add_timer(c, s->txid, due);
+    } else if (due < 0) {
+        s->timer_due_ms = -1;
+    }
+}
+
+static int next_backoff(const struct saga_step *st)
+{
+    int cap = (int)st->pol.max_backoff_ms;
+    int b = st->backoff_ms <= 0 ? (int)st->pol.first_backoff_ms : st->backoff_ms * 2;
+    if (b > cap || b <= 0)
+        b = cap;
+    return b;
+}
+
+/* ------------------------------------------------------------ definition codec */
+
+/* def = u32 nframes, then per frame u32 length + bytes: the SAGA message's frames. */
+static uint8_t *encode_def(const struct wire_msg *m, size_t *len)
+{
+    size_t n = 4;
+    for (size_t i = 0; i < m->nframes; i++)
+        n += 4 + m->frames[i].len;
+    uint8_t *b = malloc(n);
+    if (b == NULL)
+        abort();
+    size_t off = 0;
+    wire_put_u32(b, (uint32_t)m->nframes);
+    off = 4;
+    for (size_t i = 0; i < m->nframes; i++) {
+        wire_put_u32(b + off, (uint32_t)m->frames[i].len);
+        off += 4;
+        if (m->frames[i].len)
+            memcpy(b + off, m->frames[i].data, m->frames[i].len);
+        off += m->frames[i].len;
+    }
+    *len = n;
+    return b;
+}
+
+/* Decodes def (owned by the caller until success, then by the saga) into a
+ * new saga. NULL when the bytes are not a valid definition. */
+static struct saga *saga_from_def(const uint8_t txid[16], uint8_t *def, size_t def_len, char *err, size_t errlen)
+{
+    static struct wire_frame frames[WIRE_MAX_FRAMES];
+    struct wire_frame f4;
+    uint32_t n;
+    if (def_len < 4) {
+        snprintf(err, errlen, "definition too short");
+        return NULL;
+    }
+    f4.data = def;
+    f4.len = 4;
+    wire_get_u32(&f4, &n);
+    if (n > WIRE_MAX_FRAMES) {
+        snprintf(err, errlen, "definition has %u frames", n);
+        return NULL;
+    }
+    size_t off = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t l;
+        if (def_len - off < 4) {
+            snprintf(err, errlen, "definition truncated");
+            return NULL;
+        }
+        f4.data = def + off;
+        wire_get_u32(&f4, &l);
+        off += 4;
+        if (def_len - off < l) {
+            snprintf(err, errlen, "definition truncated");
+            return NULL;
+        }
+        frames[i].data = def + off;
+        frames[i].len = l;
+        off += l;
+    }
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = WIRE_SAGA;
+    memcpy(h.txid, txid, 16);
+    uint8_t hb[WIRE_HDR_LEN];
+    wire_encode_hdr(&h, hb);
+    struct wire_frame hf = {hb, sizeof hb};
+    static struct wire_msg m;
+    int rc = wire_decode(&hf, frames, n, (size_t)-1, &m);
+    if (rc < 0) {
+        snprintf(err, errlen, "invalid definition: %s", treaty_strerror(rc));
+        return NULL;
+    }
+    size_t nsteps = (m.nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
+    struct saga *s = calloc(1, sizeof *s + nsteps * sizeof s->steps[0]);
+    if (s == NULL)
+        abort();
+    memcpy(s->txid, txid, 16);
+    s->nsteps = (uint16_t)nsteps;
+    s->failed_step = -1;
+    s->deadline_ms = -1;
+    s->timer_due_ms = -1;
+    uint32_t deadline = 0;
+    wire_get_u32(&m.frames[0], &deadline);
+    if (deadline > 0)
+        s->deadline_ms = timers_now_ms() + deadline;
+    int prev_group = -1;
+    for (size_t i = 0; i < nsteps; i++) {
+        const struct wire_frame *f = &m.frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
+        struct saga_step *st = &s->steps[i];
+        memcpy(st->service, f[0].data, f[0].len);
+        memcpy(st->action, f[1].data, f[1].len);
+        st->payload = f[2];
+        memcpy(st->comp, f[3].data, f[3].len);
+        st->comp_payload = f[4];
+        wire_decode_policy(&f[5], &st->pol);
+        if (st->pol.max_attempts == 0)
+            st->pol.max_attempts = 3;
+        if (st->pol.first_backoff_ms == 0)
+            st->pol.first_backoff_ms = 100;
+        if (st->pol.max_backoff_ms == 0)
+            st->pol.max_backoff_ms = 5000;
+        if (st->pol.max_backoff_ms < st->pol.first_backoff_ms)
+            st->pol.max_backoff_ms = st->pol.first_backoff_ms;
+        if (st->pol.try_timeout_ms == 0)
+            st->pol.try_timeout_ms = 5000;
+        if ((int)st->pol.group < prev_group) {
+            snprintf(err, errlen, "step %zu: group %u after group %d (groups must not decrease)", i, st->pol.group,
+                     prev_group);
+            free(s);
+            return NULL;
+        }
+        prev_group = st->pol.group;
+        st->due_ms = -1;
+    }
+    s->max_group = prev_group;
+    s->group = s->steps[0].pol.group;
+    s->def = def;
+    s->def_len = def_len;
+    return s;
+}
+
+/* ------------------------------------------------------------ journal */
+
+static void step_services(const struct saga *s, const char **out)
+{
+    for (unsigned i = 0; i < s->nsteps; i++)
+        out[i] = s->steps[i].service;
+}
+
+static uint64_t append(struct coord *c, struct saga *s, enum journal_kind kind, int step, const char *detail,
+                       bool force)
+{
+    const char *services[WIRE_MAX_STEPS];
+    struct journal_rec r;
+    memset(&r, 0, sizeof r);
+    memcpy(r.txid, s->txid, 16);
+    r.kind = kind;
+    r.failed_branch = -1;
+    r.step = -1;
+    r.detail = detail;
+    if (kind == JOURNAL_SAGA) {
+        step_services(s, services);
+        r.nservices = s->nsteps;
+        r.services = services;
+        r.data = s->def;
+        r.data_len = s->def_len;
+    } else if (kind == JOURNAL_STEP) {
+        r.step = step;
+    } else if (kind == JOURNAL_TURN) {
+        r.failed_branch = step;
+    }
+    return journal_append(c->journal, &r, force);
+}
+
+/* ------------------------------------------------------------ running steps */
+
+static bool group_bounds(const struct saga *s, int group, unsigned *lo, unsigned *hi)
+{
+    unsigned i = 0;
+    while (i < s->nsteps && (int)s->steps[i].pol.group != group)
+        i++;
+    if (i == s->nsteps)
+        return false;
+    *lo = i;
+    while (i < s->nsteps && (int)s->steps[i].pol.group == group)
+        i++;
+    *hi = i;
+    return true;
+}
+
+static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const char *why);
+
+static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensation)
+{
+    struct saga_step *st = &s->steps[i];
+    int64_t now = timers_now_ms();
+    const struct instance *in = registry_pick(c->reg, st->service);
+    unsigned attempt = compensation ? st->comp_attempts : st->attempts;
+    if (compensation)
+        st->comp_attempts++;
+    else
+        st->attempts++;
+    if (in == NULL && now < c->started_ms + c->cfg->dead_after_ms) {
+        /* Just started: participants are still saying HELLO. Wait for the
+         * registry to fill without spending one of the step's tries. */
+        if (compensation)
+            st->comp_attempts--;
+        else
+            st->attempts--;
+        st->waiting_retry = true;
+        st->due_ms = now + c->cfg->heartbeat_ms;
+        return;
+    }
+    if (in == NULL) {
+        char why[128];
+        snprintf(why, sizeof why, "no live instance of service %s", st->service);
+        st->waiting_retry = false;
+        /* counts as a failed try: retried with backoff, or the saga turns around */
+        step_failed_try(c, s, i, why);
+        return;
+    }
+    struct wire_frame f[2];
+    if (compensation) {
+        f[0] = wire_str(st->comp);
+        f[1] = st->comp_payload;
+    } else {
+        f[0] = wire_str(st->action);
+        f[1] = st->payload;
+        st->started = true;
+    }
+    coord_send(c, in->rid, in->rid_len, WIRE_STEP, s->txid, i, attempt & 0xffff,
+               compensation ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION, f, 2);
+    st->waiting_retry = false;
+    st->due_ms = now + st->pol.try_timeout_ms;
+}
+
+static void finish(struct coord *c, struct saga *s, enum treaty_status st)
+{
+    char id[TREATY_TXID_STRLEN];
+    set_state(s, SAGA_DONE);
+    /* Lazy: if END is lost, recovery runs the saga's remaining work again and
+     * the barrier turns every duplicate into the first result. */
+    append(c, s, JOURNAL_END, -1, st == TREATY_STATUS_COMPLETED ? "completed" : "compensated", false);
+    if (st == TREATY_STATUS_COMPLETED)
+        c->st.sagas_completed++;
+    else
+        c->st.sagas_compensated++;
+    log_info("saga %s: %s%s%s", coord_fmt_txid(s->txid, id), treaty_status_name(st), s->reason ? ": " : "",
+             s->reason ? s->reason : "");
+    tell_waiters(c, s, st, false);
+    coord_remember_done(c, s->txid, st, s->failed_step, s->reason, coord_wall_seconds());
+    txmap_del(&c->sagas, s->txid);
+    saga_free(s);
+}
+
+static void start_forward_group(struct coord *c, struct saga *s);
+static void start_compensation_group(struct coord *c, struct saga *s);
+
+static void turn_around(struct coord *c, struct saga *s, int failed_step, const char *reason)
+{
+    char id[TREATY_TXID_STRLEN];
+    set_state(s, SAGA_LOGGING_TURN);
+    s->failed_step = failed_step;
+    free(s->reason);
+    s->reason = coord_strdup(reason);
+    log_info("saga %s: turning around at step %d: %s", coord_fmt_txid(s->txid, id), failed_step, reason);
+    /* Forced, and nothing is compensated before it is durable: a crash before
+     * then resumes forward, and an action refused by the barrier turns the
+     * saga around again. */
+    s->record_seq = append(c, s, JOURNAL_TURN, failed_step, reason, true);
+    coord_expect_durable(c, s->txid, s->record_seq);
+    /* Running actions keep their timers off: their late results are ignored
+     * and every started step is compensated. */
+    for (unsigned i = 0; i < s->nsteps; i++)
+        s->steps[i].due_ms = -1;
+}
+
+static void start_forward_group(struct coord *c, struct saga *s)
+{
+    for (;;) {
+        unsigned lo, hi;
+        if (s->group > s->max_group) {
+            finish(c, s, TREATY_STATUS_COMPLETED);
+            return;
+        }
+        if (!group_bounds(s, s->group, &lo, &hi)) {
+            s->group++;
+            continue;
+        }
+        bool pending = false;
+        for (unsigned i = lo; i < hi; i++) {
+            struct saga_step *st = &s->steps[i];
+            if (st->state == STEP_DONE)
+                continue;
+            pending = true;
+            if (st->state == STEP_IDLE) {
+                st->state = STEP_RUNNING;
+                send_step(c, s, i, false);
+                if (s->state != SAGA_FORWARD)
+                    return; /* that step turned the saga around */
+            }
+        }
+        if (pending)
+            break;
+        s->group++;
+    }
+    rearm(c, s);
+}
+
+static void start_compensation_group(struct coord *c, struct saga *s)
+{
+    for (;;) {
+        unsigned lo, hi;
+        if (s->group < 0) {
+            finish(c, s, TREATY_STATUS_COMPENSATED);
+            return;
+        }
+        if (!group_bounds(s, s->group, &lo, &hi)) {
+            s->group--;
+            continue;
+        }
+        bool pending = false;
+        for (unsigned i = lo; i < hi; i++) {
+            struct saga_step *st = &s->steps[i];
+            if (!st->started || st->state == STEP_COMPENSATED)
+                continue;
+            pending = true;
+            if (st->state != STEP_COMPENSATING) {
+                st->state = STEP_COMPENSATING;
+                st->backoff_ms = 0;
+                send_step(c, s, i, true);
+                FAULT_POINT("coord.saga_during_compensation");
+            }
+        }
+        if (pending)
+            break;
+        s->group--;
+    }
+    rearm(c, s);
+}
+
+void saga_on_durable(struct coord *c, struct saga *s, uint64_t seq)
+{
+    if (seq != s->record_seq)
+        return;
+    if (s->state == SAGA_LOGGING_DEF) {
+        set_state(s, SAGA_FORWARD);
+        start_forward_group(c, s);
+    } else if (s->state == SAGA_LOGGING_TURN) {
+        FAULT_POINT("coord.saga_after_turn");
+        set_state(s, SAGA_COMPENSATING);
+        s->group = s->max_group;
+        start_compensation_group(c, s);
+    }
+}
+
+/* ------------------------------------------------------------ messages */
+
+void saga_handle_submit(struct coord *c, const struct wire_in *in)
+{
+    const struct wire_msg *m = &in->msg;
+    const uint8_t *txid = m->hdr.txid;
+    char id[TREATY_TXID_STRLEN], err[160];
+
+    struct saga *s = txmap_get(&c->sagas, txid);
+    if (s != NULL) {
+        if (s->stuck)
+            coord_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_STUCK, s->failed_step, s->reason);
+        add_waiter(s, in->rid, in->rid_len);
+        return;
+    }
+    struct done *d = txmap_get(&c->finished, txid);
+    if (d != NULL) {
+        coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+        return;
+    }
+    if (txmap_get(&c->inflight, txid) != NULL) {
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a 2PC transaction");
+        return;
+    }
+    if (coord_admit(c, in) < 0)
+        return;
+    size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
+    if (nsteps > (size_t)c->cfg->max_steps) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu steps exceed the limit of %d", nsteps,
+                          c->cfg->max_steps);
+        return;
+    }
+    for (size_t i = 0; i < nsteps; i++) {
+        const struct wire_frame *f = &m->frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
+        size_t big = f[2].len > f[4].len ? f[2].len : f[4].len;
+        if (big > (size_t)c->cfg->max_payload_bytes) {
+            c->st.refused++;
+            coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
+                              "step %zu payload of %zu bytes exceeds the limit of %d", i, big,
+                              c->cfg->max_payload_bytes);
+            return;
+        }
+    }
+    size_t def_len;
+    uint8_t *def = encode_def(m, &def_len);
+    s = saga_from_def(txid, def, def_len, err, sizeof err);
+    if (s == NULL) {
+        free(def);
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EPROTO, "%s", err);
+        return;
+    }
+    txmap_put(&c->sagas, txid, s);
+    add_waiter(s, in->rid, in->rid_len);
+    c->st.sagas++;
+    log_debug("saga %s: %u steps submitted", coord_fmt_txid(txid, id), s->nsteps);
+    /* The definition is forced before the first step runs: a step that ran
+     * is always part of a saga that recovery knows. */
+    s->record_seq = append(c, s, JOURNAL_SAGA, -1, NULL, true);
+    coord_expect_durable(c, s->txid, s->record_seq);
+}
+
+void saga_handle_query(struct coord *c, struct saga *s, const struct wire_in *in)
+{
+    enum treaty_status st = s->stuck ? TREATY_STATUS_STUCK : TREATY_STATUS_PENDING;
+    coord_reply_outcome(c, in->rid, in->rid_len, s->txid, st, s->failed_step, s->reason);
+}
+
+static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const char *why)
+{
+    char id[TREATY_TXID_STRLEN];
+    struct saga_step *st = &s->steps[i];
+    set_error(st, why);
+    int64_t now = timers_now_ms();
+    if (st->state == STEP_RUNNING) {
+        if (st->attempts >= st->pol.max_attempts) {
+            char reason[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 64];
+            snprintf(reason, sizeof reason, "step %u (%s.%s) failed after %u attempts: %s", i, st->service,
+                     st->action, st->attempts, why);
+            st->state = STEP_FAILED;
+            turn_around(c, s, (int)i, reason);
+            return;
+        }
+        c->st.step_retries++;
+        st->backoff_ms = next_backoff(st);
+        st->waiting_retry = true;
+        st->due_ms = now + coord_jitter(st->backoff_ms);
+        log_info("saga %s: step %u attempt %u failed (%s); retry in %d ms", coord_fmt_txid(s->txid, id), i,
+                 st->attempts, why, st->backoff_ms);
+    } else if (st->state == STEP_COMPENSATING) {
+        c->st.step_retries++;
+        int wait_ms;
+        if (st->comp_attempts >= (uint32_t)c->cfg->stuck_after_attempts) {
+            if (!s->stuck) {
+                s->stuck = true;
+                c->st.sagas_stuck++;
+                log_error("saga %s: compensation of step %u (%s.%s) is stuck after %u attempts: %s; still "
+                          "retrying every %d ms, an operator should look",
+                          coord_fmt_txid(s->txid, id), i, st->service, st->comp, st->comp_attempts, why,
+                          c->cfg->stuck_retry_ms);
+                tell_waiters(c, s, TREATY_STATUS_STUCK, true);
+            }
+            wait_ms = c->cfg->stuck_retry_ms;
+        } else {
+            st->backoff_ms = next_backoff(st);
+            wait_ms = coord_jitter(st->backoff_ms);
+            log_info("saga %s: compensation of step %u attempt %u failed (%s); retry in %d ms",
+                     coord_fmt_txid(s->txid, id), i, st->comp_attempts, why, wait_ms);
+        }
+        st->waiting_retry = true;
+        st->due_ms = now + wait_ms;
+    }
+    rearm(c, s);
+}
+
+static bool group_done(const struct saga *s, bool forward)
+{
+    unsigned lo, hi;
+    if (!group_bounds(s, s->group, &lo, &hi))
+        return true;
+    for (unsigned i = lo; i < hi; i++) {
+        const struct saga_step *st = &s->steps[i];
+        if (forward && st->state != STEP_DONE)
+            return false;
+        if (!forward && st->started && st->state != STEP_COMPENSATED)
+            return false;
+    }
+    return true;
+}
+
+void saga_handle_result(struct coord *c, const struct wire_in *in)
+{
+    const struct wire_msg *m = &in->msg;
+    struct saga *s = txmap_get(&c->sagas, m->hdr.txid);
+    if (s == NULL || m->hdr.branch >= s->nsteps) {
+        c->st.late_votes++;
+        return; /* finished or unknown: a late duplicate */
+    }
+    unsigned i = m->hdr.branch;
+    struct saga_step *st = &s->steps[i];
+    unsigned kind = WIRE_RESULT_KIND(m->hdr.code), r = WIRE_RESULT_VALUE(m->hdr.code);
+    char reason[TREATY_REASON_MAX];
+    wire_copy_text(&m->frames[0], reason, sizeof reason);
+
+    if (kind == WIRE_STEP_ACTION) {
+        if (s->state != SAGA_FORWARD || st->state != STEP_RUNNING)
+            return; /* late: already done, failed, or the saga turned around */
+        /* OK and FAILED are the barrier's lasting answer, whichever try they
+         * answer; TRANSIENT counts only for the current try. */
+        if (r == WIRE_RESULT_OK) {
+            st->state = STEP_DONE;
+            st->due_ms = -1;
+            append(c, s, JOURNAL_STEP, (int)i, "action", false);
+            if (group_done(s, true)) {
+                s->group++;
+                FAULT_POINT("coord.saga_between_groups");
+                start_forward_group(c, s);
+            } else {
+                rearm(c, s);
+            }
+        } else if (r == WIRE_RESULT_FAILED) {
+            st->state = STEP_FAILED;
+            char why[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 32];
+            snprintf(why, sizeof why, "step %u (%s.%s) failed: %s", i, st->service, st->action,
+                     reason[0] ? reason : "no reason given");
+            set_error(st, reason);
+            turn_around(c, s, (int)i, why);
+        } else if (m->hdr.attempt == ((st->attempts - 1) & 0xffff) && !st->waiting_retry) {
+            step_failed_try(c, s, i, reason[0] ? reason : "transient error");
+        }
+        return;
+    }
+    /* compensation */
+    if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
+        return;
+    if (r == WIRE_RESULT_OK) {
+        st->state = STEP_COMPENSATED;
+        st->due_ms = -1;
+        append(c, s, JOURNAL_STEP, (int)i, "compensation", false);
+        if (group_done(s, false)) {
+            s->group--;
+            start_compensation_group(c, s);
+        } else {
+            rearm(c, s);
+        }
+    } else if (m->hdr.attempt == ((st->comp_attempts - 1) & 0xffff) && !st->waiting_retry) {
+        step_failed_try(c, s, i, reason[0] ? reason : "compensation failed");
+    }
+}
+
+void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms)
+{
+    if (s->timer_due_ms != due_ms)
+        return;
+    s->timer_due_ms = -1;
+    if (s->resume_pending) {
+        /* a recovered saga: (re)start its current group */
+        s->resume_pending = false;
+        if (s->state == SAGA_FORWARD)
+            start_forward_group(c, s);
+        else if (s->state == SAGA_COMPENSATING)
+            start_compensation_group(c, s);
+        return;
+    }
+    int64_t now = timers_now_ms();
+    if (s->state == SAGA_FORWARD && s->deadline_ms >= 0 && now >= s->deadline_ms) {
+        int step = -1;
+        for (unsigned i = 0; i < s->nsteps; i++)
+            if (s->steps[i].state == STEP_RUNNING) {
+                step = (int)i;
+                break;
+            }
+        turn_around(c, s, step, "saga deadline exceeded");
+        return;
+    }
+    for (unsigned i = 0; i < s->nsteps && (s->state == SAGA_FORWARD || s->state == SAGA_COMPENSATING); i++) {
+        struct saga_step *st = &s->steps[i];
+        if (st->due_ms < 0 || st->due_ms > now)
+            continue;
+        st->due_ms = -1;
+        bool comp = st->state == STEP_COMPENSATING;
+        if (st->waiting_retry) {
+            if (st->state == STEP_RUNNING || comp)
+                send_step(c, s, i, comp);
+        } else {
+            step_failed_try(c, s, i, "no answer within the try timeout");
+        }
+    }
+    if (s->state == SAGA_FORWARD || s->state == SAGA_COMPENSATING)
+        rearm(c, s);
+}
+
+/* ------------------------------------------------------------ recovery */
+
+struct saga_recovery {
+    bool have_def;
+    uint8_t txid[16];
+    uint8_t *def;
+    size_t def_len;
+    bool turned;
+    int failed_step;
+    char reason[TREATY_REASON_MAX];
+    char end_detail[32];
+    uint8_t action_done[WIRE_MAX_STEPS];
+    uint8_t comp_done[WIRE_MAX_STEPS];
+};
+
+struct saga_recovery *saga_recovery_new(void)
+{
+    struct saga_recovery *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        abort();
+    r->failed_step = -1;
+    return r;
+}
+
+void saga_recovery_free(struct saga_recovery *r)
+{
+    if (r == NULL)
+        return;
+    free(r->def);
+    free(r);
+}
+
+void saga_recovery_add(struct saga_recovery *r, const struct journal_rec *rec)
+{
+    memcpy(r->txid, rec->txid, 16);
+    switch (rec->kind) {
+    case JOURNAL_SAGA:
+        if (!r->have_def && rec->data != NULL) {
+            r->def = malloc(rec->data_len ? rec->data_len : 1);
+            if (r->def == NULL)
+                abort();
+            memcpy(r->def, rec->data, rec->data_len);
+            r->def_len = rec->data_len;
+            r->have_def = true;
+        }
+        break;
+    case JOURNAL_STEP:
+        if (rec->step >= 0 && rec->step < WIRE_MAX_STEPS) {
+            if (rec->detail && strcmp(rec->detail, "compensation") == 0)
+                r->comp_done[rec->step] = 1;
+            else
+                r->action_done[rec->step] = 1;
+        }
+        break;
+    case JOURNAL_TURN:
+        r->turned = true;
+        r->failed_step = rec->failed_branch;
+        snprintf(r->reason, sizeof r->reason, "%s", rec->detail ? rec->detail : "");
+        break;
+    case JOURNAL_END:
+        snprintf(r->end_detail, sizeof r->end_detail, "%s", rec->detail ? rec->detail : "");
+        break;
+    case JOURNAL_COMMIT:
+    case JOURNAL_ABORT:
+        break;
+    }
+}
+
+static void recovery_reset(struct saga_recovery *r)
+{
+    free(r->def);
+    memset(r, 0, sizeof *r);
+    r->failed_step = -1;
+}
+
+int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long ended_at)
+{
+    char id[TREATY_TXID_STRLEN], err[160];
+    int resumed = 0;
+    if (ended_at > 0) {
+        enum treaty_status st =
+            strcmp(r->end_detail, "completed") == 0 ? TREATY_STATUS_COMPLETED : TREATY_STATUS_COMPENSATED;
+        coord_remember_done(c, r->txid, st, r->failed_step, r->turned ? r->reason : NULL, ended_at);
+        recovery_reset(r);
+        return 0;
+    }
+    if (!r->have_def || txmap_get(&c->sagas, r->txid) != NULL) {
+        recovery_reset(r);
+        return 0;
+    }
+    struct saga *s = saga_from_def(r->txid, r->def, r->def_len, err, sizeof err);
+    if (s == NULL) {
+        log_error("recovery: saga %s has an unreadable definition (%s); left in the journal for an operator",
+                  coord_fmt_txid(r->txid, id), err);
+        recovery_reset(r);
+        return 0;
+    }
+    r->def = NULL; /* owned by s now */
+    s->deadline_ms = -1; /* the deadline was for the first run */
+    for (unsigned i = 0; i < s->nsteps; i++)
+        if (r->action_done[i])
+            s->steps[i].state = STEP_DONE;
+    if (r->turned) {
+        /* Which actions ran is not journaled eagerly: compensate every step of
+         * the groups up to the failing one (null compensations are safe). */
+        int upto = r->failed_step >= 0 && r->failed_step < s->nsteps ? (int)s->steps[r->failed_step].pol.group
+                                                                      : s->max_group;
+        s->failed_step = r->failed_step;
+        s->reason = coord_strdup(r->reason);
+        for (unsigned i = 0; i < s->nsteps; i++) {
+            struct saga_step *st = &s->steps[i];
+            if ((int)st->pol.group > upto)
+                continue;
+            st->started = true;
+            if (r->comp_done[i])
+                st->state = STEP_COMPENSATED;
+        }
+        s->state = SAGA_LOGGING_TURN;
+        set_state(s, SAGA_COMPENSATING);
+        s->group = upto;
+    } else {
+        set_state(s, SAGA_FORWARD);
+        while (s->group <= s->max_group && group_done(s, true))
+            s->group++;
+    }
+    txmap_put(&c->sagas, r->txid, s);
+    /* Start once the loop runs and participants have had a moment to say HELLO. */
+    s->resume_pending = true;
+    s->timer_due_ms = timers_now_ms() + c->cfg->resend_initial_ms;
+    coord_add_timer(c, s->txid, s->timer_due_ms);
+    resumed = 1;
+    c->st.recovered++;
+    recovery_reset(r);
+    return resumed;
+}
+
