@@ -1,0 +1,403 @@
+#!/bin/sh
+# bench/run.sh - Treaty's benchmark, everything in one invocation
+# (`make bench` runs `BUILD=build sh bench/run.sh` after building).
+#
+#   1. a throwaway PostgreSQL 15 (scripts/pgtmp.sh: fsync = on,
+#      synchronous_commit = on) with the databases treaty_journal, bank_a,
+#      bank_b and bench (pgbench's table bench_insert);
+#   2. treatyd (log_level warn, journal retention 1 day so nothing measured is
+#      collected), K noop participants (services noop-1..noop-K) and
+#      BANK_INSTANCES bank_service processes for each of bank-a and bank-b;
+#   3. BENCH_REPS repetitions of six runs, each workload right next to its
+#      baseline at the same client count, the order flipped every other
+#      repetition so that drift on a noisy machine hits both alike:
+#        pgbench single-row INSERT @ NOOP_CLIENTS   vs  2pc-noop @ NOOP_CLIENTS
+#        pgbench single-row INSERT @ 1              vs  2pc-noop @ 1 (latency)
+#        direct-bank @ BANK_CLIENTS                 vs  2pc-bank @ BANK_CLIENTS
+#      and saga-noop once (reported as not available until sagas exist);
+#   4. the comparison table with ratios, medians and the issue's targets on
+#      stdout; every run's figures in $BUILD/bench/results.json.
+# Everything started here is stopped, and the cluster removed, on exit (also
+# on failure or ^C). Exit status: 0 when every run completed (targets missed
+# are reported, not failed), 1 otherwise.
+#
+# Knobs (environment): BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_REPS (3),
+# BENCH_NOOP_CLIENTS (64), BENCH_BANK_CLIENTS (16), BENCH_PARTICIPANTS (2),
+# BENCH_BANK_INSTANCES (= BENCH_BANK_CLIENTS), BENCH_KEEP=1 keeps the logs.
+set -u
+BUILD=${BUILD:-build}
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+cd "$TOP" || exit 1
+BIN="$TOP/$BUILD/bin"
+OUT="$TOP/$BUILD/bench"
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PSQL="$PGBIN/psql"
+[ -x "$PSQL" ] || PSQL=psql
+PGBENCH="$PGBIN/pgbench"
+[ -x "$PGBENCH" ] || PGBENCH=pgbench
+
+T=${BENCH_SECONDS:-10}
+W=${BENCH_WARMUP:-2}
+REPS=${BENCH_REPS:-3}
+NOOP_CLIENTS=${BENCH_NOOP_CLIENTS:-64}
+BANK_CLIENTS=${BENCH_BANK_CLIENTS:-16}
+K=${BENCH_PARTICIPANTS:-2}
+BANK_INSTANCES=${BENCH_BANK_INSTANCES:-$BANK_CLIENTS}
+
+WORK=$(mktemp -d /tmp/treaty-bench.XXXXXX)
+PGDIR=""
+PIDS=""
+mkdir -p "$OUT"
+
+say() { printf '\n== %s\n' "$*" >&2; }
+fail() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+    rc=$?
+    trap - EXIT INT TERM
+    for p in $PIDS; do kill -TERM "$p" 2>/dev/null; done
+    for p in $PIDS; do
+        n=0
+        while kill -0 "$p" 2>/dev/null && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    [ -n "$PGDIR" ] && sh "$TOP/scripts/pgtmp.sh" stop "$PGDIR"
+    if [ "$rc" -ne 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
+        if [ "$rc" -ne 0 ]; then
+            for f in "$WORK"/*.log; do
+                [ -f "$f" ] || continue
+                printf '\n---- last lines of %s\n' "$f" >&2
+                tail -n 15 "$f" >&2
+            done
+        fi
+        printf 'bench: logs kept in %s\n' "$WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for b in treatyd bank_service treaty-bench noop_participant; do
+    [ -x "$BIN/$b" ] || fail "$BIN/$b is missing: run make bench (or make all bench-bin)"
+done
+command -v "$PGBENCH" >/dev/null 2>&1 || fail "pgbench not found"
+
+# --------------------------------------------------------- the machine
+NPROC=$(nproc)
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM_TOTAL=$(free -h | awk '/^Mem:/ {print $2}')
+KERNEL=$(uname -r)
+STARTED=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
+# What was measured: the commit (with "+dirty" for local changes) and the binary.
+REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain 2>/dev/null | head -n 1)" ] && REV="$REV+dirty"
+TREATYD_SUM=$(sha256sum "$BIN/treatyd" | cut -c 1-12)
+
+# --------------------------------------------------------- PostgreSQL
+PGDIR=$(mktemp -d /tmp/treaty-bench-pg.XXXXXX)
+say "throwaway PostgreSQL in $PGDIR (fsync = on, synchronous_commit = on)"
+BASE=$(sh scripts/pgtmp.sh start "$PGDIR") || fail "could not start PostgreSQL"
+PGVERSION=$("$PSQL" "$BASE dbname=postgres" -Atqc "SHOW server_version")
+for db in treaty_journal bank_a bank_b bench; do
+    "$PSQL" "$BASE dbname=postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null ||
+        fail "cannot create database $db"
+done
+"$PSQL" "$BASE dbname=bench" -q -v ON_ERROR_STOP=1 \
+    -c "CREATE TABLE bench_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v integer NOT NULL)" ||
+    fail "cannot create bench_insert"
+printf 'INSERT INTO bench_insert (v) VALUES (1);\n' >"$WORK/insert.sql"
+for s in fsync synchronous_commit wal_sync_method; do
+    printf '   %s = %s\n' "$s" "$("$PSQL" "$BASE dbname=postgres" -Atqc "SHOW $s")" >&2
+done
+
+# --------------------------------------------- treatyd and participants
+p=$((18600 + $$ % 1000))
+while ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; do p=$((p + 1)); done
+EP="tcp://127.0.0.1:$p"
+cat >"$WORK/treatyd.conf" <<EOF
+# written by bench/run.sh
+listen = "$EP";
+log_level = "warn";
+journal = { conninfo = "$BASE dbname=treaty_journal"; retention_s = 86400; gc_interval_ms = 600000; };
+EOF
+say "treatyd at $EP, $K noop participants, $BANK_INSTANCES bank_service instances per bank"
+"$BIN/treatyd" -c "$WORK/treatyd.conf" >"$WORK/treatyd.log" 2>&1 &
+TREATYD=$!
+PIDS="$PIDS $TREATYD"
+i=1
+while [ $i -le "$K" ]; do
+    "$BIN/noop_participant" --endpoint "$EP" --service "noop-$i" --instance n1 >"$WORK/noop-$i.log" 2>&1 &
+    PIDS="$PIDS $!"
+    i=$((i + 1))
+done
+# The accounts table first: bank_service's CREATE TABLE IF NOT EXISTS is not
+# safe when many instances start at once against a database without it.
+for bank in a b; do
+    "$PSQL" "$BASE dbname=bank_$bank" -q -v ON_ERROR_STOP=1 -c "CREATE TABLE accounts (id text PRIMARY KEY,
+        balance bigint NOT NULL CHECK (balance >= 0))" || fail "cannot create bank_$bank.accounts"
+done
+for bank in a b; do
+    i=1
+    while [ $i -le "$BANK_INSTANCES" ]; do
+        "$BIN/bank_service" --endpoint "$EP" --service "bank-$bank" --instance "$bank$i" \
+            --db "$BASE dbname=bank_$bank" >"$WORK/bank-$bank$i.log" 2>&1 &
+        PIDS="$PIDS $!"
+        i=$((i + 1))
+    done
+done
+n=0
+while :; do
+    for pid in $PIDS; do kill -0 "$pid" 2>/dev/null || fail "a process ended during start-up (see the logs)"; done
+    ready=$(cat "$WORK"/noop-*.log "$WORK"/bank-*.log 2>/dev/null | grep -c 'ready')
+    [ "$ready" -ge $((K + 2 * BANK_INSTANCES)) ] && break
+    [ $n -lt 300 ] || fail "the participants did not start within 30 s"
+    sleep 0.1
+    n=$((n + 1))
+done
+sleep 1 # a heartbeat, so that every bank instance is registered
+
+# ------------------------------------------------------------ the runs
+RUNS="$WORK/runs"
+mkdir -p "$RUNS"
+FAILED=0
+
+# busy and total jiffies of the machine (first line of /proc/stat)
+jiffies() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+
+# jget FILE KEY: a value of the flat JSON objects written below and by treaty-bench
+jget() { sed -n "s/^  \"$2\": \\(.*\\)\$/\\1/p" "$1" | sed 's/,$//; s/^"//; s/"$//' | head -n 1; }
+
+# pgbench_run CLIENTS NAME: pgbench's single-row INSERT for W + T seconds; the
+# per-transaction log (-l) gives the same window as treaty-bench's (the first
+# W seconds are warm-up) and exact latency percentiles. Writes $RUNS/NAME.json.
+pgbench_run() {
+    c=$1
+    name=$2
+    d="$WORK/$name"
+    mkdir -p "$d"
+    j=2
+    [ "$c" -lt 2 ] && j=1
+    x0=$("$PSQL" "$BASE dbname=bench" -Atqc "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    c0=$("$PSQL" "$BASE dbname=bench" -Atqc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")
+    printf '  pgbench     %d clients, %d s (first %d s excluded) ...\n' "$c" $((W + T)) "$W" >&2
+    j0=$(jiffies)
+    (cd "$d" && "$PGBENCH" -n -c "$c" -j "$j" -T $((W + T)) -f "$WORK/insert.sql" -l --log-prefix="$d/tx" \
+        "$BASE dbname=bench" >"$d/pgbench.out" 2>&1) || {
+        cat "$d/pgbench.out" >&2
+        FAILED=1
+        return
+    }
+    j1=$(jiffies)
+    busy=$(echo "$j0 $j1" | awk '{ printf "%.1f", ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0 }')
+    sleep 0.5 # pgbench's backends report their statistics when they exit
+    x1=$("$PSQL" "$BASE dbname=bench" -Atqc "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    c1=$("$PSQL" "$BASE dbname=bench" -Atqc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")
+    reported=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$d/pgbench.out" | tail -n 1)
+    # columns: client tx latency_us script epoch_s epoch_us
+    cat "$d"/tx.* | awk '{ e = $5 + $6 / 1e6; printf "%.6f %.6f %d\n", e, e - $3 / 1e6, $3 }' >"$d/all"
+    t0=$(awk 'NR == 1 || $2 < m { m = $2 } END { printf "%.6f", m }' "$d/all")
+    total=$(wc -l <"$d/all")
+    awk -v a="$t0" -v w="$W" -v t="$T" '$1 >= a + w && $1 < a + w + t { print $3 }' "$d/all" | sort -n >"$d/lat"
+    awk -v t="$T" -v total="$total" -v c="$c" -v x="$((x1 - x0))" -v pc="$((c1 - c0))" -v rep="${reported:-0}" -v busy="$busy" '
+        { v[NR] = $1; s += $1 }
+        function pct(p,   r) { r = int(p * NR + 0.999999); if (r < 1) r = 1; if (r > NR) r = NR; return v[r] }
+        END {
+            printf "{\n  \"tool\": \"pgbench\",\n  \"workload\": \"pgbench-insert\",\n  \"clients\": %d,\n", c
+            printf "  \"seconds\": %d,\n  \"committed\": %d,\n  \"tps\": %.6g,\n", t, NR, NR / t
+            if (NR > 0) printf "  \"lat_p50_us\": %d,\n  \"lat_p95_us\": %d,\n  \"lat_p99_us\": %d,\n  \"lat_max_us\": %d,\n  \"lat_mean_us\": %.6g,\n", pct(0.5), pct(0.95), pct(0.99), v[NR], s / NR
+            printf "  \"pg_commits_per_txn\": %.6g,\n", (total > 0) ? pc / total : 0
+            printf "  \"pg_write_xacts_per_txn\": %.6g,\n", (total > 0) ? x / total : 0
+            printf "  \"machine_busy_pct\": %s,\n", busy
+            printf "  \"pgbench_reported_tps\": %s\n}\n", rep
+        }' "$d/lat" >"$RUNS/$name.json"
+    printf '  pgbench     %d clients: %s tx/s in the window, p50 %s us\n' "$c" \
+        "$(jget "$RUNS/$name.json" tps)" "$(jget "$RUNS/$name.json" lat_p50_us)" >&2
+}
+
+# bench_run WORKLOAD CLIENTS NAME [extra treaty-bench flags]
+bench_run() {
+    wl=$1
+    c=$2
+    name=$3
+    shift 3
+    "$BIN/treaty-bench" --endpoint "$EP" --workload "$wl" --clients "$c" --seconds "$T" --warmup "$W" \
+        --journal "$BASE dbname=treaty_journal" --coord-pid "$TREATYD" "$@" --json \
+        >"$RUNS/$name.json" 2>"$WORK/$name.log"
+    rc=$?
+    grep -v NOTICE "$WORK/$name.log" | tail -n 9 >&2
+    if [ $rc -ne 0 ]; then
+        printf 'bench: treaty-bench %s failed (status %d)\n' "$wl" "$rc" >&2
+        FAILED=1
+    fi
+    kill -0 "$TREATYD" 2>/dev/null || fail "treatyd died during $name"
+}
+
+rep=1
+while [ $rep -le "$REPS" ]; do
+    say "repetition $rep of $REPS ($T s measured after $W s warm-up per run)"
+    first=base
+    [ $((rep % 2)) -eq 0 ] && first=treaty
+    for pair in noop lat bank; do
+        for who in $first $( [ $first = base ] && echo treaty || echo base); do
+            case "$pair.$who" in
+            noop.base) pgbench_run "$NOOP_CLIENTS" "pgbench-c$NOOP_CLIENTS-r$rep" ;;
+            noop.treaty) bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-c$NOOP_CLIENTS-r$rep" --participants "$K" ;;
+            lat.base) pgbench_run 1 "pgbench-c1-r$rep" ;;
+            lat.treaty) bench_run 2pc-noop 1 "2pc-noop-c1-r$rep" --participants "$K" ;;
+            bank.base)
+                bench_run direct-bank "$BANK_CLIENTS" "direct-bank-c$BANK_CLIENTS-r$rep" \
+                    --db-a "$BASE dbname=bank_a" --db-b "$BASE dbname=bank_b" ;;
+            bank.treaty)
+                bench_run 2pc-bank "$BANK_CLIENTS" "2pc-bank-c$BANK_CLIENTS-r$rep" \
+                    --db-a "$BASE dbname=bank_a" --db-b "$BASE dbname=bank_b" ;;
+            esac
+        done
+    done
+    rep=$((rep + 1))
+done
+bench_run saga-noop 1 saga-noop
+
+# ------------------------------------------------------- the comparison
+# median of the numbers on stdin ("null" when none)
+median() {
+    grep -E '^-?[0-9.eE+-]+$' | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# vals NAME KEY: the KEY of every repetition of run NAME (without -rN), one a line
+vals() { r=1; while [ $r -le "$REPS" ]; do [ -f "$RUNS/$1-r$r.json" ] && jget "$RUNS/$1-r$r.json" "$2"; r=$((r + 1)); done; }
+# ratios A KEYA B KEYB [scale]: per repetition A/B
+ratios() {
+    r=1
+    while [ $r -le "$REPS" ]; do
+        a=$( [ -f "$RUNS/$1-r$r.json" ] && jget "$RUNS/$1-r$r.json" "$2")
+        b=$( [ -f "$RUNS/$3-r$r.json" ] && jget "$RUNS/$3-r$r.json" "$4")
+        awk -v a="${a:-null}" -v b="${b:-null}" 'BEGIN { if (a != "null" && b != "null" && b + 0 != 0) printf "%.4g\n", a / b }'
+        r=$((r + 1))
+    done
+}
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { if (v == "null" || v == "") printf "%10s", "-"; else printf "%10.*f", d, v }'; }
+row() { # LABEL DECIMALS VALUES...
+    label=$1
+    dec=$2
+    shift 2
+    printf '  %-44s' "$label"
+    for v in "$@"; do fmt "$v" "$dec"; done
+    printf '\n'
+}
+line_of() { # NAME KEY DEC LABEL: a row with each repetition and the median
+    v=$(vals "$1" "$2" | tr '\n' ' ')
+    m=$(vals "$1" "$2" | median)
+    # shellcheck disable=SC2086,SC2046
+    row "$4" "$3" $v $(pad "$(vals "$1" "$2" | wc -l)") "$m"
+}
+pad() { n=$1; while [ "$n" -lt "$REPS" ]; do printf 'null '; n=$((n + 1)); done; }
+ratio_line() { # LABEL A KEYA B KEYB
+    v=$(ratios "$2" "$3" "$4" "$5" | tr '\n' ' ')
+    m=$(ratios "$2" "$3" "$4" "$5" | median)
+    # shellcheck disable=SC2086,SC2046
+    row "$1" 2 $v $(pad "$(ratios "$2" "$3" "$4" "$5" | wc -l)") "$m"
+    RATIO_MEDIAN=$m
+}
+verdict() { # LABEL VALUE OP LIMIT
+    awk -v l="$1" -v v="$2" -v op="$3" -v lim="$4" 'BEGIN {
+        if (v == "null") { printf "  %-60s %s\n", l, "not measured"; exit }
+        ok = (op == "<=") ? (v + 0 <= lim + 0) : (v + 0 >= lim + 0)
+        printf "  %-60s %10.3f %s %-6s %s\n", l, v, op, lim, ok ? "MET" : "NOT MET" }'
+}
+
+NC=$NOOP_CLIENTS
+BC=$BANK_CLIENTS
+hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); done; printf '%10s' median)
+{
+    printf '\nTreaty benchmark, %s\n' "$STARTED"
+    printf 'machine: %s x %s, %s RAM, Linux %s; PostgreSQL %s (fsync on, synchronous_commit on)\n' \
+        "$NPROC" "$CPU_MODEL" "$MEM_TOTAL" "$KERNEL" "$PGVERSION"
+    printf 'source %s, treatyd sha256 %s\n' "$REV" "$TREATYD_SUM"
+    printf 'each run: %s s measured after %s s warm-up; %s repetitions; %s noop participants; %s bank instances per bank\n\n' \
+        "$T" "$W" "$REPS" "$K" "$BANK_INSTANCES"
+    printf '  %-44s%s\n' "throughput (committed tx/s)" "$hdr"
+    line_of "2pc-noop-c$NC" tps 1 "2pc-noop, $K participants, $NC clients"
+    line_of "pgbench-c$NC" tps 1 "pgbench single-row INSERT, $NC clients"
+    ratio_line "  ratio 2pc-noop / pgbench" "2pc-noop-c$NC" tps "pgbench-c$NC" tps
+    R_NOOP=$RATIO_MEDIAN
+    line_of "2pc-bank-c$BC" tps 1 "2pc-bank, $BC clients"
+    line_of "direct-bank-c$BC" tps 1 "direct-bank, $BC clients"
+    ratio_line "  ratio 2pc-bank / direct-bank" "2pc-bank-c$BC" tps "direct-bank-c$BC" tps
+    R_BANK=$RATIO_MEDIAN
+    line_of "2pc-noop-c1" tps 1 "2pc-noop, 1 client"
+    line_of "pgbench-c1" tps 1 "pgbench single-row INSERT, 1 client"
+    printf '\n  %-44s%s\n' "latency p50 / p99 (ms)" "$hdr"
+    for n in "2pc-noop-c1" "pgbench-c1" "2pc-noop-c$NC" "pgbench-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+        v=$(vals "$n" lat_p50_us | awk '{ printf "%s ", $1 / 1000 }')
+        m=$(vals "$n" lat_p50_us | median | awk '{ print ($1 == "null") ? "null" : $1 / 1000 }')
+        # shellcheck disable=SC2086,SC2046
+        row "$n p50" 3 $v $(pad "$(vals "$n" lat_p50_us | wc -l)") "$m"
+        v=$(vals "$n" lat_p99_us | awk '{ printf "%s ", $1 / 1000 }')
+        m=$(vals "$n" lat_p99_us | median | awk '{ print ($1 == "null") ? "null" : $1 / 1000 }')
+        # shellcheck disable=SC2086,SC2046
+        row "$n p99" 3 $v $(pad "$(vals "$n" lat_p99_us | wc -l)") "$m"
+    done
+    ratio_line "  ratio p50 2pc-noop@1 / pgbench@1" "2pc-noop-c1" lat_p50_us "pgbench-c1" lat_p50_us
+    R_LAT=$RATIO_MEDIAN
+    printf '\n  %-44s%s\n' "per committed transaction" "$hdr"
+    for n in "2pc-noop-c$NC" "2pc-noop-c1" "2pc-bank-c$BC" "direct-bank-c$BC" "pgbench-c$NC"; do
+        line_of "$n" pg_commits_per_txn 3 "$n: Postgres commits"
+        line_of "$n" pg_write_xacts_per_txn 3 "$n: writing Postgres xacts"
+        case $n in
+        2pc-*)
+            line_of "$n" journal_rows_per_txn 3 "$n: journal rows"
+            line_of "$n" journal_forced_per_txn 3 "$n: forced journal commits"
+            line_of "$n" coord_cpu_us_per_txn 1 "$n: coordinator CPU us"
+            line_of "$n" coord_cpu_s_per_1000_txn 4 "$n: coordinator CPU s / 1000 tx"
+            line_of "$n" coord_rss_kb 0 "$n: coordinator RSS kB (end)"
+            ;;
+        esac
+    done
+    printf '\n  %-44s%s\n' "outcomes (aborted + unknown + refused + failed)" "$hdr"
+    for n in "2pc-noop-c$NC" "2pc-noop-c1" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+        v=$(r=1; while [ $r -le "$REPS" ]; do f="$RUNS/$n-r$r.json"; [ -f "$f" ] &&
+            awk -v a="$(jget "$f" aborted)" -v u="$(jget "$f" unknown)" -v x="$(jget "$f" refused)" \
+                -v y="$(jget "$f" failed)" 'BEGIN { print a + u + x + y }'; r=$((r + 1)); done | tr '\n' ' ')
+        # shellcheck disable=SC2086,SC2046
+        row "$n not committed" 0 $v
+    done
+    line_of "2pc-noop-c$NC" machine_busy_pct 0 "machine busy % during 2pc-noop@$NC"
+    line_of "pgbench-c$NC" machine_busy_pct 0 "machine busy % during pgbench@$NC"
+    printf '\n  saga-noop: %s\n' "$(jget "$RUNS/saga-noop.json" reason)"
+
+    printf '\ntargets (medians over the repetitions)\n'
+    verdict "2pc-noop@$NC ($K participants) / pgbench INSERT@$NC throughput" "$R_NOOP" ">=" 2.0
+    verdict "2pc-bank@$BC / direct-bank@$BC throughput" "$R_BANK" ">=" 0.8
+    verdict "p50 latency 2pc-noop@1 / pgbench INSERT@1" "$R_LAT" "<=" 2.0
+    verdict "coordinator CPU us per 2pc-noop txn (@$NC)" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" "<=" 50
+    verdict "forced Postgres commits per 2pc-noop txn (@$NC, journal)" \
+        "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)" "<=" 0.2
+} >"$WORK/summary.txt"
+cat "$WORK/summary.txt"
+
+# --------------------------------------------------------- results.json
+{
+    printf '{\n  "started": "%s",\n  "source": "%s",\n  "treatyd_sha256": "%s",\n' "$STARTED" "$REV" "$TREATYD_SUM"
+    printf '  "machine": {"nproc": %s, "cpu": "%s", "mem": "%s", "kernel": "%s", "postgres": "%s"},\n' \
+        "$NPROC" "$CPU_MODEL" "$MEM_TOTAL" "$KERNEL" "$PGVERSION"
+    printf '  "config": {"seconds": %s, "warmup": %s, "reps": %s, "noop_clients": %s, "bank_clients": %s, "participants": %s, "bank_instances": %s},\n' \
+        "$T" "$W" "$REPS" "$NOOP_CLIENTS" "$BANK_CLIENTS" "$K" "$BANK_INSTANCES"
+    printf '  "medians": {"ratio_2pc_noop_vs_pgbench_tps": %s, "ratio_2pc_bank_vs_direct_tps": %s, "ratio_p50_2pc_noop_vs_pgbench_1client": %s, "coord_cpu_us_per_noop_txn": %s, "forced_commits_per_noop_txn": %s},\n' \
+        "$R_NOOP" "$R_BANK" "$R_LAT" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" \
+        "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)"
+    printf '  "runs": {'
+    sep=""
+    for f in "$RUNS"/*.json; do
+        printf '%s\n    "%s": ' "$sep" "$(basename "$f" .json)"
+        sed 's/^/    /' "$f" | sed '1s/^    //'
+        sep=","
+    done
+    printf '\n  }\n}\n'
+} >"$OUT/results.json"
+cp "$WORK/summary.txt" "$OUT/summary.txt"
+printf '\nresults: %s/results.json (summary: %s/summary.txt)\n' "$OUT" "$OUT" >&2
+[ "$FAILED" -eq 0 ] || fail "some runs failed (see above)"
+exit 0
