@@ -131,7 +131,7 @@ install: all
 	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
 	ln -sf libtreaty.so.0 $(DESTDIR)$(PREFIX)/lib/libtreaty.so
 	install -m 644 participant-sdk/include/treaty.h $(DESTDIR)$(PREFIX)/include/
-	install -m 644 $(BUILD)/treaty.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	sed 's|^prefix=.*|prefix=$(PREFIX)|' $(BUILD)/treaty.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/treaty.pc
 	install -m 644 sql/*.sql $(DESTDIR)$(PREFIX)/share/treaty/sql/
 
 clean:
