@@ -832,8 +832,10 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
     r->def = NULL; /* owned by s now */
     s->deadline_ms = -1; /* the deadline was for the first run */
     for (unsigned i = 0; i < s->nsteps; i++)
-        if (r->action_done[i])
+        if (r->action_done[i]) {
             s->steps[i].state = STEP_DONE;
+            s->steps[i].started = true; /* a turn-around must compensate it */
+        }
     if (r->turned) {
         /* Which actions ran is not journaled eagerly: compensate every step of
          * the groups up to the failing one (null compensations are safe). */

@@ -713,10 +713,11 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
                  "listen = \"%s\";\n"
                  "log_level = \"%s\";\n"
                  "shutdown_deadline_ms = 2000;\n"
-                 "journal = { conninfo = \"%s\"; retention_s = 3600; connect_initial_ms = 50; connect_max_ms = 1000; };\n"
+                 "journal = { conninfo = \"%s\"; retention_s = 3600; connect_initial_ms = 50; connect_max_ms = 1000;"
+                 " lazy_delay_ms = %d; };\n"
                  "twopc = { default_timeout_ms = %d; resend_initial_ms = %d; resend_max_ms = %d; };\n"
                  "registry = { heartbeat_ms = %d; dead_after_ms = %d; };\n",
-                 d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted,
+                 d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted, o.lazy_immediately ? 0 : 20,
                  o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000, resend_max < 100 ? resend_max : 100,
                  resend_max, o.heartbeat_ms > 0 ? o.heartbeat_ms : 100,
                  o.dead_after_ms > 0 ? o.dead_after_ms : 1000);

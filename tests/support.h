@@ -161,6 +161,7 @@ struct support_treatyd_opts {
     int heartbeat_ms;       /* registry.heartbeat_ms; 0 = 100 */
     int dead_after_ms;      /* registry.dead_after_ms; 0 = 1000 */
     const char *log_level;  /* NULL = "info" */
+    bool lazy_immediately;  /* journal.lazy_delay_ms = 0 (else the default) */
 };
 
 struct support_treatyd {

@@ -59,6 +59,7 @@ struct shop {
     char setup[256];
     unsigned long transient;    /* --transient-failures */
     unsigned long compensation; /* --compensation-failures */
+    unsigned long delay_ms;     /* --step-delay-ms */
     struct support_proc *proc;
 };
 
@@ -70,7 +71,7 @@ struct world {
 };
 
 struct faults {
-    unsigned long transient, compensation;
+    unsigned long transient, compensation, delay_ms;
 };
 
 struct world_opts {
@@ -78,6 +79,7 @@ struct world_opts {
     const char *wallet;       /* payment --setup; default "alice=100,bob=20" */
     const char *coord_config; /* extra treatyd config (saga section) */
     const char *const *coord_env;
+    bool lazy_immediately; /* journal.lazy_delay_ms = 0 */
     struct faults orders, inventory, payment;
 };
 
@@ -118,6 +120,8 @@ static void shop_spawn(struct world *w, struct shop *s)
     cr_assert(access(bin, X_OK) == 0, "%s is missing or not executable", bin);
     snprintf(transient, sizeof transient, "%lu", s->transient);
     snprintf(compensation, sizeof compensation, "%lu", s->compensation);
+    char delay[32];
+    snprintf(delay, sizeof delay, "%lu", s->delay_ms);
     char *argv[] = {bin,
                     (char *)"--endpoint",
                     w->d.endpoint,
@@ -133,6 +137,8 @@ static void shop_spawn(struct world *w, struct shop *s)
                     transient,
                     (char *)"--compensation-failures",
                     compensation,
+                    (char *)"--step-delay-ms",
+                    delay,
                     NULL};
     s->proc = support_spawn(s->role, argv, NULL);
 }
@@ -184,6 +190,7 @@ static void shop_init(struct shop *s, const char *role, const char *instance, co
     snprintf(s->setup, sizeof s->setup, "%s", setup);
     s->transient = f->transient;
     s->compensation = f->compensation;
+    s->delay_ms = f->delay_ms;
 }
 
 static void world_start(struct world *w, const struct world_opts *o)
@@ -195,7 +202,8 @@ static void world_start(struct world *w, const struct world_opts *o)
     shop_init(&w->inventory, "inventory", "i1", o->stock != NULL ? o->stock : "widget=10", &o->inventory);
     shop_init(&w->payment, "payment", "p1", o->wallet != NULL ? o->wallet : "alice=100,bob=20", &o->payment);
 
-    struct support_treatyd_opts coord = {.heartbeat_ms = 100, .dead_after_ms = 1000};
+    struct support_treatyd_opts coord = {
+        .heartbeat_ms = 100, .dead_after_ms = 1000, .lazy_immediately = o->lazy_immediately};
     support_treatyd_start_with(&w->d, w->journal, &coord, o->coord_config, o->coord_env);
     struct shop *all[] = {&w->orders, &w->inventory, &w->payment};
     for (int i = 0; i < 3; i++)
@@ -751,6 +759,49 @@ Test(e2e_saga, coordinator_killed_between_groups_completes_after_restart, .init 
     expect_outcome(run_order(c, &id, &ord, 30000, &again), &again, TREATY_STATUS_COMPLETED, -1, NULL);
     treaty_client_destroy(&c);
     expect_state(&after);
+}
+
+Test(e2e_saga, coordinator_killed_between_groups_then_failure_compensates_recorded_steps,
+     .init = setup_shared)
+{
+    /* Crash after group 1 (reserve) is done. Step 0's completion record was
+     * written lazily while reserve took its 500 ms (lazy_delay_ms = 0), so
+     * recovery finds step 0 done and resumes at a later group.
+     * When charge then fails, the step recovery found done must still be
+     * compensated. */
+    static const char *const crash[] = {"TREATY_CRASH_AT=coord.saga_between_groups:2", NULL};
+    struct world w;
+    struct world_opts o = {.coord_env = crash, .lazy_immediately = true, .inventory = {.delay_ms = 500}};
+    world_start(&w, &o);
+
+    struct order ord = {"o-1", "widget", 4, "bob", 50, patient}; /* bob has 20: charge fails */
+    treaty_txid_t id;
+    run_into_crash(&w, &ord, "coord.saga_between_groups", &id);
+    struct state_want before = {.w = &w,
+                                .id = &id,
+                                .orders = "o-1=created",
+                                .stock = "widget=6",
+                                .wallet = "alice=100,bob=20",
+                                .a_orders = "0:create_order=1",
+                                .a_inventory = "1:reserve=1",
+                                .a_payment = ""};
+    expect_state(&before);
+
+    support_treatyd_restart(&w.d, NULL, true);
+    treaty_outcome_t fin;
+    cr_assert(support_query_saga_final(w.d.endpoint, &id, false, &fin) == TREATY_STATUS_COMPENSATED,
+              "after recovery %s is %s (reason \"%s\"), want compensated", txid_str(&id),
+              treaty_status_name(fin.status), fin.reason);
+    struct state_want after = {.w = &w,
+                               .id = &id,
+                               .orders = "o-1=cancelled",
+                               .stock = "widget=10",
+                               .wallet = "alice=100,bob=20",
+                               .a_orders = "0:cancel_order=1,0:create_order=1",
+                               .a_inventory = "1:release=1,1:reserve=1",
+                               .a_payment = ""};
+    expect_state(&after);
+    expect_end_record(&w, &id);
 }
 
 static void ignore_outcome(void *arg, const treaty_outcome_t *outcome)
