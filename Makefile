@@ -102,7 +102,7 @@ deps:
 	@sh scripts/deps.sh
 
 test: deps
-	$(MAKE) all $(TEST_BIN) check-header
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header
 	BUILD=$(BUILD) sh tests/run.sh
 
 demo: deps
@@ -162,3 +162,21 @@ $(BUILD)/bin/noop_participant: $(BUILD)/obj/bench/noop_participant.o $(LIB_A)
 bench: deps
 	$(MAKE) all bench-bin
 	BUILD=$(BUILD) sh bench/run.sh
+
+# ------------------------------------------------------- scenarios (issue 4)
+# make scenarios   build treaty-scenario (scenarios/runner.c) and run every
+#                  scenarios/*.conf through scenarios/run on a throwaway
+#                  PostgreSQL; SEED=N (default 1), REPEAT=K, SCENARIOS="a b".
+#                  Not part of `make test` (tests/test_scenarios.c runs the
+#                  two fast ones there).
+SCEN_BIN := $(BUILD)/bin/treaty-scenario
+.PHONY: scenarios-bin
+scenarios-bin: $(SCEN_BIN)
+
+$(SCEN_BIN): $(BUILD)/obj/scenarios/runner.o $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+scenarios: deps
+	$(MAKE) all scenarios-bin
+	BUILD=$(BUILD) sh scenarios/run --seed $(or $(SEED),1) --repeat $(or $(REPEAT),1) $(SCENARIOS)

@@ -4,9 +4,20 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "treaty.h"
+
+static bool netfault_on(void);
+static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_hdr *h,
+                         const struct wire_frame *frames, size_t nframes);
+static void netfault_release(void *sock);
 
 static const char *const type_names[] = {
     "?",       "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR",
@@ -230,6 +241,8 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
     in->nparts = 0;
     in->rid_len = 0;
     memset(&in->msg.hdr, 0, sizeof in->msg.hdr);
+    if (netfault_on())
+        netfault_release(sock);
     for (;;) {
         zmq_msg_t scratch;
         zmq_msg_t *part = in->nparts < sizeof in->parts / sizeof in->parts[0] ? &in->parts[in->nparts] : &scratch;
@@ -296,18 +309,17 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
     return 0;
 }
 
-int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
-              const struct wire_frame *frames, size_t nframes)
+/* The plain send, without the fault filter. */
+static int send_parts(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *buf,
+                      const struct wire_frame *frames, size_t nframes)
 {
-    uint8_t buf[WIRE_HDR_LEN];
-    wire_encode_hdr(h, buf);
     /* ZMQ_DONTWAIT on every part: a multipart message is queued atomically
      * once its first part is accepted. */
     if (rid != NULL) {
         if (zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
             return TREATY_ETRANSPORT;
     }
-    if (zmq_send(sock, buf, sizeof buf, (nframes ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
+    if (zmq_send(sock, buf, WIRE_HDR_LEN, (nframes ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
         return TREATY_ETRANSPORT;
     for (size_t i = 0; i < nframes; i++) {
         int flags = (i + 1 < nframes ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT;
@@ -315,6 +327,16 @@ int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_
             return TREATY_ETRANSPORT;
     }
     return 0;
+}
+
+int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+              const struct wire_frame *frames, size_t nframes)
+{
+    uint8_t buf[WIRE_HDR_LEN];
+    wire_encode_hdr(h, buf);
+    if (netfault_on())
+        return netfault_send(sock, rid, rid_len, buf, h, frames, nframes);
+    return send_parts(sock, rid, rid_len, buf, frames, nframes);
 }
 
 struct wire_frame wire_str(const char *s)
@@ -333,4 +355,283 @@ void wire_copy_text(const struct wire_frame *f, char *buf, size_t cap)
         buf[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
     }
     buf[n] = '\0';
+}
+
+/* ------------------------------------------------- transport fault filter
+ *
+ * For failure-injection scenarios (scenarios/): when the environment variable
+ * TREATY_NET_FAULTS is set, wire_send drops, duplicates or holds back a
+ * seeded fraction of the outgoing messages of this process. Comma-separated
+ * KEY=VALUE items, every one optional:
+ *
+ *   seed=N        PRNG seed (default 1), mixed with tag
+ *   tag=TEXT      per-process tag mixed into the seed (default: program name)
+ *   drop=F        fraction of matching messages not sent at all
+ *   dup=F         fraction sent twice
+ *   delay=F       fraction held back delay_ms, then sent by a later wire_send
+ *                 or wire_recv on the same socket (so they arrive reordered)
+ *   delay_ms=N    (default 200)
+ *   types=A+B+..  message types the filter applies to (wire_type_name names;
+ *                 default every type except HELLO and WELCOME)
+ *   for_ms=N      faults only during the first N ms after the first message
+ *                 (default: forever); held messages are still released
+ *   stop_file=P   faults end once the file P exists (checked every 100 ms)
+ *
+ * Direction: the filter acts on what this process sends; give it to the
+ * coordinator for coordinator->participant/client messages, to a participant
+ * (or the client) for the other direction.
+ *
+ * One random draw per matching message decides: [0,drop) drop,
+ * [drop,drop+dup) duplicate, [drop+dup,drop+dup+delay) delay. The counts go
+ * to stderr at exit ("treaty netfault: ..."). With the variable unset the
+ * cost is one cached getenv. Thread safety: one mutex, taken only when on.
+ */
+
+struct nf_held {
+    void *sock;
+    int socktype;
+    long long due_ms;
+    size_t nparts; /* including the routing id, if any */
+    size_t lens[WIRE_MAX_FRAMES + 2];
+    uint8_t *data; /* all parts back to back */
+    struct nf_held *next;
+};
+
+static struct {
+    pthread_once_t once;
+    bool on;
+    pthread_mutex_t mu;
+    uint64_t rng;
+    double drop, dup, delay;
+    int delay_ms;
+    uint32_t types; /* bit per wire_type */
+    long long start_ms, for_ms, checked_ms;
+    char stop_file[256];
+    bool stopped;
+    unsigned long dropped, duplicated, delayed, seen;
+    char tag[64];
+    struct nf_held *held;
+} nf = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
+
+static long long nf_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* splitmix64 */
+static uint64_t nf_next(void)
+{
+    uint64_t z = (nf.rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void nf_report(void)
+{
+    pthread_mutex_lock(&nf.mu);
+    fprintf(stderr, "treaty netfault: tag=%s matched=%lu dropped=%lu duplicated=%lu delayed=%lu\n", nf.tag, nf.seen,
+            nf.dropped, nf.duplicated, nf.delayed);
+    fflush(stderr);
+    pthread_mutex_unlock(&nf.mu);
+}
+
+static void nf_init(void)
+{
+    const char *spec = getenv("TREATY_NET_FAULTS");
+    if (spec == NULL || *spec == '\0')
+        return;
+    uint64_t seed = 1;
+    nf.delay_ms = 200;
+    nf.for_ms = -1;
+    nf.types = 0;
+    snprintf(nf.tag, sizeof nf.tag, "%s", program_invocation_short_name);
+    char *copy = strdup(spec);
+    if (copy == NULL)
+        return;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (eq == NULL) {
+            fprintf(stderr, "treaty netfault: ignoring \"%s\" (want KEY=VALUE)\n", item);
+            continue;
+        }
+        *eq = '\0';
+        const char *v = eq + 1;
+        if (strcmp(item, "seed") == 0)
+            seed = strtoull(v, NULL, 10);
+        else if (strcmp(item, "tag") == 0)
+            snprintf(nf.tag, sizeof nf.tag, "%s", v);
+        else if (strcmp(item, "drop") == 0)
+            nf.drop = strtod(v, NULL);
+        else if (strcmp(item, "dup") == 0)
+            nf.dup = strtod(v, NULL);
+        else if (strcmp(item, "delay") == 0)
+            nf.delay = strtod(v, NULL);
+        else if (strcmp(item, "delay_ms") == 0)
+            nf.delay_ms = atoi(v);
+        else if (strcmp(item, "stop_file") == 0)
+            snprintf(nf.stop_file, sizeof nf.stop_file, "%s", v);
+        else if (strcmp(item, "for_ms") == 0)
+            nf.for_ms = atoll(v);
+        else if (strcmp(item, "types") == 0) {
+            char *s2 = NULL;
+            for (char *t = strtok_r((char *)v, "+", &s2); t != NULL; t = strtok_r(NULL, "+", &s2)) {
+                int k;
+                for (k = 1; k <= WIRE_TYPE_MAX_; k++)
+                    if (strcasecmp(t, type_names[k]) == 0)
+                        break;
+                if (k <= WIRE_TYPE_MAX_)
+                    nf.types |= 1u << k;
+                else
+                    fprintf(stderr, "treaty netfault: unknown message type \"%s\"\n", t);
+            }
+        } else
+            fprintf(stderr, "treaty netfault: unknown key \"%s\"\n", item);
+    }
+    free(copy);
+    if (nf.types == 0)
+        nf.types = ~((1u << WIRE_HELLO) | (1u << WIRE_WELCOME));
+    /* mix the tag into the seed (FNV-1a) */
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = nf.tag; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    nf.rng = seed ^ h;
+    nf.start_ms = -1;
+    nf.on = true;
+    fprintf(stderr, "treaty netfault: on (tag=%s drop=%.3f dup=%.3f delay=%.3f delay_ms=%d for_ms=%lld)\n", nf.tag,
+            nf.drop, nf.dup, nf.delay, nf.delay_ms, nf.for_ms);
+    atexit(nf_report);
+}
+
+static bool netfault_on(void)
+{
+    pthread_once(&nf.once, nf_init);
+    return nf.on;
+}
+
+/* Sends the held messages of sock that are due. */
+static void netfault_release(void *sock)
+{
+    long long now = nf_now_ms();
+    for (;;) {
+        pthread_mutex_lock(&nf.mu);
+        struct nf_held **pp = &nf.held, *m = NULL;
+        for (; *pp != NULL; pp = &(*pp)->next) {
+            if ((*pp)->sock == sock && (*pp)->due_ms <= now) {
+                m = *pp;
+                *pp = m->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&nf.mu);
+        if (m == NULL)
+            return;
+        /* The socket's memory may have been reused by another socket since:
+         * only send when its type still matches. */
+        int type = -1;
+        size_t tl = sizeof type;
+        if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tl) == 0 && type == m->socktype) {
+            const uint8_t *p = m->data;
+            for (size_t i = 0; i < m->nparts; i++) {
+                int fl = (i + 1 < m->nparts ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT;
+                if (zmq_send(sock, p, m->lens[i], fl) < 0)
+                    break;
+                p += m->lens[i];
+            }
+        }
+        free(m->data);
+        free(m);
+    }
+}
+
+static int nf_hold(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_frame *frames,
+                   size_t nframes)
+{
+    struct nf_held *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return TREATY_ETRANSPORT;
+    size_t total = rid_len + WIRE_HDR_LEN;
+    for (size_t i = 0; i < nframes; i++)
+        total += frames[i].len;
+    m->data = malloc(total ? total : 1);
+    if (m->data == NULL) {
+        free(m);
+        return TREATY_ETRANSPORT;
+    }
+    uint8_t *p = m->data;
+    if (rid != NULL) {
+        memcpy(p, rid, rid_len);
+        p += rid_len;
+        m->lens[m->nparts++] = rid_len;
+    }
+    memcpy(p, hdr, WIRE_HDR_LEN);
+    p += WIRE_HDR_LEN;
+    m->lens[m->nparts++] = WIRE_HDR_LEN;
+    for (size_t i = 0; i < nframes; i++) {
+        if (frames[i].len)
+            memcpy(p, frames[i].data, frames[i].len);
+        p += frames[i].len;
+        m->lens[m->nparts++] = frames[i].len;
+    }
+    size_t tl = sizeof m->socktype;
+    zmq_getsockopt(sock, ZMQ_TYPE, &m->socktype, &tl);
+    m->sock = sock;
+    m->due_ms = nf_now_ms() + nf.delay_ms;
+    pthread_mutex_lock(&nf.mu);
+    struct nf_held **pp = &nf.held;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = m;
+    pthread_mutex_unlock(&nf.mu);
+    return 0;
+}
+
+static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_hdr *h,
+                         const struct wire_frame *frames, size_t nframes)
+{
+    netfault_release(sock);
+    enum { NF_PASS, NF_DROP, NF_DUP, NF_DELAY } act = NF_PASS;
+    if (h->type <= WIRE_TYPE_MAX_ && (nf.types & (1u << h->type))) {
+        long long now = nf_now_ms();
+        pthread_mutex_lock(&nf.mu);
+        if (nf.start_ms < 0)
+            nf.start_ms = now;
+        if (nf.stop_file[0] && !nf.stopped && now - nf.checked_ms >= 100) {
+            nf.checked_ms = now;
+            nf.stopped = access(nf.stop_file, F_OK) == 0;
+        }
+        if (!nf.stopped && (nf.for_ms < 0 || now - nf.start_ms < nf.for_ms)) {
+            nf.seen++;
+            double r = (double)(nf_next() >> 11) / 9007199254740992.0;
+            if (r < nf.drop) {
+                act = NF_DROP;
+                nf.dropped++;
+            } else if (r < nf.drop + nf.dup) {
+                act = NF_DUP;
+                nf.duplicated++;
+            } else if (r < nf.drop + nf.dup + nf.delay) {
+                act = NF_DELAY;
+                nf.delayed++;
+            }
+        }
+        pthread_mutex_unlock(&nf.mu);
+    }
+    switch (act) {
+    case NF_DROP:
+        return 0; /* as if the network lost it */
+    case NF_DELAY:
+        return nf_hold(sock, rid, rid_len, hdr, frames, nframes);
+    case NF_DUP: {
+        int rc = send_parts(sock, rid, rid_len, hdr, frames, nframes);
+        if (rc != 0)
+            return rc;
+        return send_parts(sock, rid, rid_len, hdr, frames, nframes);
+    }
+    case NF_PASS:
+        break;
+    }
+    return send_parts(sock, rid, rid_len, hdr, frames, nframes);
 }
