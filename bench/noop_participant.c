@@ -2,9 +2,13 @@
  * noop_participant.c - a Treaty participant whose handlers do nothing, for
  * benchmarks that measure the coordinator alone (workload 2pc-noop).
  *
- *   noop_participant --endpoint EP --service NAME --instance ID
+ *   noop_participant --endpoint EP --service NAME --instance ID [--hold]
  *
- * prepare votes YES at once, commit and abort return 0 (ACK). There is no
+ * prepare votes YES at once, commit and abort return 0 (ACK); the saga
+ * action "noop" and compensation "undo" return TREATY_STEP_OK (workload
+ * saga-noop). With --hold prepare sends no vote at all (it returns
+ * TREATY_EBUSY), so every transaction stays in flight at the coordinator
+ * until its deadline (workload 2pc-hold, the memory measurement). There is no
  * database and nothing durable: this participant is only fit for measuring.
  * It runs on the SDK's own thread (treaty_participant_start); the main thread
  * waits for SIGTERM or SIGINT, then stops it and prints what it handled.
@@ -14,6 +18,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +30,9 @@ struct noop {
     unsigned long prepares;
     unsigned long commits;
     unsigned long aborts;
+    unsigned long steps;
+    unsigned long undos;
+    bool hold;
 };
 
 static int on_prepare(void *arg, const treaty_branch_t *b, char *reason)
@@ -33,7 +41,25 @@ static int on_prepare(void *arg, const treaty_branch_t *b, char *reason)
     (void)b;
     (void)reason;
     n->prepares++;
-    return TREATY_VOTE_YES;
+    return n->hold ? TREATY_EBUSY : TREATY_VOTE_YES;
+}
+
+static int on_step(void *arg, const treaty_step_t *s, char *reason)
+{
+    struct noop *n = arg;
+    (void)s;
+    (void)reason;
+    n->steps++;
+    return TREATY_STEP_OK;
+}
+
+static int on_undo(void *arg, const treaty_step_t *s, char *reason)
+{
+    struct noop *n = arg;
+    (void)s;
+    (void)reason;
+    n->undos++;
+    return TREATY_STEP_OK;
 }
 
 static int on_commit(void *arg, const treaty_branch_t *b)
@@ -54,7 +80,7 @@ static int on_abort(void *arg, const treaty_branch_t *b)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: noop_participant --endpoint EP --service NAME --instance ID\n");
+    fprintf(f, "usage: noop_participant --endpoint EP --service NAME --instance ID [--hold]\n");
 }
 
 int main(int argc, char **argv)
@@ -63,10 +89,12 @@ int main(int argc, char **argv)
         {"endpoint", required_argument, NULL, 'e'},
         {"service", required_argument, NULL, 's'},
         {"instance", required_argument, NULL, 'i'},
+        {"hold", no_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *endpoint = NULL, *service = NULL, *instance = NULL;
+    bool hold = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -78,6 +106,9 @@ int main(int argc, char **argv)
             break;
         case 'i':
             instance = optarg;
+            break;
+        case 'H':
+            hold = true;
             break;
         case 'h':
             usage(stdout);
@@ -100,13 +131,20 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
-    struct noop counts = {0, 0, 0};
+    struct noop counts = {0, 0, 0, 0, 0, hold};
     treaty_handlers_t h = {on_prepare, on_commit, on_abort, &counts};
     treaty_participant_t *p = NULL;
     int rc = treaty_participant_new(endpoint, service, instance, &h, &p);
     if (rc != 0) {
         fprintf(stderr, "noop_participant %s/%s: cannot create the participant: %s (%s)\n", service, instance,
                 treaty_strerror(rc), p != NULL ? treaty_participant_errmsg(p) : "no detail");
+        treaty_participant_destroy(&p);
+        return 1;
+    }
+    if ((rc = treaty_participant_on_action(p, "noop", on_step, &counts)) != 0 ||
+        (rc = treaty_participant_on_compensation(p, "undo", on_undo, &counts)) != 0) {
+        fprintf(stderr, "noop_participant %s/%s: cannot register the saga handlers: %s\n", service, instance,
+                treaty_strerror(rc));
         treaty_participant_destroy(&p);
         return 1;
     }
@@ -128,7 +166,9 @@ int main(int argc, char **argv)
                 treaty_participant_errmsg(p));
     treaty_participant_destroy(&p);
     /* The participant's thread has been joined: the counters are ours now. */
-    fprintf(stderr, "noop_participant %s/%s: stopped after %lu prepares, %lu commits, %lu aborts\n", service, instance,
-            counts.prepares, counts.commits, counts.aborts);
+    fprintf(stderr,
+            "noop_participant %s/%s: stopped after %lu prepares, %lu commits, %lu aborts, %lu actions, %lu "
+            "compensations\n",
+            service, instance, counts.prepares, counts.commits, counts.aborts, counts.steps, counts.undos);
     return 0;
 }

@@ -14,7 +14,16 @@
 #        pgbench single-row INSERT @ NOOP_CLIENTS   vs  2pc-noop @ NOOP_CLIENTS
 #        pgbench single-row INSERT @ 1              vs  2pc-noop @ 1 (latency)
 #        direct-bank @ BANK_CLIENTS                 vs  2pc-bank @ BANK_CLIENTS
-#      and saga-noop once (reported as not available until sagas exist);
+#      and saga-noop (3 steps over the noop services) @ NOOP_CLIENTS right
+#      after 2pc-noop, compared with that repetition's pgbench;
+#   3b. unless BENCH_MEMREC=0, the memory and recovery measurements, each on a
+#      treatyd of its own (so the closed-loop runs' state does not count):
+#        memory: 2pc-hold holds BENCH_HOLD (100000) transactions in flight
+#          against K noop_participant --hold (they never vote); treatyd's
+#          VmRSS growth / BENCH_HOLD;
+#        recovery: BENCH_HOLD COMMIT records without END inserted with SQL
+#          into a fresh journal; time from starting treatyd to its first
+#          answer to a client query (query-probe);
 #   4. the comparison table with ratios, medians and the issue's targets on
 #      stdout; every run's figures in $BUILD/bench/results.json.
 # Everything started here is stopped, and the cluster removed, on exit (also
@@ -23,7 +32,8 @@
 #
 # Knobs (environment): BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_REPS (3),
 # BENCH_NOOP_CLIENTS (64), BENCH_BANK_CLIENTS (16), BENCH_PARTICIPANTS (2),
-# BENCH_BANK_INSTANCES (= BENCH_BANK_CLIENTS), BENCH_KEEP=1 keeps the logs.
+# BENCH_BANK_INSTANCES (= BENCH_BANK_CLIENTS), BENCH_SAGA_STEPS (3),
+# BENCH_MEMREC (1), BENCH_HOLD (100000), BENCH_KEEP=1 keeps the logs.
 set -u
 BUILD=${BUILD:-build}
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +53,9 @@ NOOP_CLIENTS=${BENCH_NOOP_CLIENTS:-64}
 BANK_CLIENTS=${BENCH_BANK_CLIENTS:-16}
 K=${BENCH_PARTICIPANTS:-2}
 BANK_INSTANCES=${BENCH_BANK_INSTANCES:-$BANK_CLIENTS}
+SAGA_STEPS=${BENCH_SAGA_STEPS:-3}
+MEMREC=${BENCH_MEMREC:-1}
+HOLD=${BENCH_HOLD:-100000}
 
 WORK=$(mktemp -d /tmp/treaty-bench.XXXXXX)
 PGDIR=""
@@ -101,7 +114,7 @@ PGDIR=$(mktemp -d /tmp/treaty-bench-pg.XXXXXX)
 say "throwaway PostgreSQL in $PGDIR (fsync = on, synchronous_commit = on)"
 BASE=$(sh scripts/pgtmp.sh start "$PGDIR") || fail "could not start PostgreSQL"
 PGVERSION=$("$PSQL" "$BASE dbname=postgres" -Atqc "SHOW server_version")
-for db in treaty_journal bank_a bank_b bench; do
+for db in treaty_journal bank_a bank_b bench treaty_hold treaty_recover; do
     "$PSQL" "$BASE dbname=postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null ||
         fail "cannot create database $db"
 done
@@ -244,7 +257,10 @@ while [ $rep -le "$REPS" ]; do
         for who in $first $( [ $first = base ] && echo treaty || echo base); do
             case "$pair.$who" in
             noop.base) pgbench_run "$NOOP_CLIENTS" "pgbench-c$NOOP_CLIENTS-r$rep" ;;
-            noop.treaty) bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-c$NOOP_CLIENTS-r$rep" --participants "$K" ;;
+            noop.treaty)
+                bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-c$NOOP_CLIENTS-r$rep" --participants "$K"
+                bench_run saga-noop "$NOOP_CLIENTS" "saga-noop-c$NOOP_CLIENTS-r$rep" --participants "$K" \
+                    --steps "$SAGA_STEPS" ;;
             lat.base) pgbench_run 1 "pgbench-c1-r$rep" ;;
             lat.treaty) bench_run 2pc-noop 1 "2pc-noop-c1-r$rep" --participants "$K" ;;
             bank.base)
@@ -258,7 +274,76 @@ while [ $rep -le "$REPS" ]; do
     done
     rep=$((rep + 1))
 done
-bench_run saga-noop 1 saga-noop
+
+# ------------------------------------------- memory and recovery (3b)
+# start_treatyd NAME DB: a treatyd of its own on a free port; sets EP2, T2, START_NS
+start_treatyd() {
+    q=$((p + 1 + $$ % 97))
+    while ss -Hltn "sport = :$q" 2>/dev/null | grep -q .; do q=$((q + 1)); done
+    EP2="tcp://127.0.0.1:$q"
+    {
+        echo "# written by bench/run.sh"
+        echo "listen = \"$EP2\";"
+        echo "log_level = \"info\";"
+        echo "journal = { conninfo = \"$BASE dbname=$2\"; retention_s = 86400; gc_interval_ms = 600000; };"
+        echo "limits = { max_inflight = $((2 * HOLD + 1000)); };"
+    } >"$WORK/$1.conf"
+    START_NS=$(date +%s%N)
+    "$BIN/treatyd" -c "$WORK/$1.conf" >"$WORK/$1.log" 2>&1 &
+    T2=$!
+    PIDS="$PIDS $T2"
+}
+stop_pid() { kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
+
+if [ "$MEMREC" = 1 ]; then
+    say "memory: $HOLD transactions held in flight (participants that never vote)"
+    start_treatyd hold treaty_hold
+    HOLD_PIDS=""
+    i=1
+    while [ $i -le "$K" ]; do
+        "$BIN/noop_participant" --endpoint "$EP2" --service "hold-$i" --instance h1 --hold >"$WORK/hold-$i.log" 2>&1 &
+        HOLD_PIDS="$HOLD_PIDS $!"
+        PIDS="$PIDS $!"
+        i=$((i + 1))
+    done
+    n=0
+    while [ "$(cat "$WORK"/hold-*.log 2>/dev/null | grep -c ready)" -lt "$K" ] && [ $n -lt 100 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    sleep 1.5 # registered by a heartbeat
+    "$BIN/treaty-bench" --endpoint "$EP2" --workload 2pc-hold --hold "$HOLD" --participants "$K" \
+        --timeout-ms 600000 --coord-pid "$T2" --json >"$RUNS/memory.json" 2>"$WORK/memory.log" || FAILED=1
+    cat "$WORK/memory.log" >&2
+    stop_pid "$T2"
+    for h in $HOLD_PIDS; do kill -TERM "$h" 2>/dev/null; wait "$h" 2>/dev/null; done
+    grep -h stopped "$WORK"/hold-*.log >&2
+
+    say "recovery: $HOLD COMMIT records without END in the journal"
+    for f in sql/001_journal.sql sql/002_saga.sql; do
+        "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null || fail "cannot apply $f"
+    done
+    "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -c "INSERT INTO treaty_journal (txid, kind, services)
+        SELECT gen_random_uuid(), 'commit', ARRAY['noop-1', 'noop-2'] FROM generate_series(1, $HOLD)" ||
+        fail "cannot fill treaty_recover"
+    "$PSQL" "$BASE dbname=treaty_recover" -q -c "VACUUM ANALYZE treaty_journal"
+    unfinished=$("$PSQL" "$BASE dbname=treaty_recover" -Atqc "SELECT count(DISTINCT txid) FROM treaty_journal j
+        WHERE NOT EXISTS (SELECT 1 FROM treaty_journal e WHERE e.txid = j.txid AND e.kind = 'end')")
+    start_treatyd recover treaty_recover
+    "$BIN/treaty-bench" --endpoint "$EP2" --workload query-probe --seconds 120 --json >"$WORK/probe.json" \
+        2>"$WORK/probe.log" || { cat "$WORK/probe.log" >&2; FAILED=1; }
+    ans=$(jget "$WORK/probe.json" answered_realtime_ns)
+    rss=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$T2/status" 2>/dev/null)
+    stop_pid "$T2"
+    recovered_line=$(grep -i -m 1 'recover' "$WORK/recover.log" | cut -c 1-200 | tr -d '"\\')
+    awk -v s="$START_NS" -v a="${ans:-0}" -v u="$unfinished" -v rss="${rss:-0}" -v line="$recovered_line" 'BEGIN {
+        printf "{\n  \"tool\": \"run.sh\",\n  \"workload\": \"recovery\",\n  \"unfinished_txns\": %d,\n", u
+        if (a > 0) printf "  \"serving_after_s\": %.3f,\n", (a - s) / 1e9; else printf "  \"serving_after_s\": null,\n"
+        printf "  \"coord_rss_kb\": %d,\n  \"log\": \"%s\"\n}\n", rss, line
+    }' >"$RUNS/recovery.json"
+    printf '  recovery: %s unfinished transactions, serving after %s s (%s)\n' "$unfinished" \
+        "$(jget "$RUNS/recovery.json" serving_after_s)" "$recovered_line" >&2
+fi
 
 # ------------------------------------------------------- the comparison
 # median of the numbers on stdin ("null" when none)
@@ -323,6 +408,9 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     line_of "pgbench-c$NC" tps 1 "pgbench single-row INSERT, $NC clients"
     ratio_line "  ratio 2pc-noop / pgbench" "2pc-noop-c$NC" tps "pgbench-c$NC" tps
     R_NOOP=$RATIO_MEDIAN
+    line_of "saga-noop-c$NC" tps 1 "saga-noop, $SAGA_STEPS steps, $NC clients"
+    ratio_line "  ratio saga-noop / pgbench" "saga-noop-c$NC" tps "pgbench-c$NC" tps
+    R_SAGA=$RATIO_MEDIAN
     line_of "2pc-bank-c$BC" tps 1 "2pc-bank, $BC clients"
     line_of "direct-bank-c$BC" tps 1 "direct-bank, $BC clients"
     ratio_line "  ratio 2pc-bank / direct-bank" "2pc-bank-c$BC" tps "direct-bank-c$BC" tps
@@ -330,7 +418,7 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     line_of "2pc-noop-c1" tps 1 "2pc-noop, 1 client"
     line_of "pgbench-c1" tps 1 "pgbench single-row INSERT, 1 client"
     printf '\n  %-44s%s\n' "latency p50 / p99 (ms)" "$hdr"
-    for n in "2pc-noop-c1" "pgbench-c1" "2pc-noop-c$NC" "pgbench-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+    for n in "2pc-noop-c1" "pgbench-c1" "2pc-noop-c$NC" "pgbench-c$NC" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
         v=$(vals "$n" lat_p50_us | awk '{ printf "%s ", $1 / 1000 }')
         m=$(vals "$n" lat_p50_us | median | awk '{ print ($1 == "null") ? "null" : $1 / 1000 }')
         # shellcheck disable=SC2086,SC2046
@@ -343,11 +431,11 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     ratio_line "  ratio p50 2pc-noop@1 / pgbench@1" "2pc-noop-c1" lat_p50_us "pgbench-c1" lat_p50_us
     R_LAT=$RATIO_MEDIAN
     printf '\n  %-44s%s\n' "per committed transaction" "$hdr"
-    for n in "2pc-noop-c$NC" "2pc-noop-c1" "2pc-bank-c$BC" "direct-bank-c$BC" "pgbench-c$NC"; do
+    for n in "2pc-noop-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC" "pgbench-c$NC"; do
         line_of "$n" pg_commits_per_txn 3 "$n: Postgres commits"
         line_of "$n" pg_write_xacts_per_txn 3 "$n: writing Postgres xacts"
         case $n in
-        2pc-*)
+        2pc-* | saga-*)
             line_of "$n" journal_rows_per_txn 3 "$n: journal rows"
             line_of "$n" journal_forced_per_txn 3 "$n: forced journal commits"
             line_of "$n" coord_cpu_us_per_txn 1 "$n: coordinator CPU us"
@@ -357,7 +445,7 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
         esac
     done
     printf '\n  %-44s%s\n' "outcomes (aborted + unknown + refused + failed)" "$hdr"
-    for n in "2pc-noop-c$NC" "2pc-noop-c1" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+    for n in "2pc-noop-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
         v=$(r=1; while [ $r -le "$REPS" ]; do f="$RUNS/$n-r$r.json"; [ -f "$f" ] &&
             awk -v a="$(jget "$f" aborted)" -v u="$(jget "$f" unknown)" -v x="$(jget "$f" refused)" \
                 -v y="$(jget "$f" failed)" 'BEGIN { print a + u + x + y }'; r=$((r + 1)); done | tr '\n' ' ')
@@ -366,15 +454,30 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     done
     line_of "2pc-noop-c$NC" machine_busy_pct 0 "machine busy % during 2pc-noop@$NC"
     line_of "pgbench-c$NC" machine_busy_pct 0 "machine busy % during pgbench@$NC"
-    printf '\n  saga-noop: %s\n' "$(jget "$RUNS/saga-noop.json" reason)"
+    MEM_B="null"
+    REC_S="null"
+    if [ -f "$RUNS/memory.json" ]; then
+        MEM_B=$(jget "$RUNS/memory.json" coord_bytes_per_inflight_txn)
+        printf '\n  memory: %s transactions in flight, treatyd VmRSS %s -> %s kB: %s bytes per transaction\n' \
+            "$(jget "$RUNS/memory.json" held)" "$(jget "$RUNS/memory.json" coord_rss_before_kb)" \
+            "$(jget "$RUNS/memory.json" coord_rss_after_kb)" "$MEM_B"
+    fi
+    if [ -f "$RUNS/recovery.json" ]; then
+        REC_S=$(jget "$RUNS/recovery.json" serving_after_s)
+        printf '  recovery: %s unfinished transactions in the journal, first client answer %s s after start (RSS %s kB)\n' \
+            "$(jget "$RUNS/recovery.json" unfinished_txns)" "$REC_S" "$(jget "$RUNS/recovery.json" coord_rss_kb)"
+    fi
 
     printf '\ntargets (medians over the repetitions)\n'
     verdict "2pc-noop@$NC ($K participants) / pgbench INSERT@$NC throughput" "$R_NOOP" ">=" 2.0
+    verdict "saga-noop@$NC ($SAGA_STEPS steps) / pgbench INSERT@$NC throughput" "$R_SAGA" ">=" 1.0
     verdict "2pc-bank@$BC / direct-bank@$BC throughput" "$R_BANK" ">=" 0.8
     verdict "p50 latency 2pc-noop@1 / pgbench INSERT@1" "$R_LAT" "<=" 2.0
     verdict "coordinator CPU us per 2pc-noop txn (@$NC)" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" "<=" 50
     verdict "forced Postgres commits per 2pc-noop txn (@$NC, journal)" \
         "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)" "<=" 0.2
+    verdict "coordinator bytes of RSS per in-flight txn ($HOLD held)" "$MEM_B" "<=" 2048
+    verdict "seconds to serve after start, $HOLD unfinished in journal" "$REC_S" "<=" 3
 } >"$WORK/summary.txt"
 cat "$WORK/summary.txt"
 
@@ -385,9 +488,9 @@ cat "$WORK/summary.txt"
         "$NPROC" "$CPU_MODEL" "$MEM_TOTAL" "$KERNEL" "$PGVERSION"
     printf '  "config": {"seconds": %s, "warmup": %s, "reps": %s, "noop_clients": %s, "bank_clients": %s, "participants": %s, "bank_instances": %s},\n' \
         "$T" "$W" "$REPS" "$NOOP_CLIENTS" "$BANK_CLIENTS" "$K" "$BANK_INSTANCES"
-    printf '  "medians": {"ratio_2pc_noop_vs_pgbench_tps": %s, "ratio_2pc_bank_vs_direct_tps": %s, "ratio_p50_2pc_noop_vs_pgbench_1client": %s, "coord_cpu_us_per_noop_txn": %s, "forced_commits_per_noop_txn": %s},\n' \
-        "$R_NOOP" "$R_BANK" "$R_LAT" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" \
-        "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)"
+    printf '  "medians": {"ratio_2pc_noop_vs_pgbench_tps": %s, "ratio_saga_noop_vs_pgbench_tps": %s, "ratio_2pc_bank_vs_direct_tps": %s, "ratio_p50_2pc_noop_vs_pgbench_1client": %s, "coord_cpu_us_per_noop_txn": %s, "forced_commits_per_noop_txn": %s, "coord_bytes_per_inflight_txn": %s, "recovery_serving_after_s": %s},\n' \
+        "$R_NOOP" "$R_SAGA" "$R_BANK" "$R_LAT" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" \
+        "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)" "$MEM_B" "$REC_S"
     printf '  "runs": {'
     sep=""
     for f in "$RUNS"/*.json; do

@@ -21,9 +21,15 @@
  *                turn: BEGIN; SELECT ... FOR UPDATE NOWAIT; UPDATE ...;
  *                PREPARE TRANSACTION 'direct:<uuid>:<n>'; then COMMIT PREPARED
  *                on bank A and on bank B.
- *   saga-noop    accepted, but sagas are not implemented yet: prints "not
- *                available: sagas are not implemented" (with --json, an object
- *                with "available": false) and exits 0 without running anything.
+ *   saga-noop    sagas of S steps (--steps, default 3), step i on service
+ *                noop-(i % K + 1), action "noop", compensation "undo"
+ *                (noop_participant); an outcome COMPLETED counts as committed.
+ *   2pc-hold     not closed-loop: holds --hold N 2PC transactions in flight
+ *                (services hold-1 .. hold-K, noop_participant --hold, which
+ *                never votes) and reports treatyd's VmRSS growth per
+ *                transaction (run_hold).
+ *   query-probe  asks an unknown txid's outcome until treatyd answers, prints
+ *                when (run_probe): time to serve after a start.
  *
  * Closed loop: N logical clients each keep exactly one transaction
  * outstanding and start the next one as soon as the previous one is answered.
@@ -96,9 +102,10 @@
 #define POLL_CAP_MS 100
 #define REASON_BUF 640
 
-enum workload { W_2PC_NOOP, W_2PC_BANK, W_DIRECT_BANK, W_SAGA_NOOP };
+enum workload { W_2PC_NOOP, W_2PC_BANK, W_DIRECT_BANK, W_SAGA_NOOP, W_2PC_HOLD, W_QUERY_PROBE };
 
-static const char *const workload_names[] = {"2pc-noop", "2pc-bank", "direct-bank", "saga-noop"};
+static const char *const workload_names[] = {"2pc-noop", "2pc-bank", "direct-bank", "saga-noop", "2pc-hold",
+                                             "query-probe"};
 
 /* Phases of a run; the main thread moves them forward, workers read them. */
 enum phase {
@@ -117,6 +124,8 @@ struct options {
     int threads;
     int accounts_per_client;
     int timeout_ms;
+    int steps; /* saga-noop: steps per saga */
+    int hold;  /* 2pc-hold: transactions to hold in flight */
     const char *db_a;
     const char *db_b;
     const char *journal;
@@ -472,10 +481,10 @@ static int build_txn(struct lclient *lc, treaty_txn_t **out)
     int rc = treaty_txn_new(&t);
     if (rc != 0)
         return rc;
-    if (opt.workload == W_2PC_NOOP) {
+    if (opt.workload == W_2PC_NOOP || opt.workload == W_2PC_HOLD) {
         for (int k = 1; k <= opt.participants && rc == 0; k++) {
             char svc[NAME_MAX_LEN + 1];
-            snprintf(svc, sizeof svc, "noop-%d", k);
+            snprintf(svc, sizeof svc, "%s-%d", opt.workload == W_2PC_HOLD ? "hold" : "noop", k);
             rc = treaty_txn_add_branch(t, svc, "noop", 4);
         }
     } else {
@@ -496,6 +505,27 @@ static int build_txn(struct lclient *lc, treaty_txn_t **out)
     return 0;
 }
 
+/* The saga of saga-noop: opt.steps steps, step i on service noop-(i % K + 1),
+ * action "noop", compensation "undo" (bench/noop_participant). */
+static int build_saga(treaty_saga_t **out)
+{
+    treaty_saga_t *s = NULL;
+    int rc = treaty_saga_new(&s);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < opt.steps; i++) {
+        char svc[NAME_MAX_LEN + 1];
+        snprintf(svc, sizeof svc, "noop-%d", i % opt.participants + 1);
+        rc = treaty_saga_add_step(s, svc, "noop", "noop", 4, "undo", "noop", 4);
+        if (rc < 0) {
+            treaty_saga_destroy(&s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
 static void on_outcome(void *arg, const treaty_outcome_t *o)
 {
     struct lclient *lc = arg;
@@ -508,7 +538,7 @@ static void on_outcome(void *arg, const treaty_outcome_t *o)
         return;
     if (o->error != 0) {
         atomic_fetch_add_explicit(&w->refused, 1, memory_order_relaxed);
-    } else if (o->status == TREATY_STATUS_COMMITTED) {
+    } else if (o->status == TREATY_STATUS_COMMITTED || o->status == TREATY_STATUS_COMPLETED) {
         atomic_fetch_add_explicit(&w->committed, 1, memory_order_relaxed);
         int64_t us = lat_ns / 1000;
         samples_add(&w->lat, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us);
@@ -527,13 +557,25 @@ static int submit_one(treaty_client_t *c, struct lclient *lc)
 {
     treaty_txn_t *t = NULL;
     lc->start_ns = now_ns();
-    int rc = build_txn(lc, &t);
-    if (rc != 0)
-        return rc;
-    rc = treaty_client_submit_async(c, t, opt.timeout_ms, on_outcome, lc);
-    treaty_txn_destroy(&t); /* the client keeps its own encoded copy */
-    if (rc != 0)
-        return rc;
+    int rc;
+    if (opt.workload == W_SAGA_NOOP) {
+        treaty_saga_t *sg = NULL;
+        rc = build_saga(&sg);
+        if (rc != 0)
+            return rc;
+        rc = treaty_client_run_saga_async(c, sg, opt.timeout_ms, on_outcome, lc);
+        treaty_saga_destroy(&sg); /* the client keeps its own encoded copy */
+        if (rc != 0)
+            return rc;
+    } else {
+        rc = build_txn(lc, &t);
+        if (rc != 0)
+            return rc;
+        rc = treaty_client_submit_async(c, t, opt.timeout_ms, on_outcome, lc);
+        treaty_txn_destroy(&t); /* the client keeps its own encoded copy */
+        if (rc != 0)
+            return rc;
+    }
     lc->seq++;
     lc->busy = true;
     lc->w->idle--;
@@ -617,6 +659,24 @@ static void wait_ready(void)
     char last[TREATY_REASON_MAX + 64] = "no answer";
     for (;;) {
         treaty_txn_t *t = NULL;
+        treaty_outcome_t o;
+        if (opt.workload == W_SAGA_NOOP) {
+            treaty_saga_t *sg = NULL;
+            rc = build_saga(&sg);
+            if (rc != 0)
+                die("cannot build a probe saga: %s", treaty_strerror(rc));
+            rc = treaty_client_run_saga(c, sg, 2000, &o);
+            treaty_saga_destroy(&sg);
+            if (rc == 0 && o.error == 0 && o.status == TREATY_STATUS_COMPLETED)
+                break;
+            snprintf(last, sizeof last, "%s%s%s", rc != 0 ? treaty_strerror(rc) : treaty_status_name(o.status),
+                     o.reason[0] ? ": " : "", o.reason);
+            if (now_ns() > give_up)
+                die("saga-noop: no saga completed within %d s: %s", READY_TIMEOUT_MS / 1000, last);
+            struct timespec ts = {0, 100 * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         if (opt.workload == W_2PC_BANK) {
             /* A transfer of 0: touches the accounts, changes nothing. */
             char acct[32], pay[PAYLOAD_MAX];
@@ -632,7 +692,6 @@ static void wait_ready(void)
         }
         if (rc != 0)
             die("cannot build a probe transaction: %s", treaty_strerror(rc));
-        treaty_outcome_t o;
         rc = treaty_client_submit(c, t, 2000, &o);
         treaty_txn_destroy(&t);
         if (rc == 0 && o.error == 0 && o.status == TREATY_STATUS_COMMITTED)
@@ -884,7 +943,8 @@ static void print_json(const struct result *r)
     fputs("true", stdout);
     jint("clients", opt.clients);
     jint("threads", opt.workload == W_DIRECT_BANK ? opt.clients : opt.threads);
-    jnum("participants", opt.workload == W_2PC_NOOP, opt.participants);
+    jnum("participants", opt.workload == W_2PC_NOOP || opt.workload == W_SAGA_NOOP, opt.participants);
+    jnum("steps", opt.workload == W_SAGA_NOOP, opt.steps);
     jint("seconds", opt.seconds);
     jint("warmup", opt.warmup);
     jnum("window_s", true, r->window_s);
@@ -932,6 +992,8 @@ static void print_table(FILE *f, const struct result *r)
         fprintf(f, " on %d threads", opt.threads);
     if (opt.workload == W_2PC_NOOP)
         fprintf(f, ", %d participants", opt.participants);
+    if (opt.workload == W_SAGA_NOOP)
+        fprintf(f, ", %d steps over %d services", opt.steps, opt.participants);
     fprintf(f, "; window %.2f s after %d s warm-up\n", r->window_s, opt.warmup);
     fprintf(f, "  %-13s %.1f committed transactions/s\n", "throughput", r->window_s > 0 ? (double)c / r->window_s : 0);
     fprintf(f, "  %-13s committed %llu  aborted %llu  unknown %llu  refused %llu  failed %llu\n", "outcomes", c,
@@ -960,11 +1022,150 @@ static void print_table(FILE *f, const struct result *r)
             r->machine_busy_pct, r->self_cpu_s);
 }
 
+/* ------------------------------------------------ memory and recovery */
+
+/* Transactions submitted on one client handle by 2pc-hold: below the DEALER
+ * socket's send high-water mark (1000), so no submission is dropped. */
+#define HOLD_PER_CLIENT 500
+#define HOLD_SETTLE_MS 3000
+#define HOLD_MAX_WAIT_MS 120000
+
+static long rss_now(void)
+{
+    long rss = -1, hwm = -1;
+    if (!read_proc_rss(opt.coord_pid, &rss, &hwm))
+        die("--coord-pid %ld: cannot read /proc/%ld/status", (long)opt.coord_pid, (long)opt.coord_pid);
+    return rss;
+}
+
+/*
+ * 2pc-hold: the coordinator's memory per transaction in flight. Submits
+ * opt.hold transactions to services hold-1..hold-K, whose participants
+ * (noop_participant --hold) never vote, so every one stays in PREPARING
+ * until its timeout (--timeout-ms). The client handles are never processed
+ * after submitting, so they send no re-submissions while we measure. The
+ * figure is the growth of treatyd's VmRSS from before the first submission
+ * to when it stops growing (no growth for HOLD_SETTLE_MS), over opt.hold.
+ */
+static int run_hold(void)
+{
+    if (opt.coord_pid <= 0)
+        die("2pc-hold needs --coord-pid");
+    int nc = (opt.hold + HOLD_PER_CLIENT - 1) / HOLD_PER_CLIENT;
+    treaty_client_t **cs = xcalloc((size_t)nc, sizeof *cs);
+    struct worker w;
+    memset(&w, 0, sizeof w);
+    struct lclient lc = {.w = &w, .index = 0, .seq = 0, .busy = false, .start_ns = 0};
+    long rss0 = rss_now();
+    int64_t t0 = now_ns();
+    int submitted = 0;
+    for (int i = 0; i < nc; i++) {
+        int rc = treaty_client_new(opt.endpoint, &cs[i]);
+        if (rc != 0)
+            die("treaty_client_new: %s", treaty_strerror(rc));
+        for (int k = 0; k < HOLD_PER_CLIENT && submitted < opt.hold; k++, submitted++) {
+            treaty_txn_t *t = NULL;
+            rc = build_txn(&lc, &t);
+            if (rc == 0)
+                rc = treaty_client_submit_async(cs[i], t, opt.timeout_ms, on_outcome, &lc);
+            treaty_txn_destroy(&t);
+            if (rc != 0)
+                die("submit: %s (%s)", treaty_strerror(rc), treaty_client_errmsg(cs[i]));
+        }
+        /* Let the handle's I/O thread drain before the next one starts. */
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int64_t t_submitted = now_ns();
+    long rss = rss_now(), peak = rss;
+    int64_t stable_since = now_ns();
+    while (now_ns() - stable_since < (int64_t)HOLD_SETTLE_MS * 1000000LL &&
+           now_ns() - t0 < (int64_t)HOLD_MAX_WAIT_MS * 1000000LL) {
+        struct timespec ts = {0, 250 * 1000000L};
+        nanosleep(&ts, NULL);
+        rss = rss_now();
+        if (rss > peak) {
+            peak = rss;
+            stable_since = now_ns();
+        }
+    }
+    double per_txn = (double)(peak - rss0) * 1024.0 / (double)opt.hold;
+    if (opt.json) {
+        jstr("tool", "treaty-bench");
+        jstr("workload", "2pc-hold");
+        jint("held", opt.hold);
+        jint("participants", opt.participants);
+        jint("client_handles", nc);
+        jnum("submit_s", true, (double)(t_submitted - t0) / 1e9);
+        jint("coord_rss_before_kb", rss0);
+        jint("coord_rss_after_kb", peak);
+        jnum("coord_bytes_per_inflight_txn", true, per_txn);
+        jend();
+    }
+    fprintf(opt.json ? stderr : stdout,
+            "treaty-bench 2pc-hold: %d transactions held in flight (%d participants, %d client handles, submitted "
+            "in %.2f s)\n  coordinator VmRSS %ld -> %ld kB: %.0f bytes per transaction in flight\n",
+            opt.hold, opt.participants, nc, (double)(t_submitted - t0) / 1e9, rss0, peak, per_txn);
+    /* Dropping the handles drops their requests; the coordinator aborts the
+     * held transactions at their deadline. */
+    for (int i = 0; i < nc; i++)
+        treaty_client_destroy(&cs[i]);
+    free(cs);
+    return 0;
+}
+
+/*
+ * query-probe: how soon a (re)starting coordinator serves clients. Asks for
+ * the outcome of an unknown txid every 100 ms (each query waiting up to
+ * 200 ms) until one is answered, for up to --seconds. Prints the
+ * CLOCK_REALTIME of the answer in ns, so that a script can subtract the time
+ * it started treatyd.
+ */
+static int run_probe(void)
+{
+    treaty_client_t *c = NULL;
+    int rc = treaty_client_new(opt.endpoint, &c);
+    if (rc != 0)
+        die("treaty_client_new: %s", treaty_strerror(rc));
+    int64_t give_up = now_ns() + (int64_t)opt.seconds * 1000000000LL;
+    unsigned tries = 0;
+    treaty_outcome_t o;
+    for (;;) {
+        treaty_txid_t id;
+        treaty_txid_generate(&id);
+        tries++;
+        rc = treaty_client_query(c, &id, 200, &o);
+        if (rc == 0)
+            break;
+        if (now_ns() > give_up) {
+            treaty_client_destroy(&c);
+            fprintf(stderr, "treaty-bench query-probe: no answer within %d s: %s\n", opt.seconds,
+                    treaty_strerror(rc));
+            return 1;
+        }
+    }
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    long long ns = (long long)rt.tv_sec * 1000000000LL + rt.tv_nsec;
+    if (opt.json) {
+        jstr("tool", "treaty-bench");
+        jstr("workload", "query-probe");
+        jint("answered_realtime_ns", ns);
+        jint("queries", tries);
+        jstr("status", treaty_status_name(o.status));
+        jend();
+    } else {
+        printf("answered at %lld (realtime ns) after %u queries: %s\n", ns, tries, treaty_status_name(o.status));
+    }
+    treaty_client_destroy(&c);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: treaty-bench --workload 2pc-noop|2pc-bank|direct-bank|saga-noop [options]\n"
+    fprintf(f, "usage: treaty-bench --workload 2pc-noop|2pc-bank|direct-bank|saga-noop|2pc-hold|query-probe [options]\n"
                "  --endpoint EP            coordinator (default tcp://127.0.0.1:7600)\n"
                "  --clients N              concurrent closed-loop clients (default 1)\n"
                "  --seconds T              measured window (default 10)\n"
@@ -977,6 +1178,8 @@ static void usage(FILE *f)
                "  --journal CONNINFO       coordinator's journal database (2PC workloads)\n"
                "  --coord-pid PID          coordinator process, for CPU and RSS\n"
                "  --timeout-ms MS          per-transaction timeout (default 30000)\n"
+               "  --steps S                saga-noop: steps per saga over noop-1..noop-K (default 3)\n"
+               "  --hold N                 2pc-hold: transactions to hold in flight (default 100000)\n"
                "  --json                   JSON on stdout (the table goes to stderr)\n"
                "  --quiet                  no progress line\n");
 }
@@ -998,6 +1201,8 @@ static void parse_args(int argc, char **argv)
         {"journal", required_argument, NULL, 'j'},
         {"coord-pid", required_argument, NULL, 'p'},
         {"timeout-ms", required_argument, NULL, 'o'},
+        {"steps", required_argument, NULL, 'S'},
+        {"hold", required_argument, NULL, 'H'},
         {"json", no_argument, NULL, 'J'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -1012,6 +1217,8 @@ static void parse_args(int argc, char **argv)
     opt.threads = 0;
     opt.accounts_per_client = 8;
     opt.timeout_ms = 30000;
+    opt.steps = 3;
+    opt.hold = 100000;
     snprintf(opt.bank_service[0], sizeof opt.bank_service[0], "bank-a");
     snprintf(opt.bank_service[1], sizeof opt.bank_service[1], "bank-b");
     int ch;
@@ -1068,6 +1275,12 @@ static void parse_args(int argc, char **argv)
         case 'o':
             opt.timeout_ms = parse_int("--timeout-ms", optarg, 1, 3600000);
             break;
+        case 'S':
+            opt.steps = parse_int("--steps", optarg, 1, 64);
+            break;
+        case 'H':
+            opt.hold = parse_int("--hold", optarg, 1, 10000000);
+            break;
         case 'J':
             opt.json = true;
             break;
@@ -1095,7 +1308,8 @@ static void parse_args(int argc, char **argv)
     }
     if (!known) {
         fprintf(stderr,
-                "treaty-bench: --workload: unknown workload \"%s\" (2pc-noop, 2pc-bank, direct-bank, saga-noop)\n",
+                "treaty-bench: --workload: unknown workload \"%s\" (2pc-noop, 2pc-bank, direct-bank, saga-noop, "
+                "2pc-hold, query-probe)\n",
                 workload);
         exit(2);
     }
@@ -1151,19 +1365,10 @@ int main(int argc, char **argv)
 {
     parse_args(argc, argv);
 
-    if (opt.workload == W_SAGA_NOOP) {
-        if (opt.json) {
-            jstr("tool", "treaty-bench");
-            jstr("workload", "saga-noop");
-            jkey("available");
-            fputs("false", stdout);
-            jstr("reason", "not available: sagas are not implemented");
-            jend();
-        } else {
-            printf("treaty-bench saga-noop: not available: sagas are not implemented\n");
-        }
-        return 0;
-    }
+    if (opt.workload == W_QUERY_PROBE)
+        return run_probe();
+    if (opt.workload == W_2PC_HOLD)
+        return run_hold();
 
     /* Meters. */
     if (opt.workload != W_DIRECT_BANK && opt.journal != NULL)

@@ -4,7 +4,8 @@
  * Two threads share a struct journal:
  *
  *   loop thread    journal_append() encodes each record at once into a COPY
- *                  text line of the pending batch (journal_int.h);
+ *                  text line of the pending batch (journal_int.h; the writer
+ *                  turns a group's lines into the INSERT's arrays);
  *                  journal_flush() hands the batch to the writer by sending a
  *                  pointer to it over an inproc PAIR socket (ownership moves
  *                  with the message). journal_durable() drains the
@@ -17,11 +18,13 @@
  *                    2. take every batch that is waiting (group commit);
  *                    3. only lazy records: wait up to lazy_delay_ms for more,
  *                       cut short by a forced batch or by STOP;
- *                    4. BEGIN; [SET LOCAL synchronous_commit = off;]
- *                       COPY ... FROM STDIN; COMMIT;
+ *                    4. one round trip in libpq pipeline mode:
+ *                       SET synchronous_commit = on|off; INSERT ... SELECT
+ *                       FROM unnest(<one text[] a column>); Sync (the
+ *                       implicit transaction of the two commits at the Sync);
  *                    5. on any failure: healthy = false, drop the connection,
  *                       reconnect with backoff, go to 4 with the same group;
- *                    6. after COMMIT returned: publish the group's last
+ *                    6. after the commit returned: publish the group's last
  *                       sequence number as the durable watermark, healthy =
  *                       true, free the group.
  *                  Between groups it deletes finished transactions older
@@ -85,8 +88,9 @@
  * takes one: a batch bigger than this (a saga definition is up to a few MB of
  * hex) is written alone. */
 #define GROUP_MAX_BYTES ((size_t)4 << 20)
-/* COPY data goes to libpq in pieces of at most this size. */
-#define COPY_CHUNK ((size_t)1 << 20)
+/* Columns a record is written in: txid, kind, services, failed_branch,
+ * detail, step, data. */
+#define JOURNAL_NCOLS 7
 /* The scan fetches at most this many rows at a time, starting with
  * SCAN_FETCH_FIRST and adapting to the average row size so that one fetch
  * holds about SCAN_FETCH_BYTES: saga definitions can be megabytes each, and
@@ -131,6 +135,7 @@ struct writer {
     int backoff_ms;            /* 0 until a failure; reset by a commit */
     int64_t next_gc;
     uint64_t rng;
+    struct journal_buf cols[JOURNAL_NCOLS]; /* write_group's parameters, reused */
 };
 
 struct journal {
@@ -1083,54 +1088,158 @@ fail_row:
 /* ----------------------------------------------------------------- writer */
 
 /*
- * Writes the batches from head on in one Postgres transaction. Returns 0
- * after COMMIT returned, or TREATY_EPG with err filled; the caller then drops
- * the connection (it may be mid-COPY or in a failed transaction).
+ * The group goes to Postgres as one INSERT of seven text[] parameters, one
+ * element per record, built here from the COPY text lines the batches hold
+ * (journal_int.h). COPY needs a round trip before its data can be sent; a
+ * parameterised INSERT ... unnest() goes in one message with everything else.
  */
-static int write_group(PGconn *c, const struct batch *head, bool forced, char *err, size_t errlen)
+#define INSERT_SQL                                                                                                \
+    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data) "                        \
+    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea "                                        \
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "            \
+    "WITH ORDINALITY AS u(t, k, s, f, d, st, x, n) ORDER BY n"
+
+/* Appends one COPY text field (s, n bytes, still escaped) to the array
+ * literal a as an element: NULL for \N, else double-quoted with '"' and '\'
+ * escaped. COPY's escapes are undone on the way: \t \n \r and \<c> -> c. */
+static void put_array_elem(struct journal_buf *a, const char *s, size_t n)
 {
-    PGresult *res;
-    /* Forced: COMMIT waits for the WAL flush whatever the server's default.
-     * Lazy only: COMMIT returns without waiting for it. */
-    if (!pg_exec(c, forced ? "BEGIN; SET LOCAL synchronous_commit = on" : "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, err,
-                 errlen))
-        return TREATY_EPG;
-    if (!pg_exec(c, "COPY treaty_journal (txid, kind, services, failed_branch, detail, step, data) FROM STDIN",
-                 PGRES_COPY_IN, err, errlen))
-        return TREATY_EPG;
+    buf_putc(a, a->len == 0 ? '{' : ',');
+    if (n == 2 && s[0] == '\\' && s[1] == 'N') {
+        buf_puts(a, "NULL");
+        return;
+    }
+    buf_reserve(a, 2 * n + 2);
+    char *w = a->data + a->len;
+    *w++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\\' && i + 1 < n) {
+            c = s[++i];
+            c = c == 't' ? '\t' : c == 'n' ? '\n' : c == 'r' ? '\r' : c;
+        }
+        if (c == '"' || c == '\\')
+            *w++ = '\\';
+        *w++ = c;
+    }
+    *w++ = '"';
+    a->len = (size_t)(w - a->data);
+}
+
+/* Splits the COPY lines of every batch from head on into the columns' array
+ * literals (NUL-terminated). Returns the number of rows, or -1 when a line
+ * does not have JOURNAL_NCOLS fields (a bug of the encoder). */
+static long group_to_arrays(const struct batch *head, struct journal_buf cols[JOURNAL_NCOLS])
+{
+    long rows = 0;
+    for (int k = 0; k < JOURNAL_NCOLS; k++)
+        cols[k].len = 0;
     for (const struct batch *b = head; b; b = b->next) {
-        for (size_t off = 0; off < b->rows.len;) {
-            size_t n = b->rows.len - off < COPY_CHUNK ? b->rows.len - off : COPY_CHUNK;
-            if (PQputCopyData(c, b->rows.data + off, (int)n) != 1) {
-                pg_error(c, NULL, err, errlen);
-                return TREATY_EPG;
+        const char *p = b->rows.data, *end = b->rows.data + b->rows.len;
+        while (p < end) {
+            const char *eol = memchr(p, '\n', (size_t)(end - p));
+            if (!eol)
+                return -1;
+            for (int k = 0; k < JOURNAL_NCOLS; k++) {
+                const char *f = p;
+                while (p < eol && *p != '\t')
+                    p++;
+                if ((k < JOURNAL_NCOLS - 1) != (p < eol))
+                    return -1;
+                put_array_elem(&cols[k], f, (size_t)(p - f));
+                p++; /* the TAB, or the LF after the last field */
             }
-            off += n;
+            rows++;
         }
     }
-    if (PQputCopyEnd(c, NULL) != 1) {
+    for (int k = 0; k < JOURNAL_NCOLS; k++) {
+        buf_putc(&cols[k], '}');
+        buf_putc(&cols[k], '\0');
+    }
+    return rows;
+}
+
+/* Reads one result of the pipeline; true when its status is want (and, for
+ * a statement, the NULL that ends its results followed). */
+static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, char *err, size_t errlen)
+{
+    PGresult *res = PQgetResult(c);
+    bool ok = res && PQresultStatus(res) == want && (!tuples || strcmp(PQcmdTuples(res), tuples) == 0);
+    if (!ok) {
+        if (res && PQresultStatus(res) == want)
+            set_err(err, errlen, "INSERT stored %s rows, not %s", PQcmdTuples(res), tuples);
+        else
+            pg_error(c, res, err, errlen);
+    }
+    PQclear(res);
+    if (ok && want != PGRES_PIPELINE_SYNC && (res = PQgetResult(c)) != NULL) {
+        PQclear(res);
+        set_err(err, errlen, "unexpected second result in the journal pipeline");
+        ok = false;
+    }
+    return ok;
+}
+
+/*
+ * Writes the batches from head on in one Postgres transaction, in one round
+ * trip: in pipeline mode, SET synchronous_commit, the INSERT, and a Sync
+ * that commits the implicit transaction holding both. Returns 0 after the
+ * Sync's answer came back, i.e. after the commit returned, or TREATY_EPG with
+ * err filled; the caller then drops the connection (it may be mid-pipeline
+ * or anywhere in it).
+ */
+static int write_group(PGconn *c, const struct batch *head, bool forced, struct journal_buf cols[JOURNAL_NCOLS],
+                       char *err, size_t errlen)
+{
+    char nrows[24];
+    long rows = group_to_arrays(head, cols);
+    if (rows < 0) {
+        set_err(err, errlen, "malformed journal row in the group (encoder bug)");
+        return TREATY_EPG;
+    }
+    snprintf(nrows, sizeof nrows, "%ld", rows);
+    const char *values[JOURNAL_NCOLS];
+    for (int k = 0; k < JOURNAL_NCOLS; k++)
+        values[k] = cols[k].data;
+
+    if (PQenterPipelineMode(c) != 1) {
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
-    bool copied = false;
-    while ((res = PQgetResult(c)) != NULL) {
-        if (PQresultStatus(res) == PGRES_COMMAND_OK)
-            copied = true;
-        else
-            pg_error(c, res, err, errlen);
-        PQclear(res);
+    /* Forced: the commit waits for the WAL flush whatever the server's
+     * default. Lazy only: it returns without waiting. A session SET, not SET
+     * LOCAL (which an implicit transaction refuses with a warning): it is
+     * sent again with every group, so the previous group's value never
+     * applies. */
+    if (PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL,
+                          NULL, NULL, 0) != 1 ||
+        PQsendQueryParams(c, INSERT_SQL, JOURNAL_NCOLS, NULL, values, NULL, NULL, 0) != 1 ||
+        PQpipelineSync(c) != 1) {
+        pg_error(c, NULL, err, errlen);
+        return TREATY_EPG;
     }
-    if (!copied)
+    if (!pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen) ||
+        !pipeline_result(c, PGRES_COMMAND_OK, nrows, err, errlen))
         return TREATY_EPG;
     /*
-     * The commit point of every record in the group. If we crash, or the
-     * connection drops, after the server committed but before its answer
-     * reached us, the rows are stored but we do not know it: the group is
-     * written again and the journal holds the records twice (readers
-     * tolerate that). Nothing is reported durable before this returns.
+     * The commit point of every record in the group: the Sync's answer
+     * (ReadyForQuery) leaves the server after the implicit transaction
+     * committed, and with synchronous_commit = on after its WAL was flushed.
+     * If we crash, or the connection drops, after the server committed but
+     * before its answer reached us, the rows are stored but we do not know
+     * it: the group is written again and the journal holds the records twice
+     * (readers tolerate that). Nothing is reported durable before this.
      */
-    if (!pg_commit(c, err, errlen))
+    if (!pipeline_result(c, PGRES_PIPELINE_SYNC, NULL, err, errlen))
         return TREATY_EPG;
+    if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+        set_err(err, errlen, "the journal transaction did not end with the pipeline's Sync");
+        return TREATY_EPG;
+    }
+    if (PQexitPipelineMode(c) != 1) {
+        pg_error(c, NULL, err, errlen);
+        return TREATY_EPG;
+    }
     return 0;
 }
 
@@ -1228,7 +1337,7 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        if (write_group(w->conn, w->head, w->forced, why, sizeof why) == 0)
+        if (write_group(w->conn, w->head, w->forced, w->cols, why, sizeof why) == 0)
             break;
         /* Not committed (or we cannot know): the same group goes again. */
         atomic_store(&j->healthy, false);
@@ -1360,6 +1469,8 @@ static void *writer_main(void *arg)
         log_error("journal: writer stopped with %u records not written (seq %" PRIu64 "..%" PRIu64 ")", w->nrecs,
                   w->head->first_seq, w->tail->last_seq);
     group_free(w);
+    for (int k = 0; k < JOURNAL_NCOLS; k++)
+        journal_buf_free(&w->cols[k]);
     return NULL;
 }
 
@@ -1555,10 +1666,12 @@ void journal_close(struct journal **jp, int wait_ms)
     } else if (j->pending && j->conn) {
         /* Appended but never started: one synchronous attempt. */
         char why[ERRLEN];
-        if (write_group(j->conn, j->pending, j->pending->forced, why, sizeof why) == 0)
+        if (write_group(j->conn, j->pending, j->pending->forced, j->w.cols, why, sizeof why) == 0)
             atomic_store(&j->durable, j->pending->last_seq);
         else
             log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);
+        for (int k = 0; k < JOURNAL_NCOLS; k++)
+            journal_buf_free(&j->w.cols[k]);
     }
 
     uint64_t durable = atomic_load(&j->durable);

@@ -4,8 +4,10 @@
  * journal.h only.
  *
  * The row codec. journal_append() turns each record into one line of
- * PostgreSQL COPY text format at append time, so the writer thread only
- * streams bytes; journal_scan() parses the text[] column back.
+ * PostgreSQL COPY text format at append time; the writer thread splits a
+ * group's lines into one text[] array literal per column (undoing COPY's
+ * escapes) for its single INSERT ... SELECT FROM unnest(...) statement;
+ * journal_scan() parses the text[] column back.
  *
  *   column         COPY text
  *   txid           lowercase UUID "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"

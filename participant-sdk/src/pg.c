@@ -9,7 +9,7 @@
  * same local transaction as the branch's work.
  *
  * Lifecycle of a branch at this participant
- *   1. PREPARE
+ *   1. PREPARE (a and b are one query string: one round trip)
  *      a. gid already in pg_prepared_xacts: a duplicate of a PREPARE we
  *         already made durable. Vote YES again without running the work.
  *      b. BEGIN; insert the barrier row. If it already exists the branch was
@@ -293,53 +293,76 @@ static bool conn_broke(struct pgp *g)
 
 /* ------------------------------------------------------------- prepare */
 
+/*
+ * Steps (a) and (b) of a PREPARE in one round trip: a simple query of four
+ * statements, the barrier INSERT skipped when the gid is already prepared.
+ * Literals only (no parameters in a multi-statement query): the gid passed
+ * gid_literal_safe(), the txid is make_gid's UUID, the branch a number.
+ */
+#define PG_PREPARE_BEGIN_SQL                                                                                      \
+    "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'; "                                            \
+    "WITH p AS (SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts "                                                  \
+    "                          WHERE gid = '%s' AND database = current_database()) AS prepared), "               \
+    "     ins AS (INSERT INTO treaty_barrier (txid, branch, op) "                                                 \
+    "             SELECT '%s'::uuid, %u, 'prepare' WHERE NOT (SELECT prepared FROM p) "                           \
+    "             ON CONFLICT DO NOTHING RETURNING 1) "                                                           \
+    "SELECT (SELECT prepared FROM p), (SELECT count(*) FROM ins); "                                              \
+    "SET LOCAL lock_timeout TO DEFAULT"
+
 static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
 {
-    char gid[PG_GID_MAX], ids[TREATY_TXID_STRLEN], branch[16], sql[PG_GID_MAX + 32];
+    char gid[PG_GID_MAX], ids[TREATY_TXID_STRLEN], branch[16], sql[PG_GID_MAX + 1024];
     make_gid(&b->txid, b->branch, gid);
     treaty_txid_format(&b->txid, ids);
     snprintf(branch, sizeof branch, "%u", b->branch);
+    if (!gid_literal_safe(gid)) /* cannot happen: make_gid's alphabet */
+        return TREATY_EINVAL;
 
     /* (a) Already prepared: a duplicate PREPARE. The branch is durable and
-     * undecided, exactly what a YES vote promises. */
-    const char *pa[1] = {gid};
-    PGresult *r =
-        PQexecParams(g->conn, "SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()", 1,
-                     NULL, pa, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pg_report(g, "look up prepared transaction", r);
-        PQclear(r);
+     * undecided, exactly what a YES vote promises.
+     * (b) Otherwise the barrier row, in the branch's own transaction.
+     * One query string, BEGIN included: its statements run in order and
+     * the first error skips the rest (the transaction is then failed). */
+    snprintf(sql, sizeof sql, PG_PREPARE_BEGIN_SQL, gid, ids, b->branch);
+    if (PQsendQuery(g->conn, sql) != 1) {
+        pg_report(g, "BEGIN and insert barrier row", NULL);
         return TREATY_EPG;
     }
-    bool prepared = PQntuples(r) > 0;
-    PQclear(r);
-    if (prepared)
-        return TREATY_VOTE_YES;
-
-    /* (b) The barrier row, in the branch's own transaction. */
-    if (exec_cmd(g, "BEGIN", "BEGIN") < 0)
-        return TREATY_EPG;
-    if (exec_cmd(g, "set lock_timeout", "SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'") < 0)
-        goto fail_rollback;
-    const char *pb[2] = {ids, branch};
-    r = PQexecParams(g->conn,
-                     "INSERT INTO treaty_barrier (txid, branch, op) VALUES ($1::uuid, $2::integer, 'prepare') "
-                     "ON CONFLICT DO NOTHING",
-                     2, NULL, pb, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    PGresult *r, *failed = NULL;
+    int nok = 0;
+    bool prepared = false, inserted = false;
+    while ((r = PQgetResult(g->conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if (failed == NULL && st == PGRES_TUPLES_OK && nok == 2 && PQntuples(r) == 1) {
+            prepared = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+            inserted = strcmp(PQgetvalue(r, 0, 1), "1") == 0;
+            nok++;
+        } else if (failed == NULL && st == PGRES_COMMAND_OK && nok != 2) {
+            nok++;
+        } else if (failed == NULL) {
+            failed = r;
+            continue;
+        }
+        PQclear(r);
+    }
+    if (failed != NULL || nok != 4) {
         /* 55P03: another session holds the row (a twin instance preparing
          * the same branch, or its prepared transaction). No vote; the
          * coordinator re-sends or times out. */
-        pg_report(g,
-                  strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0 ? "barrier row held by another transaction"
-                                                                        : "insert barrier row",
-                  r);
-        PQclear(r);
+        if (failed != NULL && strcmp(sqlstate(failed), SQLSTATE_LOCK_NOT_AVAILABLE) == 0)
+            pg_report(g, "barrier row held by another transaction", failed);
+        else
+            pg_report(g, "BEGIN and insert barrier row", failed);
+        PQclear(failed);
         rollback(g);
-        return conn_broke(g) ? TREATY_EPG : TREATY_ESTATE;
+        /* A failed BEGIN or SET is a database problem (TREATY_EPG, as a
+         * broken connection); a failed barrier INSERT a state one. */
+        return nok != 2 || conn_broke(g) ? TREATY_EPG : TREATY_ESTATE;
     }
-    bool inserted = strcmp(PQcmdTuples(r), "1") == 0;
-    PQclear(r);
+    if (prepared) {
+        rollback(g);
+        return TREATY_VOTE_YES;
+    }
     if (!inserted) {
         /* The branch was prepared and committed before: this PREPARE is a
          * stale duplicate, any vote would be ignored. Send none. */
@@ -347,8 +370,6 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
         participant_errorf(g->p, "duplicate PREPARE for %s: branch %s already committed; no vote", gid, branch);
         return TREATY_ESTATE;
     }
-    if (exec_cmd(g, "reset lock_timeout", "SET LOCAL lock_timeout TO DEFAULT") < 0)
-        goto fail_rollback;
 
     /* (c) The business work, in the same transaction. */
     reason[0] = '\0';
@@ -379,10 +400,6 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
         return TREATY_VOTE_NO;
     }
 
-    if (!gid_literal_safe(gid)) { /* cannot happen: make_gid's alphabet */
-        rollback(g);
-        return TREATY_EINVAL;
-    }
     snprintf(sql, sizeof sql, "PREPARE TRANSACTION '%s'", gid);
     r = PQexec(g->conn, sql);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -405,10 +422,6 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
      * INQUIREs and the ABORT rolls the prepared transaction back. */
     FAULT_POINT("participant.after_prepare");
     return TREATY_VOTE_YES;
-
-fail_rollback:
-    rollback(g);
-    return TREATY_EPG;
 }
 
 static int pg_prepare(void *arg, const treaty_branch_t *b, char *reason)
