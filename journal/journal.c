@@ -18,10 +18,12 @@
  *                    2. take every batch that is waiting (group commit);
  *                    3. only lazy records: wait up to lazy_delay_ms for more,
  *                       cut short by a forced batch or by STOP;
- *                    4. one round trip in libpq pipeline mode:
- *                       SET synchronous_commit = on|off; INSERT ... SELECT
- *                       FROM unnest(<one text[] a column>); Sync (the
- *                       implicit transaction of the two commits at the Sync);
+ *                    4. one round trip in libpq pipeline mode: SET
+ *                       synchronous_commit = on|off (when it differs from
+ *                       the previous group's); the prepared INSERT ...
+ *                       SELECT FROM unnest(<one text[] a column>) (prepared
+ *                       in the first group's pipeline of each connection);
+ *                       Sync (the implicit transaction commits at the Sync);
  *                    5. on any failure: healthy = false, drop the connection,
  *                       reconnect with backoff, go to 4 with the same group;
  *                    6. after the commit returned: publish the group's last
@@ -123,9 +125,17 @@ struct msg {
     struct batch *b;  /* MSG_BATCH: ownership passes to the receiver */
 };
 
+/* What a journal connection's session already holds, so that a group sends
+ * only what is missing. Reset whenever the connection is replaced. */
+struct pgsess {
+    bool prepared; /* INSERT_NAME is prepared */
+    int sync;      /* synchronous_commit set by the last group: 1 on, 0 off, -1 not set */
+};
+
 /* State touched only by the writer thread (between journal_start and the join). */
 struct writer {
-    PGconn *conn;              /* NULL while disconnected */
+    PGconn *conn;              /* NULL while disconnected; set only through writer_set_conn */
+    struct pgsess sess;        /* of conn */
     struct batch *head, *tail; /* the group being gathered or written */
     size_t bytes;
     unsigned nrecs;
@@ -174,6 +184,14 @@ struct journal {
 };
 
 /* ---------------------------------------------------------------- helpers */
+
+/* Replaces the writer's connection (c may be NULL) and forgets what the old
+ * session held. Does not close the old one. */
+static void writer_set_conn(struct writer *w, PGconn *c)
+{
+    w->conn = c;
+    w->sess = (struct pgsess){.prepared = false, .sync = -1};
+}
 
 static _Noreturn void out_of_memory(void)
 {
@@ -1093,6 +1111,7 @@ fail_row:
  * (journal_int.h). COPY needs a round trip before its data can be sent; a
  * parameterised INSERT ... unnest() goes in one message with everything else.
  */
+#define INSERT_NAME "treaty_journal_insert"
 #define INSERT_SQL                                                                                                \
     "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data) "                        \
     "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea "                                        \
@@ -1188,8 +1207,8 @@ static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, 
  * err filled; the caller then drops the connection (it may be mid-pipeline
  * or anywhere in it).
  */
-static int write_group(PGconn *c, const struct batch *head, bool forced, struct journal_buf cols[JOURNAL_NCOLS],
-                       char *err, size_t errlen)
+static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced,
+                       struct journal_buf cols[JOURNAL_NCOLS], char *err, size_t errlen)
 {
     char nrows[24];
     long rows = group_to_arrays(head, cols);
@@ -1206,19 +1225,26 @@ static int write_group(PGconn *c, const struct batch *head, bool forced, struct 
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
+    /* The INSERT is prepared once per connection, in the first group's
+     * pipeline: later groups skip its parsing and planning. */
+    bool prepare = !sess->prepared;
     /* Forced: the commit waits for the WAL flush whatever the server's
      * default. Lazy only: it returns without waiting. A session SET, not SET
-     * LOCAL (which an implicit transaction refuses with a warning): it is
-     * sent again with every group, so the previous group's value never
-     * applies. */
-    if (PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL,
-                          NULL, NULL, 0) != 1 ||
-        PQsendQueryParams(c, INSERT_SQL, JOURNAL_NCOLS, NULL, values, NULL, NULL, 0) != 1 ||
-        PQpipelineSync(c) != 1) {
+     * LOCAL (which an implicit transaction refuses with a warning), sent
+     * whenever the mode differs from the previous group's on this
+     * connection, so the session always holds the mode this group needs. (A
+     * failed group rolls its SET back, but then the connection is dropped
+     * and the next one starts with sess reset.) */
+    bool set = sess->sync != (forced ? 1 : 0);
+    if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, JOURNAL_NCOLS, NULL) != 1) ||
+        (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0,
+                                  NULL, NULL, NULL, NULL, 0) != 1) ||
+        PQsendQueryPrepared(c, INSERT_NAME, JOURNAL_NCOLS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
-    if (!pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen) ||
+    if ((prepare && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
+        (set && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
         !pipeline_result(c, PGRES_COMMAND_OK, nrows, err, errlen))
         return TREATY_EPG;
     /*
@@ -1240,6 +1266,8 @@ static int write_group(PGconn *c, const struct batch *head, bool forced, struct 
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
+    sess->prepared = true;
+    sess->sync = forced ? 1 : 0;
     return 0;
 }
 
@@ -1311,7 +1339,7 @@ static bool writer_reconnect(struct journal *j)
             return false;
         PGconn *c = pg_connect(j, writer_abandoned, why, sizeof why);
         if (c) {
-            w->conn = c;
+            writer_set_conn(w, c);
             atomic_fetch_add(&j->n_reconnects, 1);
             log_info("journal: reconnected to PostgreSQL");
             return true;
@@ -1337,7 +1365,7 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        if (write_group(w->conn, w->head, w->forced, w->cols, why, sizeof why) == 0)
+        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, why, sizeof why) == 0)
             break;
         /* Not committed (or we cannot know): the same group goes again. */
         atomic_store(&j->healthy, false);
@@ -1345,7 +1373,7 @@ static bool writer_commit_group(struct journal *j)
                   "them again: %s",
                   w->nrecs, w->head->first_seq, w->tail->last_seq, why);
         PQfinish(w->conn);
-        w->conn = NULL;
+        writer_set_conn(w, NULL);
         int delay = backoff_delay(&w->backoff_ms, j->connect_initial_ms, j->connect_max_ms, true, &w->rng);
         if (delay > 0 && sleep_unless(j, writer_abandoned, delay))
             return false;
@@ -1387,7 +1415,7 @@ static void writer_gc(struct journal *j)
     w->next_gc = now_ms() + j->gc_interval_ms;
     if (!w->conn) {
         /* One attempt: the write path does the persistent retrying. */
-        w->conn = pg_connect(j, writer_abandoned, why, sizeof why);
+        writer_set_conn(w, pg_connect(j, writer_abandoned, why, sizeof why));
         if (!w->conn) {
             log_warn("journal: collector cannot connect to PostgreSQL: %s", why);
             return;
@@ -1430,7 +1458,7 @@ fail:
         PQclear(PQexec(c, "ROLLBACK"));
     } else {
         PQfinish(c);
-        w->conn = NULL;
+        writer_set_conn(w, NULL);
     }
 }
 
@@ -1515,7 +1543,7 @@ int journal_start(struct journal *j, void *zctx)
         goto fail_loop_sock;
 
     /* The connection journal_connect opened is the writer's from now on. */
-    j->w.conn = j->conn;
+    writer_set_conn(&j->w, j->conn);
     j->conn = NULL;
     j->w.rng = rng_seed(&j->w);
 
@@ -1527,7 +1555,7 @@ int journal_start(struct journal *j, void *zctx)
     if (err != 0) {
         log_error("journal: cannot start the writer thread: %s", strerror(err));
         j->conn = j->w.conn;
-        j->w.conn = NULL;
+        writer_set_conn(&j->w, NULL);
         zmq_close(j->loop_sock);
         j->loop_sock = NULL;
         zmq_close(j->writer_sock);
@@ -1662,11 +1690,12 @@ void journal_close(struct journal **jp, int wait_ms)
         zmq_close(j->writer_sock);
         zmq_close(j->loop_sock);
         j->conn = j->w.conn;
-        j->w.conn = NULL;
+        writer_set_conn(&j->w, NULL);
     } else if (j->pending && j->conn) {
         /* Appended but never started: one synchronous attempt. */
         char why[ERRLEN];
-        if (write_group(j->conn, j->pending, j->pending->forced, j->w.cols, why, sizeof why) == 0)
+        struct pgsess fresh = {.prepared = false, .sync = -1};
+        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, why, sizeof why) == 0)
             atomic_store(&j->durable, j->pending->last_seq);
         else
             log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);
