@@ -565,7 +565,8 @@ static void db_teardown(void)
 }
 
 /* Inserts (txid, branch, payload) into items. payload "no" votes NO,
- * "fail" returns an error. */
+ * "fail" returns an error, "deallocate" also drops the SDK's prepared
+ * statements from the session (as DISCARD ALL or a pooler would). */
 static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char *reason)
 {
     (void)arg;
@@ -578,6 +579,8 @@ static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char 
         snprintf(reason, TREATY_REASON_MAX, "refused: %s", payload);
         return TREATY_VOTE_NO;
     }
+    if (strcmp(payload, "deallocate") == 0)
+        PQclear(PQexec(conn, "DEALLOCATE ALL"));
     treaty_txid_format(&b->txid, ids);
     snprintf(branch, sizeof branch, "%u", b->branch);
     const char *v[3] = {ids, branch, payload};
@@ -871,31 +874,71 @@ Test(pg, crash_after_commit_then_resent_commit_acks, .init = db_setup, .fini = d
     fake_close(&f);
 }
 
-Test(pg, reconnects_after_its_connection_dies, .init = db_setup, .fini = db_teardown, .timeout = 120)
+/* Sends PREPARE (branch 0) until a vote comes, as the coordinator re-sends,
+ * for up to WAIT_MS. */
+static bool prepare_until_voted(struct fake *f, const struct got *hello, const treaty_txid_t *id, const char *payload,
+                                struct got *g)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    for (unsigned attempt = 0; now_ms() < deadline; attempt++) {
+        send_prepare(f, hello, id, 0, attempt, payload);
+        if (fake_expect(f, WIRE_VOTE, id, g, 1000))
+            return true;
+    }
+    return false;
+}
+
+/* One branch through PREPARE (re-sent until voted when retry), YES, COMMIT
+ * and ACK, its work applied once. */
+static void commit_branch(struct fake *f, const struct got *hello, const char *payload, bool retry, const char *what)
+{
+    struct got g;
+    treaty_txid_t id = new_txid();
+    if (retry) {
+        cr_assert(prepare_until_voted(f, hello, &id, payload, &g), "no vote %s", what);
+    } else {
+        send_prepare(f, hello, &id, 0, 0, payload);
+        cr_assert(fake_expect(f, WIRE_VOTE, &id, &g, WAIT_MS), "no vote %s", what);
+    }
+    cr_assert_eq(g.hdr.code, TREATY_VOTE_YES);
+    fake_send(f, hello, WIRE_COMMIT, &id, 0, 0, 0, NULL, 0);
+    expect_ack(f, &id, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&id), 1);
+}
+
+Test(pg, prepares_its_check_again_when_the_session_lost_it, .init = db_setup, .fini = db_teardown, .timeout = 120)
 {
     struct fake f;
-    struct got hello, g;
+    struct got hello;
     fake_open(&f);
     treaty_participant_t *p = pg_participant(&f, "bank-1");
     expect_hello(&f, NULL, &hello);
 
+    commit_branch(&f, &hello, "deallocate", false, "before the session lost its prepared statements");
+    /* The session no longer holds the barrier check: the first PREPARE may
+     * fail (no vote), a re-sent one must be answered. */
+    commit_branch(&f, &hello, "after deallocate", true, "once the prepared check was gone");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, reconnects_after_its_connection_dies, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    /* One branch first, so that the session holds what the SDK prepares in
+     * it (the barrier check), which the new session must prepare again. */
+    commit_branch(&f, &hello, "before the restart", false, "before the connection was lost");
     /* what a Postgres restart does to the participant's session */
     cr_assert_eq(sql_long("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                           "WHERE datname = current_database() AND application_name = 'treaty-participant'"),
                  1);
-    treaty_txid_t a = new_txid();
-    int64_t deadline = now_ms() + WAIT_MS;
-    bool voted = false;
-    /* PREPARE until a vote comes (the coordinator re-sends the same way) */
-    for (unsigned attempt = 0; !voted && now_ms() < deadline; attempt++) {
-        send_prepare(&f, &hello, &a, 0, attempt, "after reconnect");
-        voted = fake_expect(&f, WIRE_VOTE, &a, &g, 1000);
-    }
-    cr_assert(voted, "no vote after the connection was lost");
-    cr_assert_eq(g.hdr.code, TREATY_VOTE_YES);
-    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
-    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
-    cr_assert_eq(items_count(&a), 1);
+    commit_branch(&f, &hello, "after reconnect", true, "after the connection was lost");
 
     treaty_participant_destroy(&p);
     fake_close(&f);

@@ -65,6 +65,7 @@
 #define PG_SCHEMA_LOCK_TIMEOUT "2s"              /* waiting to upgrade the barrier table */
 #define PG_SCHEMA_LOCK_KEY "7596536934174785537" /* advisory lock around CREATE TABLE */
 #define SQLSTATE_UNDEFINED_OBJECT "42704"
+#define SQLSTATE_UNDEFINED_PSTATEMENT "26000"
 #define SQLSTATE_LOCK_NOT_AVAILABLE "55P03"
 
 struct pgp {
@@ -74,6 +75,7 @@ struct pgp {
     void *arg;
     bool schema_ready; /* the barrier table exists (2PC can run) */
     bool saga_ready;   /* ... and has the version 2 columns (saga steps can run) */
+    bool check_ready;  /* PG_PREPARE_CHECK is prepared in this session */
     char last_err[TREATY_REASON_MAX]; /* the last text given to errmsg: a failed step's reason */
     int backoff_ms;
     int64_t next_reset; /* monotonic ms: earliest next reconnect */
@@ -264,6 +266,7 @@ static int pg_ready(struct pgp *g)
             return TREATY_EPG;
         }
         PQreset(g->conn);
+        g->check_ready = false; /* a new session */
         if (PQstatus(g->conn) != CONNECTION_OK) {
             g->backoff_ms = g->backoff_ms == 0 ? PG_BACKOFF_MIN_MS : g->backoff_ms * 2;
             if (g->backoff_ms > PG_BACKOFF_MAX_MS)
@@ -296,18 +299,40 @@ static bool conn_broke(struct pgp *g)
 /*
  * Steps (a) and (b) of a PREPARE in one round trip: a simple query of four
  * statements, the barrier INSERT skipped when the gid is already prepared.
- * Literals only (no parameters in a multi-statement query): the gid passed
- * gid_literal_safe(), the txid is make_gid's UUID, the branch a number.
+ * The check itself is a statement prepared once per session (its planning,
+ * through the pg_prepared_xacts view and two CTEs, costs more than running
+ * it), run with EXECUTE. Literals only (no parameters in a multi-statement
+ * query): the gid passed gid_literal_safe(), the txid is make_gid's UUID,
+ * the branch a number.
  */
+#define PG_PREPARE_CHECK "treaty_prepare_check"
+#define PG_PREPARE_CHECK_SQL                                                                                      \
+    "WITH p AS (SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts "                                                  \
+    "                          WHERE gid = $1 AND database = current_database()) AS prepared), "                 \
+    "     ins AS (INSERT INTO treaty_barrier (txid, branch, op) "                                                 \
+    "             SELECT $2::uuid, $3::integer, 'prepare' WHERE NOT (SELECT prepared FROM p) "                    \
+    "             ON CONFLICT DO NOTHING RETURNING 1) "                                                           \
+    "SELECT (SELECT prepared FROM p), (SELECT count(*) FROM ins)"
 #define PG_PREPARE_BEGIN_SQL                                                                                      \
     "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'; "                                            \
-    "WITH p AS (SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts "                                                  \
-    "                          WHERE gid = '%s' AND database = current_database()) AS prepared), "               \
-    "     ins AS (INSERT INTO treaty_barrier (txid, branch, op) "                                                 \
-    "             SELECT '%s'::uuid, %u, 'prepare' WHERE NOT (SELECT prepared FROM p) "                           \
-    "             ON CONFLICT DO NOTHING RETURNING 1) "                                                           \
-    "SELECT (SELECT prepared FROM p), (SELECT count(*) FROM ins); "                                              \
+    "EXECUTE " PG_PREPARE_CHECK "('%s', '%s', %u); "                                                              \
     "SET LOCAL lock_timeout TO DEFAULT"
+
+/* Prepares PG_PREPARE_CHECK once per session. 0 or TREATY_EPG. */
+static int prepare_check_ready(struct pgp *g)
+{
+    if (g->check_ready)
+        return 0;
+    PGresult *r = PQprepare(g->conn, PG_PREPARE_CHECK, PG_PREPARE_CHECK_SQL, 0, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pg_report(g, "prepare the barrier check", r);
+        PQclear(r);
+        return TREATY_EPG;
+    }
+    PQclear(r);
+    g->check_ready = true;
+    return 0;
+}
 
 static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
 {
@@ -323,6 +348,8 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
      * (b) Otherwise the barrier row, in the branch's own transaction.
      * One query string, BEGIN included: its statements run in order and
      * the first error skips the rest (the transaction is then failed). */
+    if (prepare_check_ready(g) < 0)
+        return TREATY_EPG;
     snprintf(sql, sizeof sql, PG_PREPARE_BEGIN_SQL, gid, ids, b->branch);
     if (PQsendQuery(g->conn, sql) != 1) {
         pg_report(g, "BEGIN and insert barrier row", NULL);
@@ -353,6 +380,10 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
             pg_report(g, "barrier row held by another transaction", failed);
         else
             pg_report(g, "BEGIN and insert barrier row", failed);
+        /* The session lost the prepared check (DISCARD ALL, a pooler that
+         * hands out another session): prepare it again next time. */
+        if (failed != NULL && strcmp(sqlstate(failed), SQLSTATE_UNDEFINED_PSTATEMENT) == 0)
+            g->check_ready = false;
         PQclear(failed);
         rollback(g);
         /* A failed BEGIN or SET is a database problem (TREATY_EPG, as a
