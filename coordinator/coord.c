@@ -886,20 +886,28 @@ static int open_router(struct coord *c)
     return 0;
 }
 
-static void log_stats(const struct coord *c)
+/* Every 60 s. journal_busy: the share of the last interval the journal's
+ * writer spent writing (near 100 %: the journal is the limit). */
+static void log_stats(struct coord *c)
 {
     struct journal_stats js;
     journal_get_stats(c->journal, &js);
+    int64_t now = timers_now_ms();
+    double busy = now > c->stats_at_ms && c->stats_at_ms > 0
+                      ? (double)(js.write_us - c->stats_write_us) / 10.0 / (double)(now - c->stats_at_ms)
+                      : 0;
+    c->stats_at_ms = now;
+    c->stats_write_us = js.write_us;
     log_info("stats: submitted=%llu committed=%llu aborted=%llu in_flight=%zu refused=%llu malformed=%llu "
              "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
-             "forced_batches=%llu instances=%zu sagas=%llu sagas_completed=%llu sagas_compensated=%llu "
-             "sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu",
+             "forced_batches=%llu journal_busy=%.0f%% instances=%zu sagas=%llu sagas_completed=%llu "
+             "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu",
              (unsigned long long)c->st.submitted, (unsigned long long)c->st.committed,
              (unsigned long long)c->st.aborted, c->inflight.len, (unsigned long long)c->st.refused,
              (unsigned long long)c->st.malformed, (unsigned long long)c->st.late_votes,
              (unsigned long long)c->st.inquiries, (unsigned long long)c->st.recovered,
              (unsigned long long)js.batches, (unsigned long long)js.records, (unsigned long long)js.forced_batches,
-             registry_count(c->reg), (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
+             busy, registry_count(c->reg), (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
              (unsigned long long)c->st.sagas_compensated, (unsigned long long)c->st.sagas_stuck, c->sagas.len,
              (unsigned long long)c->st.step_retries);
 }
@@ -908,6 +916,7 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
 {
     int64_t next_sweep = timers_now_ms() + c->cfg->heartbeat_ms;
     int64_t next_stats = timers_now_ms() + 60000;
+    c->stats_at_ms = timers_now_ms();
     int64_t deadline = -1;
 
     for (;;) {

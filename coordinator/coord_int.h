@@ -57,6 +57,8 @@ struct coord {
     struct wire_in *in;
     bool stopping;
     int64_t started_ms; /* monotonic time the loop started serving */
+    int64_t stats_at_ms;     /* when log_stats last ran (0: never) */
+    uint64_t stats_write_us; /* journal write time it saw then */
     struct stats st;
 };
 

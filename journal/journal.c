@@ -181,6 +181,7 @@ struct journal {
     _Atomic uint64_t n_forced;
     _Atomic uint64_t n_reconnects;
     _Atomic uint64_t n_gc_deleted;
+    _Atomic uint64_t n_write_us; /* time the writer spent writing groups */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -221,6 +222,13 @@ static char *xstrdup(const char *s)
     char *p = xcalloc(1, n);
     memcpy(p, s, n);
     return p;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t now_ms(void)
@@ -869,6 +877,7 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->n_forced, 0);
     atomic_init(&j->n_reconnects, 0);
     atomic_init(&j->n_gc_deleted, 0);
+    atomic_init(&j->n_write_us, 0);
 
     int backoff = 0;
     for (;;) {
@@ -1359,6 +1368,7 @@ static bool writer_reconnect(struct journal *j)
 static bool writer_commit_group(struct journal *j)
 {
     struct writer *w = &j->w;
+    int64_t t0 = now_us();
     for (;;) {
         char why[ERRLEN];
         if (writer_abandoned(j))
@@ -1386,6 +1396,7 @@ static bool writer_commit_group(struct journal *j)
      * resumes their transactions.
      */
     uint64_t seq = w->tail->last_seq;
+    atomic_fetch_add(&j->n_write_us, (uint64_t)(now_us() - t0));
     atomic_fetch_add(&j->n_batches, 1);
     atomic_fetch_add(&j->n_records, w->nrecs);
     if (w->forced)
@@ -1652,6 +1663,7 @@ void journal_get_stats(const struct journal *j, struct journal_stats *out)
     out->forced_batches = atomic_load(&j->n_forced);
     out->reconnects = atomic_load(&j->n_reconnects);
     out->gc_deleted = atomic_load(&j->n_gc_deleted);
+    out->write_us = atomic_load(&j->n_write_us);
 }
 
 void journal_close(struct journal **jp, int wait_ms)

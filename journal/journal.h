@@ -126,6 +126,8 @@ struct journal_stats {
     uint64_t forced_batches;
     uint64_t reconnects;
     uint64_t gc_deleted;
+    uint64_t write_us;      /* wall time the writer spent writing groups (reconnects included): the
+                               share of time it was busy, i.e. how close the journal is to its limit */
 };
 void journal_get_stats(const struct journal *j, struct journal_stats *out);
 
