@@ -441,6 +441,8 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
             line_of "$n" coord_cpu_us_per_txn 1 "$n: coordinator CPU us"
             line_of "$n" coord_cpu_s_per_1000_txn 4 "$n: coordinator CPU s / 1000 tx"
             line_of "$n" coord_rss_kb 0 "$n: coordinator RSS kB (end)"
+            line_of "$n" journal_backend_cpu_us_per_txn 1 "$n: journal PG backend CPU us"
+            line_of "$n" journal_backend_busy_pct 0 "$n: journal PG backend busy %"
             ;;
         esac
     done

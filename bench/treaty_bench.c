@@ -57,6 +57,10 @@
  *     decision, which the writer commits with synchronous_commit = on).
  *   - utime + stime of --coord-pid (/proc/PID/stat, all threads) and its
  *     VmRSS / VmHWM (/proc/PID/status).
+ *   - utime + stime of the journal's Postgres backends (pg_stat_activity
+ *     rows of application 'treatyd-journal' in the journal database, read
+ *     from /proc/PID/stat: same host only): how busy the one connection that
+ *     writes the journal keeps its server process, the usual limit.
  *   - busy time of the whole machine (/proc/stat), to show how loaded it was.
  * Latency is from just before a transaction is built to its outcome callback,
  * on CLOCK_MONOTONIC, for committed transactions completing in the window;
@@ -187,6 +191,8 @@ struct snapshot {
     long long next_xid;
     bool have_journal;
     long long journal_seq;
+    bool have_jbackend;
+    unsigned long long jbackend_ticks; /* journal backends: utime + stime */
     unsigned long long machine_busy; /* /proc/stat ticks */
     unsigned long long machine_total;
     double self_cpu_s;
@@ -369,6 +375,8 @@ struct monitor {
     const char *dbname[MAX_DBS];
     int ndb;
     PGconn *journal; /* borrowed from db[], or NULL */
+    pid_t jpids[8];  /* the journal's backends when the window opened */
+    int njpids;
 };
 
 static struct monitor mon;
@@ -429,6 +437,21 @@ static void take_snapshot(struct snapshot *s)
     }
     if (mon.journal != NULL)
         s->have_journal = query_ll(mon.journal, "SELECT coalesce(max(seq), 0) FROM treaty_journal", &s->journal_seq);
+    if (mon.journal != NULL && mon.njpids == 0) {
+        /* The first snapshot picks the backends; the second reads the
+         * same ones (a reconnect in between makes the figure unavailable). */
+        PGresult *r = PQexec(mon.journal, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND application_name = 'treatyd-journal' ORDER BY pid LIMIT 8");
+        for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
+            mon.jpids[mon.njpids++] = (pid_t)strtol(PQgetvalue(r, i, 0), NULL, 10);
+        PQclear(r);
+    }
+    s->have_jbackend = mon.njpids > 0;
+    for (int i = 0; i < mon.njpids; i++) {
+        unsigned long long t = 0;
+        s->have_jbackend = s->have_jbackend && read_proc_cpu(mon.jpids[i], &t);
+        s->jbackend_ticks += t;
+    }
     if (opt.coord_pid > 0) {
         s->have_cpu = read_proc_cpu(opt.coord_pid, &s->coord_ticks) &&
                       read_proc_rss(opt.coord_pid, &s->coord_rss_kb, &s->coord_hwm_kb);
@@ -880,6 +903,8 @@ struct result {
     struct journal_window jw;
     double cpu_s;
     long rss_kb, hwm_kb;
+    bool have_jbackend;
+    double jbackend_cpu_s;
     double machine_busy_pct;
     double self_cpu_s;
     char reason[REASON_BUF];
@@ -979,6 +1004,9 @@ static void print_json(const struct result *r)
     jnum("coord_rss_kb", r->have_cpu, (double)r->rss_kb);
     jnum("coord_hwm_kb", r->have_cpu, (double)r->hwm_kb);
     jnum("machine_busy_pct", true, r->machine_busy_pct);
+    jnum("journal_backend_cpu_s", r->have_jbackend, r->jbackend_cpu_s);
+    jnum("journal_backend_cpu_us_per_txn", r->have_jbackend && c > 0, per_txn(r->jbackend_cpu_s * 1e6, c));
+    jnum("journal_backend_busy_pct", r->have_jbackend && r->window_s > 0, 100.0 * r->jbackend_cpu_s / r->window_s);
     jnum("bench_cpu_s", true, r->self_cpu_s);
     jstr("first_failure", r->reason);
     jend();
@@ -1018,6 +1046,10 @@ static void print_table(FILE *f, const struct result *r)
         fprintf(f, "  %-13s cpu %.2f s = %.1f us/txn (%.4f s per 1000 txn), RSS %.1f MiB (peak %.1f MiB)\n",
                 "coordinator", r->cpu_s, per_txn(r->cpu_s * 1e6, c), per_txn(r->cpu_s * 1000, c), r->rss_kb / 1024.0,
                 r->hwm_kb / 1024.0);
+    if (r->have_jbackend)
+        fprintf(f, "  %-13s cpu %.2f s = %.1f us/txn, %.0f %% of one core (the journal's Postgres backend)\n", "journal pg",
+                r->jbackend_cpu_s, per_txn(r->jbackend_cpu_s * 1e6, c),
+                r->window_s > 0 ? 100.0 * r->jbackend_cpu_s / r->window_s : 0);
     fprintf(f, "  %-13s %.0f %% busy (all cores); treaty-bench itself used %.2f s CPU\n", "machine",
             r->machine_busy_pct, r->self_cpu_s);
 }
@@ -1483,6 +1515,11 @@ int main(int argc, char **argv)
         r.cpu_s = (double)(s1.coord_ticks - s0.coord_ticks) / (double)(hz > 0 ? hz : 100);
         r.rss_kb = s1.coord_rss_kb;
         r.hwm_kb = s1.coord_hwm_kb;
+    }
+    r.have_jbackend = s0.have_jbackend && s1.have_jbackend;
+    if (r.have_jbackend) {
+        long hz = sysconf(_SC_CLK_TCK);
+        r.jbackend_cpu_s = (double)(s1.jbackend_ticks - s0.jbackend_ticks) / (double)(hz > 0 ? hz : 100);
     }
     unsigned long long dt = s1.machine_total - s0.machine_total;
     r.machine_busy_pct = dt > 0 ? 100.0 * (double)(s1.machine_busy - s0.machine_busy) / (double)dt : 0;
