@@ -1201,6 +1201,18 @@ static void on_outcome_noop(void *arg, const treaty_outcome_t *o)
     (void)o;
 }
 
+/* Drives c's callbacks until *calls reaches want, or WAIT_MS. */
+static void process_until(treaty_client_t *c, const int *calls, int want)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (*calls < want && now_ms() < deadline) {
+        int wait = treaty_client_next_timeout(c);
+        zmq_pollitem_t item = {NULL, treaty_client_fd(c), ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, wait < 0 || wait > 100 ? 100 : wait);
+        cr_assert_geq(treaty_client_process(c), 0);
+    }
+}
+
 Test(client, async_submit_outcome_and_timeout, .timeout = 120)
 {
     struct fake f;
@@ -1225,16 +1237,8 @@ Test(client, async_submit_outcome_and_timeout, .timeout = 120)
     fake_send(&f, &g, WIRE_OUTCOME, &ida, TREATY_NO_BRANCH, 0, TREATY_STATUS_PENDING, &r, 1);
     fake_send(&f, &g, WIRE_OUTCOME, &ida, TREATY_NO_BRANCH, 0, TREATY_STATUS_COMMITTED, &r, 1);
 
-    int64_t deadline = now_ms() + WAIT_MS;
-    while ((ra.calls == 0 || rb.calls == 0) && now_ms() < deadline) {
-        int wait = treaty_client_next_timeout(c);
-        zmq_pollitem_t item = {NULL, treaty_client_fd(c), ZMQ_POLLIN, 0};
-        zmq_poll(&item, 1, wait < 0 || wait > 100 ? 100 : wait);
-        int n;
-        while ((n = treaty_client_process(c)) > 0)
-            ;
-        cr_assert_geq(n, 0);
-    }
+    process_until(c, &ra.calls, 1);
+    process_until(c, &rb.calls, 1);
     cr_assert_eq(ra.calls, 1);
     cr_assert_eq(ra.out.status, TREATY_STATUS_COMMITTED);
     cr_assert_eq(memcmp(&ra.out.txid, &ida, sizeof ida), 0);
@@ -1244,6 +1248,84 @@ Test(client, async_submit_outcome_and_timeout, .timeout = 120)
     cr_assert_eq(treaty_client_next_timeout(c), -1);
     cr_assert_eq(treaty_client_process(c), 0);
 
+    treaty_client_destroy(&c);
+    fake_close(&f);
+}
+
+#define MANY 3000
+
+struct many_result {
+    int calls;
+    treaty_outcome_t out;
+    int *total;
+};
+
+static void on_many(void *arg, const treaty_outcome_t *o)
+{
+    struct many_result *r = arg;
+    r->calls++;
+    r->out = *o;
+    (*r->total)++;
+}
+
+/* Thousands of requests in flight on one handle, answered in the reverse of
+ * their order: each callback runs once, with its own transaction's outcome. */
+Test(client, many_async_requests_complete_once_each, .timeout = 120)
+{
+    struct fake f;
+    treaty_client_t *c = NULL;
+    fake_open(&f);
+    cr_assert_eq(treaty_client_new(f.endpoint, &c), 0);
+
+    static struct many_result res[MANY];
+    static treaty_txid_t ids[MANY];
+    static struct got g[MANY];
+    int total = 0;
+    for (int i = 0; i < MANY; i++) {
+        treaty_txn_t *t = two_branch_txn();
+        ids[i] = *treaty_txn_id(t);
+        res[i] = (struct many_result){.calls = 0, .total = &total};
+        cr_assert_eq(treaty_client_submit_async(c, t, WAIT_MS, on_many, &res[i]), 0);
+        treaty_txn_destroy(&t);
+    }
+    /* The fake takes every SUBMIT (a re-sent one is ignored). The client is
+     * driven meanwhile: what did not fit its socket's queue is re-sent. */
+    static bool seen[MANY];
+    int nseen = 0;
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (nseen < MANY) {
+        struct got one;
+        cr_assert_lt(now_ms(), deadline, "only %d of %d SUBMITs arrived", nseen, MANY);
+        if (!fake_recv(&f, &one, 50)) {
+            cr_assert_eq(treaty_client_process(c), 0);
+            continue;
+        }
+        cr_assert_eq(one.hdr.type, WIRE_SUBMIT);
+        for (int i = 0; i < MANY; i++) {
+            if (!seen[i] && memcmp(one.hdr.txid, ids[i].b, TREATY_TXID_LEN) == 0) {
+                seen[i] = true;
+                g[i] = one;
+                nseen++;
+                break;
+            }
+        }
+    }
+    /* In slices that fit the sockets' queues (1000 messages by default). */
+    struct wire_frame r = wire_str("");
+    for (int i = MANY - 1; i >= 0; i--) {
+        fake_send(&f, &g[i], WIRE_OUTCOME, &ids[i], TREATY_NO_BRANCH, 0,
+                  i % 2 ? TREATY_STATUS_ABORTED : TREATY_STATUS_COMMITTED, &r, 1);
+        if ((MANY - i) % 500 == 0 || i == 0)
+            process_until(c, &total, MANY - i);
+    }
+    cr_assert_eq(total, MANY);
+    for (int i = 0; i < MANY; i++) {
+        cr_assert_eq(res[i].calls, 1, "request %d: %d callbacks", i, res[i].calls);
+        cr_assert_eq(memcmp(&res[i].out.txid, &ids[i], sizeof ids[i]), 0, "request %d: another txid", i);
+        cr_assert_eq(res[i].out.status, i % 2 ? TREATY_STATUS_ABORTED : TREATY_STATUS_COMMITTED);
+    }
+    cr_assert_eq(treaty_client_next_timeout(c), -1, "nothing left in flight");
+    cr_assert_eq(treaty_client_process(c), 0);
     treaty_client_destroy(&c);
     fake_close(&f);
 }

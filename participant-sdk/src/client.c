@@ -22,10 +22,15 @@
  *      asks again by txid (treaty_client_query) or resubmits with
  *      treaty_txn_new_with_id.
  *
- * Completed entries of asynchronous requests wait in the list until
+ * Completed entries of asynchronous requests wait in a queue until
  * treaty_client_process() runs their callback; the blocking calls drive the
  * same machinery (receiving, re-sending, timing out every entry) but never
  * run callbacks themselves, so a callback never runs inside a blocking call.
+ *
+ * Cost with n requests in flight on one handle: a reply finds its entries
+ * through a hash table by txid, the entry due first (re-send or deadline) is
+ * the top of a binary heap, and completed callbacks are a FIFO: O(1) or
+ * O(log n) per message, not O(n).
  *
  * Nothing here is durable: a crash of the client loses only the waiting.
  * Whatever the coordinator decided stays decided and can be queried by txid.
@@ -306,7 +311,10 @@ int treaty_saga_set_deadline(treaty_saga_t *s, unsigned deadline_ms)
 
 /* One request in flight. */
 struct pending {
-    struct pending *next;
+    struct pending *prev, *next; /* every entry, in submission order */
+    struct pending *hnext;       /* the hash bucket of its txid */
+    struct pending *dnext;       /* the queue of completed async entries */
+    size_t heap_idx;             /* in the timer heap while not done, else HEAP_NONE */
     treaty_txid_t txid;
     uint8_t type; /* WIRE_SUBMIT, WIRE_SAGA or WIRE_QUERY */
     bool async;   /* completed by a callback in treaty_client_process */
@@ -319,19 +327,26 @@ struct pending {
     /* the encoded request, kept for re-sending */
     size_t nframes;
     struct wire_frame *frames; /* into storage below / the frame array */
-    uint8_t timeout_buf[4]; /* SUBMIT: timeout_ms; SAGA: deadline_ms */
-    uint8_t *storage;       /* one block holding the copied names, payloads, policies */
+    uint8_t timeout_buf[4];    /* SUBMIT: timeout_ms; SAGA: deadline_ms */
+    uint8_t *storage;          /* one block holding the copied names, payloads, policies */
     /* completion */
     bool done;
     int rc; /* 0 answered, TREATY_ETIMEDOUT */
     treaty_outcome_t out;
 };
 
+#define HEAP_NONE SIZE_MAX
+
 struct treaty_client {
     void *ctx;
     void *sock;
     int fd;
-    struct pending *head;
+    struct pending *head, *tail; /* every entry */
+    struct pending **buckets;    /* by txid; nbuckets is a power of two */
+    size_t nbuckets, count;
+    struct pending **heap; /* entries not done, by due time (min at 0) */
+    size_t heap_len, heap_cap;
+    struct pending *dhead, *dtail; /* completed async entries, callbacks to run */
     uint64_t rng;
     uint64_t stale;     /* replies nobody waited for */
     uint64_t malformed; /* replies that did not decode */
@@ -446,6 +461,8 @@ void treaty_client_destroy(treaty_client_t **cp)
     }
     zmq_close(c->sock); /* ZMQ_LINGER 0: queued requests are dropped */
     zmq_ctx_term(c->ctx);
+    free(c->buckets);
+    free(c->heap);
     free(c);
     *cp = NULL;
 }
@@ -455,6 +472,128 @@ const char *treaty_client_errmsg(const treaty_client_t *c)
     if (c == NULL)
         return "no client handle";
     return c->errmsg;
+}
+
+/* ------------------------------------------------- the entries' indexes */
+
+/* When p next needs attention: its re-send or its deadline. */
+static int64_t due_of(const struct pending *p)
+{
+    return p->next_send < p->deadline ? p->next_send : p->deadline;
+}
+
+static void heap_set(struct treaty_client *c, size_t i, struct pending *p)
+{
+    c->heap[i] = p;
+    p->heap_idx = i;
+}
+
+static void heap_up(struct treaty_client *c, size_t i)
+{
+    struct pending *p = c->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (due_of(c->heap[parent]) <= due_of(p))
+            break;
+        heap_set(c, i, c->heap[parent]);
+        i = parent;
+    }
+    heap_set(c, i, p);
+}
+
+static void heap_down(struct treaty_client *c, size_t i)
+{
+    struct pending *p = c->heap[i];
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        int64_t best = due_of(p);
+        if (l < c->heap_len && due_of(c->heap[l]) < best) {
+            m = l;
+            best = due_of(c->heap[l]);
+        }
+        if (l + 1 < c->heap_len && due_of(c->heap[l + 1]) < best)
+            m = l + 1;
+        if (m == i)
+            break;
+        heap_set(c, i, c->heap[m]);
+        i = m;
+    }
+    heap_set(c, i, p);
+}
+
+/* false: out of memory. */
+static bool heap_push(struct treaty_client *c, struct pending *p)
+{
+    if (c->heap_len == c->heap_cap) {
+        size_t cap = c->heap_cap ? c->heap_cap * 2 : 64;
+        struct pending **h = realloc(c->heap, cap * sizeof *h);
+        if (h == NULL)
+            return false;
+        c->heap = h;
+        c->heap_cap = cap;
+    }
+    heap_set(c, c->heap_len++, p);
+    heap_up(c, p->heap_idx);
+    return true;
+}
+
+static void heap_remove(struct treaty_client *c, struct pending *p)
+{
+    size_t i = p->heap_idx;
+    if (i == HEAP_NONE)
+        return;
+    p->heap_idx = HEAP_NONE;
+    struct pending *last = c->heap[--c->heap_len];
+    if (i == c->heap_len)
+        return;
+    heap_set(c, i, last);
+    heap_up(c, i);
+    heap_down(c, last->heap_idx);
+}
+
+static size_t bucket_of(const struct treaty_client *c, const uint8_t txid[TREATY_TXID_LEN])
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: any txid layout spreads */
+    for (size_t i = 0; i < TREATY_TXID_LEN; i++) {
+        h ^= txid[i];
+        h *= 1099511628211ULL;
+    }
+    return (size_t)h & (c->nbuckets - 1);
+}
+
+/* Keeps at most one entry per bucket on average. false: out of memory. */
+static bool buckets_grow(struct treaty_client *c)
+{
+    if (c->count < c->nbuckets)
+        return true;
+    size_t n = c->nbuckets ? c->nbuckets * 2 : 64;
+    struct pending **b = calloc(n, sizeof *b);
+    if (b == NULL)
+        return false;
+    free(c->buckets);
+    c->buckets = b;
+    c->nbuckets = n;
+    for (struct pending *p = c->head; p != NULL; p = p->next) {
+        size_t k = bucket_of(c, p->txid.b);
+        p->hnext = b[k];
+        b[k] = p;
+    }
+    return true;
+}
+
+/* A completed entry: out of the heap; an async one joins the callback queue. */
+static void pending_done(struct treaty_client *c, struct pending *p)
+{
+    p->done = true;
+    heap_remove(c, p);
+    if (p->async) {
+        p->dnext = NULL;
+        if (c->dtail != NULL)
+            c->dtail->dnext = p;
+        else
+            c->dhead = p;
+        c->dtail = p;
+    }
 }
 
 /* Sends (or re-sends) p's request. A failed send is not an error: the request
@@ -471,25 +610,54 @@ static void pending_send(struct treaty_client *c, struct pending *p, int64_t now
     if (p->attempt < UINT16_MAX)
         p->attempt++;
     p->next_send = now + resend_delay(c);
+    if (p->heap_idx != HEAP_NONE)
+        heap_down(c, p->heap_idx); /* due only moves later */
 }
 
-static void pending_link(struct treaty_client *c, struct pending *p)
+/* Links a new entry (next_send and deadline set, not done) into the list,
+ * its txid's bucket and the heap. TREATY_ENOMEM when it cannot. */
+static int pending_link(struct treaty_client *c, struct pending *p)
 {
-    struct pending **pp = &c->head;
-    while (*pp != NULL)
-        pp = &(*pp)->next;
-    *pp = p;
+    c->count++;
+    if (!buckets_grow(c) || !heap_push(c, p)) {
+        c->count--;
+        return TREATY_ENOMEM;
+    }
+    p->prev = c->tail;
+    p->next = NULL;
+    if (c->tail != NULL)
+        c->tail->next = p;
+    else
+        c->head = p;
+    c->tail = p;
+    size_t k = bucket_of(c, p->txid.b);
+    p->hnext = c->buckets[k];
+    c->buckets[k] = p;
+    return 0;
 }
 
+/* Unlinks p from the list, its bucket and the heap (not from the callback
+ * queue: only treaty_client_process takes entries off it, before this). */
 static void pending_unlink(struct treaty_client *c, struct pending *p)
 {
-    for (struct pending **pp = &c->head; *pp != NULL; pp = &(*pp)->next) {
+    heap_remove(c, p);
+    if (p->prev != NULL)
+        p->prev->next = p->next;
+    else
+        c->head = p->next;
+    if (p->next != NULL)
+        p->next->prev = p->prev;
+    else
+        c->tail = p->prev;
+    p->prev = p->next = NULL;
+    for (struct pending **pp = &c->buckets[bucket_of(c, p->txid.b)]; *pp != NULL; pp = &(*pp)->hnext) {
         if (*pp == p) {
-            *pp = p->next;
-            p->next = NULL;
-            return;
+            *pp = p->hnext;
+            break;
         }
     }
+    p->hnext = NULL;
+    c->count--;
 }
 
 static void outcome_init(treaty_outcome_t *o, const treaty_txid_t *id)
@@ -555,6 +723,7 @@ static int pending_new(uint8_t type, const treaty_txn_t *t, const struct treaty_
     struct pending *p = calloc(1, sizeof *p);
     if (p == NULL)
         return TREATY_ENOMEM;
+    p->heap_idx = HEAP_NONE;
     p->type = type;
     p->txid = *id;
     p->timeout_ms = timeout_ms;
@@ -617,7 +786,7 @@ static int check_timeout(int timeout_ms)
 }
 
 /* Completes p with the reply m (OUTCOME or ERROR). */
-static void pending_complete(struct pending *p, const struct wire_msg *m)
+static void pending_complete(struct treaty_client *c, struct pending *p, const struct wire_msg *m)
 {
     outcome_init(&p->out, &p->txid);
     if (m->hdr.type == WIRE_OUTCOME) {
@@ -630,7 +799,7 @@ static void pending_complete(struct pending *p, const struct wire_msg *m)
         wire_copy_text(&m->frames[0], p->out.reason, sizeof p->out.reason);
     }
     p->rc = 0;
-    p->done = true;
+    pending_done(c, p);
 }
 
 /* Hands one decoded reply to every waiting entry of its txid. */
@@ -642,7 +811,7 @@ static void dispatch(struct treaty_client *c, const struct wire_msg *m)
         c->malformed++;
         return;
     }
-    for (struct pending *p = c->head; p != NULL; p = p->next) {
+    for (struct pending *p = c->nbuckets ? c->buckets[bucket_of(c, m->hdr.txid)] : NULL; p != NULL; p = p->hnext) {
         if (p->done || memcmp(p->txid.b, m->hdr.txid, TREATY_TXID_LEN) != 0)
             continue;
         used = true;
@@ -650,7 +819,7 @@ static void dispatch(struct treaty_client *c, const struct wire_msg *m)
          * (STUCK is as final as a saga gets for its client: it completes). */
         if (m->hdr.type == WIRE_OUTCOME && m->hdr.code == TREATY_STATUS_PENDING && p->type != WIRE_QUERY)
             continue;
-        pending_complete(p, m);
+        pending_complete(c, p, m);
     }
     if (!used)
         c->stale++;
@@ -685,19 +854,17 @@ static int drain(struct treaty_client *c)
 /* Re-sends what is due and times out what has passed its deadline. */
 static void run_timers(struct treaty_client *c, int64_t now)
 {
-    for (struct pending *p = c->head; p != NULL; p = p->next) {
-        if (p->done)
-            continue;
+    while (c->heap_len > 0 && due_of(c->heap[0]) <= now) {
+        struct pending *p = c->heap[0];
         if (now >= p->deadline) {
             outcome_init(&p->out, &p->txid);
             p->out.status = TREATY_STATUS_UNKNOWN;
             snprintf(p->out.reason, sizeof p->out.reason, "no answer from the coordinator within %d ms", p->timeout_ms);
             p->rc = TREATY_ETIMEDOUT;
-            p->done = true;
+            pending_done(c, p);
             continue;
         }
-        if (now >= p->next_send)
-            pending_send(c, p, now);
+        pending_send(c, p, now); /* moves p down the heap */
     }
 }
 
@@ -731,18 +898,10 @@ int treaty_client_next_timeout(const treaty_client_t *c)
 {
     if (c == NULL)
         return -1;
-    int64_t next = -1;
+    if (c->dhead != NULL)
+        return 0; /* a callback is waiting to run */
     int64_t now = now_ms();
-    for (const struct pending *p = c->head; p != NULL; p = p->next) {
-        if (p->done) {
-            if (p->async)
-                return 0; /* a callback is waiting to run */
-            continue;
-        }
-        int64_t due = p->next_send < p->deadline ? p->next_send : p->deadline;
-        if (next < 0 || due < next)
-            next = due;
-    }
+    int64_t next = c->heap_len > 0 ? due_of(c->heap[0]) : -1;
     if (readable((struct treaty_client *)c))
         return 0;
     if (next < 0)
@@ -762,10 +921,7 @@ static int wait_for(struct treaty_client *c, struct pending *p)
         if (p->done)
             return 0;
         int64_t now = now_ms();
-        int64_t due = p->next_send < p->deadline ? p->next_send : p->deadline;
-        for (const struct pending *q = c->head; q != NULL; q = q->next)
-            if (!q->done && q->next_send < due)
-                due = q->next_send;
+        int64_t due = c->heap_len > 0 ? due_of(c->heap[0]) : due_of(p); /* p is in the heap */
         long wait = due > now ? (long)(due - now) : 0;
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, wait) < 0 && errno != EINTR) {
@@ -784,7 +940,12 @@ static int blocking_request(struct treaty_client *c, uint8_t type, const treaty_
         return rc;
     int64_t now = now_ms();
     p->deadline = now + timeout_ms;
-    pending_link(c, p);
+    p->next_send = now;
+    if (pending_link(c, p) < 0) {
+        pending_free(p);
+        out->status = TREATY_STATUS_UNKNOWN;
+        return TREATY_ENOMEM;
+    }
     pending_send(c, p, now);
     rc = wait_for(c, p);
     pending_unlink(c, p);
@@ -841,7 +1002,11 @@ static int async_request(struct treaty_client *c, uint8_t type, const treaty_txn
     p->arg = arg;
     int64_t now = now_ms();
     p->deadline = now + timeout_ms;
-    pending_link(c, p);
+    p->next_send = now;
+    if (pending_link(c, p) < 0) {
+        pending_free(p);
+        return TREATY_ENOMEM;
+    }
     pending_send(c, p, now);
     return 0;
 }
@@ -906,12 +1071,12 @@ int treaty_client_process(treaty_client_t *c)
     /* Run the callbacks of completed async entries. Each is unlinked before
      * its callback runs, so a callback may submit new requests. */
     int ran = 0;
-    for (;;) {
-        struct pending *p = c->head;
-        while (p != NULL && !(p->done && p->async))
-            p = p->next;
-        if (p == NULL)
-            break;
+    while (c->dhead != NULL) {
+        struct pending *p = c->dhead;
+        c->dhead = p->dnext;
+        if (c->dhead == NULL)
+            c->dtail = NULL;
+        p->dnext = NULL;
         pending_unlink(c, p);
         p->cb(p->arg, &p->out);
         pending_free(p);
