@@ -113,7 +113,7 @@ asan: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 valgrind: deps
-	$(MAKE) all $(TEST_BIN)
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN)
 	BUILD=$(BUILD) VALGRIND=1 sh tests/run.sh
 
 FUZZ_SECONDS ?= 60
