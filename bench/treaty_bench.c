@@ -322,6 +322,13 @@ static bool read_proc_cpu(pid_t pid, unsigned long long *ticks)
     return false;
 }
 
+/* Clock ticks of /proc/PID/stat as seconds. */
+static double ticks_to_s(unsigned long long ticks)
+{
+    long hz = sysconf(_SC_CLK_TCK);
+    return (double)ticks / (double)(hz > 0 ? hz : 100);
+}
+
 /* VmRSS and VmHWM (kB) of pid from /proc/PID/status. */
 static bool read_proc_rss(pid_t pid, long *rss_kb, long *hwm_kb)
 {
@@ -1511,16 +1518,13 @@ int main(int argc, char **argv)
         r.jw = journal_window(s0.journal_seq, s1.journal_seq);
     r.have_cpu = s0.have_cpu && s1.have_cpu;
     if (r.have_cpu) {
-        long hz = sysconf(_SC_CLK_TCK);
-        r.cpu_s = (double)(s1.coord_ticks - s0.coord_ticks) / (double)(hz > 0 ? hz : 100);
+        r.cpu_s = ticks_to_s(s1.coord_ticks - s0.coord_ticks);
         r.rss_kb = s1.coord_rss_kb;
         r.hwm_kb = s1.coord_hwm_kb;
     }
     r.have_jbackend = s0.have_jbackend && s1.have_jbackend;
-    if (r.have_jbackend) {
-        long hz = sysconf(_SC_CLK_TCK);
-        r.jbackend_cpu_s = (double)(s1.jbackend_ticks - s0.jbackend_ticks) / (double)(hz > 0 ? hz : 100);
-    }
+    if (r.have_jbackend)
+        r.jbackend_cpu_s = ticks_to_s(s1.jbackend_ticks - s0.jbackend_ticks);
     unsigned long long dt = s1.machine_total - s0.machine_total;
     r.machine_busy_pct = dt > 0 ? 100.0 * (double)(s1.machine_busy - s0.machine_busy) / (double)dt : 0;
     r.self_cpu_s = s1.self_cpu_s - s0.self_cpu_s;
