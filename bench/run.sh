@@ -320,15 +320,15 @@ if [ "$MEMREC" = 1 ]; then
     grep -h stopped "$WORK"/hold-*.log >&2
 
     say "recovery: $HOLD COMMIT records without END in the journal"
-    for f in sql/001_journal.sql sql/002_saga.sql; do
+    for f in sql/001_journal.sql sql/002_saga.sql sql/003_batched_end.sql; do
         "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null || fail "cannot apply $f"
     done
     "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -c "INSERT INTO treaty_journal (txid, kind, services)
         SELECT gen_random_uuid(), 'commit', ARRAY['noop-1', 'noop-2'] FROM generate_series(1, $HOLD)" ||
         fail "cannot fill treaty_recover"
     "$PSQL" "$BASE dbname=treaty_recover" -q -c "VACUUM ANALYZE treaty_journal"
-    unfinished=$("$PSQL" "$BASE dbname=treaty_recover" -Atqc "SELECT count(DISTINCT txid) FROM treaty_journal j
-        WHERE NOT EXISTS (SELECT 1 FROM treaty_journal e WHERE e.txid = j.txid AND e.kind = 'end')")
+    unfinished=$("$PSQL" "$BASE dbname=treaty_recover" -Atqc "SELECT count(DISTINCT txid) FROM treaty_records j
+        WHERE NOT EXISTS (SELECT 1 FROM treaty_records e WHERE e.txid = j.txid AND e.kind = 'end')")
     start_treatyd recover treaty_recover
     "$BIN/treaty-bench" --endpoint "$EP2" --workload query-probe --seconds 120 --json >"$WORK/probe.json" \
         2>"$WORK/probe.log" || { cat "$WORK/probe.log" >&2; FAILED=1; }

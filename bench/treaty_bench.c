@@ -485,7 +485,7 @@ static struct journal_window journal_window(long long from_seq, long long to_seq
     const char *params[2] = {a, b};
     PGresult *r = PQexecParams(mon.journal,
                                "SELECT count(*), count(DISTINCT written_at),"
-                               " count(DISTINCT written_at) FILTER (WHERE kind <> 'end'),"
+                               " count(DISTINCT written_at) FILTER (WHERE kind NOT IN ('end', 'ends')),"
                                " count(*) FILTER (WHERE kind = 'commit')"
                                " FROM treaty_journal WHERE seq > $1::bigint AND seq <= $2::bigint",
                                2, NULL, params, NULL, NULL, 0);

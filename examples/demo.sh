@@ -187,9 +187,9 @@ say "running saga_demo: order sagas create_order -> reserve -> charge"
     --db-inventory "$BASE dbname=shop_inventory" --db-payment "$BASE dbname=shop_payment"
 saga_status=$?
 
-say "what the coordinator's journal recorded (plain SQL: SELECT kind, count(*) FROM treaty_journal GROUP BY kind)"
+say "what the coordinator's journal recorded (plain SQL: SELECT kind, count(*) FROM treaty_records GROUP BY kind)"
 "$PSQL" "$BASE dbname=treaty_journal" -Atq -F ' ' \
-    -c "SELECT kind, count(*) FROM treaty_journal GROUP BY kind ORDER BY kind" 2>/dev/null |
+    -c "SELECT kind, count(*) FROM treaty_records GROUP BY kind ORDER BY kind" 2>/dev/null |
     while read -r kind count; do note "$kind: $count"; done
 
 if [ "$saga_status" -eq 0 ]; then

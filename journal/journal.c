@@ -22,7 +22,9 @@
  *                       synchronous_commit = on|off (when it differs from
  *                       the previous group's); the prepared INSERT ...
  *                       SELECT FROM unnest(<one text[] a column>) (prepared
- *                       in the first group's pipeline of each connection);
+ *                       in the first group's pipeline of each connection),
+ *                       one row per record except END records, which go
+ *                       in one 'ends' row per distinct detail at the end;
  *                       Sync (the implicit transaction commits at the Sync);
  *                    5. on any failure: healthy = false, drop the connection,
  *                       reconnect with backoff, go to 4 with the same group;
@@ -75,6 +77,7 @@
 #include "log.h"
 #include "sql_journal.h"
 #include "sql_saga.h"
+#include "sql_batched_end.h"
 #include "treaty.h"
 
 #define DEFAULT_CONNECT_INITIAL_MS 100
@@ -90,9 +93,15 @@
  * takes one: a batch bigger than this (a saga definition is up to a few MB of
  * hex) is written alone. */
 #define GROUP_MAX_BYTES ((size_t)4 << 20)
-/* Columns a record is written in: txid, kind, services, failed_branch,
- * detail, step, data. */
+/* Columns a record is encoded in: txid, kind, services, failed_branch,
+ * detail, step, data. The INSERT has one more, ended, for the rows that
+ * hold a group's END records (sql/003_batched_end.sql). */
 #define JOURNAL_NCOLS 7
+#define INSERT_NCOLS (JOURNAL_NCOLS + 1)
+/* A group's END records go in one 'ends' row per distinct detail; beyond
+ * this many details in one group, an END is written as a row of its own
+ * (kind 'end', as versions 1 and 2 wrote every END). */
+#define ENDS_MAX_DETAILS 8
 /* The scan fetches at most this many rows at a time, starting with
  * SCAN_FETCH_FIRST and adapting to the average row size so that one fetch
  * holds about SCAN_FETCH_BYTES: saga definitions can be megabytes each, and
@@ -101,6 +110,8 @@
 #define SCAN_FETCH_FIRST 256
 #define SCAN_FETCH_BYTES ((size_t)64 << 20)
 #define GC_MAX_TXIDS 10000
+/* And at most this many 'ends' rows, each naming a group's finished txids. */
+#define GC_MAX_ENDS 256
 /* pg_advisory_xact_lock key pair held while applying the schema: "TREA", 1. */
 #define SCHEMA_LOCK_SQL "SELECT pg_advisory_xact_lock(1414677825, 1)"
 
@@ -132,6 +143,13 @@ struct pgsess {
     int sync;      /* synchronous_commit set by the last group: 1 on, 0 off, -1 not set */
 };
 
+/* The END records of a group that share one detail: written as one row. */
+struct ends_row {
+    const char *detail; /* the COPY field in the group's batch, still escaped */
+    size_t detail_len;
+    struct journal_buf txids; /* "{uuid,uuid,...}" being built */
+};
+
 /* State touched only by the writer thread (between journal_start and the join). */
 struct writer {
     PGconn *conn;              /* NULL while disconnected; set only through writer_set_conn */
@@ -145,7 +163,8 @@ struct writer {
     int backoff_ms;            /* 0 until a failure; reset by a commit */
     int64_t next_gc;
     uint64_t rng;
-    struct journal_buf cols[JOURNAL_NCOLS]; /* write_group's parameters, reused */
+    struct journal_buf cols[INSERT_NCOLS]; /* write_group's parameters, reused */
+    struct ends_row ends[ENDS_MAX_DETAILS]; /* write_group's 'ends' rows, reused */
 };
 
 struct journal {
@@ -749,13 +768,14 @@ static void batch_free(struct batch *b)
 
 /*
  * Applies sql/001_journal.sql, then sql/002_saga.sql when the database is
- * below version 2, in one transaction under an advisory lock, so that
- * coordinators starting together do not race on CREATE ... IF NOT EXISTS and
- * an upgrade from version 1 happens once, entirely or not at all (if we crash
- * in the middle, the transaction rolls back and the next start upgrades).
- * 002 is skipped at version 2: re-adding its CHECK constraint would scan the
- * whole journal under an exclusive lock on every start. A database already
- * holding a newer schema is left untouched.
+ * below version 2 and sql/003_batched_end.sql when below version 3, in one
+ * transaction under an advisory lock, so that coordinators starting together
+ * do not race on CREATE ... IF NOT EXISTS and an upgrade happens once,
+ * entirely or not at all (if we crash in the middle, the transaction rolls
+ * back and the next start upgrades). 002 and 003 are skipped once applied:
+ * re-adding 002's CHECK constraint would scan the whole journal under an
+ * exclusive lock on every start, and 003's constraints have no IF NOT
+ * EXISTS. A database already holding a newer schema is left untouched.
  * Returns 0, TREATY_EVERSION, or TREATY_EPG (the caller tells a lost
  * connection from an SQL error by PQstatus).
  */
@@ -797,6 +817,13 @@ static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
         if (v == 1)
             log_info("journal: upgrading the journal schema from version 1 to 2 (sagas)");
         if (!pg_exec(c, sql_saga, PGRES_COMMAND_OK, why, sizeof why))
+            goto fail_sql;
+    }
+    if (v < 3) {
+        if (v >= 1)
+            log_info("journal: upgrading the journal schema from version %d to 3 (END records in batches)",
+                     v);
+        if (!pg_exec(c, sql_batched_end, PGRES_COMMAND_OK, why, sizeof why))
             goto fail_sql;
     }
     res = PQexec(c, "SELECT max(version) FROM treaty_schema");
@@ -982,22 +1009,24 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
 
     int64_t t0 = now_ms();
     int rc = 0;
-    uint64_t nrows = 0, ntx = 0;
+    uint64_t nrows = 0, ntx = 0, norphan = 0;
     uint8_t last_txid[16] = {0};
+    bool orphan = false;
     struct journal_buf scratch = {0}, bytes = {0};
     struct journal_strv sv = {0};
     char sql[1024];
     PGresult *res = NULL;
 
-    /* Unfinished transactions (no END row), and finished ones whose first END
-     * row is within retention, in append order per transaction. A record
-     * written twice (a rewritten group) comes back twice. */
+    /* Unfinished transactions (no END record), and finished ones whose first
+     * END is within retention, in append order per transaction, from the view
+     * that shows an 'ends' row as one END record per txid. A record written
+     * twice (a rewritten group) comes back twice. */
     snprintf(sql, sizeof sql,
              "DECLARE treaty_scan NO SCROLL CURSOR FOR "
              "SELECT j.txid, j.kind, j.services, j.failed_branch, j.detail, "
              "       floor(extract(epoch FROM e.ended))::bigint, j.step, j.data "
-             "  FROM treaty_journal j "
-             "  LEFT JOIN (SELECT txid, min(written_at) AS ended FROM treaty_journal "
+             "  FROM treaty_records j "
+             "  LEFT JOIN (SELECT txid, min(written_at) AS ended FROM treaty_records "
              "              WHERE kind = 'end' GROUP BY txid) e ON e.txid = j.txid "
              " WHERE e.ended IS NULL OR e.ended >= now() - make_interval(secs => %d) "
              " ORDER BY j.txid, j.seq",
@@ -1071,9 +1100,22 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
                 r.data = bytes.data;
                 r.data_len = bytes.len;
             }
-            if (nrows == 0 || memcmp(last_txid, r.txid, 16) != 0)
+            /* A transaction whose first record is an END has had its other
+             * records collected: it was also named in an older 'ends' row,
+             * which the collector deleted with them. Its later END
+             * records say nothing about a transaction we know. */
+            if (nrows + norphan == 0 || memcmp(last_txid, r.txid, 16) != 0) {
+                memcpy(last_txid, r.txid, 16);
+                orphan = r.kind == JOURNAL_END;
+                ntx += !orphan;
+            } else if (orphan && r.kind != JOURNAL_END) {
+                orphan = false; /* not expected; a record is never dropped */
                 ntx++;
-            memcpy(last_txid, r.txid, 16);
+            }
+            if (orphan) {
+                norphan++;
+                continue;
+            }
             nrows++;
             rc = cb(arg, &r, fin);
         }
@@ -1092,8 +1134,9 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
             goto fail_sql;
         PQclear(res);
-        log_info("journal: recovery scan read %" PRIu64 " records of %" PRIu64 " transactions in %lld ms",
-                 nrows, ntx, (long long)(now_ms() - t0));
+        log_info("journal: recovery scan read %" PRIu64 " records of %" PRIu64 " transactions in %lld ms"
+                 " (%" PRIu64 " END records of collected transactions skipped)",
+                 nrows, ntx, (long long)(now_ms() - t0), norphan);
     }
     journal_buf_free(&scratch);
     journal_buf_free(&bytes);
@@ -1122,10 +1165,10 @@ fail_row:
  */
 #define INSERT_NAME "treaty_journal_insert"
 #define INSERT_SQL                                                                                                \
-    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data) "                        \
-    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea "                                        \
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) "            \
-    "WITH ORDINALITY AS u(t, k, s, f, d, st, x, n) ORDER BY n"
+    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data, ended) "                 \
+    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea, e::uuid[] "                             \
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "            \
+    "$8::text[]) WITH ORDINALITY AS u(t, k, s, f, d, st, x, e, n) ORDER BY n"
 
 /* Appends one COPY text field (s, n bytes, still escaped) to the array
  * literal a as an element: NULL for \N, else double-quoted with '"' and '\'
@@ -1154,13 +1197,21 @@ static void put_array_elem(struct journal_buf *a, const char *s, size_t n)
     a->len = (size_t)(w - a->data);
 }
 
-/* Splits the COPY lines of every batch from head on into the columns' array
- * literals (NUL-terminated). Returns the number of rows, or -1 when a line
- * does not have JOURNAL_NCOLS fields (a bug of the encoder). */
-static long group_to_arrays(const struct batch *head, struct journal_buf cols[JOURNAL_NCOLS])
+/* Splits the COPY lines of every batch from head on into the INSERT's array
+ * literals (NUL-terminated), one element per row. Every record is a row of
+ * its own (ended NULL), except END records: those sharing a detail become
+ * one row of kind 'ends' (txid NULL, ended = their txids), after the
+ * group's other rows, so that a transaction's END has a higher seq than its
+ * other records even when they are in the same group. Returns the number of
+ * rows, or -1 when a line does not have JOURNAL_NCOLS fields (a bug of the
+ * encoder). */
+static long group_to_arrays(const struct batch *head, struct journal_buf cols[INSERT_NCOLS],
+                            struct ends_row ends[ENDS_MAX_DETAILS])
 {
+    static const char null_field[] = "\\N";
     long rows = 0;
-    for (int k = 0; k < JOURNAL_NCOLS; k++)
+    unsigned nends = 0;
+    for (int k = 0; k < INSERT_NCOLS; k++)
         cols[k].len = 0;
     for (const struct batch *b = head; b; b = b->next) {
         const char *p = b->rows.data, *end = b->rows.data + b->rows.len;
@@ -1168,19 +1219,54 @@ static long group_to_arrays(const struct batch *head, struct journal_buf cols[JO
             const char *eol = memchr(p, '\n', (size_t)(end - p));
             if (!eol)
                 return -1;
+            const char *f[JOURNAL_NCOLS];
+            size_t n[JOURNAL_NCOLS];
             for (int k = 0; k < JOURNAL_NCOLS; k++) {
-                const char *f = p;
+                f[k] = p;
                 while (p < eol && *p != '\t')
                     p++;
                 if ((k < JOURNAL_NCOLS - 1) != (p < eol))
                     return -1;
-                put_array_elem(&cols[k], f, (size_t)(p - f));
+                n[k] = (size_t)(p - f[k]);
                 p++; /* the TAB, or the LF after the last field */
             }
+            if (n[1] == 3 && memcmp(f[1], "end", 3) == 0 && n[0] == 36) {
+                unsigned i = 0;
+                while (i < nends && (ends[i].detail_len != n[4] || memcmp(ends[i].detail, f[4], n[4]) != 0))
+                    i++;
+                if (i == nends && nends < ENDS_MAX_DETAILS) {
+                    ends[i].detail = f[4];
+                    ends[i].detail_len = n[4];
+                    ends[i].txids.len = 0;
+                    nends++;
+                }
+                if (i < nends) {
+                    buf_putc(&ends[i].txids, ends[i].txids.len == 0 ? '{' : ',');
+                    buf_put(&ends[i].txids, f[0], 36);
+                    continue;
+                }
+            }
+            for (int k = 0; k < JOURNAL_NCOLS; k++)
+                put_array_elem(&cols[k], f[k], n[k]);
+            put_array_elem(&cols[JOURNAL_NCOLS], null_field, 2);
             rows++;
         }
     }
-    for (int k = 0; k < JOURNAL_NCOLS; k++) {
+    for (unsigned i = 0; i < nends; i++) {
+        buf_putc(&ends[i].txids, '}');
+        put_array_elem(&cols[0], null_field, 2);
+        put_array_elem(&cols[1], "ends", 4);
+        put_array_elem(&cols[2], null_field, 2);
+        put_array_elem(&cols[3], null_field, 2);
+        put_array_elem(&cols[4], ends[i].detail, ends[i].detail_len);
+        put_array_elem(&cols[5], null_field, 2);
+        put_array_elem(&cols[6], null_field, 2);
+        put_array_elem(&cols[7], ends[i].txids.data, ends[i].txids.len);
+        rows++;
+    }
+    for (int k = 0; k < INSERT_NCOLS; k++) {
+        if (cols[k].len == 0)
+            buf_putc(&cols[k], '{');
         buf_putc(&cols[k], '}');
         buf_putc(&cols[k], '\0');
     }
@@ -1217,17 +1303,18 @@ static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, 
  * or anywhere in it).
  */
 static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced,
-                       struct journal_buf cols[JOURNAL_NCOLS], char *err, size_t errlen)
+                       struct journal_buf cols[INSERT_NCOLS], struct ends_row ends[ENDS_MAX_DETAILS], char *err,
+                       size_t errlen)
 {
     char nrows[24];
-    long rows = group_to_arrays(head, cols);
+    long rows = group_to_arrays(head, cols, ends);
     if (rows < 0) {
         set_err(err, errlen, "malformed journal row in the group (encoder bug)");
         return TREATY_EPG;
     }
     snprintf(nrows, sizeof nrows, "%ld", rows);
-    const char *values[JOURNAL_NCOLS];
-    for (int k = 0; k < JOURNAL_NCOLS; k++)
+    const char *values[INSERT_NCOLS];
+    for (int k = 0; k < INSERT_NCOLS; k++)
         values[k] = cols[k].data;
 
     if (PQenterPipelineMode(c) != 1) {
@@ -1245,10 +1332,10 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
      * failed group rolls its SET back, but then the connection is dropped
      * and the next one starts with sess reset.) */
     bool set = sess->sync != (forced ? 1 : 0);
-    if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, JOURNAL_NCOLS, NULL) != 1) ||
+    if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, INSERT_NCOLS, NULL) != 1) ||
         (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0,
                                   NULL, NULL, NULL, NULL, 0) != 1) ||
-        PQsendQueryPrepared(c, INSERT_NAME, JOURNAL_NCOLS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
+        PQsendQueryPrepared(c, INSERT_NAME, INSERT_NCOLS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
@@ -1293,6 +1380,15 @@ static void group_add(struct writer *w, struct batch *b)
     w->bytes += b->rows.len;
     w->nrecs += b->nrecs;
     w->forced = w->forced || b->forced;
+}
+
+/* Frees write_group's reusable buffers. */
+static void writer_bufs_free(struct writer *w)
+{
+    for (int k = 0; k < INSERT_NCOLS; k++)
+        journal_buf_free(&w->cols[k]);
+    for (int i = 0; i < ENDS_MAX_DETAILS; i++)
+        journal_buf_free(&w->ends[i].txids);
 }
 
 static void group_free(struct writer *w)
@@ -1375,7 +1471,7 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, why, sizeof why) == 0)
+        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, w->ends, why, sizeof why) == 0)
             break;
         /* Not committed (or we cannot know): the same group goes again. */
         atomic_store(&j->healthy, false);
@@ -1434,13 +1530,22 @@ static void writer_gc(struct journal *j)
         atomic_fetch_add(&j->n_reconnects, 1);
     }
     PGconn *c = w->conn;
+    /* The txids named by old 'ends' rows and by old 'end' rows (written by
+     * versions 1 and 2), every record of theirs, and those 'ends' rows. An
+     * 'ends' row has a NULL txid: the txid join never reaches it. */
     snprintf(sql, sizeof sql,
-             "WITH done AS (SELECT DISTINCT txid FROM treaty_journal "
-             "               WHERE kind = 'end' AND written_at < now() - make_interval(secs => %d) "
-             "               LIMIT %d), "
-             "     del AS (DELETE FROM treaty_journal j USING done WHERE j.txid = done.txid RETURNING 1) "
-             "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM del)",
-             j->retention_s, GC_MAX_TXIDS);
+             "WITH b AS (SELECT seq, ended FROM treaty_journal "
+             "            WHERE kind = 'ends' AND written_at < now() - make_interval(secs => %d) "
+             "            LIMIT %d), "
+             "     done AS ((SELECT DISTINCT txid FROM treaty_journal "
+             "                WHERE kind = 'end' AND written_at < now() - make_interval(secs => %d) "
+             "                LIMIT %d) "
+             "              UNION SELECT unnest(ended) FROM b), "
+             "     del AS (DELETE FROM treaty_journal j USING done WHERE j.txid = done.txid RETURNING 1), "
+             "     delb AS (DELETE FROM treaty_journal j USING b WHERE j.seq = b.seq RETURNING 1) "
+             "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM del) + (SELECT count(*) FROM delb), "
+             "       (SELECT count(*) FROM b)",
+             j->retention_s, GC_MAX_ENDS, j->retention_s, GC_MAX_TXIDS);
     if (!pg_exec(c, "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, why, sizeof why))
         goto fail;
     res = PQexec(c, sql);
@@ -1450,6 +1555,7 @@ static void writer_gc(struct journal *j)
     }
     long long ntx = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     long long nrows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    long long nends = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     PQclear(res);
     res = NULL;
     if (!pg_commit(c, why, sizeof why))
@@ -1458,7 +1564,7 @@ static void writer_gc(struct journal *j)
         atomic_fetch_add(&j->n_gc_deleted, (uint64_t)nrows);
         log_debug("journal: collected %lld finished transactions (%lld records)", ntx, nrows);
     }
-    if (ntx >= GC_MAX_TXIDS)
+    if (ntx >= GC_MAX_TXIDS || nends >= GC_MAX_ENDS)
         w->next_gc = now_ms(); /* more to collect, after whatever batches wait */
     return;
 
@@ -1508,8 +1614,7 @@ static void *writer_main(void *arg)
         log_error("journal: writer stopped with %u records not written (seq %" PRIu64 "..%" PRIu64 ")", w->nrecs,
                   w->head->first_seq, w->tail->last_seq);
     group_free(w);
-    for (int k = 0; k < JOURNAL_NCOLS; k++)
-        journal_buf_free(&w->cols[k]);
+    writer_bufs_free(w);
     return NULL;
 }
 
@@ -1707,12 +1812,11 @@ void journal_close(struct journal **jp, int wait_ms)
         /* Appended but never started: one synchronous attempt. */
         char why[ERRLEN];
         struct pgsess fresh = {.prepared = false, .sync = -1};
-        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, why, sizeof why) == 0)
+        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, j->w.ends, why, sizeof why) == 0)
             atomic_store(&j->durable, j->pending->last_seq);
         else
             log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);
-        for (int k = 0; k < JOURNAL_NCOLS; k++)
-            journal_buf_free(&j->w.cols[k]);
+        writer_bufs_free(&j->w);
     }
 
     uint64_t durable = atomic_load(&j->durable);

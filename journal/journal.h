@@ -37,13 +37,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JOURNAL_SCHEMA_VERSION 2 /* sql/001_journal.sql, sql/002_saga.sql */
+#define JOURNAL_SCHEMA_VERSION 3 /* sql/001_journal.sql, sql/002_saga.sql, sql/003_batched_end.sql */
 
 enum journal_kind {
     JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */
     JOURNAL_ABORT = 2,  /* 2PC decision: abort. Forced. services, detail = reason, failed_branch */
     JOURNAL_END = 3,    /* finished (2PC: every branch acknowledged; saga: detail = "completed" or
-                           "compensated"). Lazy */
+                           "compensated"). Lazy. A group's ENDs are stored together, one 'ends' row
+                           per detail (sql/003_batched_end.sql); the scan gives them back one by one */
     JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
                            service; data = the encoded definition (coordinator's format) */
     JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */
@@ -88,7 +89,8 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
  * Step 2. Calls cb once per record, grouped by txid and in append order within
  * a transaction, for (a) all records of transactions that have no END record
  * and (b) the END-terminated transactions within retention (so resubmission of a
- * finished txid still finds its outcome). cb's record and strings are borrowed
+ * finished txid still finds its outcome). END records of a txid whose other
+ * records were already collected are skipped. cb's record and strings are borrowed
  * for the call. A non-zero return from cb stops the scan and is returned.
  * finished_at_unix: seconds since the epoch the END was written, or 0 when
  * unfinished. Returns 0 or TREATY_EPG.

@@ -1213,8 +1213,8 @@ static int quiet_counts(struct run *r, long long *prepared, long long *unfinishe
              r->dbpfx);
     *prepared = pg_scalar(ci, sql);
     db_conninfo(r, "journal", ci, sizeof ci);
-    *unfinished = pg_scalar(ci, "SELECT count(DISTINCT txid) FROM treaty_journal j WHERE NOT EXISTS"
-                                " (SELECT 1 FROM treaty_journal e WHERE e.txid = j.txid AND e.kind = 'end')");
+    *unfinished = pg_scalar(ci, "SELECT count(DISTINCT txid) FROM treaty_records j WHERE NOT EXISTS"
+                                " (SELECT 1 FROM treaty_records e WHERE e.txid = j.txid AND e.kind = 'end')");
     return *prepared == 0 && *unfinished == 0 ? 0 : -1;
 }
 

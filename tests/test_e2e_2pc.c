@@ -222,7 +222,7 @@ static bool end_written(void *arg)
     const struct journal_probe *q = arg;
     long long n = 0;
     return support_try_scalar(q->journal, &n,
-                              "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'end'", q->txid) &&
+                              "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = 'end'", q->txid) &&
            n > 0;
 }
 

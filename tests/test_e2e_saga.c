@@ -398,7 +398,7 @@ static long long applied_at(const struct shop *s, const treaty_txid_t *id, unsig
 
 static long long journal_count(struct world *w, const treaty_txid_t *id, const char *kind)
 {
-    return support_scalar(w->journal, "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = '%s'",
+    return support_scalar(w->journal, "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = '%s'",
                           txid_str(id), kind);
 }
 
@@ -411,7 +411,7 @@ static bool end_written(void *arg)
 {
     const struct journal_probe *q = arg;
     long long n = 0;
-    return support_try_scalar(q->journal, &n, "SELECT count(*) FROM treaty_journal WHERE txid = '%s' AND kind = 'end'",
+    return support_try_scalar(q->journal, &n, "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = 'end'",
                               q->txid) &&
            n > 0;
 }

@@ -524,7 +524,7 @@ Test(journal, append_flush_makes_records_durable_and_visible)
 
     /* Visible to anyone, as plain SQL. */
     PGconn *c = pg_open(db_conninfo);
-    PGresult *res = pg_must(c, "SELECT txid::text, kind, services::text, failed_branch, detail "
+    PGresult *res = pg_must(c, "SELECT txid::text, kind, services::text, failed_branch, detail, ended::text "
                                "FROM treaty_journal ORDER BY seq");
     cr_assert_eq(PQntuples(res), 3);
     char id1[37], id2[37];
@@ -539,8 +539,15 @@ Test(journal, append_flush_makes_records_durable_and_visible)
     cr_assert_str_eq(PQgetvalue(res, 1, 1), "abort");
     cr_assert_str_eq(PQgetvalue(res, 1, 3), "1");
     cr_assert_str_eq(PQgetvalue(res, 1, 4), "participant svc-b voted no");
-    cr_assert_str_eq(PQgetvalue(res, 2, 1), "end");
+    /* The END, in the group's row of ENDs. */
+    char ended[40];
+    snprintf(ended, sizeof ended, "{%s}", id1);
+    cr_assert(PQgetisnull(res, 2, 0));
+    cr_assert_str_eq(PQgetvalue(res, 2, 1), "ends");
     cr_assert(PQgetisnull(res, 2, 2));
+    cr_assert(PQgetisnull(res, 2, 4));
+    cr_assert_str_eq(PQgetvalue(res, 2, 5), ended);
+    cr_assert(PQgetisnull(res, 0, 5));
     PQclear(res);
     PQfinish(c);
 
@@ -576,7 +583,9 @@ Test(journal, appends_across_turns_are_grouped)
     cr_assert_eq(st.records, TURNS * PER_TURN);
     cr_assert_lt(st.batches, TURNS, "no grouping: %" PRIu64 " transactions for %d turns", st.batches, TURNS);
     cr_assert_geq(st.forced_batches, 1);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), TURNS * PER_TURN);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_records"), TURNS * PER_TURN);
+    /* ENDs only: one row a group. */
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), (long long)st.batches);
     journal_close(&J, WAIT_MS);
 }
 
@@ -628,7 +637,7 @@ Test(journal, lazy_only_batch_becomes_durable)
     journal_get_stats(J, &st);
     cr_assert_eq(st.forced_batches, 0);
     cr_assert_eq(st.records, 2);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind IN ('abort', 'end')"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_records WHERE kind IN ('abort', 'end')"), 2);
     journal_close(&J, WAIT_MS);
 }
 
@@ -696,12 +705,15 @@ Test(journal, scan_returns_unfinished_and_retained_finished_transactions)
     r = rec(t2, JOURNAL_END, NULL);
     journal_append(J, &r, false);
     r = rec(t3, JOURNAL_END, NULL);
-    journal_append(J, &r, false);
-    r = rec(t4, JOURNAL_END, NULL);
     uint64_t last = journal_append(J, &r, false);
     journal_flush(J);
     cr_assert(wait_durable(J, last, WAIT_MS));
+    r = rec(t4, JOURNAL_END, NULL); /* in a group (and an 'ends' row) of its own */
+    last = journal_append(J, &r, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
     journal_close(&J, WAIT_MS);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends'"), 2);
 
     /* t4 ended two hours ago: past retention. t1's COMMIT is stored twice, as
      * after a rewritten group. */
@@ -709,10 +721,11 @@ Test(journal, scan_returns_unfinished_and_retained_finished_transactions)
     txid_sql(t1, id1);
     txid_sql(t4, id4);
     snprintf(sql, sizeof sql,
-             "UPDATE treaty_journal SET written_at = now() - interval '2 hours' WHERE txid = '%s'; "
+             "UPDATE treaty_journal SET written_at = now() - interval '2 hours' "
+             " WHERE txid = '%s' OR '%s' = ANY(ended); "
              "INSERT INTO treaty_journal (txid, kind, services) "
              "SELECT txid, kind, services FROM treaty_journal WHERE txid = '%s'",
-             id4, id1);
+             id4, id4, id1);
     pg_run(db_conninfo, sql);
 
     J = open_journal(&cfg, false);
@@ -827,7 +840,7 @@ Test(journal, newer_schema_is_refused)
     /* Applying the schema again is harmless. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
     cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), JOURNAL_SCHEMA_VERSION);
 
     pg_run(db_conninfo, "INSERT INTO treaty_schema (version) VALUES (999)");
@@ -837,15 +850,15 @@ Test(journal, newer_schema_is_refused)
     cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
     cr_assert_null(j);
     cr_assert(strstr(err, "999") != NULL, "message does not name the version: %s", err);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
 
-    /* Version 3 is newer too: refused, nothing applied. */
+    /* Version 4 is newer too: refused, nothing applied. */
     pg_run(db_conninfo, "DELETE FROM treaty_schema WHERE version = 999; "
-                        "INSERT INTO treaty_schema (version) VALUES (3)");
+                        "INSERT INTO treaty_schema (version) VALUES (4)");
     rc = journal_connect(&cfg, &j, err, sizeof err);
     cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
     cr_assert_null(j);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
 }
 
 struct connect_arg {
@@ -879,7 +892,8 @@ Test(journal, concurrent_connects_apply_the_schema_once)
     }
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 1"), 1);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 2"), 1);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 3"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
 }
 
 struct stopper {
@@ -1072,15 +1086,164 @@ Test(journal, gc_deletes_ended_transactions_past_retention)
     for (;;) {
         journal_get_stats(J, &st);
         long long left = pg_count(q_done);
-        if ((left == 0 && st.gc_deleted >= 4) || mono_ms() > until)
+        if ((left == 0 && st.gc_deleted >= 3) || mono_ms() > until)
             break;
         journal_durable(J);
         sleep_ms(100);
     }
     cr_assert_eq(pg_count(q_done), 0, "finished transactions were not collected");
-    cr_assert_eq(st.gc_deleted, 4);
+    /* t1's COMMIT, t3's ABORT, and the 'ends' row naming both. */
+    cr_assert_eq(st.gc_deleted, 3);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends'"), 0);
     cr_assert_eq(pg_count(q_open), 1, "an unfinished transaction was collected");
     journal_close(&J, WAIT_MS);
+}
+
+/* Appends r (forced or not) in a turn of its own and waits until durable. */
+static void append_durable(struct journal *j, const struct journal_rec *r, bool force)
+{
+    uint64_t s = journal_append(j, r, force);
+    journal_flush(j);
+    cr_assert(wait_durable(j, s, WAIT_MS));
+}
+
+Test(journal, ends_of_a_group_are_one_row_per_detail_and_scan_back_one_by_one)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    enum { N = 4, X = 10 };
+    uint8_t t[N][16], x[X][16];
+    struct journal_rec r;
+    uint64_t last = 0;
+    for (int i = 0; i < N; i++) {
+        new_txid(t[i]);
+        r = rec(t[i], JOURNAL_COMMIT, NULL);
+        journal_append(J, &r, true);
+    }
+    /* In the same group as their decisions: the END rows still come after. */
+    for (int i = 0; i < N; i++) {
+        r = rec(t[i], JOURNAL_END, i == N - 1 ? "completed" : NULL);
+        last = journal_append(J, &r, false);
+    }
+    /* More details than one group gives rows to: the rest are rows of their
+     * own, kind 'end'. */
+    char details[X][8];
+    for (int i = 0; i < X; i++) {
+        new_txid(x[i]);
+        snprintf(details[i], sizeof details[i], "d%d", i);
+        r = rec(x[i], JOURNAL_ABORT, NULL);
+        journal_append(J, &r, false);
+        r = rec(x[i], JOURNAL_END, details[i]);
+        last = journal_append(J, &r, false);
+    }
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    journal_close(&J, WAIT_MS);
+
+    /* 4 COMMITs, 10 ABORTs; 'ends' rows for NULL (3 txids), "completed",
+     * d0..d5; d6..d9 as 'end' rows. */
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), N + X + 8 + 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends' AND detail IS NULL "
+                          "AND cardinality(ended) = 3"),
+                 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends' AND detail = 'completed' "
+                          "AND cardinality(ended) = 1"),
+                 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'end'"), 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends' AND seq < "
+                          "(SELECT max(seq) FROM treaty_journal WHERE kind IN ('commit', 'abort'))"),
+                 0);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_records WHERE kind = 'end'"), N + X);
+
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 2 * N + 2 * X, "scan returned %zu records", l.n);
+    for (int i = 0; i < N; i++) {
+        size_t k = 0;
+        cr_assert_eq(seen_count(&l, t[i], &k), 2);
+        cr_assert_eq(l.v[k].kind, JOURNAL_COMMIT);
+        cr_assert_eq(l.v[k + 1].kind, JOURNAL_END);
+        cr_assert_neq(l.v[k + 1].fin, 0);
+        if (i == N - 1)
+            cr_assert_str_eq(l.v[k + 1].detail, "completed");
+        else
+            cr_assert(!l.v[k + 1].has_detail, "END %d has detail %s", i, l.v[k + 1].detail);
+    }
+    for (int i = 0; i < X; i++) {
+        size_t k = 0;
+        cr_assert_eq(seen_count(&l, x[i], &k), 2);
+        cr_assert_eq(l.v[k].kind, JOURNAL_ABORT);
+        cr_assert_eq(l.v[k + 1].kind, JOURNAL_END);
+        cr_assert_str_eq(l.v[k + 1].detail, details[i]);
+    }
+    seen_list_free(&l);
+    journal_close(&J, 0);
+}
+
+Test(journal, scan_and_collector_handle_batched_and_single_end_rows_alike)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.retention_s = 60;
+    cfg.gc_interval_ms = 100;
+    J = open_journal(&cfg, true);
+    uint8_t a[16], b[16], c[16];
+    new_txid(a);
+    new_txid(b);
+    new_txid(c);
+    char ida[37], idb[37], idc[37], sql[1024];
+    txid_sql(a, ida);
+    txid_sql(b, idb);
+    txid_sql(c, idc);
+
+    /* a: COMMIT and END; later its END again (as after a recovery that
+     * re-drove it), with b's COMMIT and END. c: a version-2 'end' row. */
+    struct journal_rec r = rec(a, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(a, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+    r = rec(b, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(a, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(b, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+    r = rec(c, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    snprintf(sql, sizeof sql, "INSERT INTO treaty_journal (txid, kind) VALUES ('%s', 'end')", idc);
+    pg_run(db_conninfo, sql);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends'"), 2);
+
+    /* a's first END and c's finished two hours ago; b's and a's second are
+     * recent. */
+    snprintf(sql, sizeof sql,
+             "UPDATE treaty_journal SET written_at = now() - interval '2 hours' "
+             " WHERE txid IN ('%s', '%s') OR (kind = 'ends' AND NOT '%s' = ANY(ended))",
+             ida, idc, idb);
+    pg_run(db_conninfo, sql);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM treaty_journal WHERE txid IN ('%s', '%s')", ida, idc);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (pg_count(sql) > 0 && mono_ms() < until) {
+        journal_durable(J);
+        sleep_ms(100);
+    }
+    cr_assert_eq(pg_count(sql), 0, "a and c were not collected");
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends'"), 1, "the old 'ends' row stayed");
+    journal_close(&J, WAIT_MS);
+
+    /* The recent 'ends' row still names a: its END alone is not a
+     * transaction. b is finished and retained. */
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    cr_assert_eq(l.n, 2, "scan returned %zu records", l.n);
+    size_t k = 0;
+    cr_assert_eq(seen_count(&l, b, &k), 2);
+    cr_assert_eq(l.v[k].kind, JOURNAL_COMMIT);
+    cr_assert_eq(l.v[k + 1].kind, JOURNAL_END);
+    cr_assert_neq(l.v[k + 1].fin, 0);
+    seen_list_free(&l);
+    journal_close(&J, 0);
 }
 
 /* ----------------------------------------------------------------- sagas */
@@ -1272,7 +1435,8 @@ Test(journal, saga_record_larger_than_a_group_is_written)
     uint8_t a[16], b[16];
     new_txid(a);
     new_txid(b);
-    struct journal_rec r = rec(b, JOURNAL_END, "compensated");
+    struct journal_rec r = {.kind = JOURNAL_STEP, .failed_branch = -1, .step = 0, .detail = "action"};
+    memcpy(r.txid, b, 16);
     journal_append(J, &r, false);
     journal_flush(J);
     r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
@@ -1282,7 +1446,9 @@ Test(journal, saga_record_larger_than_a_group_is_written)
     r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
                              .step = -1, .data = def + 1, .data_len = len - 1};
     memcpy(r.txid, b, 16);
-    uint64_t last = journal_append(J, &r, true);
+    journal_append(J, &r, true);
+    r = rec(b, JOURNAL_END, "compensated");
+    uint64_t last = journal_append(J, &r, false);
     journal_flush(J);
     cr_assert(wait_durable(J, last, 60000), "durable %" PRIu64 " of %" PRIu64, journal_durable(J), last);
     journal_close(&J, WAIT_MS);
@@ -1293,11 +1459,13 @@ Test(journal, saga_record_larger_than_a_group_is_written)
     cr_assert_eq(journal_scan(J, collect, &l), 0);
     size_t ia = 0, ib = 0;
     cr_assert_eq(seen_count(&l, a, &ia), 1);
-    cr_assert_eq(seen_count(&l, b, &ib), 2);
+    cr_assert_eq(seen_count(&l, b, &ib), 3);
     expect_data(&l.v[ia], def, len);
-    /* b: append order, the END first; finished, so retained with finished_at. */
-    cr_assert_eq(l.v[ib].kind, JOURNAL_END);
+    /* b: append order; finished, so retained with finished_at. */
+    cr_assert_eq(l.v[ib].kind, JOURNAL_STEP);
     cr_assert_eq(l.v[ib + 1].kind, JOURNAL_SAGA);
+    cr_assert_eq(l.v[ib + 2].kind, JOURNAL_END);
+    cr_assert_str_eq(l.v[ib + 2].detail, "compensated");
     expect_data(&l.v[ib + 1], def + 1, len - 1);
     cr_assert_neq(l.v[ib + 1].fin, 0);
     seen_list_free(&l);
@@ -1372,8 +1540,8 @@ Test(journal, version_1_database_is_upgraded_and_keeps_its_rows)
 
     struct journal_config cfg = test_cfg();
     J = open_journal(&cfg, false);
-    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 2);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 3);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
     cr_assert_eq(pg_count("SELECT count(*) FROM information_schema.columns "
                           "WHERE table_name = 'treaty_journal' AND column_name IN ('step', 'data')"),
                  2);
@@ -1406,10 +1574,10 @@ Test(journal, version_1_database_is_upgraded_and_keeps_its_rows)
     journal_close(&J, WAIT_MS);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'step' AND step = 2"), 1);
 
-    /* Connecting again leaves version 2 as it is. */
+    /* Connecting again leaves version 3 as it is. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 2);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 3);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 4);
 }
 
