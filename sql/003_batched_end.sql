@@ -13,6 +13,11 @@
 --      WHERE NOT EXISTS (SELECT 1 FROM treaty_records e WHERE e.txid = j.txid AND e.kind = 'end');
 --   the records of one transaction:
 --     SELECT kind, detail, written_at FROM treaty_records WHERE txid = '...' ORDER BY seq;
+--   (the view unnests every 'ends' row for that; on a large journal, read the
+--   transaction's own rows through the txid index and its END apart:
+--     SELECT kind, detail, written_at FROM treaty_journal WHERE txid = '...';
+--     SELECT written_at, detail FROM treaty_journal
+--      WHERE kind = 'ends' AND ended @> ARRAY['...'::uuid];  -- one row per group)
 
 ALTER TABLE treaty_journal ADD COLUMN IF NOT EXISTS ended uuid[];
 ALTER TABLE treaty_journal ALTER COLUMN txid DROP NOT NULL;
