@@ -792,6 +792,35 @@ static int step_commit(struct pgp *g, char *reason)
     return 0;
 }
 
+/* BEGIN, then the step's barrier row for op ("action" or "compensation"),
+ * locking it. Returns the INSERT's result (no row: the row was there
+ * already), or NULL with *rc set (rolled back, the reason says why). */
+static PGresult *barrier_insert(struct pgp *g, const char *op, const char *const pk[2], char *reason, int *rc)
+{
+    char what[64];
+    snprintf(what, sizeof what, "BEGIN (%s)", op);
+    if (step_cmd(g, reason, what, PG_BARRIER_BEGIN) < 0) {
+        rollback(g);
+        *rc = TREATY_EPG;
+        return NULL;
+    }
+    const char *pv[3] = {pk[0], pk[1], op};
+    PGresult *r = PQexecParams(g->conn,
+                               "INSERT INTO treaty_barrier (txid, branch, op, result) "
+                               "VALUES ($1::uuid, $2::integer, $3, NULL) "
+                               "ON CONFLICT DO NOTHING RETURNING pg_current_xact_id()::text",
+                               3, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        if (strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0)
+            snprintf(what, sizeof what, "%s barrier row held by another transaction", op);
+        else
+            snprintf(what, sizeof what, "insert %s barrier row", op);
+        *rc = step_fail(g, reason, what, r);
+        return NULL;
+    }
+    return r;
+}
+
 static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
 {
     struct pgp *g = ps->g;
@@ -800,19 +829,10 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
     snprintf(step, sizeof step, "%u", s->step);
     const char *pk[2] = {ids, step};
 
-    if (step_cmd(g, reason, "BEGIN (action)", PG_BARRIER_BEGIN) < 0)
-        goto fail_rollback;
-    PGresult *r = PQexecParams(g->conn,
-                               "INSERT INTO treaty_barrier (txid, branch, op, result) "
-                               "VALUES ($1::uuid, $2::integer, 'action', NULL) "
-                               "ON CONFLICT DO NOTHING RETURNING pg_current_xact_id()::text",
-                               2, NULL, pk, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        return step_fail(g, reason,
-                         strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0
-                             ? "action barrier row held by another transaction"
-                             : "insert action barrier row",
-                         r);
+    int rc = 0;
+    PGresult *r = barrier_insert(g, "action", pk, reason, &rc);
+    if (r == NULL)
+        return rc;
     if (PQntuples(r) == 0) {
         /* A duplicate, or the compensation came first: answer from the row. */
         PQclear(r);
@@ -859,7 +879,7 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
 
     /* The business change, in the same transaction as the barrier row. */
     reason[0] = '\0';
-    int rc = ps->fn(ps->arg, g->conn, s, reason);
+    rc = ps->fn(ps->arg, g->conn, s, reason);
     reason[TREATY_REASON_MAX - 1] = '\0';
     int bad = check_fn_txn(g, "action", s, rc == TREATY_STEP_OK, reason);
     if (bad < 0) {
@@ -921,19 +941,10 @@ static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *r
     snprintf(step, sizeof step, "%u", s->step);
     const char *pk[2] = {ids, step};
 
-    if (step_cmd(g, reason, "BEGIN (compensation)", PG_BARRIER_BEGIN) < 0)
-        goto fail_rollback;
-    PGresult *r = PQexecParams(g->conn,
-                               "INSERT INTO treaty_barrier (txid, branch, op, result) "
-                               "VALUES ($1::uuid, $2::integer, 'compensation', NULL) "
-                               "ON CONFLICT DO NOTHING RETURNING pg_current_xact_id()::text",
-                               2, NULL, pk, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        return step_fail(g, reason,
-                         strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0
-                             ? "compensation barrier row held by another transaction"
-                             : "insert compensation barrier row",
-                         r);
+    int rc = 0;
+    PGresult *r = barrier_insert(g, "compensation", pk, reason, &rc);
+    if (r == NULL)
+        return rc;
     if (PQntuples(r) == 0) {
         PQclear(r); /* compensated before: a duplicate */
         rollback(g);
@@ -987,7 +998,7 @@ static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *r
         goto fail_rollback;
 
     reason[0] = '\0';
-    int rc = ps->fn(ps->arg, g->conn, s, reason);
+    rc = ps->fn(ps->arg, g->conn, s, reason);
     reason[TREATY_REASON_MAX - 1] = '\0';
     int bad = check_fn_txn(g, "compensation", s, rc == TREATY_STEP_OK, reason);
     if (bad < 0) {
