@@ -48,7 +48,7 @@ LIB_A := $(BUILD)/lib/libtreaty.a
 LIB_SO := $(BUILD)/lib/libtreaty.so
 TREATYD := $(BUILD)/bin/treatyd
 
-.PHONY: all test demo asan valgrind fuzz install deps clean check-header scenarios
+.PHONY: all test demo asan valgrind fuzz install deps clean check-header scenarios format check-format
 all: $(TREATYD) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
 
 # SQL files become C strings so the binaries carry their schema.
@@ -104,8 +104,15 @@ check-header:
 deps:
 	@sh scripts/deps.sh
 
+# The tree follows .clang-format; make test checks it.
+FORMAT_SRC = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+format:
+	clang-format -i $(FORMAT_SRC)
+check-format:
+	@clang-format --dry-run --Werror $(FORMAT_SRC) || { echo "make: run 'make format'" >&2; exit 1; }
+
 test: deps
-	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header check-format
 	BUILD=$(BUILD) sh tests/run.sh
 
 demo: deps

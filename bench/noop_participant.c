@@ -86,12 +86,9 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"endpoint", required_argument, NULL, 'e'},
-        {"service", required_argument, NULL, 's'},
-        {"instance", required_argument, NULL, 'i'},
-        {"hold", no_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"endpoint", required_argument, NULL, 'e'}, {"service", required_argument, NULL, 's'},
+        {"instance", required_argument, NULL, 'i'}, {"hold", no_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     const char *endpoint = NULL, *service = NULL, *instance = NULL;
     bool hold = false;

@@ -108,8 +108,8 @@
 
 enum workload { W_2PC_NOOP, W_2PC_BANK, W_DIRECT_BANK, W_SAGA_NOOP, W_2PC_HOLD, W_QUERY_PROBE };
 
-static const char *const workload_names[] = {"2pc-noop", "2pc-bank", "direct-bank", "saga-noop", "2pc-hold",
-                                             "query-probe"};
+static const char *const workload_names[] = {"2pc-noop",  "2pc-bank", "direct-bank",
+                                             "saga-noop", "2pc-hold", "query-probe"};
 
 /* Phases of a run; the main thread moves them forward, workers read them. */
 enum phase {
@@ -193,7 +193,7 @@ struct snapshot {
     long long journal_seq;
     bool have_jbackend;
     unsigned long long jbackend_ticks; /* journal backends: utime + stime */
-    unsigned long long machine_busy; /* /proc/stat ticks */
+    unsigned long long machine_busy;   /* /proc/stat ticks */
     unsigned long long machine_total;
     double self_cpu_s;
 };
@@ -1054,8 +1054,8 @@ static void print_table(FILE *f, const struct result *r)
                 "coordinator", r->cpu_s, per_txn(r->cpu_s * 1e6, c), per_txn(r->cpu_s * 1000, c), r->rss_kb / 1024.0,
                 r->hwm_kb / 1024.0);
     if (r->have_jbackend)
-        fprintf(f, "  %-13s cpu %.2f s = %.1f us/txn, %.0f %% of one core (the journal's Postgres backend)\n", "journal pg",
-                r->jbackend_cpu_s, per_txn(r->jbackend_cpu_s * 1e6, c),
+        fprintf(f, "  %-13s cpu %.2f s = %.1f us/txn, %.0f %% of one core (the journal's Postgres backend)\n",
+                "journal pg", r->jbackend_cpu_s, per_txn(r->jbackend_cpu_s * 1e6, c),
                 r->window_s > 0 ? 100.0 * r->jbackend_cpu_s / r->window_s : 0);
     fprintf(f, "  %-13s %.0f %% busy (all cores); treaty-bench itself used %.2f s CPU\n", "machine",
             r->machine_busy_pct, r->self_cpu_s);
@@ -1178,8 +1178,7 @@ static int run_probe(void)
             break;
         if (now_ns() > give_up) {
             treaty_client_destroy(&c);
-            fprintf(stderr, "treaty-bench query-probe: no answer within %d s: %s\n", opt.seconds,
-                    treaty_strerror(rc));
+            fprintf(stderr, "treaty-bench query-probe: no answer within %d s: %s\n", opt.seconds, treaty_strerror(rc));
             return 1;
         }
     }

@@ -40,9 +40,14 @@ struct key {
     long long min, max;
 };
 
-#define INT_KEY(g, n, field, lo, hi) {g, n, KEY_INT, offsetof(struct config, field), 0, lo, hi}
-#define STR_KEY(g, n, field) \
-    {g, n, KEY_STRING, offsetof(struct config, field), sizeof(((struct config *)0)->field), 0, 0}
+#define INT_KEY(g, n, field, lo, hi)                                                                                   \
+    {                                                                                                                  \
+        g, n, KEY_INT, offsetof(struct config, field), 0, lo, hi                                                       \
+    }
+#define STR_KEY(g, n, field)                                                                                           \
+    {                                                                                                                  \
+        g, n, KEY_STRING, offsetof(struct config, field), sizeof(((struct config *)0)->field), 0, 0                    \
+    }
 
 static const struct key keys[] = {
     STR_KEY(NULL, "listen", listen),
@@ -159,8 +164,8 @@ static struct where where_of(const config_setting_t *s, const char *path)
     return w;
 }
 
-static int apply_setting(struct config *c, const struct key *k, const config_setting_t *s, const char *path,
-                         char *err, size_t errlen)
+static int apply_setting(struct config *c, const struct key *k, const config_setting_t *s, const char *path, char *err,
+                         size_t errlen)
 {
     struct where w = where_of(s, path);
     const char *g = k->group ? k->group : "";
@@ -188,15 +193,15 @@ static int apply_setting(struct config *c, const struct key *k, const config_set
     if (k->kind == KEY_LOGLEVEL) {
         int l = log_level_parse(v);
         if (l < 0)
-            return fail(err, errlen, "%s:%u: %s%s%s: must be error, warn, info or debug, got \"%.32s\"", w.file,
-                        w.line, g, dot, k->name, v);
+            return fail(err, errlen, "%s:%u: %s%s%s: must be error, warn, info or debug, got \"%.32s\"", w.file, w.line,
+                        g, dot, k->name, v);
         *(int *)(void *)((char *)c + k->off) = l;
         return 0;
     }
     size_t n = strlen(v);
     if (n >= k->cap)
-        return fail(err, errlen, "%s:%u: %s%s%s: too long (%zu bytes, at most %zu)", w.file, w.line, g, dot, k->name,
-                    n, k->cap - 1);
+        return fail(err, errlen, "%s:%u: %s%s%s: too long (%zu bytes, at most %zu)", w.file, w.line, g, dot, k->name, n,
+                    k->cap - 1);
     memcpy((char *)c + k->off, v, n + 1);
     return 0;
 }
@@ -521,8 +526,7 @@ int config_from_args(struct config *c, int argc, char **argv, char *err, size_t 
                 return fail(err, errlen, "--%s: takes no argument", opt_name(optopt));
             if (optopt != 0)
                 return fail(err, errlen, "-%c: unknown option", optopt);
-            return fail(err, errlen, "%s: unknown option",
-                        optind > 0 && optind <= argc ? argv[optind - 1] : "?");
+            return fail(err, errlen, "%s: unknown option", optind > 0 && optind <= argc ? argv[optind - 1] : "?");
         }
     }
     if (optind < argc)

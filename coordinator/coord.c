@@ -74,8 +74,8 @@ char *coord_strdup(const char *s)
     return d;
 }
 
-void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid,
-                     unsigned branch, unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
+void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid, unsigned branch,
+                unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
 {
     struct wire_hdr h;
     memset(&h, 0, sizeof h);
@@ -90,7 +90,7 @@ void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t typ
 }
 
 void coord_reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
-                        const char *fmt, ...)
+                       const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -102,11 +102,11 @@ void coord_reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, cons
 }
 
 void coord_reply_outcome(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid,
-                          enum treaty_status st, int failed_branch, const char *reason)
+                         enum treaty_status st, int failed_branch, const char *reason)
 {
     struct wire_frame f = wire_str(reason ? reason : "");
     coord_send(c, rid, rid_len, WIRE_OUTCOME, txid, failed_branch < 0 ? TREATY_NO_BRANCH : (unsigned)failed_branch, 0,
-             st, &f, 1);
+               st, &f, 1);
 }
 
 void coord_add_timer(struct coord *c, const uint8_t txid[16], int64_t due_ms)
@@ -166,7 +166,7 @@ void coord_expect_durable(struct coord *c, const uint8_t txid[16], uint64_t seq)
 /* ------------------------------------------------------------ finished outcomes */
 
 void coord_remember_done(struct coord *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
-                          const char *reason, long long finished_at)
+                         const char *reason, long long finished_at)
 {
     struct done *d = txmap_get(&c->finished, txid);
     if (d != NULL)
@@ -418,8 +418,8 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
         /* A resubmission: same txid, same transaction. Answer when decided. */
         if (t->decision_durable)
             coord_reply_outcome(c, in->rid, in->rid_len, txid,
-                          t->state == TXN_COMMITTING ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED,
-                          t->failed_branch, t->reason);
+                                t->state == TXN_COMMITTING ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED,
+                                t->failed_branch, t->reason);
         else
             txn_add_waiter(t, in->rid, in->rid_len);
         return;
@@ -439,7 +439,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
     if (nb > (size_t)c->cfg->max_branches) {
         c->st.refused++;
         coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu branches exceed the limit of %d", nb,
-                    c->cfg->max_branches);
+                          c->cfg->max_branches);
         return;
     }
     for (size_t i = 0; i < nb; i++) {
@@ -447,7 +447,8 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
         if (len > (size_t)c->cfg->max_payload_bytes) {
             c->st.refused++;
             coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
-                        "branch %zu payload of %zu bytes exceeds the limit of %d", i, len, c->cfg->max_payload_bytes);
+                              "branch %zu payload of %zu bytes exceeds the limit of %d", i, len,
+                              c->cfg->max_payload_bytes);
             return;
         }
     }
@@ -489,8 +490,8 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
             b->rid_len = (uint8_t)chosen[i]->rid_len;
         }
         b->prepared = true;
-        coord_send(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0,
-                 &m->frames[2 + 2 * i], 1);
+        coord_send(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0, &m->frames[2 + 2 * i],
+                   1);
     }
     set_timer(c, t, timers_now_ms() + timeout_ms);
 }
@@ -517,7 +518,7 @@ static void handle_query(struct coord *c, const struct wire_in *in)
         return;
     }
     coord_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_ABORTED, -1,
-                  "no record of this transaction (presumed abort)");
+                        "no record of this transaction (presumed abort)");
 }
 
 /* ------------------------------------------------------------ participant messages */
@@ -638,8 +639,8 @@ static bool handle_message(struct coord *c)
 {
     /* Names and numbers must always fit; branch payloads are checked against
      * max_payload_bytes in handle_submit. */
-    size_t limit = (size_t)c->cfg->max_payload_bytes > TREATY_REASON_MAX ? (size_t)c->cfg->max_payload_bytes
-                                                                          : TREATY_REASON_MAX;
+    size_t limit =
+        (size_t)c->cfg->max_payload_bytes > TREATY_REASON_MAX ? (size_t)c->cfg->max_payload_bytes : TREATY_REASON_MAX;
     int rc = wire_recv(c->router, true, limit, c->in);
     if (rc == TREATY_ETIMEDOUT)
         return false;
@@ -684,7 +685,7 @@ static bool handle_message(struct coord *c)
     default:
         c->st.malformed++;
         coord_reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, TREATY_EPROTO,
-                    "message type %s is not accepted by the coordinator", wire_type_name(c->in->msg.hdr.type));
+                          "message type %s is not accepted by the coordinator", wire_type_name(c->in->msg.hdr.type));
         break;
     }
     wire_in_close(c->in);
@@ -773,7 +774,7 @@ static void scan_finish_txn(struct scan_state *s)
     }
     if (s->ended_at > 0) {
         coord_remember_done(c, s->txid, s->commit ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, s->failed_branch,
-                      s->abort ? s->detail : NULL, s->ended_at);
+                            s->abort ? s->detail : NULL, s->ended_at);
         s->remembered++;
         return;
     }
@@ -905,9 +906,9 @@ static void log_stats(struct coord *c)
              (unsigned long long)c->st.submitted, (unsigned long long)c->st.committed,
              (unsigned long long)c->st.aborted, c->inflight.len, (unsigned long long)c->st.refused,
              (unsigned long long)c->st.malformed, (unsigned long long)c->st.late_votes,
-             (unsigned long long)c->st.inquiries, (unsigned long long)c->st.recovered,
-             (unsigned long long)js.batches, (unsigned long long)js.records, (unsigned long long)js.forced_batches,
-             busy, registry_count(c->reg), (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
+             (unsigned long long)c->st.inquiries, (unsigned long long)c->st.recovered, (unsigned long long)js.batches,
+             (unsigned long long)js.records, (unsigned long long)js.forced_batches, busy, registry_count(c->reg),
+             (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
              (unsigned long long)c->st.sagas_compensated, (unsigned long long)c->st.sagas_stuck, c->sagas.len,
              (unsigned long long)c->st.step_retries);
 }

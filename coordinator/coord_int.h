@@ -56,7 +56,7 @@ struct coord {
     uint64_t durable_seq;
     struct wire_in *in;
     bool stopping;
-    int64_t started_ms; /* monotonic time the loop started serving */
+    int64_t started_ms;      /* monotonic time the loop started serving */
     int64_t stats_at_ms;     /* when log_stats last ran (0: never) */
     uint64_t stats_write_us; /* journal write time it saw then */
     struct stats st;
@@ -64,8 +64,8 @@ struct coord {
 
 const char *coord_fmt_txid(const uint8_t *txid, char *buf);
 char *coord_strdup(const char *s); /* aborts on OOM; NULL stays NULL */
-void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid,
-                unsigned branch, unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n);
+void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid, unsigned branch,
+                unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n);
 void coord_reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 void coord_reply_outcome(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid,

@@ -17,10 +17,10 @@ void log_msg(enum log_level l, const char *fmt, ...) __attribute__((format(print
 #define log_error(...) log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LEVEL_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
-#define log_debug(...)                                 \
-    do {                                               \
-        if (log_get_level() >= LOG_LEVEL_DEBUG)        \
-            log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__);     \
+#define log_debug(...)                                                                                                 \
+    do {                                                                                                               \
+        if (log_get_level() >= LOG_LEVEL_DEBUG)                                                                        \
+            log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__);                                                                     \
     } while (0)
 
 #endif

@@ -47,8 +47,8 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    log_info("treatyd %d.%d.%d starting (listen %s)", TREATY_VERSION_MAJOR, TREATY_VERSION_MINOR,
-             TREATY_VERSION_PATCH, cfg.listen);
+    log_info("treatyd %d.%d.%d starting (listen %s)", TREATY_VERSION_MAJOR, TREATY_VERSION_MINOR, TREATY_VERSION_PATCH,
+             cfg.listen);
     rc = coord_run(&cfg, &stop_requested);
     if (rc < 0) {
         log_error("treatyd: start-up failed: %s", treaty_strerror(rc));

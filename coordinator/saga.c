@@ -62,10 +62,10 @@ struct saga {
     uint8_t txid[16];
     enum saga_state state;
     uint16_t nsteps;
-    int group;          /* current group (forward: ascending; compensating: descending) */
+    int group; /* current group (forward: ascending; compensating: descending) */
     int max_group;
-    int failed_step;    /* -1 none */
-    char *reason;       /* why it turned around */
+    int failed_step; /* -1 none */
+    char *reason;    /* why it turned around */
     bool stuck;
     bool resume_pending; /* recovered: (re)start the current group at the first timer */
     uint64_t record_seq; /* forced record awaited */
@@ -577,8 +577,8 @@ static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const c
     if (st->state == STEP_RUNNING) {
         if (st->attempts >= st->pol.max_attempts) {
             char reason[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 64];
-            snprintf(reason, sizeof reason, "step %u (%s.%s) failed after %u attempts: %s", i, st->service,
-                     st->action, st->attempts, why);
+            snprintf(reason, sizeof reason, "step %u (%s.%s) failed after %u attempts: %s", i, st->service, st->action,
+                     st->attempts, why);
             st->state = STEP_FAILED;
             turn_around(c, s, (int)i, reason);
             return;
@@ -848,7 +848,7 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
         recovery_reset(r);
         return 0;
     }
-    r->def = NULL; /* owned by s now */
+    r->def = NULL;       /* owned by s now */
     s->deadline_ms = -1; /* the deadline was for the first run */
     for (unsigned i = 0; i < s->nsteps; i++)
         if (r->action_done[i]) {
@@ -858,8 +858,8 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
     if (r->turned) {
         /* Which actions ran is not journaled eagerly: compensate every step of
          * the groups up to the failing one (null compensations are safe). */
-        int upto = r->failed_step >= 0 && r->failed_step < s->nsteps ? (int)s->steps[r->failed_step].pol.group
-                                                                      : s->max_group;
+        int upto =
+            r->failed_step >= 0 && r->failed_step < s->nsteps ? (int)s->steps[r->failed_step].pol.group : s->max_group;
         s->failed_step = r->failed_step;
         s->reason = coord_strdup(r->reason);
         for (unsigned i = 0; i < s->nsteps; i++) {
@@ -888,4 +888,3 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
     recovery_reset(r);
     return resumed;
 }
-

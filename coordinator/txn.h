@@ -41,9 +41,9 @@ struct branch {
     char service[WIRE_NAME_MAX + 1];
     uint8_t rid[BRANCH_RID_MAX]; /* instance PREPARE went to (rid_len 0: none, unknown or too long) */
     uint8_t rid_len;
-    uint8_t vote;   /* enum branch_vote */
-    bool acked;     /* decision applied at the participant */
-    bool prepared;  /* PREPARE was sent (so a decision must reach it) */
+    uint8_t vote;  /* enum branch_vote */
+    bool acked;    /* decision applied at the participant */
+    bool prepared; /* PREPARE was sent (so a decision must reach it) */
     uint16_t attempt;
 };
 
@@ -60,11 +60,11 @@ struct txn {
     uint16_t nbranches;
     uint16_t nacked;
     uint16_t nvotes;
-    int failed_branch;     /* -1 when none */
-    uint64_t record_seq;   /* journal seq of the decision record */
-    int64_t timer_due_ms;  /* the one timer this txn expects (deadline or re-send) */
-    int resend_ms;         /* current decision re-send backoff */
-    char *reason;          /* abort reason (owned) or NULL */
+    int failed_branch;    /* -1 when none */
+    uint64_t record_seq;  /* journal seq of the decision record */
+    int64_t timer_due_ms; /* the one timer this txn expects (deadline or re-send) */
+    int resend_ms;        /* current decision re-send backoff */
+    char *reason;         /* abort reason (owned) or NULL */
     struct waiter *waiters;
     struct branch branches[]; /* nbranches */
 };

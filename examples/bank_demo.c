@@ -253,7 +253,9 @@ int main(int argc, char **argv)
                status);
         if (rc == 0 && out.status == TREATY_STATUS_ABORTED)
             printf("   reason: %s (failed branch %u: %s)", out.reason[0] ? out.reason : "-", out.failed_branch,
-                   out.failed_branch == 0 ? payer->service : out.failed_branch == 1 ? payee->service : "?");
+                   out.failed_branch == 0   ? payer->service
+                   : out.failed_branch == 1 ? payee->service
+                                            : "?");
         if (rc == 0 && out.error != 0)
             printf("   refused by the coordinator: %s", treaty_err_name(out.error));
         printf("\n");

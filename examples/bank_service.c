@@ -131,8 +131,8 @@ static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char 
     const char *params[2] = {account, deltatxt};
 
     /* 1. The row, locked without waiting (see the file header). */
-    PGresult *r = PQexecParams(conn, "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE NOWAIT", 1, NULL,
-                               params, NULL, NULL, 0);
+    PGresult *r = PQexecParams(conn, "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE NOWAIT", 1, NULL, params,
+                               NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         if (state != NULL && strcmp(state, "55P03") == 0)
@@ -153,7 +153,8 @@ static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char 
     }
 
     /* 2. The change, refused when it would overdraw. */
-    r = PQexecParams(conn, "UPDATE accounts SET balance = balance + $2::bigint WHERE id = $1 AND balance + $2::bigint >= 0",
+    r = PQexecParams(conn,
+                     "UPDATE accounts SET balance = balance + $2::bigint WHERE id = $1 AND balance + $2::bigint >= 0",
                      2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         snprintf(reason, TREATY_REASON_MAX, "database error: %s", PQresultErrorMessage(r));
@@ -173,7 +174,7 @@ static int work(void *arg, struct pg_conn *conn, const treaty_branch_t *b, char 
     /* 3. A hung participant, on request. */
     if (bk->prepare_delay_ms > 0) {
         say(bk, "prepare %s:%u %s%+lld: sleeping %d ms before voting", txid, b->branch, account, delta,
-              bk->prepare_delay_ms);
+            bk->prepare_delay_ms);
         delay_ms(bk->prepare_delay_ms);
     }
     say(bk, "prepare %s:%u %s%+lld (attempt %u) -> YES", txid, b->branch, account, delta, b->attempt);
@@ -312,7 +313,7 @@ int main(int argc, char **argv)
     int rc = treaty_pg_participant_new(endpoint, bk.service, bk.instance, db, work, &bk, &p);
     if (rc != 0) {
         say(&bk, "cannot create the participant: %s (%s)", treaty_strerror(rc),
-              p != NULL ? treaty_participant_errmsg(p) : "no detail");
+            p != NULL ? treaty_participant_errmsg(p) : "no detail");
         treaty_participant_destroy(&p);
         return 1;
     }

@@ -132,8 +132,8 @@ struct batch {
 enum msg_type { MSG_BATCH = 1, MSG_STOP = 2, MSG_WAKE = 3 };
 
 struct msg {
-    int type;         /* enum msg_type */
-    struct batch *b;  /* MSG_BATCH: ownership passes to the receiver */
+    int type;        /* enum msg_type */
+    struct batch *b; /* MSG_BATCH: ownership passes to the receiver */
 };
 
 /* What a journal connection's session already holds, so that a group sends
@@ -158,12 +158,12 @@ struct writer {
     size_t bytes;
     unsigned nrecs;
     bool forced;
-    int64_t first_at;          /* when the group's first batch arrived */
-    bool stopping;             /* MSG_STOP received */
-    int backoff_ms;            /* 0 until a failure; reset by a commit */
+    int64_t first_at; /* when the group's first batch arrived */
+    bool stopping;    /* MSG_STOP received */
+    int backoff_ms;   /* 0 until a failure; reset by a commit */
     int64_t next_gc;
     uint64_t rng;
-    struct journal_buf cols[INSERT_NCOLS]; /* write_group's parameters, reused */
+    struct journal_buf cols[INSERT_NCOLS];  /* write_group's parameters, reused */
     struct ends_row ends[ENDS_MAX_DETAILS]; /* write_group's 'ends' rows, reused */
 };
 
@@ -185,7 +185,7 @@ struct journal {
     uint64_t appended;     /* last sequence number handed out */
     bool started;
     void *loop_sock;
-    void *writer_sock;     /* used by the writer thread until it is joined */
+    void *writer_sock; /* used by the writer thread until it is joined */
     pthread_t thread;
     uint64_t rng;
 
@@ -821,8 +821,7 @@ static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
     }
     if (v < 3) {
         if (v >= 1)
-            log_info("journal: upgrading the journal schema from version %d to 3 (END records in batches)",
-                     v);
+            log_info("journal: upgrading the journal schema from version %d to 3 (END records in batches)", v);
         if (!pg_exec(c, sql_batched_end, PGRES_COMMAND_OK, why, sizeof why))
             goto fail_sql;
     }
@@ -1057,8 +1056,8 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
          * size, growing at most fourfold at a time. */
         size_t got = 0;
         for (int i = 0; i < n; i++)
-            got += 64 + (size_t)PQgetlength(res, i, 2) + (size_t)PQgetlength(res, i, 4) +
-                     (size_t)PQgetlength(res, i, 7);
+            got +=
+                64 + (size_t)PQgetlength(res, i, 2) + (size_t)PQgetlength(res, i, 4) + (size_t)PQgetlength(res, i, 7);
         size_t want = SCAN_FETCH_BYTES / (got / (size_t)n + 1);
         fetch = want < 1 ? 1 : want > (size_t)fetch * 4 ? fetch * 4 : (long)want;
         if (fetch > SCAN_FETCH_ROWS)
@@ -1164,10 +1163,10 @@ fail_row:
  * parameterised INSERT ... unnest() goes in one message with everything else.
  */
 #define INSERT_NAME "treaty_journal_insert"
-#define INSERT_SQL                                                                                                \
-    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data, ended) "                 \
-    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea, e::uuid[] "                             \
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "            \
+#define INSERT_SQL                                                                                                     \
+    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data, ended) "                     \
+    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea, e::uuid[] "                                   \
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "                 \
     "$8::text[]) WITH ORDINALITY AS u(t, k, s, f, d, st, x, e, n) ORDER BY n"
 
 /* Appends one COPY text field (s, n bytes, still escaped) to the array
@@ -1333,8 +1332,8 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
      * and the next one starts with sess reset.) */
     bool set = sess->sync != (forced ? 1 : 0);
     if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, INSERT_NCOLS, NULL) != 1) ||
-        (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0,
-                                  NULL, NULL, NULL, NULL, 0) != 1) ||
+        (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL,
+                                  NULL, NULL, NULL, 0) != 1) ||
         PQsendQueryPrepared(c, INSERT_NAME, INSERT_NCOLS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;

@@ -58,23 +58,23 @@ const char *journal_kind_name(enum journal_kind k);
 struct journal_rec {
     uint8_t txid[16];
     enum journal_kind kind;
-    unsigned nservices;         /* branches or steps, in order */
+    unsigned nservices;          /* branches or steps, in order */
     const char *const *services; /* nservices names of [A-Za-z0-9._-]{1,64} */
-    const char *detail;         /* free text or NULL; e.g. the abort reason and failed branch */
-    int failed_branch;          /* ABORT: branch that caused it; TURN: failing step; else -1 */
-    int step;                   /* STEP: the step index; else -1 */
-    const void *data;           /* SAGA: the definition (bytea); else NULL */
+    const char *detail;          /* free text or NULL; e.g. the abort reason and failed branch */
+    int failed_branch;           /* ABORT: branch that caused it; TURN: failing step; else -1 */
+    int step;                    /* STEP: the step index; else -1 */
+    const void *data;            /* SAGA: the definition (bytea); else NULL */
     size_t data_len;
 };
 
 struct journal_config {
-    const char *conninfo;      /* libpq conninfo of the journal database */
-    int connect_initial_ms;    /* first reconnect backoff (default 100) */
-    int connect_max_ms;        /* backoff cap (default 5000) */
-    int lazy_delay_ms;         /* how long a lazy-only batch may wait (default 20) */
-    int retention_s;           /* finished transactions are deleted after this (default 3600) */
-    int gc_interval_ms;        /* how often the writer collects (default 5000) */
-    volatile int *stop;        /* optional: journal_connect gives up when *stop becomes non-zero */
+    const char *conninfo;   /* libpq conninfo of the journal database */
+    int connect_initial_ms; /* first reconnect backoff (default 100) */
+    int connect_max_ms;     /* backoff cap (default 5000) */
+    int lazy_delay_ms;      /* how long a lazy-only batch may wait (default 20) */
+    int retention_s;        /* finished transactions are deleted after this (default 3600) */
+    int gc_interval_ms;     /* how often the writer collects (default 5000) */
+    volatile int *stop;     /* optional: journal_connect gives up when *stop becomes non-zero */
 };
 
 struct journal;
@@ -123,13 +123,13 @@ uint64_t journal_backlog(const struct journal *j);
 
 /* Statistics for logs and benchmarks. */
 struct journal_stats {
-    uint64_t batches;       /* Postgres transactions committed by the writer */
-    uint64_t records;       /* records written */
+    uint64_t batches; /* Postgres transactions committed by the writer */
+    uint64_t records; /* records written */
     uint64_t forced_batches;
     uint64_t reconnects;
     uint64_t gc_deleted;
-    uint64_t write_us;      /* wall time the writer spent writing groups (reconnects included): the
-                               share of time it was busy, i.e. how close the journal is to its limit */
+    uint64_t write_us; /* wall time the writer spent writing groups (reconnects included): the
+                          share of time it was busy, i.e. how close the journal is to its limit */
 };
 void journal_get_stats(const struct journal *j, struct journal_stats *out);
 

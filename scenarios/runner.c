@@ -310,8 +310,8 @@ struct proc {
     char instance[32];
     char label[80]; /* "treatyd", "bank-a/a1" */
     char log[700];
-    pid_t pid;       /* 0 when not running */
-    bool stopped;    /* SIGSTOPped by us */
+    pid_t pid;    /* 0 when not running */
+    bool stopped; /* SIGSTOPped by us */
     bool killed_by_us;
     long long restart_at; /* when dead: restart due (ms, monotonic), -1 none */
     long long cont_at;    /* when stopped: SIGCONT due */
@@ -338,8 +338,8 @@ struct tx {
     char idtxt[TREATY_TXID_STRLEN];
     int from_bank, to_bank, from_acct, to_acct;
     long long amount;
-    bool saga_fail; /* charge the poor customer: a business failure */
-    bool resubmit;  /* resubmit once more after the final answer */
+    bool saga_fail;              /* charge the poor customer: a business failure */
+    bool resubmit;               /* resubmit once more after the final answer */
     enum treaty_status reported; /* last answer the client got (NONE: never) */
     enum treaty_status resubmit_answer;
     enum treaty_status final_status;
@@ -835,9 +835,8 @@ static int setup_databases(struct run *r)
         if (b == NULL)
             return -1;
         rc = pg_exec(b, "CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))");
-        snprintf(sql, sizeof sql,
-                 "INSERT INTO accounts SELECT 'acc' || g, %lld FROM generate_series(0, %d) g", INITIAL_BALANCE,
-                 sc->accounts - 1);
+        snprintf(sql, sizeof sql, "INSERT INTO accounts SELECT 'acc' || g, %lld FROM generate_series(0, %d) g",
+                 INITIAL_BALANCE, sc->accounts - 1);
         if (rc == 0)
             rc = pg_exec(b, sql);
         PQfinish(b);
@@ -1045,8 +1044,8 @@ static void check_outcomes(struct run *r, struct report *rep)
                       treaty_status_name(t->reported), treaty_status_name(t->final_status));
         if (t->resubmit && is_final(t, t->reported) && is_final(t, t->resubmit_answer) &&
             t->resubmit_answer != t->reported)
-            violation(rep, "%s %s (#%d): resubmitting the same txid answered %s, the first answer was %s", k,
-                      t->idtxt, i, treaty_status_name(t->resubmit_answer), treaty_status_name(t->reported));
+            violation(rep, "%s %s (#%d): resubmitting the same txid answered %s, the first answer was %s", k, t->idtxt,
+                      i, treaty_status_name(t->resubmit_answer), treaty_status_name(t->reported));
     }
 }
 
@@ -1118,7 +1117,7 @@ static void check_sagas(struct run *r, struct report *complete, struct report *o
     static const char *const act[3] = {"create_order", "reserve", "charge"};
     static const char *const comp[3] = {"cancel_order", "release", "refund"};
     /* counts[tx][step][0 action / 1 compensation] */
-    int (*counts)[3][2] = calloc((size_t)r->ntx, sizeof *counts);
+    int(*counts)[3][2] = calloc((size_t)r->ntx, sizeof *counts);
     if (counts == NULL)
         return;
     for (int d = 0; d < 3; d++) {
@@ -1209,8 +1208,7 @@ static int quiet_counts(struct run *r, long long *prepared, long long *unfinishe
     snprintf(ci, sizeof ci, "%s dbname=postgres connect_timeout=3", r->pgbase);
     char sql[256];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'treaty:%%' AND database LIKE '%s\\_%%'",
-             r->dbpfx);
+             "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'treaty:%%' AND database LIKE '%s\\_%%'", r->dbpfx);
     *prepared = pg_scalar(ci, sql);
     db_conninfo(r, "journal", ci, sizeof ci);
     *unfinished = pg_scalar(ci, "SELECT count(DISTINCT txid) FROM treaty_records j WHERE NOT EXISTS"
@@ -1280,7 +1278,10 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
     plan_events(r);
     for (int i = 0; i < r->nevents; i++) {
         const struct event *e = &r->events[i];
-        vlog("schedule +%lldms %s %s%s", e->at_ms, e->kind == 0 ? "SIGKILL" : e->kind == 1 ? "SIGSTOP" : "restart",
+        vlog("schedule +%lldms %s %s%s", e->at_ms,
+             e->kind == 0   ? "SIGKILL"
+             : e->kind == 1 ? "SIGSTOP"
+                            : "restart",
              e->kind == 2 ? "postgres" : r->procs[e->proc].label, "");
     }
 
@@ -1430,11 +1431,21 @@ report:;
     for (int i = 0; i < r->ntx; i++) {
         const struct tx *t = &r->txs[i];
         switch (t->final_status) {
-        case TREATY_STATUS_COMMITTED: n[0]++; break;
-        case TREATY_STATUS_ABORTED: n[1]++; break;
-        case TREATY_STATUS_COMPLETED: n[2]++; break;
-        case TREATY_STATUS_COMPENSATED: n[3]++; break;
-        default: n[4]++; break;
+        case TREATY_STATUS_COMMITTED:
+            n[0]++;
+            break;
+        case TREATY_STATUS_ABORTED:
+            n[1]++;
+            break;
+        case TREATY_STATUS_COMPLETED:
+            n[2]++;
+            break;
+        case TREATY_STATUS_COMPENSATED:
+            n[3]++;
+            break;
+        default:
+            n[4]++;
+            break;
         }
         if (t->unknown_seen)
             unknown++;
@@ -1514,11 +1525,11 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"seed", required_argument, NULL, 's'}, {"repeat", required_argument, NULL, 'r'},
-        {"bin", required_argument, NULL, 'b'},  {"pg", required_argument, NULL, 'p'},
+        {"seed", required_argument, NULL, 's'},  {"repeat", required_argument, NULL, 'r'},
+        {"bin", required_argument, NULL, 'b'},   {"pg", required_argument, NULL, 'p'},
         {"pgdir", required_argument, NULL, 'd'}, {"top", required_argument, NULL, 't'},
-        {"keep", no_argument, NULL, 'k'},       {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+        {"keep", no_argument, NULL, 'k'},        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
     uint64_t seed = 1;
     int repeat = 1;
@@ -1527,16 +1538,36 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case 's': seed = strtoull(optarg, NULL, 10); break;
-        case 'r': repeat = atoi(optarg); break;
-        case 'b': bindir = optarg; break;
-        case 'p': pg = optarg; break;
-        case 'd': pgdir = optarg; break;
-        case 't': top = optarg; break;
-        case 'k': keep = true; break;
-        case 'v': verbose = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 's':
+            seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'r':
+            repeat = atoi(optarg);
+            break;
+        case 'b':
+            bindir = optarg;
+            break;
+        case 'p':
+            pg = optarg;
+            break;
+        case 'd':
+            pgdir = optarg;
+            break;
+        case 't':
+            top = optarg;
+            break;
+        case 'k':
+            keep = true;
+            break;
+        case 'v':
+            verbose = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc || repeat < 1 || pg == NULL || pgdir == NULL) {

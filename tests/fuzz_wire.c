@@ -35,12 +35,12 @@
 
 #define FUZZ_FRAMES_MOD (WIRE_MAX_FRAMES + 4)
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "fuzz_wire: check failed at line %d: %s\n", __LINE__, #cond); \
-            abort();                                                                   \
-        }                                                                              \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "fuzz_wire: check failed at line %d: %s\n", __LINE__, #cond);                              \
+            abort();                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 #ifndef FUZZ_WIRE_SEEDS
@@ -170,7 +170,8 @@ static void check_decoded(const struct wire_msg *m, const struct wire_frame *hdr
         CHECK(n == 1 &&
               (WIRE_RESULT_KIND(m->hdr.code) == WIRE_STEP_ACTION ||
                WIRE_RESULT_KIND(m->hdr.code) == WIRE_STEP_COMPENSATION) &&
-              WIRE_RESULT_VALUE(m->hdr.code) >= WIRE_RESULT_OK && WIRE_RESULT_VALUE(m->hdr.code) <= WIRE_RESULT_TRANSIENT);
+              WIRE_RESULT_VALUE(m->hdr.code) >= WIRE_RESULT_OK &&
+              WIRE_RESULT_VALUE(m->hdr.code) <= WIRE_RESULT_TRANSIENT);
         break;
     case WIRE_QUERY:
     case WIRE_COMMIT:
@@ -311,8 +312,9 @@ int main(int argc, char **argv)
 
     h = hdr(WIRE_SUBMIT, 0);
     wire_put_u32(u, 5000);
-    struct wire_frame submit[] = {{u, 4}, wire_str("bank"), wire_str("debit:alice:10"), wire_str("shop"),
-                                  wire_str("reserve:sku-1"), wire_str("mail.v2"), {NULL, 0}};
+    struct wire_frame submit[] = {{u, 4},           wire_str("bank"),          wire_str("debit:alice:10"),
+                                  wire_str("shop"), wire_str("reserve:sku-1"), wire_str("mail.v2"),
+                                  {NULL, 0}};
     make(&s, 0, &h, submit, 7);
     save(dir, "submit", &s);
     make(&s, 1, &h, submit, 3);
@@ -374,10 +376,18 @@ int main(int argc, char **argv)
     wire_encode_policy(&p0, pol0);
     wire_encode_policy(&p1, pol1);
     struct wire_frame saga[] = {{u, 4},
-                                wire_str("bank"), wire_str("debit"), wire_str("alice:10"), wire_str("refund"),
-                                wire_str("alice:10"), {pol0, sizeof pol0},
-                                wire_str("shop"), wire_str("reserve"), {NULL, 0}, wire_str("release"),
-                                {NULL, 0}, {pol1, sizeof pol1}};
+                                wire_str("bank"),
+                                wire_str("debit"),
+                                wire_str("alice:10"),
+                                wire_str("refund"),
+                                wire_str("alice:10"),
+                                {pol0, sizeof pol0},
+                                wire_str("shop"),
+                                wire_str("reserve"),
+                                {NULL, 0},
+                                wire_str("release"),
+                                {NULL, 0},
+                                {pol1, sizeof pol1}};
     make(&s, 0, &h, saga, 13);
     save(dir, "saga", &s);
     make(&s, 1, &h, saga, 7);

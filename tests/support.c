@@ -334,8 +334,7 @@ bool support_try_scalar(const char *conninfo, long long *out, const char *fmt, .
     bool ok = false;
     if (n >= 0) {
         PGresult *r = PQexec(c, sql);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) >= 1 &&
-            !PQgetisnull(r, 0, 0)) {
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) >= 1 && !PQgetisnull(r, 0, 0)) {
             *out = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
             ok = true;
         }
@@ -400,8 +399,8 @@ void support_wait_no_prepared(const char *conninfo)
         PQclear(r);
         PQfinish(c);
     }
-    cr_assert_fail("prepared transactions still in \"%s\" after %d ms: %s (logs: %s)", conninfo,
-                   SUPPORT_DEADLINE_MS, list, support_log_dir());
+    cr_assert_fail("prepared transactions still in \"%s\" after %d ms: %s (logs: %s)", conninfo, SUPPORT_DEADLINE_MS,
+                   list, support_log_dir());
 }
 
 void support_pg_restart(void)
@@ -415,9 +414,8 @@ void support_pg_restart(void)
     if (!done)
         support_proc_kill(p);
     char st[64];
-    cr_assert(done && WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0,
-              "pgtmp.sh restart failed: %s (log %s)", done ? support_proc_status_str(p, st, sizeof st) : "timeout",
-              p->log);
+    cr_assert(done && WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "pgtmp.sh restart failed: %s (log %s)",
+              done ? support_proc_status_str(p, st, sizeof st) : "timeout", p->log);
 }
 
 /* -------------------------------------------------------------- processes */
@@ -719,8 +717,7 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
                  "registry = { heartbeat_ms = %d; dead_after_ms = %d; };\n",
                  d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted, o.lazy_immediately ? 0 : 20,
                  o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000, resend_max < 100 ? resend_max : 100,
-                 resend_max, o.heartbeat_ms > 0 ? o.heartbeat_ms : 100,
-                 o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
+                 resend_max, o.heartbeat_ms > 0 ? o.heartbeat_ms : 100, o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
         if (extra_config != NULL) {
             size_t used = strlen(text);
             int n = snprintf(text + used, sizeof text - used, "%s\n", extra_config);
@@ -776,8 +773,8 @@ void support_treatyd_wait_serving(struct support_treatyd *d)
             char st[64];
             support_proc_dump_log(d->proc, 40);
             treaty_client_destroy(&c);
-            cr_assert_fail("treatyd ended before serving: %s (log %s)",
-                           support_proc_status_str(d->proc, st, sizeof st), d->proc->log);
+            cr_assert_fail("treatyd ended before serving: %s (log %s)", support_proc_status_str(d->proc, st, sizeof st),
+                           d->proc->log);
         }
         if (support_now_ms() >= deadline) {
             support_proc_dump_log(d->proc, 40);

@@ -193,8 +193,7 @@ void support_treatyd_wait_serving(struct support_treatyd *d);
 
 /* Queries txid (fresh client each call) until the answer is committed or
  * aborted; returns it. Fails the test after SUPPORT_DEADLINE_MS. */
-enum treaty_status support_query_final(const char *endpoint, const treaty_txid_t *txid,
-                                       treaty_outcome_t *out);
+enum treaty_status support_query_final(const char *endpoint, const treaty_txid_t *txid, treaty_outcome_t *out);
 
 /* The same for a saga: queries until it is completed or compensated (or
  * stuck, when accept_stuck); returns that. Fails the test after

@@ -20,7 +20,7 @@
 #define S(lit) ((char[]){lit})
 #define ARGC(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-#define assert_contains(hay, needle) \
+#define assert_contains(hay, needle)                                                                                   \
     cr_assert(strstr((hay), (needle)) != NULL, "expected \"%s\" in \"%s\"", (needle), (hay))
 
 /* Writes text to a fresh /tmp file; its name goes to path[64]. */
@@ -68,9 +68,8 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->max_timeout_ms == b->max_timeout_ms && a->resend_initial_ms == b->resend_initial_ms &&
            a->resend_max_ms == b->resend_max_ms && a->heartbeat_ms == b->heartbeat_ms &&
            a->dead_after_ms == b->dead_after_ms && a->max_payload_bytes == b->max_payload_bytes &&
-           a->max_branches == b->max_branches && a->max_inflight == b->max_inflight &&
-           a->max_steps == b->max_steps && a->stuck_after_attempts == b->stuck_after_attempts &&
-           a->stuck_retry_ms == b->stuck_retry_ms;
+           a->max_branches == b->max_branches && a->max_inflight == b->max_inflight && a->max_steps == b->max_steps &&
+           a->stuck_after_attempts == b->stuck_after_attempts && a->stuck_retry_ms == b->stuck_retry_ms;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -221,8 +220,10 @@ Test(config, wrong_type)
 {
     expect_file_error("shutdown_deadline_ms = \"5000\";\n", 1,
                       "shutdown_deadline_ms: expected an integer, got a string");
-    expect_file_error("\ntwopc: { resend_max_ms = 5.0; };\n", 2, "twopc.resend_max_ms: expected an integer, got a float");
-    expect_file_error("limits: { max_branches = true; };\n", 1, "limits.max_branches: expected an integer, got a boolean");
+    expect_file_error("\ntwopc: { resend_max_ms = 5.0; };\n", 2,
+                      "twopc.resend_max_ms: expected an integer, got a float");
+    expect_file_error("limits: { max_branches = true; };\n", 1,
+                      "limits.max_branches: expected an integer, got a boolean");
     expect_file_error("limits: { max_branches = [1, 2]; };\n", 1,
                       "limits.max_branches: expected an integer, got an array");
     expect_file_error("listen = 7600;\n", 1, "listen: expected a string, got an integer");
@@ -236,7 +237,8 @@ Test(config, wrong_type)
 
 Test(config, bad_log_level)
 {
-    expect_file_error("log_level = \"verbose\";\n", 1, "log_level: must be error, warn, info or debug, got \"verbose\"");
+    expect_file_error("log_level = \"verbose\";\n", 1,
+                      "log_level: must be error, warn, info or debug, got \"verbose\"");
 }
 
 Test(config, string_too_long)
@@ -255,7 +257,8 @@ Test(config, out_of_range)
 {
     expect_file_error("twopc: {\n  resend_max_ms = 0;\n};\n", 2,
                       "twopc.resend_max_ms: must be between 1 and 3600000, got 0");
-    expect_file_error("limits: { max_branches = 129; };\n", 1, "limits.max_branches: must be between 1 and 128, got 129");
+    expect_file_error("limits: { max_branches = 129; };\n", 1,
+                      "limits.max_branches: must be between 1 and 128, got 129");
     expect_file_error("shutdown_deadline_ms = -1;\n", 1, "shutdown_deadline_ms: must be between 0 and 600000, got -1");
     expect_file_error("journal: { gc_interval_ms = 99; };\n", 1,
                       "journal.gc_interval_ms: must be between 100 and 3600000, got 99");
@@ -360,8 +363,14 @@ Test(config, flags_override_the_file)
     struct config c;
 
     /* flags before -c */
-    char *a1[] = {S("treatyd"),     S("--listen"), S("tcp://127.0.0.1:2222"), S("--journal=dbname=fromflag"),
-                  S("--log-level"), S("warn"),     S("-c"),                   path};
+    char *a1[] = {S("treatyd"),
+                  S("--listen"),
+                  S("tcp://127.0.0.1:2222"),
+                  S("--journal=dbname=fromflag"),
+                  S("--log-level"),
+                  S("warn"),
+                  S("-c"),
+                  path};
     cr_assert_eq(config_from_args(&c, ARGC(a1), a1, err, sizeof err), 0, "%s", err);
     cr_assert_str_eq(c.listen, "tcp://127.0.0.1:2222");
     cr_assert_str_eq(c.journal_conninfo, "dbname=fromflag");
@@ -545,7 +554,7 @@ Test(config, cross_key_from_file)
 {
     struct config c;
     char path[64], err[256] = "";
-    cr_assert_eq(load_text("registry: { heartbeat_ms = 2000; dead_after_ms = 1000; };\n", &c, path, err, sizeof err),
-                 0, "%s", err);
+    cr_assert_eq(load_text("registry: { heartbeat_ms = 2000; dead_after_ms = 1000; };\n", &c, path, err, sizeof err), 0,
+                 "%s", err);
     expect_invalid(&c, "registry.heartbeat_ms (2000) must be less than registry.dead_after_ms (1000)");
 }

@@ -96,20 +96,26 @@ static void bank_spawn(struct world *w, struct bank *b, const char *const env[])
     cr_assert(access(bin, X_OK) == 0, "%s is missing or not executable", bin);
     snprintf(delay, sizeof delay, "%d", b->delay_ms);
     char *argv[] = {bin,
-                    (char *)"--endpoint", w->d.endpoint,
-                    (char *)"--service", (char *)b->service,
-                    (char *)"--instance", (char *)b->instance,
-                    (char *)"--db", b->conninfo,
-                    (char *)"--create-accounts", b->accounts,
-                    (char *)"--prepare-delay-ms", delay,
+                    (char *)"--endpoint",
+                    w->d.endpoint,
+                    (char *)"--service",
+                    (char *)b->service,
+                    (char *)"--instance",
+                    (char *)b->instance,
+                    (char *)"--db",
+                    b->conninfo,
+                    (char *)"--create-accounts",
+                    b->accounts,
+                    (char *)"--prepare-delay-ms",
+                    delay,
                     NULL};
     b->proc = support_spawn(b->service, argv, env);
 }
 
 /* Submits one transaction of one or two branches. The txid goes to out->txid
  * whatever happens. id NULL = a fresh txid. Returns the submit's rc. */
-static int submit(treaty_client_t *c, const treaty_txid_t *id, int timeout_ms, treaty_outcome_t *out,
-                  const char *svc0, const char *pay0, const char *svc1, const char *pay1)
+static int submit(treaty_client_t *c, const treaty_txid_t *id, int timeout_ms, treaty_outcome_t *out, const char *svc0,
+                  const char *pay0, const char *svc1, const char *pay1)
 {
     treaty_txn_t *t = NULL;
     int rc = id != NULL ? treaty_txn_new_with_id(id, &t) : treaty_txn_new(&t);
@@ -221,8 +227,8 @@ static bool end_written(void *arg)
 {
     const struct journal_probe *q = arg;
     long long n = 0;
-    return support_try_scalar(q->journal, &n,
-                              "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = 'end'", q->txid) &&
+    return support_try_scalar(q->journal, &n, "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = 'end'",
+                              q->txid) &&
            n > 0;
 }
 
@@ -508,8 +514,7 @@ Test(e2e, coordinator_killed_before_decision_aborts_after_restart, .init = e2e_s
     support_treatyd_restart(&w.d, NULL, true);
     treaty_outcome_t fin;
     cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_ABORTED,
-              "after restart %s is %s, want aborted (no COMMIT record)", txid_str(&id),
-              treaty_status_name(fin.status));
+              "after restart %s is %s, want aborted (no COMMIT record)", txid_str(&id), treaty_status_name(fin.status));
     world_settle(&w);
     expect_balances(&w, 100, 50);
     cr_assert(support_query_final(w.d.endpoint, &id, &fin) == TREATY_STATUS_ABORTED, "outcome changed to %s",
@@ -561,9 +566,8 @@ Test(e2e, resubmitted_aborted_txid_stays_aborted, .init = e2e_setup_shared)
     world_settle(&w);
     expect_balances(&w, 70, 80);
     rc = transfer(c, &refused.txid, -60, 10000, &again);
-    cr_assert(rc == 0 && again.status == TREATY_STATUS_ABORTED,
-              "resubmitted aborted txid %s: want aborted, got %s %s", txid_str(&refused.txid), treaty_err_name(rc),
-              treaty_status_name(again.status));
+    cr_assert(rc == 0 && again.status == TREATY_STATUS_ABORTED, "resubmitted aborted txid %s: want aborted, got %s %s",
+              txid_str(&refused.txid), treaty_err_name(rc), treaty_status_name(again.status));
     world_settle(&w);
     expect_balances(&w, 70, 80);
     treaty_client_destroy(&c);
@@ -789,7 +793,7 @@ static void *loader_main(void *arg)
             atomic_fetch_add(l->committed, 1);
         if (x->rc != 0 || x->told.error != 0)
             support_sleep_ms(50); /* the coordinator or Postgres is away: do not spin */
-        support_sleep_ms(20);    /* a steady load, not a flood */
+        support_sleep_ms(20);     /* a steady load, not a flood */
     }
     treaty_client_destroy(&c);
     return NULL;
@@ -822,8 +826,8 @@ Test(e2e, postgres_restart_under_load, .init = e2e_setup_exclusive, .timeout = 3
     atomic_int completed = 0, committed = 0;
     struct loader ls[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        ls[i] = (struct loader){.endpoint = w.d.endpoint, .stop = &stop, .completed = &completed,
-                                .committed = &committed, .xs = xs[i]};
+        ls[i] = (struct loader){
+            .endpoint = w.d.endpoint, .stop = &stop, .completed = &completed, .committed = &committed, .xs = xs[i]};
         cr_assert(pthread_create(&ls[i].th, NULL, loader_main, &ls[i]) == 0, "pthread_create");
     }
 

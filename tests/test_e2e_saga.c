@@ -765,8 +765,7 @@ Test(e2e_saga, coordinator_killed_between_groups_completes_after_restart, .init 
     expect_state(&after);
 }
 
-Test(e2e_saga, coordinator_killed_between_groups_then_failure_compensates_recorded_steps,
-     .init = setup_shared)
+Test(e2e_saga, coordinator_killed_between_groups_then_failure_compensates_recorded_steps, .init = setup_shared)
 {
     /* Crash after group 1 (reserve) is done. Step 0's completion record was
      * written lazily while reserve took its 500 ms (lazy_delay_ms = 0), so

@@ -357,8 +357,13 @@ Test(journal_codec, copy_line_of_saga_records)
 {
     static const char *const svcs[] = {"pay", "ship"};
     static const unsigned char def[] = {0x00, 0x5c, 0x0a, 0x09, 0xff, 0x5c, 0x00};
-    struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = 2, .services = svcs, .failed_branch = -1,
-                            .step = -1, .data = def, .data_len = sizeof def};
+    struct journal_rec r = {.kind = JOURNAL_SAGA,
+                            .nservices = 2,
+                            .services = svcs,
+                            .failed_branch = -1,
+                            .step = -1,
+                            .data = def,
+                            .data_len = sizeof def};
     memset(r.txid, 0xab, 16);
     struct journal_buf b = {0};
     journal_encode_row(&b, &r, false);
@@ -421,8 +426,11 @@ Test(journal_codec, txid_format_and_parse_round_trip)
 Test(journal_codec, copy_line_escapes_text_and_quotes_array_elements)
 {
     static const char *const svcs[] = {"NULL", "a\"b\\c"};
-    struct journal_rec r = {.kind = JOURNAL_ABORT, .nservices = 2, .services = svcs,
-                            .detail = "tab\there\nnl\rcr \\ back \\.", .failed_branch = 1};
+    struct journal_rec r = {.kind = JOURNAL_ABORT,
+                            .nservices = 2,
+                            .services = svcs,
+                            .detail = "tab\there\nnl\rcr \\ back \\.",
+                            .failed_branch = 1};
     memset(r.txid, 0xab, 16);
     struct journal_buf b = {0};
     journal_encode_row(&b, &r, false);
@@ -443,18 +451,18 @@ Test(journal_codec, copy_line_escapes_text_and_quotes_array_elements)
 
 Test(journal_codec, copy_line_replaces_unstorable_bytes)
 {
-    struct journal_rec r = {.kind = JOURNAL_ABORT, .failed_branch = -1,
-                            .detail = "ok \xff \xc3\xa9 \xed\xa0\x80 \xe2\x82"};
+    struct journal_rec r = {
+        .kind = JOURNAL_ABORT, .failed_branch = -1, .detail = "ok \xff \xc3\xa9 \xed\xa0\x80 \xe2\x82"};
     struct journal_buf b = {0};
     journal_encode_row(&b, &r, false);
     const char *tail = "\t\\N\t\\N\tok ? \xc3\xa9 ??? ??\t\\N\t\\N\n";
-    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
-              "got: %.*s", (int)b.len, b.data);
+    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0, "got: %.*s",
+              (int)b.len, b.data);
     b.len = 0;
     journal_encode_row(&b, &r, true); /* a LATIN1 database: ASCII only */
     tail = "\t\\N\t\\N\tok ? ?? ??? ??\t\\N\t\\N\n";
-    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0,
-              "got: %.*s", (int)b.len, b.data);
+    cr_assert(b.len > strlen(tail) && memcmp(b.data + b.len - strlen(tail), tail, strlen(tail)) == 0, "got: %.*s",
+              (int)b.len, b.data);
     journal_buf_free(&b);
 }
 
@@ -649,8 +657,8 @@ Test(journal, text_round_trips_through_postgres)
     const char *detail = "tab\there\nnl\rcr \\ back \\. \"q\" 'a' caf\xc3\xa9 bad\xff end";
     uint8_t id[16];
     new_txid(id);
-    struct journal_rec r = {.kind = JOURNAL_ABORT, .nservices = 3, .services = svcs, .detail = detail,
-                            .failed_branch = 2};
+    struct journal_rec r = {
+        .kind = JOURNAL_ABORT, .nservices = 3, .services = svcs, .detail = detail, .failed_branch = 2};
     memcpy(r.txid, id, 16);
     uint64_t s = journal_append(J, &r, true);
     journal_flush(J);
@@ -913,8 +921,7 @@ static void *stop_later(void *p)
 static int connect_until_stopped(const char *conninfo, int64_t *took_ms)
 {
     volatile int stop = 0;
-    struct journal_config cfg = {.conninfo = conninfo, .connect_initial_ms = 20, .connect_max_ms = 100,
-                                 .stop = &stop};
+    struct journal_config cfg = {.conninfo = conninfo, .connect_initial_ms = 20, .connect_max_ms = 100, .stop = &stop};
     struct stopper s = {.flag = &stop, .after_ms = 300};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, stop_later, &s), 0);
@@ -1290,16 +1297,31 @@ Test(journal, saga_records_round_trip)
     new_txid(s2); /* turned around at step 1, compensating */
     new_txid(s3); /* completed and ended: retained */
     new_txid(c1); /* a 2PC record zero-initialised with memset */
-    struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = STEPS, .services = steps, .failed_branch = -1,
-                            .step = -1, .data = big, .data_len = big_len};
+    struct journal_rec r = {.kind = JOURNAL_SAGA,
+                            .nservices = STEPS,
+                            .services = steps,
+                            .failed_branch = -1,
+                            .step = -1,
+                            .data = big,
+                            .data_len = big_len};
     memcpy(r.txid, s1, 16);
     journal_append(J, &r, true);
-    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
-                             .step = -1, .data = small, .data_len = sizeof small};
+    r = (struct journal_rec){.kind = JOURNAL_SAGA,
+                             .nservices = 2,
+                             .services = svc_ab,
+                             .failed_branch = -1,
+                             .step = -1,
+                             .data = small,
+                             .data_len = sizeof small};
     memcpy(r.txid, s2, 16);
     journal_append(J, &r, true);
-    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 1, .services = svc_ab, .failed_branch = -1,
-                             .step = -1, .data = "", .data_len = 0};
+    r = (struct journal_rec){.kind = JOURNAL_SAGA,
+                             .nservices = 1,
+                             .services = svc_ab,
+                             .failed_branch = -1,
+                             .step = -1,
+                             .data = "",
+                             .data_len = 0};
     memcpy(r.txid, s3, 16);
     journal_append(J, &r, true);
     struct journal_rec z;
@@ -1319,8 +1341,8 @@ Test(journal, saga_records_round_trip)
     r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 0, .detail = "action"};
     memcpy(r.txid, s2, 16);
     journal_append(J, &r, false);
-    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1,
-                             .detail = "svc-b: out of stock\t\\ \xc3\xa9"};
+    r = (struct journal_rec){
+        .kind = JOURNAL_TURN, .failed_branch = 1, .step = -1, .detail = "svc-b: out of stock\t\\ \xc3\xa9"};
     memcpy(r.txid, s2, 16);
     journal_append(J, &r, true);
     r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 1, .detail = "compensation"};
@@ -1439,12 +1461,22 @@ Test(journal, saga_record_larger_than_a_group_is_written)
     memcpy(r.txid, b, 16);
     journal_append(J, &r, false);
     journal_flush(J);
-    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
-                             .step = -1, .data = def, .data_len = len};
+    r = (struct journal_rec){.kind = JOURNAL_SAGA,
+                             .nservices = 2,
+                             .services = svc_ab,
+                             .failed_branch = -1,
+                             .step = -1,
+                             .data = def,
+                             .data_len = len};
     memcpy(r.txid, a, 16);
     journal_append(J, &r, true);
-    r = (struct journal_rec){.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
-                             .step = -1, .data = def + 1, .data_len = len - 1};
+    r = (struct journal_rec){.kind = JOURNAL_SAGA,
+                             .nservices = 2,
+                             .services = svc_ab,
+                             .failed_branch = -1,
+                             .step = -1,
+                             .data = def + 1,
+                             .data_len = len - 1};
     memcpy(r.txid, b, 16);
     journal_append(J, &r, true);
     r = rec(b, JOURNAL_END, "compensated");
@@ -1485,8 +1517,13 @@ Test(journal, scan_of_many_sagas_across_fetches)
         uint8_t id[16];
         new_txid(id);
         unsigned char def[6] = {0x5c, 0x00, (unsigned char)(i >> 8), (unsigned char)i, 0x5c, 0x00};
-        struct journal_rec r = {.kind = JOURNAL_SAGA, .nservices = 2, .services = svc_ab, .failed_branch = -1,
-                                .step = -1, .data = def, .data_len = (size_t)(i % 7)};
+        struct journal_rec r = {.kind = JOURNAL_SAGA,
+                                .nservices = 2,
+                                .services = svc_ab,
+                                .failed_branch = -1,
+                                .step = -1,
+                                .data = def,
+                                .data_len = (size_t)(i % 7)};
         memcpy(r.txid, id, 16);
         journal_append(J, &r, true);
         r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = i, .detail = "action"};

@@ -16,7 +16,8 @@ static void run_scenario(const char *name)
     const char *pg = getenv("TREATY_TEST_PG"), *pgdir = getenv("TREATY_TEST_PGDIR");
     cr_assert(bin && top && pg && pgdir, "run through tests/run.sh (TREATY_BIN, TREATY_TOP, TREATY_TEST_PG*)");
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s/treaty-scenario' --bin '%s' --top '%s' --pg '%s' --pgdir '%s' --seed 1 '%s/tests/scenarios/%s.conf'",
+    snprintf(cmd, sizeof cmd,
+             "'%s/treaty-scenario' --bin '%s' --top '%s' --pg '%s' --pgdir '%s' --seed 1 '%s/tests/scenarios/%s.conf'",
              bin, bin, top, pg, pgdir, top, name);
     int st = system(cmd);
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "scenario %s failed (output above)", name);

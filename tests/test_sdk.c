@@ -27,7 +27,7 @@
 #include "treaty.h"
 #include "wire.h"
 
-#define WAIT_MS 20000 /* generous: only a broken SDK waits this long */
+#define WAIT_MS 20000          /* generous: only a broken SDK waits this long */
 #define GOT_FRAMES (1 + 6 * 3) /* a SAGA of three steps */
 #define GOT_FRAME_MAX 512
 
@@ -1757,9 +1757,8 @@ static bool add_balance(struct pg_conn *conn, int delta)
     char d[16];
     snprintf(d, sizeof d, "%d", delta);
     const char *v[1] = {d};
-    PGresult *r =
-        PQexecParams(conn, "UPDATE accounts SET balance = balance + $1::integer WHERE id = 'acct'", 1, NULL, v, NULL,
-                     NULL, 0);
+    PGresult *r = PQexecParams(conn, "UPDATE accounts SET balance = balance + $1::integer WHERE id = 'acct'", 1, NULL,
+                               v, NULL, NULL, 0);
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     return ok;
@@ -2001,8 +2000,7 @@ Test(pg_saga, transient_action_leaves_nothing, .init = pg_saga_setup, .fini = db
     fake_close(&f);
 }
 
-Test(pg_saga, handler_that_ends_the_transaction_is_caught, .init = pg_saga_setup, .fini = db_teardown,
-     .timeout = 120)
+Test(pg_saga, handler_that_ends_the_transaction_is_caught, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
 {
     struct fake f;
     struct got hello, g;

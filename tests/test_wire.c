@@ -99,7 +99,9 @@ static size_t make_samples(struct sample *s)
     s[k] = (struct sample){"OUTCOME committed", mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMMITTED), 1, {wire_str("")}};
     s[k].h.branch = TREATY_NO_BRANCH;
     k++;
-    s[k] = (struct sample){"OUTCOME aborted", mkhdr(WIRE_OUTCOME, TREATY_STATUS_ABORTED), 1,
+    s[k] = (struct sample){"OUTCOME aborted",
+                           mkhdr(WIRE_OUTCOME, TREATY_STATUS_ABORTED),
+                           1,
                            {wire_str("branch 1 (shop) voted NO: out of stock")}};
     k++;
     s[k] = (struct sample){"OUTCOME pending", mkhdr(WIRE_OUTCOME, TREATY_STATUS_PENDING), 1, {fr(NULL, 0)}};
@@ -131,40 +133,44 @@ static size_t make_samples(struct sample *s)
     s[k] = (struct sample){"OUTCOME completed", mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMPLETED), 1, {wire_str("")}};
     s[k].h.branch = TREATY_NO_BRANCH;
     k++;
-    s[k] = (struct sample){"OUTCOME compensated", mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMPENSATED), 1,
+    s[k] = (struct sample){"OUTCOME compensated",
+                           mkhdr(WIRE_OUTCOME, TREATY_STATUS_COMPENSATED),
+                           1,
                            {wire_str("step 1 (shop/reserve) failed: out of stock")}};
     s[k].h.branch = 1;
     k++;
-    s[k] = (struct sample){"OUTCOME stuck", mkhdr(WIRE_OUTCOME, TREATY_STATUS_STUCK), 1,
-                           {wire_str("compensation release keeps failing")}};
+    s[k] = (struct sample){
+        "OUTCOME stuck", mkhdr(WIRE_OUTCOME, TREATY_STATUS_STUCK), 1, {wire_str("compensation release keeps failing")}};
     k++;
     struct wire_policy pa = {0, 3, 100, 5000, 5000}, pb = {1, 0xffff, 0, 0xffffffffu, 1};
     wire_encode_policy(&pa, pol_a);
     wire_encode_policy(&pb, pol_b);
-    s[k] = (struct sample){"SAGA",
-                           mkhdr(WIRE_SAGA, 0),
-                           13,
-                           {fr(u32_5000, 4), wire_str("bank"), wire_str("debit"), wire_str("alice:10"),
-                            wire_str("refund"), wire_str("alice:10"), fr(pol_a, sizeof pol_a), wire_str("shop"),
-                            wire_str("reserve.v2"), fr(binary, sizeof binary), wire_str("release_all"), fr(NULL, 0),
-                            fr(pol_b, sizeof pol_b)}};
+    s[k] =
+        (struct sample){"SAGA",
+                        mkhdr(WIRE_SAGA, 0),
+                        13,
+                        {fr(u32_5000, 4), wire_str("bank"), wire_str("debit"), wire_str("alice:10"), wire_str("refund"),
+                         wire_str("alice:10"), fr(pol_a, sizeof pol_a), wire_str("shop"), wire_str("reserve.v2"),
+                         fr(binary, sizeof binary), wire_str("release_all"), fr(NULL, 0), fr(pol_b, sizeof pol_b)}};
     k++;
-    s[k] = (struct sample){"STEP action", mkhdr(WIRE_STEP, WIRE_STEP_ACTION), 2,
-                           {wire_str("debit"), fr(binary, sizeof binary)}};
+    s[k] = (struct sample){
+        "STEP action", mkhdr(WIRE_STEP, WIRE_STEP_ACTION), 2, {wire_str("debit"), fr(binary, sizeof binary)}};
     k++;
-    s[k] = (struct sample){"STEP compensation", mkhdr(WIRE_STEP, WIRE_STEP_COMPENSATION), 2,
-                           {wire_str("refund"), fr(NULL, 0)}};
+    s[k] = (struct sample){
+        "STEP compensation", mkhdr(WIRE_STEP, WIRE_STEP_COMPENSATION), 2, {wire_str("refund"), fr(NULL, 0)}};
     s[k].h.branch = 63;
     k++;
-    s[k] = (struct sample){"RESULT action ok", mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_OK)), 1,
-                           {fr(NULL, 0)}};
+    s[k] = (struct sample){
+        "RESULT action ok", mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_OK)), 1, {fr(NULL, 0)}};
     k++;
     s[k] = (struct sample){"RESULT action failed",
-                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_FAILED)), 1,
+                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_ACTION, WIRE_RESULT_FAILED)),
+                           1,
                            {wire_str("insufficient funds")}};
     k++;
     s[k] = (struct sample){"RESULT compensation transient",
-                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_COMPENSATION, WIRE_RESULT_TRANSIENT)), 1,
+                           mkhdr(WIRE_RESULT, WIRE_RESULT(WIRE_STEP_COMPENSATION, WIRE_RESULT_TRANSIENT)),
+                           1,
                            {wire_str("database unavailable")}};
     k++;
     return k;
@@ -413,8 +419,8 @@ Test(wire_decode, submit_max_branches)
     cr_assert_eq(decode(&h, f, 1 + 2 * (WIRE_MAX_BRANCHES + 1), MAXP, &m), TREATY_ETOOBIG);
 }
 
-static const char *const bad_names_saga[] = {"", "a b", "a/b", "caf\xc3\xa9", "\x80",
-                                             "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"};
+static const char *const bad_names_saga[] = {
+    "", "a b", "a/b", "caf\xc3\xa9", "\x80", "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"};
 
 /* One valid step per 6 frames, deadline first. */
 static void saga_frames(struct wire_frame *f, size_t steps, const uint8_t *deadline, const uint8_t *pol)
@@ -464,8 +470,7 @@ Test(wire_decode, saga_shapes)
         for (size_t b = 0; b < NELEM(bad_names_saga); b++) {
             saga_frames(f, 2, d4, pol);
             f[6 + name_at[i]] = wire_str(bad_names_saga[b]);
-            cr_assert_eq(decode(&h, f, 13, MAXP, &m), TREATY_EPROTO, "frame %zu \"%s\"", name_at[i],
-                         bad_names_saga[b]);
+            cr_assert_eq(decode(&h, f, 13, MAXP, &m), TREATY_EPROTO, "frame %zu \"%s\"", name_at[i], bad_names_saga[b]);
         }
     }
     saga_frames(f, 2, d4, pol);
@@ -536,8 +541,8 @@ Test(wire_decode, policy_encode_decode)
 }
 
 static const char *const bad_names[] = {
-    "",       "a b",   "a/b",  "a:b", "a\tb", "\n", "caf\xc3\xa9", "a+b", "a@b", "a\"b", "a;b", "a,b", "*",
-    "a\x7f",  "\x80",  " ",    "a\\b",
+    "",     "a b", "a/b", "a:b", "a\tb",  "\n",   "caf\xc3\xa9", "a+b",  "a@b",
+    "a\"b", "a;b", "a,b", "*",   "a\x7f", "\x80", " ",           "a\\b",
 };
 
 Test(wire_decode, invalid_service_names)
@@ -767,8 +772,8 @@ Test(wire_decode, u32_helpers)
 
 Test(wire_decode, type_names)
 {
-    const char *want[] = {"?",     "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR", "PREPARE",
-                          "VOTE",  "COMMIT", "ABORT", "ACK",    "INQUIRE", "SAGA",  "STEP",  "RESULT"};
+    const char *want[] = {"?",    "HELLO",  "WELCOME", "SUBMIT", "QUERY",   "OUTCOME", "ERROR", "PREPARE",
+                          "VOTE", "COMMIT", "ABORT",   "ACK",    "INQUIRE", "SAGA",    "STEP",  "RESULT"};
     cr_assert_eq(NELEM(want), WIRE_TYPE_MAX_ + 1);
     for (int t = 0; t <= WIRE_TYPE_MAX_; t++)
         cr_assert_str_eq(wire_type_name(t), want[t]);

@@ -44,20 +44,20 @@ extern "C" {
 /* ---------------------------------------------------------------- errors */
 
 /* X(name, value, message). Values are never renumbered. */
-#define TREATY_ERRNO_MAP(X)                                                  \
-    X(EINVAL, -1, "invalid argument")                                        \
-    X(ENOMEM, -2, "out of memory")                                           \
-    X(ETIMEDOUT, -3, "timed out; the outcome is unknown")                    \
-    X(EPROTO, -4, "malformed or unexpected message")                         \
-    X(ETOOBIG, -5, "a size or count limit was exceeded")                     \
-    X(ETRANSPORT, -6, "ZeroMQ transport error")                              \
-    X(EPG, -7, "PostgreSQL error")                                           \
-    X(ENOTFOUND, -8, "unknown transaction")                                  \
-    X(EBUSY, -9, "refused by the coordinator: busy, unavailable or stopping") \
-    X(ESTATE, -10, "operation not valid in this state")                      \
-    X(EVERSION, -11, "unsupported protocol version")                         \
-    X(ECONFIG, -12, "invalid configuration")                                 \
-    X(ENOSERVICE, -13, "no live instance of a service")                      \
+#define TREATY_ERRNO_MAP(X)                                                                                            \
+    X(EINVAL, -1, "invalid argument")                                                                                  \
+    X(ENOMEM, -2, "out of memory")                                                                                     \
+    X(ETIMEDOUT, -3, "timed out; the outcome is unknown")                                                              \
+    X(EPROTO, -4, "malformed or unexpected message")                                                                   \
+    X(ETOOBIG, -5, "a size or count limit was exceeded")                                                               \
+    X(ETRANSPORT, -6, "ZeroMQ transport error")                                                                        \
+    X(EPG, -7, "PostgreSQL error")                                                                                     \
+    X(ENOTFOUND, -8, "unknown transaction")                                                                            \
+    X(EBUSY, -9, "refused by the coordinator: busy, unavailable or stopping")                                          \
+    X(ESTATE, -10, "operation not valid in this state")                                                                \
+    X(EVERSION, -11, "unsupported protocol version")                                                                   \
+    X(ECONFIG, -12, "invalid configuration")                                                                           \
+    X(ENOSERVICE, -13, "no live instance of a service")                                                                \
     X(EIO, -14, "system call failed")
 
 enum treaty_errno {
@@ -90,14 +90,14 @@ TREATY_EXPORT int treaty_txid_parse(const char *s, treaty_txid_t *out);
 /* ---------------------------------------------------------------- outcome */
 
 enum treaty_status {
-    TREATY_STATUS_NONE = 0,      /* nothing known yet */
-    TREATY_STATUS_COMMITTED = 1, /* committed at every participant (or will be: decision durable) */
-    TREATY_STATUS_ABORTED = 2,   /* aborted: applied at no participant */
-    TREATY_STATUS_PENDING = 3,   /* still running at the coordinator */
-    TREATY_STATUS_UNKNOWN = 4,   /* no answer in time; ask again by txid */
-    TREATY_STATUS_COMPLETED = 5, /* saga: every step done */
+    TREATY_STATUS_NONE = 0,        /* nothing known yet */
+    TREATY_STATUS_COMMITTED = 1,   /* committed at every participant (or will be: decision durable) */
+    TREATY_STATUS_ABORTED = 2,     /* aborted: applied at no participant */
+    TREATY_STATUS_PENDING = 3,     /* still running at the coordinator */
+    TREATY_STATUS_UNKNOWN = 4,     /* no answer in time; ask again by txid */
+    TREATY_STATUS_COMPLETED = 5,   /* saga: every step done */
     TREATY_STATUS_COMPENSATED = 6, /* saga: a step failed; every started step was compensated */
-    TREATY_STATUS_STUCK = 7      /* saga: a compensation keeps failing; still retried, needs an operator */
+    TREATY_STATUS_STUCK = 7        /* saga: a compensation keeps failing; still retried, needs an operator */
 };
 
 #define TREATY_NO_BRANCH 0xFFFFu
@@ -107,8 +107,8 @@ enum treaty_status {
 typedef struct treaty_outcome {
     treaty_txid_t txid;
     enum treaty_status status;
-    unsigned failed_branch;        /* branch (2PC) or step (saga) that caused an abort, or TREATY_NO_BRANCH */
-    int error;                     /* TREATY_E* when the coordinator refused the request, else 0 */
+    unsigned failed_branch;         /* branch (2PC) or step (saga) that caused an abort, or TREATY_NO_BRANCH */
+    int error;                      /* TREATY_E* when the coordinator refused the request, else 0 */
     char reason[TREATY_REASON_MAX]; /* NUL-terminated; "" when none */
 } treaty_outcome_t;
 
@@ -201,8 +201,7 @@ TREATY_EXPORT const treaty_txid_t *treaty_saga_id(const treaty_saga_t *s);
  * payloads are copied. Returns the step's index (>= 0) or TREATY_EINVAL,
  * TREATY_ENOMEM, TREATY_ETOOBIG (more than 64 steps). */
 TREATY_EXPORT int treaty_saga_add_step(treaty_saga_t *s, const char *service, const char *action, const void *payload,
-                                       size_t len, const char *compensation, const void *comp_payload,
-                                       size_t comp_len);
+                                       size_t len, const char *compensation, const void *comp_payload, size_t comp_len);
 /* The same, but in the group of the previous step (runs in parallel with it).
  * TREATY_ESTATE when there is no previous step. */
 TREATY_EXPORT int treaty_saga_add_parallel_step(treaty_saga_t *s, const char *service, const char *action,
@@ -235,9 +234,9 @@ enum treaty_vote {
 /* One branch as seen by a participant's handlers. Borrowed for the call. */
 typedef struct treaty_branch {
     treaty_txid_t txid;
-    unsigned branch;      /* index within the transaction */
-    unsigned attempt;     /* 0 for the first delivery of this kind of message */
-    const void *payload;  /* PREPARE only; NULL otherwise */
+    unsigned branch;     /* index within the transaction */
+    unsigned attempt;    /* 0 for the first delivery of this kind of message */
+    const void *payload; /* PREPARE only; NULL otherwise */
     size_t len;
 } treaty_branch_t;
 
@@ -262,9 +261,9 @@ typedef struct treaty_handlers {
 /* One saga step as seen by an action or compensation handler. Borrowed for the call. */
 typedef struct treaty_step {
     treaty_txid_t txid;
-    unsigned step;       /* index within the saga */
-    unsigned attempt;    /* 0 for the first try */
-    const char *name;    /* the action's or compensation's name */
+    unsigned step;    /* index within the saga */
+    unsigned attempt; /* 0 for the first try */
+    const char *name; /* the action's or compensation's name */
     const void *payload;
     size_t len;
 } treaty_step_t;
@@ -297,8 +296,7 @@ TREATY_EXPORT const char *treaty_participant_errmsg(const treaty_participant_t *
  * (action) or a transient error (compensation), with a reason. treaty_handlers_t
  * may be NULL in treaty_participant_new for a saga-only participant.
  * TREATY_EINVAL, TREATY_ENOMEM, TREATY_ESTATE (after start). */
-TREATY_EXPORT int treaty_participant_on_action(treaty_participant_t *p, const char *name, treaty_step_fn fn,
-                                               void *arg);
+TREATY_EXPORT int treaty_participant_on_action(treaty_participant_t *p, const char *name, treaty_step_fn fn, void *arg);
 TREATY_EXPORT int treaty_participant_on_compensation(treaty_participant_t *p, const char *name, treaty_step_fn fn,
                                                      void *arg);
 
@@ -370,8 +368,7 @@ TREATY_EXPORT int treaty_pg_participant_new(const char *endpoint, const char *se
  */
 typedef int (*treaty_pg_step_fn)(void *arg, struct pg_conn *conn, const treaty_step_t *s, char *reason);
 TREATY_EXPORT int treaty_pg_on_action(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg);
-TREATY_EXPORT int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn,
-                                            void *arg);
+TREATY_EXPORT int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg);
 /* Deletes barrier rows older than older_than_s seconds. Returns the number
  * deleted (>= 0), TREATY_EPG, TREATY_EINVAL (not a Postgres participant) or
  * TREATY_ESTATE (called from another thread after start, or inside a transaction). */

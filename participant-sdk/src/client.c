@@ -148,7 +148,6 @@ int treaty_txn_add_branch(treaty_txn_t *t, const char *service, const void *payl
     return 0;
 }
 
-
 /* ----------------------------------------------------------------- saga */
 
 #define SAGA_DEFAULT_MAX_ATTEMPTS 3
@@ -241,8 +240,8 @@ static int copy_payload(const void *data, size_t len, uint8_t **out)
 static int saga_add(struct treaty_saga *s, bool parallel, const char *service, const char *action, const void *payload,
                     size_t len, const char *compensation, const void *comp_payload, size_t comp_len)
 {
-    if (s == NULL || !name_ok(service) || !name_ok(action) || !name_ok(compensation) ||
-        (payload == NULL && len > 0) || (comp_payload == NULL && comp_len > 0))
+    if (s == NULL || !name_ok(service) || !name_ok(action) || !name_ok(compensation) || (payload == NULL && len > 0) ||
+        (comp_payload == NULL && comp_len > 0))
         return TREATY_EINVAL;
     if (parallel && s->nsteps == 0)
         return TREATY_ESTATE;
@@ -690,14 +689,14 @@ static int pending_fill_saga(struct pending *p, const struct treaty_saga *s)
     p->frames[0].len = sizeof p->timeout_buf;
     size_t off = 0;
     struct wire_frame *f = &p->frames[1];
-#define SAGA_PUT(ptr, n)                         \
-    do {                                         \
-        if ((n) > 0)                             \
-            memcpy(p->storage + off, (ptr), (n)); \
-        f->data = p->storage + off;              \
-        f->len = (n);                            \
-        off += (n);                              \
-        f++;                                     \
+#define SAGA_PUT(ptr, n)                                                                                               \
+    do {                                                                                                               \
+        if ((n) > 0)                                                                                                   \
+            memcpy(p->storage + off, (ptr), (n));                                                                      \
+        f->data = p->storage + off;                                                                                    \
+        f->len = (n);                                                                                                  \
+        off += (n);                                                                                                    \
+        f++;                                                                                                           \
     } while (0)
     for (size_t i = 0; i < s->nsteps; i++) {
         const struct saga_step *st = &s->steps[i];

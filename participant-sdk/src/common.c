@@ -11,8 +11,8 @@
 const char *treaty_strerror(int err)
 {
     switch (err) {
-#define TREATY_X_MSG(name, value, msg) \
-    case value:                        \
+#define TREATY_X_MSG(name, value, msg)                                                                                 \
+    case value:                                                                                                        \
         return msg;
         TREATY_ERRNO_MAP(TREATY_X_MSG)
 #undef TREATY_X_MSG
@@ -26,8 +26,8 @@ const char *treaty_strerror(int err)
 const char *treaty_err_name(int err)
 {
     switch (err) {
-#define TREATY_X_NAME(name, value, msg) \
-    case value:                         \
+#define TREATY_X_NAME(name, value, msg)                                                                                \
+    case value:                                                                                                        \
         return "TREATY_" #name;
         TREATY_ERRNO_MAP(TREATY_X_NAME)
 #undef TREATY_X_NAME

@@ -93,7 +93,7 @@ struct treaty_participant {
     char service[WIRE_NAME_MAX + 1];
     char instance[WIRE_NAME_MAX + 1];
     treaty_handlers_t h;
-    bool has_2pc; /* h was given; without it every PREPARE is voted NO */
+    bool has_2pc;               /* h was given; without it every PREPARE is voted NO */
     struct step_handler *steps; /* saga handlers, set before start */
     size_t nsteps, cap_steps;
     struct participant_ext ext;
@@ -278,12 +278,11 @@ void treaty_participant_destroy(treaty_participant_t **pp)
 
 /* ---------------------------------------------------------- saga handlers */
 
-int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
-                         treaty_step_fn fn, void *arg, void (*free_arg)(void *))
+int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name, treaty_step_fn fn,
+                         void *arg, void (*free_arg)(void *))
 {
     int rc;
-    if (p == NULL || fn == NULL || !name_ok(name) ||
-        (kind != PARTICIPANT_ACTION && kind != PARTICIPANT_COMPENSATION)) {
+    if (p == NULL || fn == NULL || !name_ok(name) || (kind != PARTICIPANT_ACTION && kind != PARTICIPANT_COMPENSATION)) {
         rc = TREATY_EINVAL;
         goto fail;
     }

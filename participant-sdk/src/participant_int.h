@@ -46,8 +46,8 @@ enum participant_step_kind { PARTICIPANT_ACTION = 1, PARTICIPANT_COMPENSATION = 
  * call fails: from the call on, the participant owns arg. Before start only.
  * 0, TREATY_EINVAL, TREATY_ENOMEM, TREATY_ESTATE (started).
  */
-int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
-                         treaty_step_fn fn, void *arg, void (*free_arg)(void *));
+int participant_add_step(treaty_participant_t *p, enum participant_step_kind kind, const char *name, treaty_step_fn fn,
+                         void *arg, void (*free_arg)(void *));
 
 /* The extension installed with participant_set_ext (all NULL when none). */
 const struct participant_ext *participant_get_ext(const treaty_participant_t *p);

@@ -73,9 +73,9 @@ struct pgp {
     PGconn *conn;
     treaty_pg_work_fn work; /* NULL: saga steps only, every PREPARE is voted NO */
     void *arg;
-    bool schema_ready; /* the barrier table exists (2PC can run) */
-    bool saga_ready;   /* ... and has the version 2 columns (saga steps can run) */
-    bool check_ready;  /* PG_PREPARE_CHECK is prepared in this session */
+    bool schema_ready;                /* the barrier table exists (2PC can run) */
+    bool saga_ready;                  /* ... and has the version 2 columns (saga steps can run) */
+    bool check_ready;                 /* PG_PREPARE_CHECK is prepared in this session */
     char last_err[TREATY_REASON_MAX]; /* the last text given to errmsg: a failed step's reason */
     int backoff_ms;
     int64_t next_reset; /* monotonic ms: earliest next reconnect */
@@ -144,7 +144,8 @@ static const char *sqlstate(const PGresult *r)
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
-static void note(struct pgp *g, const char *fmt, ...)
+static void
+note(struct pgp *g, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -224,15 +225,16 @@ static int create_schema(struct pgp *g)
     bool current = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
     PQclear(r);
     if (!current) {
-        if (exec_cmd(g, "set lock_timeout (barrier schema)",
-                     "SET LOCAL lock_timeout = '" PG_SCHEMA_LOCK_TIMEOUT "'") < 0)
+        if (exec_cmd(g, "set lock_timeout (barrier schema)", "SET LOCAL lock_timeout = '" PG_SCHEMA_LOCK_TIMEOUT "'") <
+            0)
             goto fail;
         r = PQexec(g->conn, sql_barrier);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             bool locked = strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0;
-            pg_report(g, locked ? "upgrade treaty_barrier (its lock is held, e.g. by prepared transactions; saga "
-                                  "steps wait for the upgrade)"
-                                : "create treaty_barrier",
+            pg_report(g,
+                      locked ? "upgrade treaty_barrier (its lock is held, e.g. by prepared transactions; saga "
+                               "steps wait for the upgrade)"
+                             : "create treaty_barrier",
                       r);
             PQclear(r);
             if (locked && exists) {
@@ -306,16 +308,16 @@ static bool conn_broke(struct pgp *g)
  * the branch a number.
  */
 #define PG_PREPARE_CHECK "treaty_prepare_check"
-#define PG_PREPARE_CHECK_SQL                                                                                      \
-    "WITH p AS (SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts "                                                  \
-    "                          WHERE gid = $1 AND database = current_database()) AS prepared), "                 \
-    "     ins AS (INSERT INTO treaty_barrier (txid, branch, op) "                                                 \
-    "             SELECT $2::uuid, $3::integer, 'prepare' WHERE NOT (SELECT prepared FROM p) "                    \
-    "             ON CONFLICT DO NOTHING RETURNING 1) "                                                           \
+#define PG_PREPARE_CHECK_SQL                                                                                           \
+    "WITH p AS (SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts "                                                       \
+    "                          WHERE gid = $1 AND database = current_database()) AS prepared), "                       \
+    "     ins AS (INSERT INTO treaty_barrier (txid, branch, op) "                                                      \
+    "             SELECT $2::uuid, $3::integer, 'prepare' WHERE NOT (SELECT prepared FROM p) "                         \
+    "             ON CONFLICT DO NOTHING RETURNING 1) "                                                                \
     "SELECT (SELECT prepared FROM p), (SELECT count(*) FROM ins)"
-#define PG_PREPARE_BEGIN_SQL                                                                                      \
-    "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'; "                                            \
-    "EXECUTE " PG_PREPARE_CHECK "('%s', '%s', %u); "                                                              \
+#define PG_PREPARE_BEGIN_SQL                                                                                           \
+    "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'; "                                                  \
+    "EXECUTE " PG_PREPARE_CHECK "('%s', '%s', %u); "                                                                   \
     "SET LOCAL lock_timeout TO DEFAULT"
 
 /* Prepares PG_PREPARE_CHECK once per session. 0 or TREATY_EPG. */
@@ -741,8 +743,9 @@ static int check_fn_txn(struct pgp *g, const char *kind, const treaty_step_t *s,
         return TREATY_EPG;
     }
     if (ts == PQTRANS_IDLE) {
-        note(g, "%s handler %s ended the step's transaction itself (it must not COMMIT or ROLLBACK); "
-                "barrier bypassed, try counted as transient",
+        note(g,
+             "%s handler %s ended the step's transaction itself (it must not COMMIT or ROLLBACK); "
+             "barrier bypassed, try counted as transient",
              kind, s->name);
         snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
         return TREATY_ESTATE;
@@ -768,8 +771,9 @@ static int update_row(struct pgp *g, const char *kind, const treaty_step_t *s, c
     PQclear(r);
     if (!same) {
         rollback(g);
-        note(g, "%s handler %s ended the step's transaction itself and began another (it must not COMMIT or "
-                "ROLLBACK); barrier bypassed, try counted as transient",
+        note(g,
+             "%s handler %s ended the step's transaction itself and began another (it must not COMMIT or "
+             "ROLLBACK); barrier bypassed, try counted as transient",
              kind, s->name);
         snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
         return TREATY_ESTATE;
@@ -865,16 +869,17 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
         }
         /* No result: only an earlier handler that committed by itself leaves
          * that (or the row went between the statements). Unknown: transient. */
-        note(g, "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
-                "itself); outcome unknown",
+        note(g,
+             "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
+             "itself); outcome unknown",
              s->name, ids, s->step);
         snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
         return TREATY_ESTATE;
     }
     snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    if (step_cmd(g, reason, "savepoint (action)",
-                 "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT " PG_STEP_SAVEPOINT) < 0)
+    if (step_cmd(g, reason, "savepoint (action)", "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT " PG_STEP_SAVEPOINT) <
+        0)
         goto fail_rollback;
 
     /* The business change, in the same transaction as the barrier row. */
@@ -973,9 +978,9 @@ static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *r
             return TREATY_EPG;
         return TREATY_STEP_OK;
     }
-    r = PQexecParams(g->conn,
-                     "SELECT result FROM treaty_barrier WHERE txid = $1::uuid AND branch = $2::integer AND op = 'action'",
-                     2, NULL, pk, NULL, NULL, 0);
+    r = PQexecParams(
+        g->conn, "SELECT result FROM treaty_barrier WHERE txid = $1::uuid AND branch = $2::integer AND op = 'action'",
+        2, NULL, pk, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         if (PQresultStatus(r) == PGRES_TUPLES_OK) {
             PQclear(r);
@@ -1058,8 +1063,8 @@ static int pg_compensation(void *arg, const treaty_step_t *s, char *reason)
     return pg_step(arg, s, reason, false);
 }
 
-static int pg_register(treaty_participant_t *p, enum participant_step_kind kind, const char *name,
-                       treaty_pg_step_fn fn, void *arg)
+static int pg_register(treaty_participant_t *p, enum participant_step_kind kind, const char *name, treaty_pg_step_fn fn,
+                       void *arg)
 {
     if (p == NULL || fn == NULL)
         return TREATY_EINVAL;
@@ -1105,8 +1110,9 @@ long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s)
     snprintf(secs, sizeof secs, "%u", older_than_s);
     const char *pv[1] = {secs};
     /* Rows of prepared (undecided) branches are not visible, so they stay. */
-    PGresult *r = PQexecParams(g->conn, "DELETE FROM treaty_barrier WHERE created_at < now() - $1::bigint * interval '1 second'",
-                               1, NULL, pv, NULL, NULL, 0);
+    PGresult *r =
+        PQexecParams(g->conn, "DELETE FROM treaty_barrier WHERE created_at < now() - $1::bigint * interval '1 second'",
+                     1, NULL, pv, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         pg_report(g, "purge barrier rows", r);
         PQclear(r);

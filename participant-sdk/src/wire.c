@@ -20,8 +20,8 @@ static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const u
 static void netfault_release(void *sock);
 
 static const char *const type_names[] = {
-    "?",       "HELLO", "WELCOME", "SUBMIT", "QUERY", "OUTCOME", "ERROR",
-    "PREPARE", "VOTE",  "COMMIT",  "ABORT",  "ACK",   "INQUIRE", "SAGA", "STEP", "RESULT",
+    "?",    "HELLO",  "WELCOME", "SUBMIT", "QUERY",   "OUTCOME", "ERROR", "PREPARE",
+    "VOTE", "COMMIT", "ABORT",   "ACK",    "INQUIRE", "SAGA",    "STEP",  "RESULT",
 };
 
 const char *wire_type_name(int type)
@@ -105,8 +105,8 @@ bool wire_name_ok(const uint8_t *s, size_t len)
         return false;
     for (size_t i = 0; i < len; i++) {
         uint8_t c = s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                  c == '_' || c == '-';
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                  c == '-';
         if (!ok)
             return false;
     }
@@ -150,8 +150,7 @@ static int check_frames(const struct wire_msg *m)
             return TREATY_EPROTO;
         return 0;
     case WIRE_SAGA: {
-        if (n < 1 + WIRE_SAGA_FRAMES_PER_STEP || (n - 1) % WIRE_SAGA_FRAMES_PER_STEP != 0 ||
-            !wire_get_u32(&f[0], &u))
+        if (n < 1 + WIRE_SAGA_FRAMES_PER_STEP || (n - 1) % WIRE_SAGA_FRAMES_PER_STEP != 0 || !wire_get_u32(&f[0], &u))
             return TREATY_EPROTO;
         struct wire_policy pol;
         for (size_t i = 1; i < n; i += WIRE_SAGA_FRAMES_PER_STEP) {
@@ -186,8 +185,8 @@ static int check_frames(const struct wire_msg *m)
     }
 }
 
-int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes,
-                size_t max_payload, struct wire_msg *out)
+int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes, size_t max_payload,
+                struct wire_msg *out)
 {
     memset(&out->hdr, 0, sizeof out->hdr);
     out->nframes = 0;
@@ -329,8 +328,8 @@ static int send_parts(void *sock, const uint8_t *rid, size_t rid_len, const uint
     return 0;
 }
 
-int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
-              const struct wire_frame *frames, size_t nframes)
+int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
+              size_t nframes)
 {
     uint8_t buf[WIRE_HDR_LEN];
     wire_encode_hdr(h, buf);

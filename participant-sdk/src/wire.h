@@ -56,9 +56,9 @@
 
 #define WIRE_VERSION 1
 #define WIRE_HDR_LEN 28
-#define WIRE_NAME_MAX 64        /* service and instance names */
-#define WIRE_MAX_BRANCHES 128   /* hard ceiling; the coordinator's limit is configurable below it */
-#define WIRE_MAX_STEPS 64       /* saga steps, likewise */
+#define WIRE_NAME_MAX 64      /* service and instance names */
+#define WIRE_MAX_BRANCHES 128 /* hard ceiling; the coordinator's limit is configurable below it */
+#define WIRE_MAX_STEPS 64     /* saga steps, likewise */
 #define WIRE_SAGA_FRAMES_PER_STEP 6
 #define WIRE_POLICY_LEN 16
 #define WIRE_MAX_FRAMES (1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS) /* >= 2 + 2 * WIRE_MAX_BRANCHES */
@@ -140,8 +140,8 @@ void wire_encode_hdr(const struct wire_hdr *h, uint8_t *buf);
  * error out->hdr is all zero, or the decoded header when only the frames were
  * at fault (so a reply can echo the txid).
  */
-int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes,
-                size_t max_payload, struct wire_msg *out);
+int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes, size_t max_payload,
+                struct wire_msg *out);
 
 /* Big-endian u32 helpers for the small numeric frames. */
 void wire_put_u32(uint8_t *buf, uint32_t v);
@@ -177,8 +177,8 @@ void wire_in_close(struct wire_in *in);
  * the frames. Returns 0, or TREATY_ETRANSPORT (peer gone, queue full: the
  * message is dropped; the protocol re-sends what matters).
  */
-int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
-              const struct wire_frame *frames, size_t nframes);
+int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
+              size_t nframes);
 
 /* Convenience: a frame over a NUL-terminated string (may be NULL: empty). */
 struct wire_frame wire_str(const char *s);
