@@ -7,28 +7,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-static size_t hash(const uint8_t k[16])
+#include <sodium.h>
+
+_Static_assert(sizeof(((struct txmap *)0)->hkey) == crypto_shorthash_KEYBYTES, "txmap hash key size");
+
+static size_t hash_key(const struct txmap *m, const uint8_t k[16])
 {
+    uint8_t out[crypto_shorthash_BYTES];
+    crypto_shorthash(out, k, 16, m->hkey);
     uint64_t h;
-    memcpy(&h, k, sizeof h);
-    uint64_t l;
-    memcpy(&l, k + 8, sizeof l);
-    h ^= l * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
+    memcpy(&h, out, sizeof h);
     return (size_t)h;
 }
 
 void txmap_init(struct txmap *m)
 {
+    if (sodium_init() < 0) {
+        fprintf(stderr, "treatyd: libsodium cannot initialise\n");
+        abort();
+    }
     m->slots = NULL;
     m->cap = 0;
     m->len = 0;
+    randombytes_buf(m->hkey, sizeof m->hkey);
 }
 
 void txmap_free(struct txmap *m)
 {
     free(m->slots);
-    txmap_init(m);
+    m->slots = NULL;
+    m->cap = 0;
+    m->len = 0;
 }
 
 static void grow(struct txmap *m)
@@ -42,7 +51,7 @@ static void grow(struct txmap *m)
     for (size_t i = 0; i < m->cap; i++) {
         if (m->slots[i].val == NULL)
             continue;
-        size_t j = hash(m->slots[i].key) & (ncap - 1);
+        size_t j = hash_key(m, m->slots[i].key) & (ncap - 1);
         while (ns[j].val != NULL)
             j = (j + 1) & (ncap - 1);
         ns[j] = m->slots[i];
@@ -56,7 +65,7 @@ void *txmap_get(const struct txmap *m, const uint8_t key[16])
 {
     if (m->cap == 0)
         return NULL;
-    size_t j = hash(key) & (m->cap - 1);
+    size_t j = hash_key(m, key) & (m->cap - 1);
     while (m->slots[j].val != NULL) {
         if (memcmp(m->slots[j].key, key, 16) == 0)
             return m->slots[j].val;
@@ -69,7 +78,7 @@ void txmap_put(struct txmap *m, const uint8_t key[16], void *val)
 {
     if ((m->len + 1) * 4 > m->cap * 3)
         grow(m);
-    size_t j = hash(key) & (m->cap - 1);
+    size_t j = hash_key(m, key) & (m->cap - 1);
     while (m->slots[j].val != NULL) {
         if (memcmp(m->slots[j].key, key, 16) == 0) {
             m->slots[j].val = val;
@@ -87,7 +96,7 @@ void *txmap_del(struct txmap *m, const uint8_t key[16])
     if (m->cap == 0)
         return NULL;
     size_t mask = m->cap - 1;
-    size_t j = hash(key) & mask;
+    size_t j = hash_key(m, key) & mask;
     while (m->slots[j].val != NULL && memcmp(m->slots[j].key, key, 16) != 0)
         j = (j + 1) & mask;
     if (m->slots[j].val == NULL)
@@ -104,7 +113,7 @@ void *txmap_del(struct txmap *m, const uint8_t key[16])
                 m->len--;
                 return val;
             }
-            size_t home = hash(m->slots[k].key) & mask;
+            size_t home = hash_key(m, m->slots[k].key) & mask;
             /* can slot k move to i? only if home is not in (i, k] cyclically */
             if (i <= k ? (home <= i || home > k) : (home <= i && home > k))
                 break;
@@ -112,4 +121,16 @@ void *txmap_del(struct txmap *m, const uint8_t key[16])
         m->slots[i] = m->slots[k];
         i = k;
     }
+}
+
+size_t txmap_max_probe(const struct txmap *m)
+{
+    size_t best = 0, run = 0;
+    /* Twice round, so that a run wrapping past the end is measured whole. */
+    for (size_t i = 0; i < 2 * m->cap; i++) {
+        run = m->slots[i & (m->cap - 1)].val != NULL ? run + 1 : 0;
+        if (run > best)
+            best = run;
+    }
+    return best > m->cap ? m->cap : best;
 }

@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <zmq.h>
 
@@ -1085,8 +1086,8 @@ Test(txid, format_parse_round_trip)
     char buf[TREATY_TXID_STRLEN];
     for (int i = 0; i < 100; i++) {
         cr_assert_eq(treaty_txid_generate(&id), 0);
-        cr_assert_eq(id.b[6] >> 4, 4, "UUID version 4");
-        cr_assert_eq(id.b[8] & 0xc0, 0x80, "RFC 4122 variant");
+        cr_assert_eq(id.b[6] >> 4, 7, "UUID version 7");
+        cr_assert_eq(id.b[8] & 0xc0, 0x80, "RFC 9562 variant");
         cr_assert_eq(treaty_txid_format(&id, buf), buf);
         cr_assert_eq(strlen(buf), 36);
         cr_assert_eq(treaty_txid_parse(buf, &back), 0);
@@ -1095,6 +1096,34 @@ Test(txid, format_parse_round_trip)
     memcpy(id.b, TXID, 16);
     treaty_txid_format(&id, buf);
     cr_assert_str_eq(buf, "12345678-9abc-4def-8001-0203feff007f");
+}
+
+/* The coordinator refuses a txid older than its window, so a txid must say
+ * when it was made: UUIDv7, Unix milliseconds in the first 48 bits. */
+Test(txid, generated_txids_carry_their_creation_time)
+{
+    struct timespec a, b;
+    treaty_txid_t id, prev;
+    clock_gettime(CLOCK_REALTIME, &a);
+    cr_assert_eq(treaty_txid_generate(&prev), 0);
+    for (int i = 0; i < 1000; i++) {
+        cr_assert_eq(treaty_txid_generate(&id), 0);
+        long long t = treaty_txid_time_ms(&id);
+        cr_assert_geq(t, treaty_txid_time_ms(&prev), "time-ordered");
+        cr_assert_neq(memcmp(id.b, prev.b, 16), 0, "unique");
+        prev = id;
+    }
+    clock_gettime(CLOCK_REALTIME, &b);
+    long long lo = (long long)a.tv_sec * 1000 + a.tv_nsec / 1000000,
+              hi = (long long)b.tv_sec * 1000 + b.tv_nsec / 1000000;
+    cr_assert(treaty_txid_time_ms(&id) >= lo && treaty_txid_time_ms(&id) <= hi, "time %lld not in [%lld, %lld]",
+              treaty_txid_time_ms(&id), lo, hi);
+    /* A version 4 txid (the former format) carries no time. */
+    treaty_txid_t v4;
+    memcpy(v4.b, TXID, 16);
+    cr_assert_eq(treaty_txid_time_ms(&v4), -1);
+    cr_assert_eq(treaty_txid_time_ms(NULL), -1);
+    cr_assert_eq(treaty_txid_generate(NULL), TREATY_EINVAL);
 }
 
 Test(txid, parse_any_case)

@@ -58,7 +58,8 @@ extern "C" {
     X(EVERSION, -11, "unsupported protocol version")                                                                   \
     X(ECONFIG, -12, "invalid configuration")                                                                           \
     X(ENOSERVICE, -13, "no live instance of a service")                                                                \
-    X(EIO, -14, "system call failed")
+    X(EIO, -14, "system call failed")                                                                                  \
+    X(EEXPIRED, -15, "transaction id outside the coordinator's time window")
 
 enum treaty_errno {
 #define TREATY_X_ENUM(name, value, msg) TREATY_##name = (value),
@@ -80,8 +81,22 @@ typedef struct treaty_txid {
     uint8_t b[TREATY_TXID_LEN];
 } treaty_txid_t;
 
-/* A fresh random (UUIDv4) txid from the kernel's CSPRNG. 0 or TREATY_EIO. */
+/*
+ * Txids are time-ordered: UUIDv7 (RFC 9562), 48 bits of the creation time in
+ * Unix milliseconds, then 74 random bits from the kernel's CSPRNG. The
+ * coordinator keeps the outcome of a finished transaction for its retention
+ * window and refuses (TREATY_EEXPIRED) a SUBMIT, SAGA or QUERY whose txid is
+ * older than txid.max_age_s, so a txid can never run twice: resubmit within
+ * that age. A caller that chooses its own txids (treaty_txn_new_with_id) must
+ * give UUIDv7 txids made by treaty_txid_generate (or an equivalent generator)
+ * at the moment the transaction was created; other txids are refused with
+ * TREATY_EINVAL.
+ */
+/* A fresh txid, created now. 0, TREATY_EINVAL (out NULL) or TREATY_EIO. */
 TREATY_EXPORT int treaty_txid_generate(treaty_txid_t *out);
+/* The creation time of a UUIDv7 txid in Unix milliseconds, or -1 when id is
+ * not a UUIDv7 (or NULL). */
+TREATY_EXPORT long long treaty_txid_time_ms(const treaty_txid_t *id);
 /* Formats as a lowercase UUID into buf (at least TREATY_TXID_STRLEN bytes). Returns buf. */
 TREATY_EXPORT char *treaty_txid_format(const treaty_txid_t *id, char *buf);
 /* Parses a UUID (36 chars, any case). 0 or TREATY_EINVAL. */

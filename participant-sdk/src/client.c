@@ -403,7 +403,7 @@ int treaty_client_new(const char *endpoint, treaty_client_t **out)
         return TREATY_ENOMEM;
     treaty_txid_t seed;
     if (treaty_txid_generate(&seed) == 0)
-        memcpy(&c->rng, seed.b, sizeof c->rng);
+        memcpy(&c->rng, seed.b + 8, sizeof c->rng); /* the random half of a UUIDv7 */
     if (c->rng == 0)
         c->rng = 0x9E3779B97F4A7C15ULL ^ (uint64_t)now_ms();
 

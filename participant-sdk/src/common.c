@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "treaty.h"
 
@@ -61,11 +62,11 @@ const char *treaty_status_name(enum treaty_status s)
     return "?";
 }
 
-int treaty_txid_generate(treaty_txid_t *out)
+static int fill_random(uint8_t *p, size_t len)
 {
     size_t got = 0;
-    while (got < sizeof out->b) {
-        ssize_t n = getrandom(out->b + got, sizeof out->b - got, 0);
+    while (got < len) {
+        ssize_t n = getrandom(p + got, len - got, 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -73,9 +74,37 @@ int treaty_txid_generate(treaty_txid_t *out)
         }
         got += (size_t)n;
     }
-    out->b[6] = (uint8_t)((out->b[6] & 0x0f) | 0x40); /* version 4 */
-    out->b[8] = (uint8_t)((out->b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     return 0;
+}
+
+/* UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, big-endian, then
+ * the version, 74 random bits and the variant. */
+int treaty_txid_generate(treaty_txid_t *out)
+{
+    if (out == NULL)
+        return TREATY_EINVAL;
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return TREATY_EIO;
+    int rc = fill_random(out->b + 6, sizeof out->b - 6);
+    if (rc < 0)
+        return rc;
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 0; i < 6; i++)
+        out->b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    out->b[6] = (uint8_t)((out->b[6] & 0x0f) | 0x70); /* version 7 */
+    out->b[8] = (uint8_t)((out->b[8] & 0x3f) | 0x80); /* RFC 9562 variant */
+    return 0;
+}
+
+long long treaty_txid_time_ms(const treaty_txid_t *id)
+{
+    if (id == NULL || (id->b[6] & 0xf0) != 0x70 || (id->b[8] & 0xc0) != 0x80)
+        return -1;
+    uint64_t ms = 0;
+    for (int i = 0; i < 6; i++)
+        ms = ms << 8 | id->b[i];
+    return (long long)ms;
 }
 
 char *treaty_txid_format(const treaty_txid_t *id, char *buf)
