@@ -86,14 +86,15 @@ struct journal;
 int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen);
 
 /*
- * Step 2. Calls cb once per record, grouped by txid and in append order within
- * a transaction, for (a) all records of transactions that have no END record
- * and (b) the END-terminated transactions within retention (so resubmission of a
- * finished txid still finds its outcome). END records of a txid whose other
- * records were already collected are skipped. cb's record and strings are borrowed
- * for the call. A non-zero return from cb stops the scan and is returned.
- * finished_at_unix: seconds since the epoch the END was written, or 0 when
- * unfinished. Returns 0 or TREATY_EPG.
+ * Step 2. Calls cb once per record of every unfinished transaction, grouped by
+ * txid and in append order within it. A transaction is the run of a txid's
+ * records up to and including an END (by seq); the records of a txid after
+ * its last END (a later run of the same txid, or duplicates written again
+ * after a lost acknowledgement) form a transaction of their own. Only runs
+ * without an END are delivered; finished transactions are answered by
+ * journal_lookup(). cb's record and strings are borrowed for the call. A
+ * non-zero return from cb stops the scan and is returned. finished_at_unix is
+ * always 0 (kept for source compatibility). Returns 0 or TREATY_EPG.
  */
 typedef int (*journal_scan_fn)(void *arg, const struct journal_rec *r, long long finished_at_unix);
 int journal_scan(struct journal *j, journal_scan_fn cb, void *arg);
@@ -114,6 +115,39 @@ void *journal_socket(struct journal *j);
 /* Drains the writer's notifications (call when journal_socket is readable;
  * harmless otherwise). Returns the highest durable sequence number so far. */
 uint64_t journal_durable(struct journal *j);
+
+/*
+ * Outcome lookups: what the journal durably says about one txid, for the
+ * coordinator's answers about transactions it no longer holds in memory.
+ * journal_lookup() queues a request (never blocks); the requests of one loop
+ * turn go to Postgres together at journal_flush(), on a connection of their
+ * own, so lookups never delay the writer. Answers arrive in any order;
+ * journal_socket() becomes readable, and journal_lookup_results() hands each
+ * to cb. Only durable records are seen: the caller keeps what it appended but
+ * has not seen durable in memory. A lookup that cannot reach Postgres is
+ * answered with error = TREATY_EPG (the caller refuses or retries).
+ */
+enum journal_outcome {
+    JOURNAL_OUTCOME_NONE = 0,    /* no record of this txid (never seen, or collected) */
+    JOURNAL_OUTCOME_COMMITTED,   /* a COMMIT record */
+    JOURNAL_OUTCOME_ABORTED,     /* an ABORT record */
+    JOURNAL_OUTCOME_COMPLETED,   /* a saga END "completed" */
+    JOURNAL_OUTCOME_COMPENSATED, /* a saga END "compensated" */
+    JOURNAL_OUTCOME_UNFINISHED   /* records, but neither decision nor END (a saga in flight) */
+};
+
+struct journal_lookup_result {
+    uint8_t txid[16];
+    int error; /* 0, or TREATY_EPG: the journal could not be read */
+    enum journal_outcome outcome;
+    int failed_branch; /* ABORT's failed branch or the saga's TURN step; -1 none */
+    char detail[256];  /* ABORT's or TURN's detail ("" none), truncated */
+};
+
+void journal_lookup(struct journal *j, const uint8_t txid[16]);
+typedef void (*journal_lookup_fn)(void *arg, const struct journal_lookup_result *r);
+/* Calls cb for every answer received so far. Loop thread; harmless when none. */
+void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg);
 
 /* False while the writer cannot reach Postgres (new work should be refused). */
 bool journal_healthy(const struct journal *j);
