@@ -758,6 +758,152 @@ Test(pg, abort_of_unknown_gid_acks, .init = db_setup, .fini = db_teardown, .time
     fake_close(&f);
 }
 
+/* The first ACK that arrives must be for id/branch: the decisions sent before
+ * the one for id were handled first (one message at a time, in order), so
+ * none of them was acknowledged. */
+static void expect_first_ack(struct fake *f, const treaty_txid_t *id, unsigned branch, unsigned status,
+                             const char *unacked)
+{
+    struct got g;
+    char want[TREATY_TXID_STRLEN], got[TREATY_TXID_STRLEN];
+    treaty_txid_t gid;
+    cr_assert(fake_expect(f, WIRE_ACK, NULL, &g, WAIT_MS), "no ACK arrived");
+    memcpy(gid.b, g.hdr.txid, 16);
+    cr_assert_eq(memcmp(g.hdr.txid, id->b, 16), 0, "%s was acknowledged (ACK %s:%u code %u came before the one for %s)",
+                 unacked, treaty_txid_format(&gid, got), g.hdr.branch, g.hdr.code, treaty_txid_format(id, want));
+    cr_assert_eq(g.hdr.branch, branch);
+    cr_assert_eq(g.hdr.code, status);
+}
+
+/* What a twin instance sharing the database does behind the participant's
+ * back, over its own connection c: end a prepared branch ... */
+static void twin_finish(PGconn *c, const char *verb, const treaty_txid_t *id, unsigned branch)
+{
+    char gid[64], sql[256];
+    gid_of(id, branch, gid);
+    snprintf(sql, sizeof sql, "%s '%s'", verb, gid); /* ROLLBACK PREPARED, COMMIT PREPARED, PREPARE TRANSACTION */
+    sql_ok(c, sql);
+}
+
+/* ... or begin preparing one: BEGIN, its barrier row and its work, left open. */
+static void twin_begin(PGconn *c, const treaty_txid_t *id, unsigned branch)
+{
+    char ids[TREATY_TXID_STRLEN], sql[512];
+    treaty_txid_format(id, ids);
+    snprintf(sql, sizeof sql,
+             "BEGIN; INSERT INTO treaty_barrier (txid, branch, op) VALUES ('%s', %u, 'prepare'); "
+             "INSERT INTO items VALUES ('%s', %u, 'twin')",
+             ids, branch, ids, branch);
+    sql_ok(c, sql);
+}
+
+static bool errmsg_has(treaty_participant_t *p, const char *text)
+{
+    return strstr(treaty_participant_errmsg(p), text) != NULL;
+}
+
+/* Two instances of a service share one database; one was told ABORT and
+ * rolled the branch back while the other had voted YES for it. A COMMIT that
+ * then finds no prepared transaction must not be acknowledged: the branch
+ * never committed. */
+Test(pg, commit_of_a_branch_rolled_back_behind_its_back_is_not_acked, .init = db_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), b = new_txid();
+    send_prepare(&f, &hello, &a, 0, 0, "debit 10");
+    expect_vote(&f, &a, 0, TREATY_VOTE_YES, &g);
+    send_prepare(&f, &hello, &b, 0, 0, "credit 10");
+    expect_vote(&f, &b, 0, TREATY_VOTE_YES, &g);
+    /* the twin instance, told ABORT for a, rolls it back */
+    twin_finish(db.conn, "ROLLBACK PREPARED", &a, 0);
+
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
+    fake_send(&f, &hello, WIRE_COMMIT, &b, 0, 0, 0, NULL, 0);
+    expect_first_ack(&f, &b, 0, TREATY_STATUS_COMMITTED, "the COMMIT of the rolled-back branch");
+    cr_assert_eq(items_count(&a), 0);
+    cr_assert_eq(items_count(&b), 1);
+    cr_assert(errmsg_has(p, "neither prepared nor committed"), "errmsg: %s", treaty_participant_errmsg(p));
+
+    /* re-sent: still not acknowledged; a duplicate COMMIT of the branch
+     * that did commit still is */
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 1, 0, NULL, 0);
+    fake_send(&f, &hello, WIRE_COMMIT, &b, 0, 1, 0, NULL, 0);
+    expect_first_ack(&f, &b, 0, TREATY_STATUS_COMMITTED, "the re-sent COMMIT of the rolled-back branch");
+    cr_assert_eq(items_count(&b), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg, abort_of_a_committed_branch_is_not_acked, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid(), c = new_txid();
+    send_prepare(&f, &hello, &a, 2, 0, "debit 10");
+    expect_vote(&f, &a, 2, TREATY_VOTE_YES, &g);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 2, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 2, TREATY_STATUS_COMMITTED);
+    /* COMMIT twice: the branch did commit, so the duplicate is acknowledged */
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 2, 1, 0, NULL, 0);
+    expect_ack(&f, &a, 2, TREATY_STATUS_COMMITTED);
+
+    /* an abort decision for a committed branch: a violation, never ACKed */
+    fake_send(&f, &hello, WIRE_ABORT, &a, 2, 0, 0, NULL, 0);
+    fake_send(&f, &hello, WIRE_ABORT, &c, 0, 0, 0, NULL, 0); /* never prepared: ACKed */
+    expect_first_ack(&f, &c, 0, TREATY_STATUS_ABORTED, "the ABORT of the committed branch");
+    cr_assert(errmsg_has(p, "committed"), "errmsg: %s", treaty_participant_errmsg(p));
+    cr_assert_eq(items_count(&a), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* A twin instance is preparing the branch (its transaction holds the barrier
+ * row, uncommitted) when a COMMIT finds no prepared transaction: nothing can
+ * be said yet, so no ACK; once the twin's PREPARE TRANSACTION is done, the
+ * re-sent COMMIT commits it. */
+Test(pg, commit_while_a_twin_holds_the_branch_is_not_acked_until_decided, .init = db_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+    PGconn *twin = connect_to(db.name);
+
+    treaty_txid_t a = new_txid(), b = new_txid();
+    send_prepare(&f, &hello, &b, 0, 0, "other");
+    expect_vote(&f, &b, 0, TREATY_VOTE_YES, &g);
+    twin_begin(twin, &a, 0);
+
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
+    fake_send(&f, &hello, WIRE_COMMIT, &b, 0, 0, 0, NULL, 0);
+    expect_first_ack(&f, &b, 0, TREATY_STATUS_COMMITTED, "the COMMIT of the branch the twin was preparing");
+    cr_assert(errmsg_has(p, "held by another transaction"), "errmsg: %s", treaty_participant_errmsg(p));
+
+    twin_finish(twin, "PREPARE TRANSACTION", &a, 0);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 1, 0, NULL, 0);
+    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(items_count(&a), 1);
+    cr_assert_eq(prepared_count(&a, 0), 0);
+
+    PQfinish(twin);
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
 Test(pg, in_doubt_branch_is_inquired_after_restart, .init = db_setup, .fini = db_teardown, .timeout = 120)
 {
     struct fake f;

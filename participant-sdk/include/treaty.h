@@ -343,7 +343,15 @@ TREATY_EXPORT int treaty_participant_inquire(treaty_participant_t *p, const trea
  * ends the transaction with PREPARE TRANSACTION 'treaty:<txid>:<branch>' and
  * votes YES only after that returned; otherwise it rolls back and votes NO.
  * COMMIT / ABORT become COMMIT PREPARED / ROLLBACK PREPARED, idempotently. A
- * duplicate PREPARE never applies work twice. At start-up (and periodically)
+ * decision that finds no prepared transaction asks the barrier row, which
+ * exists if and only if the branch committed: a COMMIT is acknowledged only
+ * if the branch committed (a duplicate), an ABORT only if it did not (never
+ * prepared here, or rolled back). Otherwise - a COMMIT for a branch that was
+ * rolled back, e.g. by another instance of the service sharing the database,
+ * or an ABORT for one that committed - the decision is not acknowledged (the
+ * coordinator keeps re-sending it) and the participant writes an alert to
+ * its errmsg and to stderr. A duplicate PREPARE never applies work twice. At
+ * start-up (and periodically)
  * the SDK lists this database's prepared transactions named treaty:* and
  * INQUIREs for each, so an in-doubt participant recovers by itself.
  *

@@ -50,7 +50,9 @@
  * Malformed or unexpected messages are dropped and counted; the handle's
  * errmsg says what was dropped. Nothing from the network can crash the host.
  * With TREATY_SDK_LOG set (non-empty, not "0") in the environment, every text
- * that lands in errmsg is also written to stderr, one line each.
+ * that lands in errmsg is also written to stderr, one line each. Alerts
+ * (participant_alertf: a decision the participant refuses because obeying it
+ * would report something that did not happen) go to stderr always.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -134,13 +136,10 @@ int64_t participant_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void participant_errorf(treaty_participant_t *p, const char *fmt, ...)
+static void errorv(treaty_participant_t *p, bool alert, const char *fmt, va_list ap)
 {
     char buf[PARTICIPANT_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     for (char *c = buf; *c; c++) /* one line: libpq's messages span several */
         if ((unsigned char)*c < 0x20)
             *c = ' ';
@@ -148,8 +147,26 @@ void participant_errorf(treaty_participant_t *p, const char *fmt, ...)
     pthread_mutex_lock(&p->err_lock);
     memcpy(p->errmsg, buf, sizeof buf);
     pthread_mutex_unlock(&p->err_lock);
-    if (p->log_stderr)
+    if (alert)
+        fprintf(stderr, "treaty participant %s/%s: ALERT: %s\n", p->service, p->instance, buf);
+    else if (p->log_stderr)
         fprintf(stderr, "treaty participant %s/%s: %s\n", p->service, p->instance, buf);
+}
+
+void participant_errorf(treaty_participant_t *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    errorv(p, false, fmt, ap);
+    va_end(ap);
+}
+
+void participant_alertf(treaty_participant_t *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    errorv(p, true, fmt, ap);
+    va_end(ap);
 }
 
 uint64_t participant_dropped(const treaty_participant_t *p)

@@ -62,6 +62,14 @@ __attribute__((format(printf, 2, 3)))
 #endif
 void participant_errorf(treaty_participant_t *p, const char *fmt, ...);
 
+/* The same, and also to stderr whatever TREATY_SDK_LOG says ("ALERT: ..."):
+ * for what an operator must see, e.g. a decision refused because the branch
+ * is not in the state the decision presumes. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void participant_alertf(treaty_participant_t *p, const char *fmt, ...);
+
 /* Messages dropped because they were malformed or unexpected. */
 uint64_t participant_dropped(const treaty_participant_t *p);
 

@@ -20,9 +20,16 @@
  *         the coordinator, which decided abort long ago, answers ABORT.)
  *      c. work(); YES -> PREPARE TRANSACTION '<gid>', and only after it
  *         returned, vote YES. NO or error -> ROLLBACK, vote NO / no vote.
- *   2. COMMIT  -> COMMIT PREPARED '<gid>'   (42704 "no such gid": done before)
- *   3. ABORT   -> ROLLBACK PREPARED '<gid>' (42704: done before, or never
- *                 prepared: presumed abort)
+ *   2. COMMIT  -> COMMIT PREPARED '<gid>'
+ *   3. ABORT   -> ROLLBACK PREPARED '<gid>'
+ *      Either finding no prepared transaction (42704) asks the barrier row,
+ *      which is committed if and only if the branch committed (see
+ *      finish_missing): a COMMIT is acknowledged only when the branch did
+ *      commit (a duplicate), an ABORT only when it did not (never prepared
+ *      here, or rolled back: presumed abort). The other two - a COMMIT for a
+ *      branch that was rolled back (e.g. by a twin instance told ABORT), an
+ *      ABORT for a committed one - are alerts and get no ACK. A row held
+ *      uncommitted by a twin preparing the branch: no ACK yet.
  *   4. In doubt: after start-up (first WELCOME) and then periodically, every
  *      treaty:* prepared transaction of this database is INQUIREd; the answer
  *      comes back as COMMIT or ABORT (steps 2/3).
@@ -180,6 +187,49 @@ static int exec_cmd(struct pgp *g, const char *what, const char *sql)
     }
     PQclear(r);
     return 0;
+}
+
+/* The results of one query string of several statements (PQsendQuery). */
+#define PG_MULTI_MAX 8
+struct multi {
+    PGresult *res[PG_MULTI_MAX]; /* the successful results, in order */
+    int n;
+    PGresult *failed; /* the first failed one (later statements did not run), or NULL */
+};
+
+/* Sends sql (several statements, literals only) and collects its results into
+ * *m. 0 when every statement succeeded; otherwise TREATY_EPG, with m->failed
+ * set unless the query could not be sent at all (the connection). The caller
+ * reports and clears with multi_clear. */
+static int multi_exec(struct pgp *g, const char *sql, struct multi *m)
+{
+    memset(m, 0, sizeof *m);
+    if (PQsendQuery(g->conn, sql) != 1)
+        return TREATY_EPG;
+    PGresult *r;
+    bool extra = false;
+    while ((r = PQgetResult(g->conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+        if (m->failed == NULL && ok && m->n < PG_MULTI_MAX) {
+            m->res[m->n++] = r;
+            continue;
+        }
+        if (m->failed == NULL && !ok)
+            m->failed = r;
+        else
+            PQclear(r);
+        extra = extra || ok;
+    }
+    return m->failed == NULL && !extra ? 0 : TREATY_EPG;
+}
+
+static void multi_clear(struct multi *m)
+{
+    for (int i = 0; i < m->n; i++)
+        PQclear(m->res[i]);
+    PQclear(m->failed);
+    memset(m, 0, sizeof *m);
 }
 
 /* Ends whatever transaction is open on the connection. Best effort: a
@@ -479,6 +529,114 @@ static int pg_prepare(void *arg, const treaty_branch_t *b, char *reason)
 
 /* ----------------------------------------------------- commit / abort */
 
+/*
+ * The barrier row of a branch whose COMMIT / ROLLBACK PREPARED found no
+ * prepared transaction (42704). The row (txid, branch, 'prepare') is written
+ * in the branch's own transaction, so once that transaction has ended the row
+ * is there, committed, if and only if the branch committed.
+ *
+ * It is probed with an INSERT of that row, rolled back at once, not with a
+ * SELECT: a SELECT sees committed rows only, so a row that a twin instance
+ * sharing the database holds uncommitted - it is preparing the branch right
+ * now, or has just made it a prepared transaction - would look absent. The
+ * INSERT's uniqueness check sees that row and waits for its transaction
+ * (bounded by PG_PROBE_LOCK_TIMEOUT), which tells the three cases apart:
+ * inserted (no row), conflict (committed row), lock timeout (held). The probe
+ * writes nothing: its transaction always rolls back; a twin's barrier INSERT
+ * that meets it waits the few milliseconds until it has.
+ */
+enum branch_fate {
+    FATE_COMMITTED, /* the row is committed: the branch committed here */
+    FATE_ABSENT,    /* no row: the branch was never prepared here, or rolled back */
+    FATE_HELD       /* another transaction holds the row: a twin preparing the branch, or its prepared transaction */
+};
+
+#define PG_PROBE_LOCK_TIMEOUT "1s"
+#define PG_PROBE_SQL                                                                                                   \
+    "BEGIN; SET LOCAL lock_timeout = '" PG_PROBE_LOCK_TIMEOUT "'; "                                                    \
+    "INSERT INTO treaty_barrier (txid, branch, op) VALUES ('%s', %u, 'prepare') ON CONFLICT DO NOTHING RETURNING 1; "  \
+    "ROLLBACK"
+
+/* *fate of branch b, or TREATY_EPG (reported). */
+static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate *fate)
+{
+    char ids[TREATY_TXID_STRLEN], sql[256];
+    snprintf(sql, sizeof sql, PG_PROBE_SQL, treaty_txid_format(&b->txid, ids), b->branch);
+    struct multi m;
+    int rc = multi_exec(g, sql, &m);
+    if (rc < 0) {
+        bool held = m.failed != NULL && m.n == 2 && strcmp(sqlstate(m.failed), SQLSTATE_LOCK_NOT_AVAILABLE) == 0;
+        if (held)
+            *fate = FATE_HELD;
+        else
+            pg_report(g, "probe barrier row", m.failed);
+        multi_clear(&m);
+        rollback(g);
+        return held ? 0 : TREATY_EPG;
+    }
+    bool shaped = m.n == 4 && PQresultStatus(m.res[2]) == PGRES_TUPLES_OK;
+    if (shaped)
+        *fate = PQntuples(m.res[2]) == 1 ? FATE_ABSENT : FATE_COMMITTED;
+    multi_clear(&m);
+    rollback(g); /* already ended by the ROLLBACK; in case it was not */
+    if (!shaped) {
+        note(g, "probe barrier row: unexpected results");
+        return TREATY_EPG;
+    }
+    return 0;
+}
+
+/*
+ * COMMIT / ROLLBACK PREPARED '<gid>' found no prepared transaction (42704).
+ * Either the decision was applied before (a duplicate), or the branch was
+ * never prepared here, or it was rolled back - e.g. by a twin instance of the
+ * service, sharing this database, that was told ABORT for it. The barrier
+ * row tells which (branch_fate):
+ *   COMMIT, committed: committed before; ACK (a duplicate).
+ *   COMMIT, absent:    the branch did not commit, and with no prepared
+ *                      transaction left it never will. An ACK would report a
+ *                      commit that did not happen: alert, no ACK. The
+ *                      coordinator keeps re-sending; an operator must look.
+ *   ABORT, absent:     never prepared, or rolled back before; ACK.
+ *   ABORT, committed:  the branch committed and the decision says abort: a
+ *                      violation of atomicity elsewhere. Alert, no ACK.
+ *   either, held:      a twin instance is preparing the branch or has just
+ *                      prepared it: nothing to say yet; no ACK. The re-sent
+ *                      decision finds the prepared transaction or the outcome.
+ * 0 (acknowledge) or a negative TREATY_E* (no ACK).
+ */
+static int finish_missing(struct pgp *g, const treaty_branch_t *b, const char *gid, bool commit)
+{
+    enum branch_fate fate;
+    if (branch_fate(g, b, &fate) < 0)
+        return TREATY_EPG;
+    switch (fate) {
+    case FATE_COMMITTED:
+        if (commit)
+            return 0;
+        participant_alertf(g->p,
+                           "ABORT for %s refused: that branch committed here; not acknowledged (the abort decision "
+                           "contradicts a committed branch)",
+                           gid);
+        return TREATY_ESTATE;
+    case FATE_ABSENT:
+        if (!commit)
+            return 0;
+        participant_alertf(g->p,
+                           "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
+                           "or rolled back); not acknowledged",
+                           gid);
+        return TREATY_ESTATE;
+    case FATE_HELD:
+        break;
+    }
+    note(g,
+         "%s for %s: no prepared transaction, and its barrier row is held by another transaction (a twin instance "
+         "preparing or deciding it); not acknowledged yet",
+         commit ? "COMMIT" : "ABORT", gid);
+    return TREATY_EPG;
+}
+
 static int finish_once(struct pgp *g, const treaty_branch_t *b, bool commit)
 {
     char gid[PG_GID_MAX], sql[PG_GID_MAX + 32];
@@ -487,21 +645,18 @@ static int finish_once(struct pgp *g, const treaty_branch_t *b, bool commit)
         return TREATY_EINVAL;
     snprintf(sql, sizeof sql, "%s PREPARED '%s'", commit ? "COMMIT" : "ROLLBACK", gid);
     PGresult *r = PQexec(g->conn, sql);
-    int rc = 0;
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        /* 42704: no such prepared transaction. The decision was applied
-         * before (a duplicate) or, for ABORT, the branch was never prepared. */
-        if (strcmp(sqlstate(r), SQLSTATE_UNDEFINED_OBJECT) != 0) {
+        bool missing = strcmp(sqlstate(r), SQLSTATE_UNDEFINED_OBJECT) == 0;
+        if (!missing)
             pg_report(g, commit ? "COMMIT PREPARED" : "ROLLBACK PREPARED", r);
-            rc = TREATY_EPG;
-        }
         PQclear(r);
-        return rc;
+        return missing ? finish_missing(g, b, gid, commit) : TREATY_EPG;
     }
     PQclear(r);
     /* Durable point: the decision is applied. If we crash now, before the
      * ACK leaves, the coordinator re-sends the decision and we answer it
-     * through the 42704 path above. */
+     * through finish_missing: the barrier row is there for a commit and
+     * gone for an abort. */
     if (commit)
         FAULT_POINT("participant.after_commit");
     return 0;
