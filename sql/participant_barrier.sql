@@ -1,4 +1,4 @@
--- Treaty participant barrier, schema version 1.
+-- Treaty participant barrier, schema version 3 (versions 2 and 3 below).
 -- Lives in each participant's own database. libtreaty creates it if missing.
 -- A row is written in the same local transaction as the branch's business
 -- change (then PREPARE TRANSACTION), so a branch is applied at most once:
@@ -21,3 +21,20 @@ CREATE TABLE IF NOT EXISTS treaty_barrier (
 ALTER TABLE treaty_barrier ADD COLUMN IF NOT EXISTS result text;
 ALTER TABLE treaty_barrier ADD COLUMN IF NOT EXISTS reason text;
 CREATE INDEX IF NOT EXISTS treaty_barrier_created ON treaty_barrier (created_at);
+
+-- Version 3: the purge horizon. treaty_pg_barrier_purge deletes old rows, and
+-- a deleted row no longer refuses what it was there to refuse (an action
+-- after its compensation, a PREPARE after its branch committed) nor tells a
+-- COMMIT whether its branch committed. So the purge records how far it went,
+-- in the same transaction as its DELETE: it deletes a row only when the row
+-- and its txid (a UUIDv7) were both created before the horizon, and what then
+-- arrives for a UUIDv7 txid created before the horizon is refused or judged
+-- without its rows (see participant-sdk/src/pg.c). Rows of other txids (not
+-- UUIDv7: their age is unknown) are never purged, so they still decide.
+-- This part (to the end of the file) also runs by itself on an older table:
+-- it must not lock treaty_barrier, which prepared transactions may hold.
+CREATE TABLE IF NOT EXISTS treaty_barrier_horizon (
+    id        boolean     PRIMARY KEY DEFAULT true CHECK (id), -- one row, written by the first purge
+    horizon   timestamptz NOT NULL, -- rows of UUIDv7 txids created before this may be gone; never moves back
+    purged_at timestamptz NOT NULL DEFAULT now() -- when a purge last moved or confirmed it
+);

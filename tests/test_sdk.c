@@ -904,6 +904,80 @@ Test(pg, commit_while_a_twin_holds_the_branch_is_not_acked_until_decided, .init 
     fake_close(&f);
 }
 
+/* treaty_pg_barrier_purge(0) from another instance of the service on the
+ * same database (a handle that is not started), as a janitor would: every
+ * barrier row of a UUIDv7 txid created before now goes, and the purge
+ * horizon moves to now. Txids made before the call are older than that. */
+static long purge_from_janitor(struct fake *f)
+{
+    treaty_participant_t *j = NULL;
+    int rc = treaty_pg_participant_new(f->endpoint, "bank", "bank-janitor", db.conninfo, work, NULL, &j);
+    cr_assert_eq(rc, 0, "janitor: %s: %s", treaty_err_name(rc), treaty_participant_errmsg(j));
+    sleep_ms(5); /* the horizon (ms) comes after every txid made so far */
+    long n = treaty_pg_barrier_purge(j, 0);
+    cr_assert_geq(n, 0, "purge: %s: %s", treaty_err_name((int)n), treaty_participant_errmsg(j));
+    treaty_participant_destroy(&j);
+    return n;
+}
+
+/* A PREPARE for a txid older than the purge horizon could be a late
+ * duplicate of a branch that committed here and whose barrier row is gone:
+ * running its work again could apply it twice. It is voted NO. */
+Test(pg, late_prepare_older_than_the_purge_horizon_votes_no, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    purge_from_janitor(&f);
+    send_prepare(&f, &hello, &a, 0, 0, "debit 10");
+    expect_vote(&f, &a, 0, TREATY_VOTE_NO, &g);
+    cr_assert(strstr(g.frame[0], "older than the barrier's purge horizon") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&work_calls), 0);
+    cr_assert_eq(prepared_count(&a, 0), 0);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 0);
+
+    /* a txid made after the purge prepares as usual */
+    treaty_txid_t b = new_txid();
+    send_prepare(&f, &hello, &b, 0, 0, "debit 10");
+    expect_vote(&f, &b, 0, TREATY_VOTE_YES, &g);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* A COMMIT finding neither the prepared transaction nor the barrier row of
+ * a txid older than the purge horizon cannot be judged: the row may have been
+ * purged after the branch committed. It is acknowledged (with a warning):
+ * atomicity was settled long before, and the coordinator would re-send
+ * forever. */
+Test(pg, commit_without_row_older_than_the_purge_horizon_acks, .init = db_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_prepare(&f, &hello, &a, 0, 0, "debit 10");
+    expect_vote(&f, &a, 0, TREATY_VOTE_YES, &g);
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 0, 0, NULL, 0);
+    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(purge_from_janitor(&f), 1, "the committed branch's barrier row");
+
+    fake_send(&f, &hello, WIRE_COMMIT, &a, 0, 1, 0, NULL, 0); /* re-sent after the purge */
+    expect_ack(&f, &a, 0, TREATY_STATUS_COMMITTED);
+    cr_assert(errmsg_has(p, "purge horizon"), "errmsg: %s", treaty_participant_errmsg(p));
+    cr_assert_eq(items_count(&a), 1);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
 Test(pg, in_doubt_branch_is_inquired_after_restart, .init = db_setup, .fini = db_teardown, .timeout = 120)
 {
     struct fake f;
@@ -2192,17 +2266,31 @@ Test(pg_saga, purge_deletes_old_rows, .init = pg_saga_setup, .fini = db_teardown
     treaty_participant_t *p = NULL;
     int rc = treaty_pg_participant_new(f.endpoint, "bank", "bank-1", db.conninfo, work, NULL, &p);
     cr_assert_eq(rc, 0, "%s: %s", treaty_err_name(rc), treaty_participant_errmsg(p));
+    /* UUIDv7 txids of Unix time 0 (older than any horizon), and one that is
+     * not a UUIDv7 (its age is unknown: its rows are never purged) */
     sql_ok(db.conn, "INSERT INTO treaty_barrier (txid, branch, op, result, created_at) VALUES "
-                    "('00000000-0000-4000-8000-000000000001', 0, 'action', 'ok', now() - interval '2 days'), "
-                    "('00000000-0000-4000-8000-000000000001', 0, 'compensation', 'ok', now() - interval '2 days'), "
-                    "('00000000-0000-4000-8000-000000000002', 0, 'action', 'ok', now() - interval '10 minutes'), "
-                    "('00000000-0000-4000-8000-000000000003', 1, 'prepare', NULL, now())");
+                    "('00000000-0000-7000-8000-000000000001', 0, 'action', 'ok', now() - interval '2 days'), "
+                    "('00000000-0000-7000-8000-000000000001', 0, 'compensation', 'ok', now() - interval '2 days'), "
+                    "('00000000-0000-7000-8000-000000000002', 0, 'action', 'ok', now() - interval '10 minutes'), "
+                    "('00000000-0000-7000-8000-000000000003', 1, 'prepare', NULL, now()), "
+                    "('00000000-0000-4000-8000-000000000004', 0, 'action', 'ok', now() - interval '2 days')");
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier_horizon"), 0, "no purge yet, no horizon");
 
     cr_assert_eq(treaty_pg_barrier_purge(p, 86400), 2, "rows older than a day");
-    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 2);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier"), 3);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier_horizon WHERE now() - horizon "
+                          "BETWEEN interval '1 day' AND interval '1 day 1 minute'"),
+                 1, "the horizon is recorded");
     cr_assert_eq(treaty_pg_barrier_purge(p, 86400), 0);
     cr_assert_eq(treaty_pg_barrier_purge(p, 60), 1);
-    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier WHERE txid = '00000000-0000-4000-8000-000000000003'"),
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier WHERE txid = '00000000-0000-7000-8000-000000000003'"),
+                 1);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier WHERE txid = '00000000-0000-4000-8000-000000000004'"), 1,
+                 "a row of a txid that is not a UUIDv7 is kept");
+    /* the horizon never moves back */
+    cr_assert_eq(treaty_pg_barrier_purge(p, 86400), 0);
+    cr_assert_eq(sql_long("SELECT count(*) FROM treaty_barrier_horizon WHERE now() - horizon "
+                          "BETWEEN interval '60 seconds' AND interval '2 minutes'"),
                  1);
 
     /* the connection belongs to the participant's thread once started */
@@ -2219,6 +2307,270 @@ Test(pg_saga, purge_deletes_old_rows, .init = pg_saga_setup, .fini = db_teardown
     cr_assert_eq(treaty_pg_on_action(plain, "debit", pg_debit, NULL), TREATY_EINVAL);
     cr_assert_eq(treaty_pg_on_compensation(plain, "refund", pg_refund, NULL), TREATY_EINVAL);
     treaty_participant_destroy(&plain);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* A late action whose compensation came first (null compensation, the action
+ * row 'blocked'), after a purge removed those rows: without them the action
+ * would run, a hanging action. Its txid is older than the purge horizon, so it
+ * is refused as a business failure, and nothing is written. */
+Test(pg_saga, late_action_after_its_compensation_and_a_purge_is_refused, .init = pg_saga_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 3, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 3, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(purge_from_janitor(&f), 2, "the blocked action row and the compensation row");
+
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert(strstr(g.frame[0], "older than the barrier's purge horizon") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&debit_calls), 0, "the late action ran");
+    cr_assert_eq(balance(), 100);
+    barrier_row(&a, 3, "action", result, NULL);
+    cr_assert_str_eq(result, "none");
+    /* re-sent: the same answer */
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 3, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 3, 1, WIRE_RESULT_FAILED, &g);
+    cr_assert_eq(atomic_load(&debit_calls), 0);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, fresh_action_after_a_purge_runs, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    purge_from_janitor(&f);
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 100);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+Test(pg_saga, purge_horizon_survives_a_participant_restart, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, "bank-1", &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 0, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 0, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(purge_from_janitor(&f), 2);
+    treaty_participant_destroy(&p);
+
+    p = pg_saga_participant(&f, "bank-2");
+    expect_hello(&f, "bank-2", &hello);
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert(strstr(g.frame[0], "older than the barrier's purge horizon") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&debit_calls), 0);
+    cr_assert_eq(balance(), 100);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* The action ran, its rows were purged, and then its compensation arrives
+ * (a saga turning around after a long outage). With no rows it would look
+ * like a compensation that came first: a null compensation, the undo
+ * silently skipped. Older than the horizon, it is not run and not counted
+ * done: transient, so the saga shows as stuck for an operator. */
+Test(pg_saga, compensation_past_the_purge_horizon_without_rows_is_not_a_null_compensation, .init = pg_saga_setup,
+     .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    char result[32];
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 1, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 1, 0, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
+    cr_assert_eq(purge_from_janitor(&f), 1, "the action's row");
+
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 1, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 1, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "purge horizon") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&refund_calls), 0);
+    cr_assert_eq(balance(), 90);
+    barrier_row(&a, 1, "action", result, NULL);
+    cr_assert_str_eq(result, "none", "no blocking row was left");
+    barrier_row(&a, 1, "compensation", result, NULL);
+    cr_assert_str_eq(result, "none");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* Waits until n sessions of the test database wait on a lock of the kind
+ * wait_event ('advisory', 'transactionid'). */
+static void wait_for_lock_waiters(const char *wait_event, long n)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND wait_event_type = 'Lock' AND wait_event = '%s'",
+             wait_event);
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (sql_long(sql) != n) {
+        cr_assert_lt(now_ms(), deadline, "no session waits on a lock (%s)", wait_event);
+        sleep_ms(10);
+    }
+}
+
+struct purge_thread {
+    treaty_participant_t *janitor;
+    long n;
+};
+
+static void *purge_thread(void *arg)
+{
+    struct purge_thread *pt = arg;
+    pt->n = treaty_pg_barrier_purge(pt->janitor, 0);
+    return NULL;
+}
+
+/* The purge on another instance deletes the blocked action row while the
+ * late action arrives: the action's barrier INSERT waits for the purge's
+ * transaction, then finds no row and inserts its own. It must still see the
+ * horizon that the purge committed with its DELETE. (The purge is held just
+ * before its COMMIT by a deferred trigger that waits for a lock the test
+ * holds.) */
+Test(pg_saga, purge_racing_a_late_action_still_refuses_it, .init = pg_saga_setup, .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_COMPENSATION, 2, 0, "refund", "");
+    expect_result(&f, &a, WIRE_STEP_COMPENSATION, 2, 0, WIRE_RESULT_OK, &g);
+
+    sql_ok(db.conn, "CREATE FUNCTION hold_purge() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$");
+    sql_ok(db.conn, "CREATE CONSTRAINT TRIGGER hold_purge AFTER INSERT OR UPDATE ON treaty_barrier_horizon "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hold_purge()");
+    sql_ok(db.conn, "SELECT pg_advisory_lock(4242)");
+
+    struct purge_thread pt = {NULL, 0};
+    int rc = treaty_pg_participant_new(f.endpoint, "bank", "bank-janitor", db.conninfo, work, NULL, &pt.janitor);
+    cr_assert_eq(rc, 0, "janitor: %s", treaty_participant_errmsg(pt.janitor));
+    sleep_ms(5);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, purge_thread, &pt), 0);
+    wait_for_lock_waiters("advisory", 1); /* the purge, deleted but not committed */
+
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 2, 0, "debit", "");
+    wait_for_lock_waiters("transactionid", 1); /* the action's INSERT, on the deleted row */
+    sql_ok(db.conn, "SELECT pg_advisory_unlock(4242)");
+    pthread_join(th, NULL);
+    cr_assert_eq(pt.n, 2, "purge: %s", treaty_participant_errmsg(pt.janitor));
+    treaty_participant_destroy(&pt.janitor);
+
+    expect_result(&f, &a, WIRE_STEP_ACTION, 2, 0, WIRE_RESULT_FAILED, &g);
+    cr_assert(strstr(g.frame[0], "older than the barrier's purge horizon") != NULL, "reason: %s", g.frame[0]);
+    cr_assert_eq(atomic_load(&debit_calls), 0, "the late action ran");
+    cr_assert_eq(balance(), 100);
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* A barrier table of an older version, and a prepared transaction (not
+ * Treaty's) holding a lock on it, as in-doubt branches do. */
+static void old_barrier_held(int version)
+{
+    sql_ok(db.conn, "CREATE TABLE treaty_barrier (txid uuid NOT NULL, branch integer NOT NULL, op text NOT NULL, "
+                    "created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (txid, branch, op))");
+    if (version >= 2) {
+        sql_ok(db.conn, "ALTER TABLE treaty_barrier ADD COLUMN result text, ADD COLUMN reason text");
+        sql_ok(db.conn, "CREATE INDEX treaty_barrier_created ON treaty_barrier (created_at)");
+    }
+    char sql[256]; /* gids are cluster-wide: one per test database */
+    snprintf(sql, sizeof sql,
+             "BEGIN; INSERT INTO treaty_barrier (txid, branch, op) "
+             "VALUES ('00000000-0000-4000-8000-00000000000a', 0, 'prepare'); PREPARE TRANSACTION 'other:%s'",
+             db.name);
+    sql_ok(db.conn, sql);
+}
+
+/* Version 3 adds a table of its own and locks nothing: it goes in even while
+ * prepared transactions hold the barrier table. */
+Test(pg_saga, version_2_barrier_is_upgraded_while_prepared_transactions_hold_it, .init = pg_saga_setup,
+     .fini = db_teardown, .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    old_barrier_held(2);
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+    cr_assert_eq(sql_long("SELECT count(*) FROM pg_class WHERE relname = 'treaty_barrier_horizon'"), 1);
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_OK, &g);
+    commit_branch(&f, &hello, "2pc on the upgraded table", false, "after the upgrade");
+
+    treaty_participant_destroy(&p);
+    fake_close(&f);
+}
+
+/* Version 1 held by a prepared transaction: the version 2 columns must wait
+ * for the lock, but the horizon table goes in, so 2PC runs; saga steps are
+ * transient until the upgrade gets through. */
+Test(pg_saga, version_1_barrier_held_gets_its_horizon_and_upgrades_later, .init = pg_saga_setup, .fini = db_teardown,
+     .timeout = 120)
+{
+    struct fake f;
+    struct got hello, g;
+    old_barrier_held(1);
+    fake_open(&f);
+    treaty_participant_t *p = pg_saga_participant(&f, "bank-1");
+    expect_hello(&f, NULL, &hello);
+    cr_assert_eq(sql_long("SELECT count(*) FROM pg_class WHERE relname = 'treaty_barrier_horizon'"), 1);
+    commit_branch(&f, &hello, "2pc on the version 1 table", false, "while the upgrade waits");
+
+    treaty_txid_t a = new_txid();
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 0, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 0, WIRE_RESULT_TRANSIENT, &g);
+    cr_assert(strstr(g.frame[0], "upgrade") != NULL, "reason: %s", g.frame[0]);
+
+    char sql[128];
+    snprintf(sql, sizeof sql, "ROLLBACK PREPARED 'other:%s'", db.name);
+    sql_ok(db.conn, sql);
+    send_step(&f, &hello, &a, WIRE_STEP_ACTION, 0, 1, "debit", "");
+    expect_result(&f, &a, WIRE_STEP_ACTION, 0, 1, WIRE_RESULT_OK, &g);
+    cr_assert_eq(balance(), 90);
 
     treaty_participant_destroy(&p);
     fake_close(&f);

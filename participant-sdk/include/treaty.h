@@ -339,7 +339,9 @@ TREATY_EXPORT int treaty_participant_inquire(treaty_participant_t *p, const trea
  *
  * On PREPARE the SDK opens BEGIN on its own connection to conninfo, records
  * the branch in the barrier table treaty_barrier (sql/participant_barrier.sql,
- * created if missing) and calls work(). If work returns TREATY_VOTE_YES the SDK
+ * created if missing, with treaty_barrier_horizon) and calls work(); a
+ * PREPARE for a txid older than the barrier's purge horizon (see
+ * treaty_pg_barrier_purge) is voted NO without calling work(). If work returns TREATY_VOTE_YES the SDK
  * ends the transaction with PREPARE TRANSACTION 'treaty:<txid>:<branch>' and
  * votes YES only after that returned; otherwise it rolls back and votes NO.
  * COMMIT / ABORT become COMMIT PREPARED / ROLLBACK PREPARED, idempotently. A
@@ -350,10 +352,10 @@ TREATY_EXPORT int treaty_participant_inquire(treaty_participant_t *p, const trea
  * rolled back, e.g. by another instance of the service sharing the database,
  * or an ABORT for one that committed - the decision is not acknowledged (the
  * coordinator keeps re-sending it) and the participant writes an alert to
- * its errmsg and to stderr. A duplicate PREPARE never applies work twice. At
- * start-up (and periodically)
- * the SDK lists this database's prepared transactions named treaty:* and
- * INQUIREs for each, so an in-doubt participant recovers by itself.
+ * its errmsg and to stderr. (A COMMIT for a txid older than the purge horizon
+ * whose row is gone cannot be judged: acknowledged, with a warning in errmsg.) A duplicate PREPARE never applies work
+ * twice. At start-up (and periodically) the SDK lists this database's prepared transactions named treaty:* and INQUIREs
+ * for each, so an in-doubt participant recovers by itself.
  *
  * work() runs inside the open transaction: it must not COMMIT, ROLLBACK or
  * PREPARE itself. Return TREATY_VOTE_YES, TREATY_VOTE_NO with a reason, or a
@@ -388,13 +390,36 @@ TREATY_EXPORT int treaty_pg_participant_new(const char *endpoint, const char *se
  *     a proper no-op that completes.
  * fn must not COMMIT or ROLLBACK. Only for participants made by
  * treaty_pg_participant_new (TREATY_EINVAL otherwise). Call before start.
+ *
+ * Barrier rows of purged steps (treaty_pg_barrier_purge) cannot refuse or
+ * answer anything, so for a txid created before the purge horizon (see
+ * below) the SDK does not guess: its action is refused as a business failure
+ * (reason "step older than the barrier's purge horizon ...": its compensation
+ * may have run and been purged), and its compensation, when it finds no
+ * barrier rows, is not run and answered transient with an alert on stderr
+ * (whether its action ran cannot be told; the saga shows as stuck until an
+ * operator resolves it). With rows still there, they decide as always.
  */
 typedef int (*treaty_pg_step_fn)(void *arg, struct pg_conn *conn, const treaty_step_t *s, char *reason);
 TREATY_EXPORT int treaty_pg_on_action(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg);
 TREATY_EXPORT int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg);
-/* Deletes barrier rows older than older_than_s seconds. Returns the number
- * deleted (>= 0), TREATY_EPG, TREATY_EINVAL (not a Postgres participant) or
- * TREATY_ESTATE (called from another thread after start, or inside a transaction). */
+/*
+ * Deletes barrier rows older than older_than_s seconds whose txid is a UUIDv7
+ * created before that too (rows of other txids are kept: their age is
+ * unknown), and in the same transaction moves the purge horizon, kept in the
+ * table treaty_barrier_horizon, to now - older_than_s (it never moves back).
+ * From then on, what arrives for a UUIDv7 txid created before the horizon is
+ * judged without its rows: a PREPARE is voted NO, an action refused, a
+ * compensation that finds no rows left for an operator (above), and a COMMIT
+ * that finds neither its prepared transaction nor its row acknowledged with a
+ * warning. So choose older_than_s longer than any transaction or saga can
+ * still be re-sent, outages included (days, not minutes). Assumes the clocks
+ * of the hosts that create txids agree with the database's to well within
+ * older_than_s. Safe while other instances sharing the database run and purge.
+ * Returns the number deleted (>= 0), TREATY_EPG, TREATY_EINVAL (not a Postgres
+ * participant) or TREATY_ESTATE (called from another thread after start, or
+ * inside a transaction).
+ */
 TREATY_EXPORT long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s);
 
 #ifdef __cplusplus

@@ -12,12 +12,15 @@
  *   1. PREPARE (a and b are one query string: one round trip)
  *      a. gid already in pg_prepared_xacts: a duplicate of a PREPARE we
  *         already made durable. Vote YES again without running the work.
- *      b. BEGIN; insert the barrier row. If it already exists the branch was
- *         prepared and then committed (the coordinator has moved on and
- *         ignores any answer): ROLLBACK and send no vote. (A branch that was
- *         rolled back has no barrier row: its row went with the rolled-back
- *         transaction, so a late PREPARE runs the work again, votes YES, and
- *         the coordinator, which decided abort long ago, answers ABORT.)
+ *      b. BEGIN; insert the barrier row; read the purge horizon. If the row
+ *         already exists the branch was prepared and then committed (the
+ *         coordinator has moved on and ignores any answer): ROLLBACK and send
+ *         no vote. If the txid is older than the purge horizon (see "purge
+ *         horizon" below), the row may have been purged after a commit:
+ *         ROLLBACK and vote NO. (A branch that was rolled back has no barrier
+ *         row: its row went with the rolled-back transaction, so a late
+ *         PREPARE within the horizon runs the work again, votes YES, and the
+ *         coordinator, which decided abort long ago, answers ABORT.)
  *      c. work(); YES -> PREPARE TRANSACTION '<gid>', and only after it
  *         returned, vote YES. NO or error -> ROLLBACK, vote NO / no vote.
  *   2. COMMIT  -> COMMIT PREPARED '<gid>'
@@ -29,7 +32,9 @@
  *      here, or rolled back: presumed abort). The other two - a COMMIT for a
  *      branch that was rolled back (e.g. by a twin instance told ABORT), an
  *      ABORT for a committed one - are alerts and get no ACK. A row held
- *      uncommitted by a twin preparing the branch: no ACK yet.
+ *      uncommitted by a twin preparing the branch: no ACK yet. A COMMIT
+ *      without a row for a txid older than the purge horizon cannot be
+ *      judged and is acknowledged with a warning.
  *   4. In doubt: after start-up (first WELCOME) and then periodically, every
  *      treaty:* prepared transaction of this database is INQUIREd; the answer
  *      comes back as COMMIT or ABORT (steps 2/3).
@@ -40,10 +45,23 @@
  * the participant's own connection. The action row's result column says what
  * happened: 'ok', 'failed' (business failure; its change was rolled back to a
  * savepoint but the row stays), or 'blocked' (written by a compensation that
- * came first). See saga_action() and saga_compensation() for the algorithm
- * and its crash windows. The user's fn never sees BEGIN or COMMIT: it gets the
+ * came first). See the comment above action_once() for the algorithm and its
+ * crash windows. The user's fn never sees BEGIN or COMMIT: it gets the
  * connection inside the transaction, and if it ends that transaction itself
  * the step is answered as transient with a reason that says so.
+ *
+ * Purge horizon. treaty_pg_barrier_purge deletes old barrier rows and records
+ * in treaty_barrier_horizon, in the same transaction, the time before which
+ * rows may be gone; it deletes a row only when the row and its txid, a
+ * UUIDv7, were both created before that horizon (rows of other txids are
+ * never purged: their age is unknown). Where a missing row would decide, a
+ * UUIDv7 txid created before the horizon is treated as "the row may have
+ * been purged": its PREPARE is voted NO, its action refused (FAILED: it may
+ * be a hanging action after a purged compensation), its compensation not run
+ * and answered transient (it cannot tell whether the action ran), its COMMIT
+ * acknowledged with a warning. Where the row is there, it decides as always.
+ * The horizon is read in a statement after the barrier INSERT, which makes it
+ * race-free against a concurrent purge (see "purge horizon" below).
  *
  * The PGconn belongs to the participant's thread: handlers and the sweep run
  * there only. When the connection breaks (Postgres restarted), handlers
@@ -71,6 +89,7 @@
 #define PG_BARRIER_LOCK_TIMEOUT "5s"             /* waiting on a barrier row another session holds */
 #define PG_SCHEMA_LOCK_TIMEOUT "2s"              /* waiting to upgrade the barrier table */
 #define PG_SCHEMA_LOCK_KEY "7596536934174785537" /* advisory lock around CREATE TABLE */
+#define PG_SCHEMA_V3_MARK "-- Version 3:"        /* sql_barrier from here on: the horizon table alone */
 #define SQLSTATE_UNDEFINED_OBJECT "42704"
 #define SQLSTATE_UNDEFINED_PSTATEMENT "26000"
 #define SQLSTATE_LOCK_NOT_AVAILABLE "55P03"
@@ -80,8 +99,8 @@ struct pgp {
     PGconn *conn;
     treaty_pg_work_fn work; /* NULL: saga steps only, every PREPARE is voted NO */
     void *arg;
-    bool schema_ready;                /* the barrier table exists (2PC can run) */
-    bool saga_ready;                  /* ... and has the version 2 columns (saga steps can run) */
+    bool schema_ready;                /* the barrier table and the horizon table exist (2PC can run) */
+    bool saga_ready;                  /* ... and the version 2 columns too (saga steps can run) */
     bool check_ready;                 /* PG_PREPARE_CHECK is prepared in this session */
     char last_err[TREATY_REASON_MAX]; /* the last text given to errmsg: a failed step's reason */
     int backoff_ms;
@@ -241,17 +260,23 @@ static void rollback(struct pgp *g)
         PQclear(PQexec(g->conn, "ROLLBACK"));
 }
 
-/* Creates the barrier table if missing, or upgrades it. Concurrent instances
- * sharing a database serialize on an advisory lock (CREATE TABLE IF NOT
- * EXISTS alone races on the catalog).
- *
- * The DDL runs only when something is missing: ALTER TABLE and CREATE INDEX
- * wait for every lock on the table, and the prepared transactions of in-doubt
- * branches hold one until they are decided - which needs this participant
- * running. So the DDL runs under a lock_timeout, and when an upgrade of an
- * existing table cannot get its lock, 2PC goes on (it needs no new column)
- * and saga steps answer transient until a later try succeeds. */
-static int create_schema(struct pgp *g)
+/* Runs one DDL script inside the schema transaction; on failure reports it
+ * under what and leaves *locked set when it could not get a lock in time. */
+static int run_ddl(struct pgp *g, const char *what, const char *sql, bool *locked)
+{
+    PGresult *r = PQexec(g->conn, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        *locked = strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0;
+        pg_report(g, what, r);
+        PQclear(r);
+        return TREATY_EPG;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* BEGIN, and the advisory lock that serializes instances changing the schema. */
+static int schema_begin(struct pgp *g)
 {
     if (exec_cmd(g, "BEGIN (barrier schema)", "BEGIN") < 0)
         return TREATY_EPG;
@@ -259,42 +284,74 @@ static int create_schema(struct pgp *g)
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         pg_report(g, "advisory lock (barrier schema)", r);
         PQclear(r);
-        goto fail;
+        rollback(g);
+        return TREATY_EPG;
     }
     PQclear(r);
-    r = PQexec(g->conn, "SELECT to_regclass('treaty_barrier') IS NOT NULL, "
-                        "to_regclass('treaty_barrier_created') IS NOT NULL AND "
-                        "(SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('treaty_barrier') "
-                        "AND attname IN ('result', 'reason') AND NOT attisdropped) = 2");
+    return 0;
+}
+
+/* Creates the barrier table if missing, or upgrades it. Concurrent instances
+ * sharing a database serialize on an advisory lock (CREATE TABLE IF NOT
+ * EXISTS alone races on the catalog).
+ *
+ * The DDL runs only when something is missing: ALTER TABLE and CREATE INDEX
+ * wait for every lock on the table, and the prepared transactions of in-doubt
+ * branches hold one until they are decided - which needs this participant
+ * running. So the DDL runs under a lock_timeout. Version 3 (the horizon
+ * table) locks nothing that exists, so it runs by itself on a version 2
+ * table, and also when the upgrade of an older table cannot get its lock:
+ * then 2PC goes on (it needs no version 2 column) and saga steps answer
+ * transient until a later try succeeds. */
+static int create_schema(struct pgp *g)
+{
+    const char *v3 = strstr(sql_barrier, PG_SCHEMA_V3_MARK);
+    if (v3 == NULL) { /* cannot happen: sql/participant_barrier.sql has it */
+        note(g, "barrier schema: no \"%s\" part", PG_SCHEMA_V3_MARK);
+        return TREATY_EPG;
+    }
+    if (schema_begin(g) < 0)
+        return TREATY_EPG;
+    PGresult *r = PQexec(g->conn, "SELECT to_regclass('treaty_barrier') IS NOT NULL, "
+                                  "to_regclass('treaty_barrier_created') IS NOT NULL AND "
+                                  "(SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('treaty_barrier') "
+                                  "AND attname IN ('result', 'reason') AND NOT attisdropped) = 2, "
+                                  "to_regclass('treaty_barrier_horizon') IS NOT NULL");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pg_report(g, "inspect treaty_barrier", r);
         PQclear(r);
         goto fail;
     }
     bool exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-    bool current = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    bool v2 = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    bool horizon = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
     PQclear(r);
-    if (!current) {
+    bool locked = false;
+    if (!v2) {
         if (exec_cmd(g, "set lock_timeout (barrier schema)", "SET LOCAL lock_timeout = '" PG_SCHEMA_LOCK_TIMEOUT "'") <
             0)
             goto fail;
-        r = PQexec(g->conn, sql_barrier);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            bool locked = strcmp(sqlstate(r), SQLSTATE_LOCK_NOT_AVAILABLE) == 0;
-            pg_report(g,
-                      locked ? "upgrade treaty_barrier (its lock is held, e.g. by prepared transactions; saga "
-                               "steps wait for the upgrade)"
-                             : "create treaty_barrier",
-                      r);
-            PQclear(r);
-            if (locked && exists) {
-                rollback(g);
-                g->schema_ready = true; /* 2PC works on the old table */
-                return 0;
-            }
-            goto fail;
+        if (run_ddl(g,
+                    exists ? "upgrade treaty_barrier (its lock is held, e.g. by prepared transactions; saga "
+                             "steps wait for the upgrade)"
+                           : "create treaty_barrier",
+                    sql_barrier, &locked) < 0) {
+            if (!locked || !exists)
+                goto fail;
+            /* The old table stays as it is for now: 2PC works on it once the
+             * horizon table is there. */
+            rollback(g);
+            if (schema_begin(g) < 0)
+                return TREATY_EPG;
+            if (run_ddl(g, "create treaty_barrier_horizon", v3, &locked) < 0 ||
+                exec_cmd(g, "COMMIT (barrier schema)", "COMMIT") < 0)
+                goto fail;
+            g->schema_ready = true;
+            return 0;
         }
-        PQclear(r);
+    } else if (!horizon) {
+        if (run_ddl(g, "create treaty_barrier_horizon", v3, &locked) < 0)
+            goto fail;
     }
     if (exec_cmd(g, "COMMIT (barrier schema)", "COMMIT") < 0)
         goto fail;
@@ -346,11 +403,51 @@ static bool conn_broke(struct pgp *g)
     return true;
 }
 
+/* ------------------------------------------------------- purge horizon */
+
+/*
+ * treaty_pg_barrier_purge records its horizon in treaty_barrier_horizon in
+ * the transaction of its DELETE, and deletes a row only when both the row and
+ * its txid, a UUIDv7, were created before the horizon. So for a UUIDv7 txid
+ * created at or after the horizon, and for any txid that is not a UUIDv7 (its
+ * rows are never purged), the rows are all there and decide as always. For a
+ * UUIDv7 txid created before the horizon, a missing row proves nothing.
+ *
+ * Against a purge running concurrently (another instance on the database),
+ * the horizon is read in a statement of its own after the barrier INSERT,
+ * never in the INSERT itself: when the purge is deleting the row the INSERT
+ * conflicts with, the INSERT waits for the purge's transaction and, once it
+ * committed, inserts - but a statement sees what was committed when it began,
+ * so only a later statement sees the horizon the purge committed with its
+ * DELETE. (In READ COMMITTED every statement takes a new snapshot.) No lock
+ * is shared between steps and the purge; the read rides in a round trip the
+ * step makes anyway.
+ */
+#define PG_HORIZON_SQL "SELECT (SELECT floor(extract(epoch FROM horizon) * 1000)::bigint FROM treaty_barrier_horizon)"
+
+/* The horizon in a PG_HORIZON_SQL result (Unix ms; -1: nothing was ever
+ * purged). False when r is not such a result. */
+static bool horizon_of(const PGresult *r, long long *ms)
+{
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 1)
+        return false;
+    *ms = PQgetisnull(r, 0, 0) ? -1 : atoll(PQgetvalue(r, 0, 0));
+    return true;
+}
+
+/* True when rows of id may have been purged: a UUIDv7 made before the horizon. */
+static bool before_horizon(const treaty_txid_t *id, long long horizon_ms)
+{
+    long long t = treaty_txid_time_ms(id);
+    return horizon_ms >= 0 && t >= 0 && t < horizon_ms;
+}
+
 /* ------------------------------------------------------------- prepare */
 
 /*
- * Steps (a) and (b) of a PREPARE in one round trip: a simple query of four
- * statements, the barrier INSERT skipped when the gid is already prepared.
+ * Steps (a) and (b) of a PREPARE in one round trip: a simple query of five
+ * statements, the barrier INSERT skipped when the gid is already prepared,
+ * the purge horizon read after it.
  * The check itself is a statement prepared once per session (its planning,
  * through the pg_prepared_xacts view and two CTEs, costs more than running
  * it), run with EXECUTE. Literals only (no parameters in a multi-statement
@@ -368,7 +465,7 @@ static bool conn_broke(struct pgp *g)
 #define PG_PREPARE_BEGIN_SQL                                                                                           \
     "BEGIN; SET LOCAL lock_timeout = '" PG_BARRIER_LOCK_TIMEOUT "'; "                                                  \
     "EXECUTE " PG_PREPARE_CHECK "('%s', '%s', %u); "                                                                   \
-    "SET LOCAL lock_timeout TO DEFAULT"
+    "SET LOCAL lock_timeout TO DEFAULT; " PG_HORIZON_SQL
 
 /* Prepares PG_PREPARE_CHECK once per session. 0 or TREATY_EPG. */
 static int prepare_check_ready(struct pgp *g)
@@ -403,45 +500,37 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
     if (prepare_check_ready(g) < 0)
         return TREATY_EPG;
     snprintf(sql, sizeof sql, PG_PREPARE_BEGIN_SQL, gid, ids, b->branch);
-    if (PQsendQuery(g->conn, sql) != 1) {
-        pg_report(g, "BEGIN and insert barrier row", NULL);
-        return TREATY_EPG;
-    }
-    PGresult *r, *failed = NULL;
-    int nok = 0;
-    bool prepared = false, inserted = false;
-    while ((r = PQgetResult(g->conn)) != NULL) {
-        ExecStatusType st = PQresultStatus(r);
-        if (failed == NULL && st == PGRES_TUPLES_OK && nok == 2 && PQntuples(r) == 1) {
-            prepared = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-            inserted = strcmp(PQgetvalue(r, 0, 1), "1") == 0;
-            nok++;
-        } else if (failed == NULL && st == PGRES_COMMAND_OK && nok != 2) {
-            nok++;
-        } else if (failed == NULL) {
-            failed = r;
-            continue;
-        }
-        PQclear(r);
-    }
-    if (failed != NULL || nok != 4) {
+    struct multi m;
+    long long horizon = -1;
+    int rc = multi_exec(g, sql, &m);
+    bool shaped =
+        rc == 0 && m.n == 5 && PQntuples(m.res[2]) == 1 && PQnfields(m.res[2]) == 2 && horizon_of(m.res[4], &horizon);
+    if (!shaped) {
         /* 55P03: another session holds the row (a twin instance preparing
          * the same branch, or its prepared transaction). No vote; the
          * coordinator re-sends or times out. */
+        const PGresult *failed = m.failed;
+        int nok = m.n; /* statements that succeeded before the failed one */
         if (failed != NULL && strcmp(sqlstate(failed), SQLSTATE_LOCK_NOT_AVAILABLE) == 0)
             pg_report(g, "barrier row held by another transaction", failed);
+        else if (rc == 0)
+            note(g, "BEGIN and insert barrier row: unexpected results");
         else
             pg_report(g, "BEGIN and insert barrier row", failed);
         /* The session lost the prepared check (DISCARD ALL, a pooler that
          * hands out another session): prepare it again next time. */
         if (failed != NULL && strcmp(sqlstate(failed), SQLSTATE_UNDEFINED_PSTATEMENT) == 0)
             g->check_ready = false;
-        PQclear(failed);
+        multi_clear(&m);
         rollback(g);
-        /* A failed BEGIN or SET is a database problem (TREATY_EPG, as a
-         * broken connection); a failed barrier INSERT a state one. */
+        /* A failed BEGIN, SET or horizon read is a database problem
+         * (TREATY_EPG, as a broken connection); a failed barrier INSERT a
+         * state one. */
         return nok != 2 || conn_broke(g) ? TREATY_EPG : TREATY_ESTATE;
     }
+    bool prepared = strcmp(PQgetvalue(m.res[2], 0, 0), "t") == 0;
+    bool inserted = strcmp(PQgetvalue(m.res[2], 0, 1), "1") == 0;
+    multi_clear(&m);
     if (prepared) {
         rollback(g);
         return TREATY_VOTE_YES;
@@ -452,6 +541,19 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
         rollback(g);
         participant_errorf(g->p, "duplicate PREPARE for %s: branch %s already committed; no vote", gid, branch);
         return TREATY_ESTATE;
+    }
+    if (before_horizon(&b->txid, horizon)) {
+        /* No row, but one may have been purged: this could be a late
+         * duplicate of a branch that committed here, and running the work
+         * again could apply it twice (a YES for a branch the coordinator
+         * still remembers as committed would be answered COMMIT). NO is
+         * always safe: a decided transaction ignores it, a live one aborts. */
+        rollback(g);
+        snprintf(reason, TREATY_REASON_MAX,
+                 "PREPARE older than the barrier's purge horizon (the branch may have committed here and its "
+                 "barrier row been purged)");
+        participant_errorf(g->p, "%s: %s; voted NO", gid, reason);
+        return TREATY_VOTE_NO;
     }
 
     /* (c) The business work, in the same transaction. */
@@ -484,7 +586,7 @@ static int prepare_once(struct pgp *g, const treaty_branch_t *b, char *reason)
     }
 
     snprintf(sql, sizeof sql, "PREPARE TRANSACTION '%s'", gid);
-    r = PQexec(g->conn, sql);
+    PGresult *r = PQexec(g->conn, sql);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         /* Not prepared (e.g. max_prepared_transactions reached): the server
          * rolled the transaction back. No vote. */
@@ -554,13 +656,15 @@ enum branch_fate {
 #define PG_PROBE_LOCK_TIMEOUT "1s"
 #define PG_PROBE_SQL                                                                                                   \
     "BEGIN; SET LOCAL lock_timeout = '" PG_PROBE_LOCK_TIMEOUT "'; "                                                    \
-    "INSERT INTO treaty_barrier (txid, branch, op) VALUES ('%s', %u, 'prepare') ON CONFLICT DO NOTHING RETURNING 1; "  \
-    "ROLLBACK"
+    "INSERT INTO treaty_barrier (txid, branch, op) VALUES ('%s', %u, 'prepare') ON CONFLICT DO NOTHING RETURNING "     \
+    "1; " PG_HORIZON_SQL "; ROLLBACK"
 
-/* *fate of branch b, or TREATY_EPG (reported). */
-static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate *fate)
+/* *fate of branch b, and the purge horizon (read after the INSERT, see
+ * "purge horizon"; -1 when not read), or TREATY_EPG (reported). */
+static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate *fate, long long *horizon)
 {
-    char ids[TREATY_TXID_STRLEN], sql[256];
+    char ids[TREATY_TXID_STRLEN], sql[512];
+    *horizon = -1;
     snprintf(sql, sizeof sql, PG_PROBE_SQL, treaty_txid_format(&b->txid, ids), b->branch);
     struct multi m;
     int rc = multi_exec(g, sql, &m);
@@ -574,7 +678,7 @@ static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate
         rollback(g);
         return held ? 0 : TREATY_EPG;
     }
-    bool shaped = m.n == 4 && PQresultStatus(m.res[2]) == PGRES_TUPLES_OK;
+    bool shaped = m.n == 5 && PQresultStatus(m.res[2]) == PGRES_TUPLES_OK && horizon_of(m.res[3], horizon);
     if (shaped)
         *fate = PQntuples(m.res[2]) == 1 ? FATE_ABSENT : FATE_COMMITTED;
     multi_clear(&m);
@@ -597,7 +701,15 @@ static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate
  *                      transaction left it never will. An ACK would report a
  *                      commit that did not happen: alert, no ACK. The
  *                      coordinator keeps re-sending; an operator must look.
- *   ABORT, absent:     never prepared, or rolled back before; ACK.
+ *                      Except for a txid older than the purge horizon: its
+ *                      row may have been purged after it committed, and
+ *                      nothing can tell. ACK with a warning: refusing would
+ *                      have the coordinator re-send forever, and a COMMIT
+ *                      that old is a re-send of a decision whose atomicity
+ *                      was settled (or lost) when it was first delivered.
+ *   ABORT, absent:     never prepared, or rolled back before (or, older than
+ *                      the horizon, possibly committed and purged: cannot
+ *                      be told, ACK as for any abort); ACK.
  *   ABORT, committed:  the branch committed and the decision says abort: a
  *                      violation of atomicity elsewhere. Alert, no ACK.
  *   either, held:      a twin instance is preparing the branch or has just
@@ -608,7 +720,8 @@ static int branch_fate(struct pgp *g, const treaty_branch_t *b, enum branch_fate
 static int finish_missing(struct pgp *g, const treaty_branch_t *b, const char *gid, bool commit)
 {
     enum branch_fate fate;
-    if (branch_fate(g, b, &fate) < 0)
+    long long horizon;
+    if (branch_fate(g, b, &fate, &horizon) < 0)
         return TREATY_EPG;
     switch (fate) {
     case FATE_COMMITTED:
@@ -622,6 +735,13 @@ static int finish_missing(struct pgp *g, const treaty_branch_t *b, const char *g
     case FATE_ABSENT:
         if (!commit)
             return 0;
+        if (before_horizon(&b->txid, horizon)) {
+            participant_errorf(g->p,
+                               "COMMIT for %s: neither prepared nor a barrier row, but older than the barrier's purge "
+                               "horizon (its row may have been purged after it committed); acknowledged unverified",
+                               gid);
+            return 0;
+        }
         participant_alertf(g->p,
                            "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
                            "or rolled back); not acknowledged",
@@ -819,7 +939,10 @@ fail_participant:
  *     conflict: a duplicate, or a compensation came first. Read the row's
  *       result, ROLLBACK and answer from it: 'ok' -> OK, 'failed' -> FAILED
  *       with the stored reason, 'blocked' -> FAILED (hanging action refused).
- *   SAVEPOINT treaty_step; fn()
+ *   SAVEPOINT treaty_step, and read the purge horizon: t older than it ->
+ *     ROLLBACK -> FAILED (its compensation may have come first and its rows
+ *     been purged: refused as a possible hanging action; nothing written)
+ *   fn()
  *     OK     -> result = 'ok'; COMMIT -> OK
  *     FAILED -> ROLLBACK TO SAVEPOINT (the business change goes, the row
  *               stays); result = 'failed', reason; COMMIT -> FAILED
@@ -833,7 +956,9 @@ fail_participant:
  *     conflict: already compensated -> ROLLBACK -> OK
  *   INSERT (t, k, 'action', 'blocked') ON CONFLICT DO NOTHING
  *     inserted: the action never ran here; it never will (refused above).
- *       COMMIT -> OK (null compensation)
+ *       Read the purge horizon: t older than it -> its rows may have been
+ *       purged, the action may have run: ROLLBACK -> transient (an alert;
+ *       the saga shows stuck). Otherwise COMMIT -> OK (null compensation)
  *   the action row's result: 'failed' or 'blocked' -> nothing to undo ->
  *     COMMIT -> OK; otherwise fn(): OK -> COMMIT -> OK, else ROLLBACK ->
  *     transient (the coordinator retries with backoff).
@@ -885,6 +1010,25 @@ static int step_fail(struct pgp *g, char *reason, const char *what, PGresult *r)
     snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
     rollback(g);
     return TREATY_EPG;
+}
+
+/* Runs sql, n statements in the step's transaction ending with
+ * PG_HORIZON_SQL, and reads *horizon from it. 0, or TREATY_EPG with the
+ * reason set (the caller rolls back). */
+static int step_horizon(struct pgp *g, char *reason, const char *what, const char *sql, int n, long long *horizon)
+{
+    struct multi m;
+    int rc = multi_exec(g, sql, &m);
+    if (rc < 0) {
+        pg_report(g, what, m.failed);
+    } else if (m.n != n || !horizon_of(m.res[n - 1], horizon)) {
+        note(g, "%s: unexpected results", what);
+        rc = TREATY_EPG;
+    }
+    multi_clear(&m);
+    if (rc < 0)
+        snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+    return rc;
 }
 
 /* After fn: is the step's transaction still open and usable? 0, or a
@@ -1001,11 +1145,19 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
                          2, NULL, pk, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK)
             return step_fail(g, reason, "read action barrier row", r);
+        if (PQntuples(r) == 0) {
+            /* Deleted between the two statements: a purge. Retried. */
+            PQclear(r);
+            rollback(g);
+            note(g, "action barrier row of %s step %u was purged while it was read; retried", ids, s->step);
+            snprintf(reason, TREATY_REASON_MAX, "%s", g->last_err);
+            return TREATY_ESTATE;
+        }
         char result[16] = "";
-        bool have = PQntuples(r) == 1 && !PQgetisnull(r, 0, 0);
+        bool have = !PQgetisnull(r, 0, 0);
         if (have)
             snprintf(result, sizeof result, "%s", PQgetvalue(r, 0, 0));
-        if (PQntuples(r) == 1 && !PQgetisnull(r, 0, 1))
+        if (!PQgetisnull(r, 0, 1))
             snprintf(reason, TREATY_REASON_MAX, "%s", PQgetvalue(r, 0, 1));
         PQclear(r);
         rollback(g);
@@ -1023,7 +1175,7 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
             return TREATY_STEP_FAILED;
         }
         /* No result: only an earlier handler that committed by itself leaves
-         * that (or the row went between the statements). Unknown: transient. */
+         * that. Unknown: transient. */
         note(g,
              "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
              "itself); outcome unknown",
@@ -1033,9 +1185,24 @@ static int action_once(struct pg_step *ps, const treaty_step_t *s, char *reason)
     }
     snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    if (step_cmd(g, reason, "savepoint (action)", "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT " PG_STEP_SAVEPOINT) <
-        0)
+    /* The savepoint, and the purge horizon, read after the INSERT. */
+    long long horizon;
+    if (step_horizon(g, reason, "savepoint (action)",
+                     "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT " PG_STEP_SAVEPOINT "; " PG_HORIZON_SQL, 3,
+                     &horizon) < 0)
         goto fail_rollback;
+    if (before_horizon(&s->txid, horizon)) {
+        /* No row, but rows of this step may have been purged: its
+         * compensation may have come first and blocked it, and running it
+         * now would be a hanging action. Refused, and nothing written: a
+         * re-send is refused the same way. */
+        rollback(g);
+        snprintf(reason, TREATY_REASON_MAX,
+                 "step older than the barrier's purge horizon: refused (it may have been compensated already, its "
+                 "barrier rows purged since)");
+        participant_errorf(g->p, "action %s of %s step %u: %s", s->name, ids, s->step, reason);
+        return TREATY_STEP_FAILED;
+    }
 
     /* The business change, in the same transaction as the barrier row. */
     reason[0] = '\0';
@@ -1127,6 +1294,21 @@ static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *r
     bool blocked = strcmp(PQcmdTuples(r), "1") == 0;
     PQclear(r);
     if (blocked) {
+        /* No action row - unless the rows of this step were purged: then the
+         * action may have run (its undo is due) or this compensation may
+         * have run already. Neither a null compensation nor fn is safe; the
+         * compensation stays transient (stuck, for an operator). */
+        long long horizon;
+        if (step_horizon(g, reason, "read the purge horizon (compensation)", PG_HORIZON_SQL, 1, &horizon) < 0)
+            goto fail_rollback;
+        if (before_horizon(&s->txid, horizon)) {
+            rollback(g);
+            snprintf(reason, TREATY_REASON_MAX,
+                     "compensation older than the barrier's purge horizon, with its barrier rows gone: whether the "
+                     "action ran cannot be told; not run (needs an operator)");
+            participant_alertf(g->p, "compensation %s of %s step %u: %s", s->name, ids, s->step, reason);
+            return TREATY_ESTATE;
+        }
         /* Null compensation: nothing to undo. Durable with the COMMIT; a
          * re-sent compensation then takes the duplicate path. */
         if (step_commit(g, reason) < 0)
@@ -1248,6 +1430,29 @@ int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_
     return pg_register(p, PARTICIPANT_COMPENSATION, name, fn, arg);
 }
 
+/*
+ * The purge, one statement (so one transaction): the horizon moves to
+ * now() - older_than_s (never back), and the rows go whose txid is a UUIDv7
+ * created before that cut and that were themselves written before it. The
+ * txid's creation time is its first 48 bits (treaty_txid_time_ms); the
+ * version nibble is the 13th hex digit and the variant the 17th. Rows of
+ * other txids stay (their age is unknown, so nothing arriving for them is
+ * judged by the horizon). Rows of prepared, undecided branches are not
+ * visible to the DELETE, so they stay too.
+ * If we crash before its commit nothing changed; after it, both changed.
+ */
+#define PG_PURGE_SQL                                                                                                   \
+    "WITH cut AS (SELECT now() - $1::bigint * interval '1 second' AS t), "                                             \
+    "h AS (INSERT INTO treaty_barrier_horizon AS h (id, horizon) SELECT true, t FROM cut "                             \
+    "      ON CONFLICT (id) DO UPDATE SET horizon = greatest(h.horizon, EXCLUDED.horizon), purged_at = now() "         \
+    "      RETURNING 1), "                                                                                             \
+    "d AS (DELETE FROM treaty_barrier WHERE created_at < (SELECT t FROM cut) "                                         \
+    "      AND substr(txid::text, 15, 1) = '7' AND substr(txid::text, 20, 1) IN ('8', '9', 'a', 'b') "                 \
+    "      AND ('x' || substr(txid::text, 1, 8) || substr(txid::text, 10, 4))::bit(48)::bigint "                       \
+    "          < (SELECT floor(extract(epoch FROM t) * 1000)::bigint FROM cut) "                                       \
+    "      RETURNING 1) "                                                                                              \
+    "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM h)"
+
 long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s)
 {
     if (p == NULL)
@@ -1264,16 +1469,13 @@ long treaty_pg_barrier_purge(treaty_participant_t *p, unsigned older_than_s)
     char secs[16];
     snprintf(secs, sizeof secs, "%u", older_than_s);
     const char *pv[1] = {secs};
-    /* Rows of prepared (undecided) branches are not visible, so they stay. */
-    PGresult *r =
-        PQexecParams(g->conn, "DELETE FROM treaty_barrier WHERE created_at < now() - $1::bigint * interval '1 second'",
-                     1, NULL, pv, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    PGresult *r = PQexecParams(g->conn, PG_PURGE_SQL, 1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pg_report(g, "purge barrier rows", r);
         PQclear(r);
         return TREATY_EPG;
     }
-    long n = atol(PQcmdTuples(r));
+    long n = atol(PQgetvalue(r, 0, 0));
     PQclear(r);
     return n;
 }
