@@ -6,7 +6,7 @@
 #   make asan       build and test with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make valgrind   run the unit suites under valgrind
 #   make fuzz       libFuzzer target for the wire decoder (clang); FUZZ_SECONDS=60
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   installs the release build (build-release/, see "release")
 #   make RELEASE=1  without fault points, -O2
 
 PREFIX ?= /usr/local
@@ -66,7 +66,17 @@ $(BUILD)/gen/sql_batched_end.h: sql/003_batched_end.sql scripts/sql2c.sh
 	sh scripts/sql2c.sh sql_batched_end $< > $@
 GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_saga.h $(BUILD)/gen/sql_batched_end.h $(BUILD)/gen/sql_barrier.h
 
-$(BUILD)/obj/%.o: %.c $(GEN)
+# Objects depend on the flags they were compiled with, so that `make
+# RELEASE=1` after `make` (or the reverse) in one build directory recompiles
+# instead of mixing fault-enabled and release objects.
+FLAGS_STAMP := $(BUILD)/cflags.txt
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo '$(CFLAGS_ALL)' | cmp -s - $@ || echo '$(CFLAGS_ALL)' > $@
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/obj/%.o: %.c $(GEN) $(FLAGS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
@@ -112,7 +122,7 @@ check-format:
 	@clang-format --dry-run --Werror $(FORMAT_SRC) || { echo "make: run 'make format'" >&2; exit 1; }
 
 test: deps
-	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header check-format
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header check-format release
 	BUILD=$(BUILD) sh tests/run.sh
 
 demo: deps
@@ -123,7 +133,7 @@ asan: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 valgrind: deps
-	$(MAKE) all $(TEST_BIN) $(SCEN_BIN)
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) release
 	BUILD=$(BUILD) VALGRIND=1 sh tests/run.sh
 
 FUZZ_SECONDS ?= 60
@@ -134,18 +144,30 @@ fuzz: deps
 	  -o $(BUILD)/fuzz/fuzz_wire $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/wire
 
-install: all
+# What make install ships: a release build (RELEASE=1: no fault points, no
+# transport fault filter, no journal fault hook) in a build directory of its
+# own, whatever BUILD, SAN or RELEASE this make was given. Tests and
+# scenarios keep their fault-enabled build; tests/test_install.c checks that
+# the installed files carry none of it (make test builds the release first).
+RELEASE_BUILD ?= build-release
+RELEASE_TARGETS := $(RELEASE_BUILD)/bin/treatyd $(RELEASE_BUILD)/lib/libtreaty.a $(RELEASE_BUILD)/lib/libtreaty.so \
+                   $(RELEASE_BUILD)/treaty.pc
+.PHONY: release
+release:
+	$(MAKE) RELEASE=1 BUILD=$(RELEASE_BUILD) SAN= $(RELEASE_TARGETS)
+
+install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/treaty/sql
-	install -m 755 $(TREATYD) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
+	install -m 755 $(RELEASE_BUILD)/bin/treatyd $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(RELEASE_BUILD)/lib/libtreaty.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(RELEASE_BUILD)/lib/libtreaty.so $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
 	ln -sf libtreaty.so.0 $(DESTDIR)$(PREFIX)/lib/libtreaty.so
 	install -m 644 participant-sdk/include/treaty.h $(DESTDIR)$(PREFIX)/include/
-	sed 's|^prefix=.*|prefix=$(PREFIX)|' $(BUILD)/treaty.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/treaty.pc
+	sed 's|^prefix=.*|prefix=$(PREFIX)|' $(RELEASE_BUILD)/treaty.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/treaty.pc
 	install -m 644 sql/*.sql $(DESTDIR)$(PREFIX)/share/treaty/sql/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(RELEASE_BUILD)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
