@@ -36,9 +36,9 @@
  *
  * Messages on the PAIR socket (each one frame, fixed size, same process):
  *
- *   loop -> writer   struct msg {MSG_BATCH, batch}  the writer owns the batch
- *                    struct msg {MSG_STOP, NULL}    write what is left, exit
- *                    struct msg {MSG_WAKE, NULL}    nothing; wakes the writer
+ *   loop -> writer   struct msg {JMSG_BATCH, batch}  the writer owns the batch
+ *                    struct msg {JMSG_STOP, NULL}    write what is left, exit
+ *                    struct msg {JMSG_WAKE, NULL}    nothing; wakes the writer
  *   writer -> loop   uint64_t                       durable watermark
  *
  * The watermark is also kept in an atomic, which is what journal_durable()
@@ -69,7 +69,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 #include <zmq.h>
@@ -129,11 +131,11 @@ struct batch {
     struct journal_buf rows;
 };
 
-enum msg_type { MSG_BATCH = 1, MSG_STOP = 2, MSG_WAKE = 3 };
+enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3 };
 
 struct msg {
     int type;        /* enum msg_type */
-    struct batch *b; /* MSG_BATCH: ownership passes to the receiver */
+    struct batch *b; /* JMSG_BATCH: ownership passes to the receiver */
 };
 
 /* What a journal connection's session already holds, so that a group sends
@@ -159,7 +161,7 @@ struct writer {
     unsigned nrecs;
     bool forced;
     int64_t first_at; /* when the group's first batch arrived */
-    bool stopping;    /* MSG_STOP received */
+    bool stopping;    /* JMSG_STOP received */
     int backoff_ms;   /* 0 until a failure; reset by a commit */
     int64_t next_gc;
     uint64_t rng;
@@ -201,6 +203,7 @@ struct journal {
     _Atomic uint64_t n_reconnects;
     _Atomic uint64_t n_gc_deleted;
     _Atomic uint64_t n_write_us; /* time the writer spent writing groups */
+    atomic_uint fault_lose_acks; /* journal_fault_lose_acks (journal_int.h) */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -904,6 +907,7 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->n_reconnects, 0);
     atomic_init(&j->n_gc_deleted, 0);
     atomic_init(&j->n_write_us, 0);
+    atomic_init(&j->fault_lose_acks, 0);
 
     int backoff = 0;
     for (;;) {
@@ -1293,6 +1297,95 @@ static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, 
     return ok;
 }
 
+/* ------------------------------------------------------------ fault point */
+
+#ifdef TREATY_FAULTS
+int journal_fault_lose_acks(struct journal *j, unsigned n)
+{
+    if (!j)
+        return TREATY_EINVAL;
+    atomic_store(&j->fault_lose_acks, n);
+    return 0;
+}
+
+/* True (once per armed fault) when this group is to lose its acknowledgement. */
+static bool fault_take(struct journal *j)
+{
+    unsigned n = atomic_load(&j->fault_lose_acks);
+    while (n > 0 && !atomic_compare_exchange_weak(&j->fault_lose_acks, &n, n - 1)) {
+    }
+    return n > 0;
+}
+
+/* True when buf (n bytes of the server's messages, from a message's start)
+ * holds a whole ReadyForQuery ('Z', length 5). */
+static bool holds_ready_for_query(const unsigned char *buf, size_t n)
+{
+    size_t at = 0;
+    while (n - at >= 5) {
+        uint32_t len = (uint32_t)buf[at + 1] << 24 | (uint32_t)buf[at + 2] << 16 | (uint32_t)buf[at + 3] << 8 |
+                       (uint32_t)buf[at + 4];
+        if (buf[at] == 'Z' && len == 5)
+            return n - at >= 6;
+        if (len < 4 || len > n - at - 1)
+            return false;
+        at += 1 + len;
+    }
+    return false;
+}
+
+/* journal_int.h: waits (peeking, libpq reads nothing) until the answer to the
+ * pipeline's Sync has arrived, i.e. the group committed, then replaces the
+ * socket with one whose peer is closed. */
+static void fault_lose_ack(PGconn *c)
+{
+    enum { PEEK = 1 << 16 };
+    static unsigned char buf[PEEK]; /* the writer thread's alone */
+    int fd = PQsocket(c);
+    int64_t until = now_ms() + 10000;
+    bool seen = false;
+    while (fd >= 0 && now_ms() < until) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, SLICE_MS) <= 0)
+            continue;
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            break; /* closed or broken anyway */
+        if (n > 0 && (seen = holds_ready_for_query(buf, (size_t)n)))
+            break;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 1000000L}; /* more is on its way */
+        nanosleep(&ts, NULL);
+    }
+    if (!seen)
+        log_warn("journal: fault point: the answer to the Sync was not seen; breaking the connection anyway");
+    int sv[2];
+    if (fd >= 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+        close(sv[1]);
+        dup2(sv[0], fd); /* closes our end of the server's socket */
+        close(sv[0]);
+    }
+    log_warn("journal: fault point: the group's acknowledgement is lost");
+}
+#else
+int journal_fault_lose_acks(struct journal *j, unsigned n)
+{
+    (void)j;
+    (void)n;
+    return TREATY_ESTATE;
+}
+
+static bool fault_take(struct journal *j)
+{
+    (void)j;
+    return false;
+}
+
+static void fault_lose_ack(PGconn *c)
+{
+    (void)c;
+}
+#endif
+
 /*
  * Writes the batches from head on in one Postgres transaction, in one round
  * trip: in pipeline mode, SET synchronous_commit, the INSERT, and a Sync
@@ -1302,8 +1395,8 @@ static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, 
  * or anywhere in it).
  */
 static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced,
-                       struct journal_buf cols[INSERT_NCOLS], struct ends_row ends[ENDS_MAX_DETAILS], char *err,
-                       size_t errlen)
+                       struct journal_buf cols[INSERT_NCOLS], struct ends_row ends[ENDS_MAX_DETAILS], bool lose_ack,
+                       char *err, size_t errlen)
 {
     char nrows[24];
     long rows = group_to_arrays(head, cols, ends);
@@ -1338,6 +1431,8 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
+    if (lose_ack)
+        fault_lose_ack(c);
     if ((prepare && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
         (set && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
         !pipeline_result(c, PGRES_COMMAND_OK, nrows, err, errlen))
@@ -1426,9 +1521,9 @@ static void writer_take(struct journal *j, int timeout_ms)
             return;
         }
         assert(n == (int)sizeof m);
-        if (m.type == MSG_BATCH)
+        if (m.type == JMSG_BATCH)
             group_add(w, m.b);
-        else if (m.type == MSG_STOP)
+        else if (m.type == JMSG_STOP)
             w->stopping = true;
     }
 }
@@ -1470,7 +1565,7 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, w->ends, why, sizeof why) == 0)
+        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, w->ends, fault_take(j), why, sizeof why) == 0)
             break;
         /* Not committed (or we cannot know): the same group goes again. */
         atomic_store(&j->healthy, false);
@@ -1713,7 +1808,7 @@ void journal_flush(struct journal *j)
 {
     if (!j || !j->started || !j->pending)
         return;
-    struct msg m = {.type = MSG_BATCH, .b = j->pending};
+    struct msg m = {.type = JMSG_BATCH, .b = j->pending};
     if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m) {
         /* Kept: the next flush hands it over together with newer records. */
         log_error("journal: cannot hand %u records to the writer: %s", j->pending->nrecs, zmq_strerror(errno));
@@ -1780,7 +1875,7 @@ void journal_close(struct journal **jp, int wait_ms)
 
     if (j->started) {
         journal_flush(j);
-        struct msg m = {.type = MSG_STOP, .b = NULL};
+        struct msg m = {.type = JMSG_STOP, .b = NULL};
         if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m)
             atomic_store(&j->abandon, true);
         int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : 0);
@@ -1794,13 +1889,13 @@ void journal_close(struct journal **jp, int wait_ms)
         }
         /* Give up: the writer leaves its reconnect loop at once. */
         atomic_store(&j->abandon, true);
-        m.type = MSG_WAKE;
+        m.type = JMSG_WAKE;
         zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT);
         pthread_join(j->thread, NULL);
 
         /* The writer's socket is ours again: free batches it never took. */
         while (zmq_recv(j->writer_sock, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
-            if (m.type == MSG_BATCH)
+            if (m.type == JMSG_BATCH)
                 batch_free(m.b);
         }
         zmq_close(j->writer_sock);
@@ -1811,7 +1906,8 @@ void journal_close(struct journal **jp, int wait_ms)
         /* Appended but never started: one synchronous attempt. */
         char why[ERRLEN];
         struct pgsess fresh = {.prepared = false, .sync = -1};
-        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, j->w.ends, why, sizeof why) == 0)
+        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, j->w.ends, fault_take(j), why,
+                        sizeof why) == 0)
             atomic_store(&j->durable, j->pending->last_seq);
         else
             log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);

@@ -80,4 +80,20 @@ void journal_txid_format(const uint8_t txid[16], char buf[37]);
 /* Parses a UUID (36 characters, any case). 0 or TREATY_EINVAL. */
 int journal_txid_parse(const char *s, uint8_t txid[16]);
 
+/*
+ * Test-only fault point, compiled in with TREATY_FAULTS (every build but
+ * make RELEASE=1): the next n groups the writer sends lose their
+ * acknowledgement. After the pipeline's Sync has gone out, the writer waits
+ * until the server's answer to it (ReadyForQuery, sent after the commit) is
+ * in the socket's receive buffer, looking with MSG_PEEK, and then swaps the
+ * socket for one whose peer is closed before libpq reads a byte: the group
+ * has committed, and the writer sees "server closed the connection
+ * unexpectedly", as when Postgres dies between its commit and our read. Needs
+ * a connection without SSL (the test cluster's unix socket); if the answer
+ * cannot be seen within 10 s the connection is broken anyway and a warning
+ * logged. Any thread. Returns 0, or TREATY_ESTATE in a build without fault
+ * points (the test then fails, it never passes vacuously).
+ */
+int journal_fault_lose_acks(struct journal *j, unsigned n);
+
 #endif /* TREATY_JOURNAL_INT_H */
