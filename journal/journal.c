@@ -25,9 +25,11 @@
  *                       in the first group's pipeline of each connection),
  *                       one row per record except END records, which go
  *                       in one 'ends' row per distinct detail at the end;
- *                       Sync (the implicit transaction commits at the Sync);
+ *                       the group's id (grp) on its first row; Sync (the
+ *                       implicit transaction commits at the Sync);
  *                    5. on any failure: healthy = false, drop the connection,
- *                       reconnect with backoff, go to 4 with the same group;
+ *                       reconnect with backoff, go to 4 with the same group
+ *                       and the same grp;
  *                    6. after the commit returned: publish the group's last
  *                       sequence number as the durable watermark, healthy =
  *                       true, free the group.
@@ -43,6 +45,26 @@
  *
  * The watermark is also kept in an atomic, which is what journal_durable()
  * returns; the messages exist to make journal_socket() readable.
+ *
+ * Writing a group again is idempotent. A connection lost after the Sync went
+ * out leaves the commit's fate unknown: the server may have committed and
+ * died (or lost us) before its answer arrived. Each group carries an id, a
+ * UUIDv7 drawn when the group is formed, stored in the grp column of its first
+ * row under a partial unique index (sql/004_runs_and_lookups.sql). The
+ * rewrite is the same INSERT with the same grp; if the first attempt landed,
+ * the index refuses it (23505 on treaty_journal_grp, the rewrite rolls back)
+ * and the writer knows the group is stored. Chosen over the alternatives:
+ *   - remembering max(seq) before the group and, after reconnecting, looking
+ *     for the group's first record above it: a round trip only on the
+ *     failure path too, but it answers "not there" while the first attempt
+ *     is still committing on a backend that has not yet noticed the lost
+ *     connection (a network failure rather than a server crash), and the
+ *     rewrite then duplicates it. The unique index waits for that
+ *     transaction and decides by its outcome;
+ *   - a unique key on what a record decides (txid, kind): a txid can run
+ *     again after an END, and STEP records legitimately repeat.
+ * Cost on the normal path: no extra round trip or statement, one 16-byte
+ * parameter and one btree entry per group (not per record).
  *
  * Ordering: batches are sent, received and written in append order, and a
  * group is one Postgres transaction, so "every record up to the watermark is
@@ -80,6 +102,7 @@
 #include "sql_journal.h"
 #include "sql_saga.h"
 #include "sql_batched_end.h"
+#include "sql_runs_and_lookups.h"
 #include "treaty.h"
 
 #define DEFAULT_CONNECT_INITIAL_MS 100
@@ -100,6 +123,8 @@
  * hold a group's END records (sql/003_batched_end.sql). */
 #define JOURNAL_NCOLS 7
 #define INSERT_NCOLS (JOURNAL_NCOLS + 1)
+/* And one more parameter: the group's id, stored on its first row (grp). */
+#define INSERT_NPARAMS (INSERT_NCOLS + 1)
 /* A group's END records go in one 'ends' row per distinct detail; beyond
  * this many details in one group, an END is written as a row of its own
  * (kind 'end', as versions 1 and 2 wrote every END). */
@@ -161,6 +186,7 @@ struct writer {
     unsigned nrecs;
     bool forced;
     int64_t first_at; /* when the group's first batch arrived */
+    uint8_t grp[16];  /* the group's id (UUIDv7), the same in every attempt to write it */
     bool stopping;    /* JMSG_STOP received */
     int backoff_ms;   /* 0 until a failure; reset by a commit */
     int64_t next_gc;
@@ -771,16 +797,16 @@ static void batch_free(struct batch *b)
 
 /*
  * Applies sql/001_journal.sql, then sql/002_saga.sql when the database is
- * below version 2 and sql/003_batched_end.sql when below version 3, in one
- * transaction under an advisory lock, so that coordinators starting together
- * do not race on CREATE ... IF NOT EXISTS and an upgrade happens once,
- * entirely or not at all (if we crash in the middle, the transaction rolls
- * back and the next start upgrades). 002 and 003 are skipped once applied:
- * re-adding 002's CHECK constraint would scan the whole journal under an
- * exclusive lock on every start, and 003's constraints have no IF NOT
- * EXISTS. A database already holding a newer schema is left untouched.
- * Returns 0, TREATY_EVERSION, or TREATY_EPG (the caller tells a lost
- * connection from an SQL error by PQstatus).
+ * below version 2, sql/003_batched_end.sql when below version 3 and
+ * sql/004_runs_and_lookups.sql when below version 4, in one transaction
+ * under an advisory lock, so that coordinators starting together do not race
+ * on CREATE ... IF NOT EXISTS and an upgrade happens once, entirely or not at
+ * all (if we crash in the middle, the transaction rolls back and the next
+ * start upgrades). 002, 003 and 004 are skipped once applied: re-adding
+ * 002's CHECK constraint would scan the whole journal under an exclusive lock
+ * on every start, and 003's constraints have no IF NOT EXISTS. A database already holding a newer schema is left
+ * untouched. Returns 0, TREATY_EVERSION, or TREATY_EPG (the caller tells a lost connection from an SQL error by
+ * PQstatus).
  */
 static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
 {
@@ -826,6 +852,12 @@ static int apply_schema(PGconn *c, int *version, char *err, size_t errlen)
         if (v >= 1)
             log_info("journal: upgrading the journal schema from version %d to 3 (END records in batches)", v);
         if (!pg_exec(c, sql_batched_end, PGRES_COMMAND_OK, why, sizeof why))
+            goto fail_sql;
+    }
+    if (v < 4) {
+        if (v >= 1)
+            log_info("journal: upgrading the journal schema from version %d to 4 (idempotent rewrites, lookups)", v);
+        if (!pg_exec(c, sql_runs_and_lookups, PGRES_COMMAND_OK, why, sizeof why))
             goto fail_sql;
     }
     res = PQexec(c, "SELECT max(version) FROM treaty_schema");
@@ -1168,10 +1200,13 @@ fail_row:
  */
 #define INSERT_NAME "treaty_journal_insert"
 #define INSERT_SQL                                                                                                     \
-    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data, ended) "                     \
-    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea, e::uuid[] "                                   \
+    "INSERT INTO treaty_journal (txid, kind, services, failed_branch, detail, step, data, ended, grp) "                \
+    "SELECT t::uuid, k, s::text[], f::integer, d, st::integer, x::bytea, e::uuid[], "                                  \
+    "       CASE WHEN n = 1 THEN $9::uuid END "                                                                        \
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "                 \
     "$8::text[]) WITH ORDINALITY AS u(t, k, s, f, d, st, x, e, n) ORDER BY n"
+/* The unique index on grp (sql/004_runs_and_lookups.sql). */
+#define GRP_INDEX "treaty_journal_grp"
 
 /* Appends one COPY text field (s, n bytes, still escaped) to the array
  * literal a as an element: NULL for \N, else double-quoted with '"' and '\'
@@ -1278,16 +1313,12 @@ static long group_to_arrays(const struct batch *head, struct journal_buf cols[IN
 
 /* Reads one result of the pipeline; true when its status is want (and, for
  * a statement, the NULL that ends its results followed). */
-static bool pipeline_result(PGconn *c, ExecStatusType want, const char *tuples, char *err, size_t errlen)
+static bool pipeline_result(PGconn *c, ExecStatusType want, char *err, size_t errlen)
 {
     PGresult *res = PQgetResult(c);
-    bool ok = res && PQresultStatus(res) == want && (!tuples || strcmp(PQcmdTuples(res), tuples) == 0);
-    if (!ok) {
-        if (res && PQresultStatus(res) == want)
-            set_err(err, errlen, "INSERT stored %s rows, not %s", PQcmdTuples(res), tuples);
-        else
-            pg_error(c, res, err, errlen);
-    }
+    bool ok = res && PQresultStatus(res) == want;
+    if (!ok)
+        pg_error(c, res, err, errlen);
     PQclear(res);
     if (ok && want != PGRES_PIPELINE_SYNC && (res = PQgetResult(c)) != NULL) {
         PQclear(res);
@@ -1386,28 +1417,67 @@ static void fault_lose_ack(PGconn *c)
 }
 #endif
 
+/* write_group: the group is stored (committed now, or by an earlier attempt). */
+#define GROUP_WRITTEN 0
+#define GROUP_WRITTEN_BEFORE 1
+
+/*
+ * Reads the INSERT's result in the pipeline. GROUP_WRITTEN when it stored
+ * want_rows rows; GROUP_WRITTEN_BEFORE when the unique index on grp refused
+ * the group's first row: an earlier attempt to write this very group
+ * committed (this statement, and with it this transaction, rolled back);
+ * TREATY_EPG otherwise, with err filled.
+ */
+static int insert_result(PGconn *c, const char *want_rows, char *err, size_t errlen)
+{
+    int rc = TREATY_EPG;
+    PGresult *res = PQgetResult(c);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *cons = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
+    if (st == PGRES_COMMAND_OK && strcmp(PQcmdTuples(res), want_rows) == 0)
+        rc = GROUP_WRITTEN;
+    else if (st == PGRES_FATAL_ERROR && state && strcmp(state, "23505") == 0 && cons && strcmp(cons, GRP_INDEX) == 0)
+        rc = GROUP_WRITTEN_BEFORE;
+    else if (st == PGRES_COMMAND_OK)
+        set_err(err, errlen, "INSERT stored %s rows, not %s", PQcmdTuples(res), want_rows);
+    else
+        pg_error(c, res, err, errlen);
+    PQclear(res);
+    if (rc != TREATY_EPG && (res = PQgetResult(c)) != NULL) {
+        PQclear(res);
+        set_err(err, errlen, "unexpected second result in the journal pipeline");
+        rc = TREATY_EPG;
+    }
+    return rc;
+}
+
 /*
  * Writes the batches from head on in one Postgres transaction, in one round
- * trip: in pipeline mode, SET synchronous_commit, the INSERT, and a Sync
- * that commits the implicit transaction holding both. Returns 0 after the
- * Sync's answer came back, i.e. after the commit returned, or TREATY_EPG with
- * err filled; the caller then drops the connection (it may be mid-pipeline
- * or anywhere in it).
+ * trip: in pipeline mode, SET synchronous_commit, the INSERT (the group's id
+ * grp on its first row), and a Sync that commits the implicit transaction
+ * holding both. Returns GROUP_WRITTEN after the Sync's answer came back,
+ * i.e. after the commit returned; GROUP_WRITTEN_BEFORE when an earlier
+ * attempt to write the group (same grp) had committed; or TREATY_EPG with
+ * err filled: the caller then drops the connection (it may be mid-pipeline
+ * or anywhere in it) and writes the group again with the same grp.
  */
-static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced,
+static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced, const uint8_t grp[16],
                        struct journal_buf cols[INSERT_NCOLS], struct ends_row ends[ENDS_MAX_DETAILS], bool lose_ack,
                        char *err, size_t errlen)
 {
-    char nrows[24];
+    char nrows[24], grp_text[37];
     long rows = group_to_arrays(head, cols, ends);
     if (rows < 0) {
         set_err(err, errlen, "malformed journal row in the group (encoder bug)");
         return TREATY_EPG;
     }
     snprintf(nrows, sizeof nrows, "%ld", rows);
-    const char *values[INSERT_NCOLS];
+    journal_txid_format(grp, grp_text);
+    const char *values[INSERT_NPARAMS];
     for (int k = 0; k < INSERT_NCOLS; k++)
         values[k] = cols[k].data;
+    values[INSERT_NCOLS] = grp_text;
 
     if (PQenterPipelineMode(c) != 1) {
         pg_error(c, NULL, err, errlen);
@@ -1421,32 +1491,44 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
      * LOCAL (which an implicit transaction refuses with a warning), sent
      * whenever the mode differs from the previous group's on this
      * connection, so the session always holds the mode this group needs. (A
-     * failed group rolls its SET back, but then the connection is dropped
-     * and the next one starts with sess reset.) */
+     * failed group rolls its SET back: then either the connection is dropped
+     * and the next one starts with sess reset, or, for a group written
+     * before, sess->sync is left as it was, below.) */
     bool set = sess->sync != (forced ? 1 : 0);
-    if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, INSERT_NCOLS, NULL) != 1) ||
+    if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, INSERT_NPARAMS, NULL) != 1) ||
         (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL,
                                   NULL, NULL, NULL, 0) != 1) ||
-        PQsendQueryPrepared(c, INSERT_NAME, INSERT_NCOLS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
+        PQsendQueryPrepared(c, INSERT_NAME, INSERT_NPARAMS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
         pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
     if (lose_ack)
         fault_lose_ack(c);
-    if ((prepare && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
-        (set && !pipeline_result(c, PGRES_COMMAND_OK, NULL, err, errlen)) ||
-        !pipeline_result(c, PGRES_COMMAND_OK, nrows, err, errlen))
+    if ((prepare && !pipeline_result(c, PGRES_COMMAND_OK, err, errlen)) ||
+        (set && !pipeline_result(c, PGRES_COMMAND_OK, err, errlen)))
         return TREATY_EPG;
+    int rc = insert_result(c, nrows, err, errlen);
+    if (rc < 0)
+        return rc;
     /*
      * The commit point of every record in the group: the Sync's answer
      * (ReadyForQuery) leaves the server after the implicit transaction
      * committed, and with synchronous_commit = on after its WAL was flushed.
-     * If we crash, or the connection drops, after the server committed but
-     * before its answer reached us, the rows are stored but we do not know
-     * it: the group is written again and the journal holds the records twice
-     * (readers tolerate that). Nothing is reported durable before this.
+     * Nothing is reported durable before this.
+     *
+     * If the connection drops after the server committed but before its
+     * answer reached us, the rows are stored but we cannot know it: the
+     * caller writes the group again, with the same grp, on a new connection.
+     * That INSERT finds the first attempt's row in the unique index on grp:
+     * committed, it fails with 23505 (GROUP_WRITTEN_BEFORE: nothing is stored
+     * twice); still in progress on a backend that has not noticed the lost
+     * connection yet, it waits for that transaction's end and then fails, or
+     * goes ahead if it rolled back. A forced group's first attempt became
+     * visible only after its WAL flush, so GROUP_WRITTEN_BEFORE is as durable
+     * as GROUP_WRITTEN. If treatyd crashes instead, nothing was reported
+     * durable, and recovery reads whatever landed.
      */
-    if (!pipeline_result(c, PGRES_PIPELINE_SYNC, NULL, err, errlen))
+    if (!pipeline_result(c, PGRES_PIPELINE_SYNC, err, errlen))
         return TREATY_EPG;
     if (PQtransactionStatus(c) != PQTRANS_IDLE) {
         set_err(err, errlen, "the journal transaction did not end with the pipeline's Sync");
@@ -1457,8 +1539,23 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
         return TREATY_EPG;
     }
     sess->prepared = true;
-    sess->sync = forced ? 1 : 0;
-    return 0;
+    /* A refused INSERT rolled this pipeline's SET back with it: the session
+     * keeps the mode it had. */
+    if (rc == GROUP_WRITTEN)
+        sess->sync = forced ? 1 : 0;
+    return rc;
+}
+
+/* A fresh id for the group being started: a UUIDv7 (time-ordered, 74 random
+ * bits), or from the writer's own generator if the system's fails. */
+static void group_new_id(uint64_t *rng, uint8_t grp[16])
+{
+    if (treaty_txid_generate((treaty_txid_t *)grp) == 0)
+        return;
+    for (int i = 0; i < 16; i += 8) {
+        uint64_t x = rng_next(rng);
+        memcpy(grp + i, &x, 8);
+    }
 }
 
 static void group_add(struct writer *w, struct batch *b)
@@ -1469,6 +1566,7 @@ static void group_add(struct writer *w, struct batch *b)
     else {
         w->head = b;
         w->first_at = now_ms();
+        group_new_id(&w->rng, w->grp);
     }
     w->tail = b;
     w->bytes += b->rows.len;
@@ -1565,8 +1663,16 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        if (write_group(w->conn, &w->sess, w->head, w->forced, w->cols, w->ends, fault_take(j), why, sizeof why) == 0)
+        int rc = write_group(w->conn, &w->sess, w->head, w->forced, w->grp, w->cols, w->ends, fault_take(j), why,
+                             sizeof why);
+        if (rc == GROUP_WRITTEN)
             break;
+        if (rc == GROUP_WRITTEN_BEFORE) {
+            log_warn("journal: %u records (seq %" PRIu64 "..%" PRIu64 ") had been stored by the attempt whose "
+                     "acknowledgement was lost; not stored again",
+                     w->nrecs, w->head->first_seq, w->tail->last_seq);
+            break;
+        }
         /* Not committed (or we cannot know): the same group goes again. */
         atomic_store(&j->healthy, false);
         log_error("journal: cannot write %u records (seq %" PRIu64 "..%" PRIu64 "), will reconnect and write "
@@ -1906,8 +2012,10 @@ void journal_close(struct journal **jp, int wait_ms)
         /* Appended but never started: one synchronous attempt. */
         char why[ERRLEN];
         struct pgsess fresh = {.prepared = false, .sync = -1};
-        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, j->w.cols, j->w.ends, fault_take(j), why,
-                        sizeof why) == 0)
+        uint8_t grp[16];
+        group_new_id(&j->rng, grp);
+        if (write_group(j->conn, &fresh, j->pending, j->pending->forced, grp, j->w.cols, j->w.ends, fault_take(j), why,
+                        sizeof why) >= 0)
             atomic_store(&j->durable, j->pending->last_seq);
         else
             log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);

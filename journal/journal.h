@@ -24,8 +24,11 @@
  * watermark (the highest durable sequence number) says what is durable.
  *
  * If Postgres is lost, the writer keeps the batch, reconnects with backoff and
- * writes it again (a record may then be stored twice; readers tolerate that),
- * and journal_healthy() turns false until a batch commits again.
+ * writes it again, and journal_healthy() turns false until a batch commits
+ * again. Writing again is idempotent: a group that had committed although its
+ * acknowledgement was lost is not stored a second time (schema version 4).
+ * Journals written before version 4 may hold such records twice; the scan
+ * and the lookups tolerate that.
  *
  * Thread safety: every function is called from the coordinator's loop thread
  * only; the writer thread is internal.
@@ -37,7 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JOURNAL_SCHEMA_VERSION 3 /* sql/001_journal.sql, sql/002_saga.sql, sql/003_batched_end.sql */
+/* sql/001_journal.sql, 002_saga.sql, 003_batched_end.sql, 004_runs_and_lookups.sql */
+#define JOURNAL_SCHEMA_VERSION 4
 
 enum journal_kind {
     JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */

@@ -1,0 +1,19 @@
+-- Treaty coordinator journal, schema version 4: idempotent group rewrites.
+--
+-- grp: the id of the write group (one Postgres transaction of the journal's
+-- writer), a UUIDv7 stored on the group's first row only (NULL on every
+-- other row and on rows written before version 4). A group whose commit's
+-- acknowledgement was lost (the connection dropped after the server
+-- committed, before the writer read the answer) is written again with the
+-- same grp; the unique index refuses the second copy, so every record is
+-- stored once. One index entry per group, not per record.
+--
+-- Journals written before version 4 may hold a rewritten group twice (two
+-- COMMIT rows for one txid, an END named twice); the journal's readers
+-- tolerate that.
+
+ALTER TABLE treaty_journal ADD COLUMN IF NOT EXISTS grp uuid;
+CREATE UNIQUE INDEX IF NOT EXISTS treaty_journal_grp ON treaty_journal (grp) WHERE grp IS NOT NULL;
+
+INSERT INTO treaty_schema (version)
+SELECT 4 WHERE NOT EXISTS (SELECT 1 FROM treaty_schema WHERE version = 4);
