@@ -108,7 +108,6 @@
 #define DEFAULT_CONNECT_INITIAL_MS 100
 #define DEFAULT_CONNECT_MAX_MS 5000
 #define DEFAULT_LAZY_DELAY_MS 20
-#define DEFAULT_RETENTION_S 3600
 #define DEFAULT_GC_INTERVAL_MS 5000
 /* One connection attempt gives up after this, unless conninfo sets connect_timeout. */
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 10000
@@ -908,8 +907,14 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     int rc;
     set_err(errbuf, errlen, "%s", "");
     if (!out || !cfg || !cfg->conninfo || cfg->connect_initial_ms < 0 || cfg->connect_max_ms < 0 ||
-        cfg->lazy_delay_ms < 0 || cfg->retention_s < 0 || cfg->gc_interval_ms < 0) {
+        cfg->lazy_delay_ms < 0 || cfg->gc_interval_ms < 0) {
         set_err(errbuf, errlen, "journal: invalid configuration");
+        return TREATY_EINVAL;
+    }
+    /* No default for retention: 0 once meant "the default, 3600" here while
+     * the coordinator read it as "forget at once". */
+    if (cfg->retention_s < 1) {
+        set_err(errbuf, errlen, "journal: retention_s must be at least 1 second, got %d", cfg->retention_s);
         return TREATY_EINVAL;
     }
     *out = NULL;
@@ -925,7 +930,7 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     if (j->connect_max_ms < j->connect_initial_ms)
         j->connect_max_ms = j->connect_initial_ms;
     j->lazy_delay_ms = cfg->lazy_delay_ms ? cfg->lazy_delay_ms : DEFAULT_LAZY_DELAY_MS;
-    j->retention_s = cfg->retention_s ? cfg->retention_s : DEFAULT_RETENTION_S;
+    j->retention_s = cfg->retention_s;
     j->gc_interval_ms = cfg->gc_interval_ms ? cfg->gc_interval_ms : DEFAULT_GC_INTERVAL_MS;
     j->attempt_timeout_ms = attempt_ms;
     j->stop = cfg->stop;

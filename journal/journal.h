@@ -71,12 +71,13 @@ struct journal_rec {
     size_t data_len;
 };
 
+/* For the ms fields, 0 means the default given. retention_s has no default. */
 struct journal_config {
     const char *conninfo;   /* libpq conninfo of the journal database */
     int connect_initial_ms; /* first reconnect backoff (default 100) */
     int connect_max_ms;     /* backoff cap (default 5000) */
     int lazy_delay_ms;      /* how long a lazy-only batch may wait (default 20) */
-    int retention_s;        /* finished transactions are deleted after this (default 3600) */
+    int retention_s;        /* finished transactions are deleted after this; at least 1 */
     int gc_interval_ms;     /* how often the writer collects (default 5000) */
     volatile int *stop;     /* optional: journal_connect gives up when *stop becomes non-zero */
 };
@@ -85,8 +86,10 @@ struct journal;
 
 /* Step 1. On success *out is owned by the caller (journal_close). Returns 0,
  * TREATY_EPG (schema failure, message in errbuf), TREATY_EVERSION (the database
- * holds a newer schema than JOURNAL_SCHEMA_VERSION), or TREATY_EBUSY when
- * *stop became set while retrying. errbuf gets a one-line message on error. */
+ * holds a newer schema than JOURNAL_SCHEMA_VERSION), TREATY_EINVAL (a NULL
+ * argument, a negative field, retention_s < 1, an unparsable conninfo), or
+ * TREATY_EBUSY when *stop became set while retrying. errbuf gets a one-line
+ * message on error. */
 int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen);
 
 /*

@@ -203,6 +203,7 @@ static struct journal_config test_cfg(void)
     cfg.conninfo = db_conninfo;
     cfg.connect_initial_ms = 20;
     cfg.connect_max_ms = 500;
+    cfg.retention_s = 3600;
     return cfg;
 }
 
@@ -924,7 +925,8 @@ static void *stop_later(void *p)
 static int connect_until_stopped(const char *conninfo, int64_t *took_ms)
 {
     volatile int stop = 0;
-    struct journal_config cfg = {.conninfo = conninfo, .connect_initial_ms = 20, .connect_max_ms = 100, .stop = &stop};
+    struct journal_config cfg = {
+        .conninfo = conninfo, .connect_initial_ms = 20, .connect_max_ms = 100, .retention_s = 3600, .stop = &stop};
     struct stopper s = {.flag = &stop, .after_ms = 300};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, stop_later, &s), 0);
@@ -992,9 +994,23 @@ Test(journal_connect, invalid_arguments)
     cfg.conninfo = "host=";
     cr_assert_eq(journal_connect(&cfg, NULL, err, sizeof err), TREATY_EINVAL);
     cfg.conninfo = "this is = not = a conninfo";
+    cfg.retention_s = 3600;
     cr_assert_eq(journal_connect(&cfg, &j, err, sizeof err), TREATY_EINVAL);
     cr_assert(strstr(err, "conninfo") != NULL, "%s", err);
     cr_assert_null(j);
+    /* Retention has no default: 0 (and below) is refused, never read as 3600.
+     * (*stop is set: a journal_connect that took the value returns EBUSY at
+     * once instead of retrying the missing server.) */
+    volatile int stop = 1;
+    cfg.conninfo = "host=/nonexistent";
+    cfg.stop = &stop;
+    for (int r = 0; r >= -1; r--) {
+        cfg.retention_s = r;
+        err[0] = '\0';
+        cr_assert_eq(journal_connect(&cfg, &j, err, sizeof err), TREATY_EINVAL, "retention_s = %d accepted", r);
+        cr_assert(strstr(err, "retention_s") != NULL, "%s", err);
+        cr_assert_null(j);
+    }
     journal_close(NULL, 0);
     journal_close(&j, 0);
 }
