@@ -135,8 +135,9 @@
 #define SCAN_FETCH_ROWS 10000
 #define SCAN_FETCH_FIRST 256
 #define SCAN_FETCH_BYTES ((size_t)64 << 20)
+/* A collection round takes at most this many old 'end' rows (one txid each)
+ * and this many old 'ends' rows (each naming a group's finished txids). */
 #define GC_MAX_TXIDS 10000
-/* And at most this many 'ends' rows, each naming a group's finished txids. */
 #define GC_MAX_ENDS 256
 /* pg_advisory_xact_lock key pair held while applying the schema: "TREA", 1. */
 #define SCHEMA_LOCK_SQL "SELECT pg_advisory_xact_lock(1414677825, 1)"
@@ -1713,15 +1714,25 @@ static bool writer_commit_group(struct journal *j)
 }
 
 /*
- * Deletes every record of up to GC_MAX_TXIDS transactions whose END is older
- * than retention_s. Lazily committed: if Postgres crashes and forgets the
- * delete, the transactions are still finished and go in the next round. If
- * we crash before COMMIT, nothing is deleted.
+ * Collects finished transactions: for up to GC_MAX_ENDS 'ends' rows and
+ * GC_MAX_TXIDS 'end' rows (written by versions 1 and 2, and for saga ENDs)
+ * older than retention_s, deletes each END row and, for every txid it names,
+ * that txid's records with a lower seq than the END row: the run the END
+ * finished, and any older run. Records of the txid after that END (a newer
+ * run, finished or not) stay: an END says nothing about what followed it.
+ * When a txid is named by several old END rows of this round, the highest
+ * bounds it.
+ *
+ * One transaction, lazily committed. If we crash before COMMIT, nothing is
+ * deleted. If Postgres crashes and forgets the committed delete, the END rows
+ * and their runs are back, still finished, and go in a later round. Either
+ * way a run and the END that finished it disappear together, so no END ever
+ * outlives its run to be mistaken for another's.
  */
 static void writer_gc(struct journal *j)
 {
     struct writer *w = &j->w;
-    char why[ERRLEN], sql[768];
+    char why[ERRLEN], sql[1536];
     PGresult *res = NULL;
 
     w->next_gc = now_ms() + j->gc_interval_ms;
@@ -1735,21 +1746,27 @@ static void writer_gc(struct journal *j)
         atomic_fetch_add(&j->n_reconnects, 1);
     }
     PGconn *c = w->conn;
-    /* The txids named by old 'ends' rows and by old 'end' rows (written by
-     * versions 1 and 2), every record of theirs, and those 'ends' rows. An
-     * 'ends' row has a NULL txid: the txid join never reaches it. */
+    /* b: old 'ends' rows; s: old 'end' rows; done: each txid they name with
+     * the highest seq naming it. Both are found through their partial
+     * indexes on written_at; del reaches each txid's records through the
+     * txid index. An 'ends' row has a NULL txid: del never reaches it, dele
+     * deletes the END rows themselves. */
     snprintf(sql, sizeof sql,
              "WITH b AS (SELECT seq, ended FROM treaty_journal "
              "            WHERE kind = 'ends' AND written_at < now() - make_interval(secs => %d) "
              "            LIMIT %d), "
-             "     done AS ((SELECT DISTINCT txid FROM treaty_journal "
-             "                WHERE kind = 'end' AND written_at < now() - make_interval(secs => %d) "
-             "                LIMIT %d) "
-             "              UNION SELECT unnest(ended) FROM b), "
-             "     del AS (DELETE FROM treaty_journal j USING done WHERE j.txid = done.txid RETURNING 1), "
-             "     delb AS (DELETE FROM treaty_journal j USING b WHERE j.seq = b.seq RETURNING 1) "
-             "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM del) + (SELECT count(*) FROM delb), "
-             "       (SELECT count(*) FROM b)",
+             "     s AS (SELECT seq, txid FROM treaty_journal "
+             "            WHERE kind = 'end' AND written_at < now() - make_interval(secs => %d) "
+             "            LIMIT %d), "
+             "     done AS (SELECT txid, max(seq) AS upto "
+             "                FROM (SELECT unnest(ended) AS txid, seq FROM b UNION ALL SELECT txid, seq FROM s) e "
+             "               GROUP BY txid), "
+             "     del AS (DELETE FROM treaty_journal j USING done "
+             "              WHERE j.txid = done.txid AND j.seq < done.upto RETURNING 1), "
+             "     dele AS (DELETE FROM treaty_journal j "
+             "               WHERE j.seq IN (SELECT seq FROM b UNION ALL SELECT seq FROM s) RETURNING 1) "
+             "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM del) + (SELECT count(*) FROM dele), "
+             "       (SELECT count(*) FROM b), (SELECT count(*) FROM s)",
              j->retention_s, GC_MAX_ENDS, j->retention_s, GC_MAX_TXIDS);
     if (!pg_exec(c, "BEGIN; SET LOCAL synchronous_commit = off", PGRES_COMMAND_OK, why, sizeof why))
         goto fail;
@@ -1761,6 +1778,7 @@ static void writer_gc(struct journal *j)
     long long ntx = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     long long nrows = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     long long nends = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    long long nend = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     PQclear(res);
     res = NULL;
     if (!pg_commit(c, why, sizeof why))
@@ -1769,7 +1787,7 @@ static void writer_gc(struct journal *j)
         atomic_fetch_add(&j->n_gc_deleted, (uint64_t)nrows);
         log_debug("journal: collected %lld finished transactions (%lld records)", ntx, nrows);
     }
-    if (ntx >= GC_MAX_TXIDS || nends >= GC_MAX_ENDS)
+    if (nend >= GC_MAX_TXIDS || nends >= GC_MAX_ENDS)
         w->next_gc = now_ms(); /* more to collect, after whatever batches wait */
     return;
 

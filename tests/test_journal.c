@@ -1332,6 +1332,139 @@ Test(journal, scan_and_collector_handle_batched_and_single_end_rows_alike)
     journal_close(&J, 0);
 }
 
+/* sql with each "TXID" replaced by the txid's UUID. */
+static void with_txid(const char *sql, const uint8_t id[16], char *out, size_t len)
+{
+    char s[37];
+    txid_sql(id, s);
+    size_t n = 0;
+    while (*sql) {
+        if (strncmp(sql, "TXID", 4) == 0) {
+            cr_assert_lt(n + 36, len);
+            memcpy(out + n, s, 36);
+            n += 36;
+            sql += 4;
+        } else {
+            cr_assert_lt(n + 1, len);
+            out[n++] = *sql++;
+        }
+    }
+    out[n] = '\0';
+}
+
+static void pg_run_txid(const char *sql, const uint8_t id[16])
+{
+    char q[2048];
+    with_txid(sql, id, q, sizeof q);
+    pg_run(db_conninfo, q);
+}
+
+static long long pg_count_txid(const char *sql, const uint8_t id[16])
+{
+    char q[2048];
+    with_txid(sql, id, q, sizeof q);
+    return pg_count(q);
+}
+
+/* A saga record of txid id (SAGA with a one-byte definition, or STEP). */
+static struct journal_rec saga_rec(const uint8_t id[16], enum journal_kind kind, int step)
+{
+    static const unsigned char def[1] = {7};
+    struct journal_rec r = {.kind = kind, .failed_branch = -1, .step = -1};
+    memcpy(r.txid, id, 16);
+    if (kind == JOURNAL_SAGA) {
+        r.nservices = 2;
+        r.services = svc_ab;
+        r.data = def;
+        r.data_len = sizeof def;
+    } else if (kind == JOURNAL_STEP) {
+        r.step = step;
+        r.detail = "action";
+    }
+    return r;
+}
+
+/*
+ * Three txids, each with a first run that finished two hours ago and a
+ * second run, started after it, that has not finished:
+ *   a: COMMIT + END (in an 'ends' row), then SAGA + STEP
+ *   b: SAGA + STEP + END "completed", then SAGA
+ *   c: COMMIT + a version-2 'end' row, then COMMIT
+ * and d, finished two hours ago with nothing after. Returns the highest seq
+ * of the first runs (every row up to it is aged).
+ */
+static long long write_old_and_new_runs(struct journal *j, uint8_t a[16], uint8_t b[16], uint8_t c[16], uint8_t d[16])
+{
+    new_txid(a);
+    new_txid(b);
+    new_txid(c);
+    new_txid(d);
+    struct journal_rec r = rec(a, JOURNAL_COMMIT, NULL);
+    journal_append(j, &r, true);
+    r = rec(c, JOURNAL_COMMIT, NULL);
+    journal_append(j, &r, true);
+    r = rec(d, JOURNAL_COMMIT, NULL);
+    journal_append(j, &r, true);
+    r = saga_rec(b, JOURNAL_SAGA, -1);
+    append_durable(j, &r, true);
+    r = saga_rec(b, JOURNAL_STEP, 0);
+    journal_append(j, &r, false);
+    r = rec(b, JOURNAL_END, "completed");
+    journal_append(j, &r, false);
+    r = rec(a, JOURNAL_END, NULL);
+    journal_append(j, &r, false);
+    r = rec(d, JOURNAL_END, NULL);
+    append_durable(j, &r, false);
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind) VALUES ('TXID', 'end')", c);
+    long long old = pg_count("SELECT max(seq) FROM treaty_journal");
+    char sql[256];
+    snprintf(sql, sizeof sql, "UPDATE treaty_journal SET written_at = now() - interval '2 hours' WHERE seq <= %lld",
+             old);
+    pg_run(db_conninfo, sql);
+
+    r = saga_rec(a, JOURNAL_SAGA, -1);
+    journal_append(j, &r, true);
+    r = saga_rec(b, JOURNAL_SAGA, -1);
+    journal_append(j, &r, true);
+    r = rec(c, JOURNAL_COMMIT, NULL);
+    append_durable(j, &r, true);
+    r = saga_rec(a, JOURNAL_STEP, 0);
+    append_durable(j, &r, false);
+    return old;
+}
+
+Test(journal, collector_leaves_the_newer_run_of_a_txid_whose_older_run_ended_long_ago)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.retention_s = 60;
+    cfg.gc_interval_ms = 100;
+    J = open_journal(&cfg, true);
+    uint8_t a[16], b[16], c[16], d[16];
+    long long old = write_old_and_new_runs(J, a, b, c, d);
+
+    /* Every END older than retention is collected in the round that deletes
+     * its records: wait for that. */
+    int64_t until = mono_ms() + WAIT_MS;
+    while (pg_count("SELECT count(*) FROM treaty_journal WHERE kind IN ('end', 'ends') "
+                    "AND written_at < now() - interval '1 hour'") > 0 &&
+           mono_ms() < until) {
+        journal_durable(J);
+        sleep_ms(50);
+    }
+    journal_close(&J, WAIT_MS);
+    char q[128];
+    snprintf(q, sizeof q, "SELECT count(*) FROM treaty_journal WHERE seq <= %lld", old);
+    cr_assert_eq(pg_count(q), 0, "the finished first runs were not collected");
+    /* The second runs are whole. */
+    cr_expect_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID'", a), 2,
+                 "a's second run (SAGA, STEP) was collected");
+    cr_expect_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID' AND kind = 'saga'", b), 1,
+                 "b's second run (SAGA) was collected");
+    cr_expect_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID' AND kind = 'commit'", c), 1,
+                 "c's second run (COMMIT) was collected");
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 4);
+}
+
 /* ----------------------------------------------------------------- sagas */
 
 /* len bytes: every byte value, zero and 0x5c (backslash) many times over. */
