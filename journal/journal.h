@@ -7,8 +7,9 @@
  *   1. journal_connect()   blocking: connect (retrying with backoff, logging each
  *                          try), apply the schema, refuse a newer schema version.
  *   2. journal_scan()      blocking: read back every record of unfinished
- *                          transactions, and the outcome of finished ones still
- *                          retained, for recovery.
+ *                          transactions (runs of a txid without an END), for
+ *                          recovery. Finished ones are not read: their
+ *                          outcomes are answered by journal_lookup().
  *   3. journal_start()     start the writer thread. From now on the coordinator
  *                          loop appends records with journal_append() (never
  *                          blocks on Postgres) and calls journal_flush() once per

@@ -81,6 +81,16 @@ void journal_txid_format(const uint8_t txid[16], char buf[37]);
 int journal_txid_parse(const char *s, uint8_t txid[16]);
 
 /*
+ * The recovery scan's query (journal.c explains its plan), and the settings
+ * journal_scan() runs it with (SET LOCAL statements, inside the scan's
+ * transaction): for tests that EXPLAIN it.
+ */
+#define JOURNAL_SCAN_SETTINGS                                                                                          \
+    "SET LOCAL cursor_tuple_fraction = 1; SET LOCAL work_mem = '64MB'; SET LOCAL bytea_output = 'hex'; "               \
+    "SET LOCAL enable_mergejoin = off; SET LOCAL enable_nestloop = off"
+extern const char journal_scan_sql[];
+
+/*
  * Test-only fault point, compiled in with TREATY_FAULTS (every build but
  * make RELEASE=1): the next n groups the writer sends lose their
  * acknowledgement. After the pipeline's Sync has gone out, the writer waits

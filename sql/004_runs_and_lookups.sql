@@ -11,6 +11,17 @@
 -- Journals written before version 4 may hold a rewritten group twice (two
 -- COMMIT rows for one txid, an END named twice); the journal's readers
 -- tolerate that.
+--
+-- Runs. A txid's records up to and including an END (by seq) are one
+-- transaction; records of the txid after its last END form another (the
+-- txid ran again). The collector deletes an old END with the records of its
+-- txid before it, never what follows it. Useful queries:
+--   records of unfinished transactions (what recovery reads):
+--     SELECT r.* FROM treaty_records r
+--      WHERE r.kind <> 'end'
+--        AND NOT EXISTS (SELECT 1 FROM treaty_records e
+--                         WHERE e.txid = r.txid AND e.kind = 'end' AND e.seq > r.seq)
+--      ORDER BY r.txid, r.seq;
 
 ALTER TABLE treaty_journal ADD COLUMN IF NOT EXISTS grp uuid;
 CREATE UNIQUE INDEX IF NOT EXISTS treaty_journal_grp ON treaty_journal (grp) WHERE grp IS NOT NULL;
