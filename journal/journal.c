@@ -1244,14 +1244,23 @@ static void put_array_elem(struct journal_buf *a, const char *s, size_t n)
     a->len = (size_t)(w - a->data);
 }
 
+/* True for the COPY field of a saga END's detail. */
+static bool saga_end_detail(const char *f, size_t n)
+{
+    return (n == 9 && memcmp(f, "completed", 9) == 0) || (n == 11 && memcmp(f, "compensated", 11) == 0);
+}
+
 /* Splits the COPY lines of every batch from head on into the INSERT's array
  * literals (NUL-terminated), one element per row. Every record is a row of
- * its own (ended NULL), except END records: those sharing a detail become
- * one row of kind 'ends' (txid NULL, ended = their txids), after the
- * group's other rows, so that a transaction's END has a higher seq than its
- * other records even when they are in the same group. Returns the number of
- * rows, or -1 when a line does not have JOURNAL_NCOLS fields (a bug of the
- * encoder). */
+ * its own (ended NULL), in append order, except the END records of 2PC
+ * transactions (any END but a saga's "completed" or "compensated"): those
+ * sharing a detail become one row of kind 'ends' (txid NULL, ended = their
+ * txids), after the group's other rows, so that a transaction's END has a
+ * higher seq than its other records even when they are in the same group.
+ * A saga's END stays a row of its own (kind 'end') so that an outcome lookup
+ * finds it through the txid index (see journal_lookup below). Returns the
+ * number of rows, or -1 when a line does not have JOURNAL_NCOLS fields (a bug
+ * of the encoder). */
 static long group_to_arrays(const struct batch *head, struct journal_buf cols[INSERT_NCOLS],
                             struct ends_row ends[ENDS_MAX_DETAILS])
 {
@@ -1277,7 +1286,7 @@ static long group_to_arrays(const struct batch *head, struct journal_buf cols[IN
                 n[k] = (size_t)(p - f[k]);
                 p++; /* the TAB, or the LF after the last field */
             }
-            if (n[1] == 3 && memcmp(f[1], "end", 3) == 0 && n[0] == 36) {
+            if (n[1] == 3 && memcmp(f[1], "end", 3) == 0 && n[0] == 36 && !saga_end_detail(f[4], n[4])) {
                 unsigned i = 0;
                 while (i < nends && (ends[i].detail_len != n[4] || memcmp(ends[i].detail, f[4], n[4]) != 0))
                     i++;

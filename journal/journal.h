@@ -48,8 +48,9 @@ enum journal_kind {
     JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */
     JOURNAL_ABORT = 2,  /* 2PC decision: abort. Forced. services, detail = reason, failed_branch */
     JOURNAL_END = 3,    /* finished (2PC: every branch acknowledged; saga: detail = "completed" or
-                           "compensated"). Lazy. A group's ENDs are stored together, one 'ends' row
-                           per detail (sql/003_batched_end.sql); the scan gives them back one by one */
+                           "compensated"). 2PC: lazy, and a group's 2PC ENDs are stored together, one
+                           'ends' row per detail (sql/003_batched_end.sql). A saga's END is a row of
+                           its own (sql/004_runs_and_lookups.sql) */
     JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
                            service; data = the encoded definition (coordinator's format) */
     JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */

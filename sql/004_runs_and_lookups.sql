@@ -1,4 +1,5 @@
--- Treaty coordinator journal, schema version 4: idempotent group rewrites.
+-- Treaty coordinator journal, schema version 4: idempotent group rewrites,
+-- transactions as runs, outcome lookups by txid.
 --
 -- grp: the id of the write group (one Postgres transaction of the journal's
 -- writer), a UUIDv7 stored on the group's first row only (NULL on every
@@ -25,6 +26,20 @@
 
 ALTER TABLE treaty_journal ADD COLUMN IF NOT EXISTS grp uuid;
 CREATE UNIQUE INDEX IF NOT EXISTS treaty_journal_grp ON treaty_journal (grp) WHERE grp IS NOT NULL;
+
+-- Outcome lookups. A 2PC transaction's outcome is its decision row (COMMIT
+-- or ABORT), found through the txid index. A saga's outcome is its END;
+-- from version 4 on the writer stores a saga's END ("completed" or
+-- "compensated") as a row of its own, kind 'end', which the txid index finds
+-- too (only 2PC ENDs are batched in 'ends' rows). Version 3 batched saga ENDs
+-- as well: this partial GIN index finds those rows by txid until the
+-- collector has removed them. No row written from version 4 on matches its
+-- predicate, so it costs nothing on the write path. One transaction's outcome:
+--   SELECT kind, detail, failed_branch FROM treaty_journal WHERE txid = '...' ORDER BY seq;
+--   SELECT seq, detail FROM treaty_journal       -- saga END of a version-3 writer
+--    WHERE kind = 'ends' AND detail IN ('completed', 'compensated') AND ended && ARRAY['...'::uuid];
+CREATE INDEX IF NOT EXISTS treaty_journal_saga_ends ON treaty_journal USING gin (ended)
+    WHERE kind = 'ends' AND detail IN ('completed', 'compensated');
 
 INSERT INTO treaty_schema (version)
 SELECT 4 WHERE NOT EXISTS (SELECT 1 FROM treaty_schema WHERE version = 4);
