@@ -1,15 +1,17 @@
 /*
  * journal.c - the coordinator's durable journal in PostgreSQL (see journal.h).
  *
- * Two threads share a struct journal:
+ * Three threads share a struct journal:
  *
  *   loop thread    journal_append() encodes each record at once into a COPY
  *                  text line of the pending batch (journal_int.h; the writer
  *                  turns a group's lines into the INSERT's arrays);
- *                  journal_flush() hands the batch to the writer by sending a
- *                  pointer to it over an inproc PAIR socket (ownership moves
- *                  with the message). journal_durable() drains the
- *                  watermarks the writer sends back. Nothing here touches
+ *                  journal_lookup() queues a txid. journal_flush() hands the
+ *                  batch to the writer and the lookups to the reader by
+ *                  sending a pointer over an inproc PUSH socket (ownership
+ *                  moves with the message). journal_durable() and
+ *                  journal_lookup_results() drain what the two send back on
+ *                  one PULL socket, journal_socket(). Nothing here touches
  *                  Postgres after journal_start().
  *
  *   writer thread  owns a blocking libpq connection (the one journal_connect
@@ -36,15 +38,24 @@
  *                  Between groups it deletes finished transactions older
  *                  than retention_s, every gc_interval_ms.
  *
- * Messages on the PAIR socket (each one frame, fixed size, same process):
+ *   reader thread  owns a libpq connection of its own, opened at the first
+ *                  lookup: takes every lookup batch waiting, answers them in
+ *                  queries of up to LOOKUP_CHUNK txids, sends the answers
+ *                  back (see "reader" below). Never touches the writer's
+ *                  state.
  *
- *   loop -> writer   struct msg {JMSG_BATCH, batch}  the writer owns the batch
- *                    struct msg {JMSG_STOP, NULL}    write what is left, exit
- *                    struct msg {JMSG_WAKE, NULL}    nothing; wakes the writer
- *   writer -> loop   uint64_t                       durable watermark
+ * Messages (each one frame, fixed size, same process; see open_sockets):
+ *
+ *   loop -> writer   struct msg {JMSG_BATCH, batch}   the writer owns the batch
+ *                    struct msg {JMSG_STOP}           write what is left, exit
+ *                    struct msg {JMSG_WAKE}           nothing; wakes the writer
+ *   loop -> reader   struct msg {JMSG_LOOKUP, lookups} the reader owns them
+ *                    struct msg {JMSG_STOP}           exit, answer nothing more
+ *   writer -> loop   struct note {NOTE_DURABLE, seq}  durable watermark
+ *   reader -> loop   struct note {NOTE_ANSWERS, a}    the loop owns the answers
  *
  * The watermark is also kept in an atomic, which is what journal_durable()
- * returns; the messages exist to make journal_socket() readable.
+ * returns; its messages exist to make journal_socket() readable.
  *
  * Writing a group again is idempotent. A connection lost after the Sync went
  * out leaves the commit's fate unknown: the server may have committed and
@@ -156,11 +167,36 @@ struct batch {
     struct journal_buf rows;
 };
 
-enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3 };
+enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3, JMSG_LOOKUP = 4 };
 
+/* loop -> writer, loop -> reader. */
 struct msg {
-    int type;        /* enum msg_type */
-    struct batch *b; /* JMSG_BATCH: ownership passes to the receiver */
+    int type;                 /* enum msg_type */
+    struct batch *b;          /* JMSG_BATCH: ownership passes to the receiver */
+    struct lookup_batch *lkp; /* JMSG_LOOKUP: ownership passes to the receiver */
+};
+
+/* Lookups queued during loop turns: the txids asked, in order. */
+struct lookup_batch {
+    struct lookup_batch *next; /* reader: the batches taken together */
+    unsigned n, cap;
+    uint8_t (*txid)[16];
+};
+
+/* The reader's answers to a run of lookups, one per lookup, in their order. */
+struct answers {
+    struct answers *next; /* loop: received, not yet handed out */
+    unsigned n;
+    struct journal_lookup_result r[];
+};
+
+enum note_type { NOTE_DURABLE = 1, NOTE_ANSWERS = 2 };
+
+/* writer -> loop, reader -> loop. */
+struct note {
+    int type;          /* enum note_type */
+    uint64_t durable;  /* NOTE_DURABLE: the new watermark */
+    struct answers *a; /* NOTE_ANSWERS: ownership passes to the receiver */
 };
 
 /* What a journal connection's session already holds, so that a group sends
@@ -195,6 +231,15 @@ struct writer {
     struct ends_row ends[ENDS_MAX_DETAILS]; /* write_group's 'ends' rows, reused */
 };
 
+/* State touched only by the reader thread (between journal_start and the join). */
+struct reader {
+    PGconn *conn;    /* NULL until the first lookup, and while disconnected */
+    int backoff_ms;  /* 0 until a failure; reset by an answered query */
+    int64_t next_ms; /* after a failure: no new connection before this */
+    uint64_t rng;
+    struct journal_buf param; /* the uuid[] literal of a query, reused */
+};
+
 struct journal {
     /* Configuration, immutable after journal_connect. */
     char *conninfo;
@@ -208,21 +253,34 @@ struct journal {
     volatile int *stop; /* journal_connect only */
 
     /* Loop thread. */
-    PGconn *conn;          /* until journal_start; then the writer's */
-    struct batch *pending; /* appended, not yet flushed */
-    uint64_t appended;     /* last sequence number handed out */
+    PGconn *conn;                 /* until journal_start; then the writer's */
+    struct batch *pending;        /* appended, not yet flushed */
+    uint64_t appended;            /* last sequence number handed out */
+    struct lookup_batch *lookups; /* queued, not yet flushed */
+    struct answers *answers;      /* received, not yet handed out (oldest first) */
+    struct answers **answers_tail;
     bool started;
-    void *loop_sock;
-    void *writer_sock; /* used by the writer thread until it is joined */
-    pthread_t thread;
+    void *to_writer; /* PUSH */
+    void *to_reader; /* PUSH */
+    void *from_both; /* PULL: journal_socket() */
+    pthread_t thread, reader_thread;
     uint64_t rng;
 
+    /* Used by the writer thread until it is joined. */
+    void *writer_in;  /* PULL */
+    void *writer_out; /* PUSH */
     struct writer w;
+
+    /* Used by the reader thread until it is joined. */
+    void *reader_in;  /* PULL */
+    void *reader_out; /* PUSH */
+    struct reader r;
 
     /* Shared between the threads. */
     _Atomic uint64_t durable;
     atomic_bool healthy;
-    atomic_bool abandon; /* journal_close gave up waiting: the writer exits */
+    atomic_bool abandon;     /* journal_close gave up waiting: the writer exits */
+    atomic_bool reader_stop; /* journal_close: the reader exits, unanswered lookups are dropped */
     _Atomic uint64_t n_batches;
     _Atomic uint64_t n_records;
     _Atomic uint64_t n_forced;
@@ -436,16 +494,20 @@ static void notice_receiver(void *arg, const PGresult *res)
         log_debug("journal: PostgreSQL: %s", msg);
 }
 
+/* fallback_application_name of the journal's connections. */
+#define APP_WRITER "treatyd-journal"
+#define APP_READER "treatyd-journal-lookup"
+
 /*
  * One connection attempt, non-blocking so that it can be given up: after
  * attempt_timeout_ms, or as soon as stopped() turns true. The connection is
  * in blocking mode once established. Returns NULL with err filled on failure.
  */
-static PGconn *pg_connect(struct journal *j, stop_fn stopped, char *err, size_t errlen)
+static PGconn *pg_connect(struct journal *j, stop_fn stopped, const char *app, char *err, size_t errlen)
 {
     /* Later parameters override what the expanded conninfo says. */
     const char *const kw[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
-    const char *const val[] = {j->conninfo, "treatyd-journal", "UTF8", NULL};
+    const char *const val[] = {j->conninfo, app, "UTF8", NULL};
     PGconn *c = PQconnectStartParams(kw, val, 1);
     if (!c)
         out_of_memory();
@@ -946,12 +1008,14 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->n_gc_deleted, 0);
     atomic_init(&j->n_write_us, 0);
     atomic_init(&j->fault_lose_acks, 0);
+    atomic_init(&j->reader_stop, false);
+    j->answers_tail = &j->answers;
 
     int backoff = 0;
     for (;;) {
         char why[ERRLEN];
         int version = 0;
-        PGconn *c = pg_connect(j, connect_stopped, why, sizeof why);
+        PGconn *c = pg_connect(j, connect_stopped, APP_WRITER, why, sizeof why);
         if (c) {
             rc = apply_schema(c, &version, why, sizeof why);
             if (rc == 0) {
@@ -1619,7 +1683,7 @@ static void group_free(struct writer *w)
 static void writer_take(struct journal *j, int timeout_ms)
 {
     struct writer *w = &j->w;
-    zmq_pollitem_t it = {.socket = j->writer_sock, .events = ZMQ_POLLIN};
+    zmq_pollitem_t it = {.socket = j->writer_in, .events = ZMQ_POLLIN};
     int r = zmq_poll(&it, 1, timeout_ms);
     if (r <= 0) {
         if (r < 0 && errno == ETERM) {
@@ -1630,7 +1694,7 @@ static void writer_take(struct journal *j, int timeout_ms)
     }
     while (!w->stopping && w->bytes < GROUP_MAX_BYTES) {
         struct msg m;
-        int n = zmq_recv(j->writer_sock, &m, sizeof m, ZMQ_DONTWAIT);
+        int n = zmq_recv(j->writer_in, &m, sizeof m, ZMQ_DONTWAIT);
         if (n < 0) {
             if (errno == ETERM)
                 atomic_store(&j->abandon, true);
@@ -1652,7 +1716,7 @@ static bool writer_reconnect(struct journal *j)
         char why[ERRLEN];
         if (writer_abandoned(j))
             return false;
-        PGconn *c = pg_connect(j, writer_abandoned, why, sizeof why);
+        PGconn *c = pg_connect(j, writer_abandoned, APP_WRITER, why, sizeof why);
         if (c) {
             writer_set_conn(w, c);
             atomic_fetch_add(&j->n_reconnects, 1);
@@ -1720,7 +1784,8 @@ static bool writer_commit_group(struct journal *j)
         log_info("journal: writing to PostgreSQL again (durable up to seq %" PRIu64 ")", seq);
     w->backoff_ms = 0;
     group_free(w);
-    if (zmq_send(j->writer_sock, &seq, sizeof seq, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
+    struct note n = {.type = NOTE_DURABLE, .durable = seq, .a = NULL};
+    if (zmq_send(j->writer_out, &n, sizeof n, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
         log_warn("journal: cannot notify the loop: %s", zmq_strerror(errno));
     return true;
 }
@@ -1750,7 +1815,7 @@ static void writer_gc(struct journal *j)
     w->next_gc = now_ms() + j->gc_interval_ms;
     if (!w->conn) {
         /* One attempt: the write path does the persistent retrying. */
-        writer_set_conn(w, pg_connect(j, writer_abandoned, why, sizeof why));
+        writer_set_conn(w, pg_connect(j, writer_abandoned, APP_WRITER, why, sizeof why));
         if (!w->conn) {
             log_warn("journal: collector cannot connect to PostgreSQL: %s", why);
             return;
@@ -1853,15 +1918,422 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* ----------------------------------------------------------------- reader */
+
+/*
+ * Outcome lookups. The reader thread owns a libpq connection of its own,
+ * opened at its first lookup, so that a lookup never waits behind a group
+ * and a group never waits behind a lookup. It answers every batch it finds
+ * waiting with queries of up to LOOKUP_CHUNK txids each (one round trip).
+ *
+ * What the query reads: every row of the asked txids (the txid index), and
+ * the saga ENDs a version-3 writer batched in 'ends' rows (the partial GIN
+ * index of sql/004_runs_and_lookups.sql; the query says "ended IS NOT NULL"
+ * for "an 'ends' row", as the index's predicate does, so that the planner
+ * cannot walk every 'ends' row through treaty_journal_ends instead). It does
+ * not read 2PC ENDs, which stay in 'ends' rows no index covers by txid: no
+ * outcome needs them.
+ *
+ * How rows become an outcome (lookup_decide), in seq order per txid. A
+ * transaction is a run of records ended by an END; a txid's latest run
+ * decides. The latest run holds L, the txid's last record other than an END:
+ *   - L is a COMMIT or an ABORT: that decision is the outcome. A 2PC run
+ *     writes nothing before its decision and nothing but its END after it,
+ *     so whatever ended before L was an earlier run;
+ *   - L is a saga's (SAGA, STEP, TURN): the first END after L says
+ *     "completed" or "compensated"; no END after L: UNFINISHED. The run
+ *     began at the last SAGA record up to L (a saga's definition is forced
+ *     before anything else of it): its last TURN, if any, gives
+ *     failed_branch and detail;
+ *   - no record but ENDs (the run was collected, an END left behind by an
+ *     older writer): a saga END still says how the saga ended; otherwise
+ *     NONE;
+ *   - no row: NONE.
+ * Records stored twice by writers before version 4 change nothing: a second
+ * COMMIT is still the last decision, a second END follows the first, a
+ * STEP or TURN written again after its END still runs from the same SAGA.
+ */
+#define LOOKUP_SQL                                                                                                     \
+    "SELECT txid, seq, kind, failed_branch, detail FROM treaty_journal "                                               \
+    " WHERE txid = ANY($1::uuid[]) "                                                                                   \
+    "UNION ALL "                                                                                                       \
+    "SELECT e.txid, b.seq, 'end', NULL, b.detail "                                                                     \
+    "  FROM treaty_journal b CROSS JOIN LATERAL unnest(b.ended) AS e(txid) "                                           \
+    " WHERE b.ended IS NOT NULL AND b.detail IN ('completed', 'compensated') AND b.ended && $1::uuid[] "               \
+    "   AND e.txid = ANY($1::uuid[]) "                                                                                 \
+    "ORDER BY 1, 2"
+const char journal_lookup_sql[] = LOOKUP_SQL;
+
+/* Txids a query asks about at most. */
+#define LOOKUP_CHUNK 1000
+/* A lookup query gives up (and its connection is dropped) after this. */
+#define LOOKUP_TIMEOUT_MS 10000
+
+static bool reader_stopped(struct journal *j)
+{
+    return atomic_load(&j->reader_stop);
+}
+
+/* One row of the lookup query, pointing into its PGresult. */
+struct lrow {
+    uint8_t txid[16];
+    long long seq;
+    enum journal_kind kind;
+    int failed_branch;
+    const char *detail; /* NULL when NULL */
+};
+
+static void set_detail(struct journal_lookup_result *out, const char *d)
+{
+    snprintf(out->detail, sizeof out->detail, "%s", d ? d : "");
+}
+
+static bool detail_is(const char *d, const char *want)
+{
+    return d && strcmp(d, want) == 0;
+}
+
+/* The outcome of one txid from its rows v[0..n) in seq order (see above). */
+static void lookup_decide(const struct lrow *v, size_t n, struct journal_lookup_result *out)
+{
+    out->outcome = JOURNAL_OUTCOME_NONE;
+    out->failed_branch = -1;
+    out->detail[0] = '\0';
+    size_t L = n;
+    for (size_t i = n; i-- > 0;) {
+        if (v[i].kind != JOURNAL_END) {
+            L = i;
+            break;
+        }
+    }
+    if (L == n) {
+        for (size_t i = n; i-- > 0;) {
+            if (detail_is(v[i].detail, "completed") || detail_is(v[i].detail, "compensated")) {
+                out->outcome =
+                    detail_is(v[i].detail, "completed") ? JOURNAL_OUTCOME_COMPLETED : JOURNAL_OUTCOME_COMPENSATED;
+                break;
+            }
+        }
+        return;
+    }
+    if (v[L].kind == JOURNAL_COMMIT) {
+        out->outcome = JOURNAL_OUTCOME_COMMITTED;
+        return;
+    }
+    if (v[L].kind == JOURNAL_ABORT) {
+        out->outcome = JOURNAL_OUTCOME_ABORTED;
+        out->failed_branch = v[L].failed_branch;
+        set_detail(out, v[L].detail);
+        return;
+    }
+    /* A saga's run: from its last SAGA record up to L (or, without one, from
+     * the END before L), then the first END after L. */
+    size_t start = 0, saga = L + 1;
+    for (size_t i = L + 1; i-- > 0 && saga > L;) {
+        if (v[i].kind == JOURNAL_SAGA)
+            saga = start = i;
+    }
+    for (size_t i = L + 1; saga > L && i-- > 0;) {
+        if (v[i].kind == JOURNAL_END) {
+            start = i + 1;
+            break;
+        }
+    }
+    for (size_t i = L + 1; i-- > start;) {
+        if (v[i].kind == JOURNAL_TURN) {
+            out->failed_branch = v[i].failed_branch;
+            set_detail(out, v[i].detail);
+            break;
+        }
+    }
+    out->outcome = JOURNAL_OUTCOME_UNFINISHED;
+    if (L + 1 < n) {
+        const char *d = v[L + 1].detail;
+        if (detail_is(d, "completed"))
+            out->outcome = JOURNAL_OUTCOME_COMPLETED;
+        else if (detail_is(d, "compensated"))
+            out->outcome = JOURNAL_OUTCOME_COMPENSATED;
+        else {
+            char id[37];
+            journal_txid_format(v[0].txid, id);
+            log_warn("journal: lookup of %s: a saga's records end with an END of detail \"%s\"; answered "
+                     "unfinished",
+                     id, d ? d : "(null)");
+        }
+    }
+}
+
+/* Waits, up to deadline, until libpq holds a whole result (or the final
+ * NULL). 0, or TREATY_EPG with err filled. */
+static int wait_not_busy(struct journal *j, PGconn *c, int64_t deadline, char *err, size_t errlen)
+{
+    for (;;) {
+        int f = PQflush(c);
+        if (f < 0) {
+            pg_error(c, NULL, err, errlen);
+            return TREATY_EPG;
+        }
+        if (f == 0) {
+            if (!PQconsumeInput(c)) {
+                pg_error(c, NULL, err, errlen);
+                return TREATY_EPG;
+            }
+            if (!PQisBusy(c))
+                return 0;
+        }
+        if (reader_stopped(j)) {
+            set_err(err, errlen, "journal closing");
+            return TREATY_EPG;
+        }
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            set_err(err, errlen, "no answer within %d ms", LOOKUP_TIMEOUT_MS);
+            return TREATY_EPG;
+        }
+        struct pollfd p = {.fd = PQsocket(c), .events = (short)(POLLIN | (f == 1 ? POLLOUT : 0))};
+        if (p.fd < 0) {
+            set_err(err, errlen, "no connection");
+            return TREATY_EPG;
+        }
+        if (poll(&p, 1, left < SLICE_MS ? (int)left : SLICE_MS) < 0 && errno != EINTR) {
+            set_err(err, errlen, "poll: %s", strerror(errno));
+            return TREATY_EPG;
+        }
+    }
+}
+
+/* Runs the lookup query for the uuid[] literal param, on a non-blocking
+ * connection, within LOOKUP_TIMEOUT_MS. *out owns the result on success. */
+static int lookup_query(struct journal *j, PGconn *c, const char *param, PGresult **out, char *err, size_t errlen)
+{
+    const char *values[1] = {param};
+    int64_t deadline = now_ms() + LOOKUP_TIMEOUT_MS;
+    if (PQsendQueryParams(c, LOOKUP_SQL, 1, NULL, values, NULL, NULL, 0) != 1) {
+        pg_error(c, NULL, err, errlen);
+        return TREATY_EPG;
+    }
+    if (wait_not_busy(j, c, deadline, err, errlen) != 0)
+        return TREATY_EPG;
+    PGresult *res = PQgetResult(c);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 5) {
+        pg_error(c, res, err, errlen);
+        PQclear(res);
+        return TREATY_EPG;
+    }
+    /* The NULL that ends the query's results. */
+    if (wait_not_busy(j, c, deadline, err, errlen) != 0) {
+        PQclear(res);
+        return TREATY_EPG;
+    }
+    PGresult *more = PQgetResult(c);
+    if (more) {
+        PQclear(more);
+        PQclear(res);
+        set_err(err, errlen, "unexpected second result of a lookup");
+        return TREATY_EPG;
+    }
+    *out = res;
+    return 0;
+}
+
+static int cmp_result(const void *a, const void *b)
+{
+    return memcmp(((const struct journal_lookup_result *)a)->txid, ((const struct journal_lookup_result *)b)->txid, 16);
+}
+
+/*
+ * Fills out[i] for txid[i], i < n, from the query's result: the outcome of
+ * each txid it has rows of, NONE for the others. Returns 0, or TREATY_EPROTO
+ * for a row the journal's format does not allow.
+ */
+static int lookup_answer(PGresult *res, const uint8_t (*txid)[16], unsigned n, struct journal_lookup_result *out)
+{
+    int nrows = PQntuples(res);
+    struct lrow *rows = xcalloc((size_t)nrows, sizeof *rows);
+    struct journal_lookup_result *found = xcalloc((size_t)nrows, sizeof *found);
+    size_t nfound = 0;
+    int rc = 0;
+    for (int i = 0; i < nrows; i++) {
+        struct lrow *r = &rows[i];
+        const char *kind = PQgetvalue(res, i, 2);
+        if (journal_txid_parse(PQgetvalue(res, i, 0), r->txid) != 0 || kind_parse(kind, &r->kind) != 0) {
+            log_error("journal: lookup: malformed row (txid %s, kind %s)", PQgetvalue(res, i, 0), kind);
+            rc = TREATY_EPROTO;
+            goto out;
+        }
+        r->seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        r->failed_branch = PQgetisnull(res, i, 3) ? -1 : atoi(PQgetvalue(res, i, 3));
+        r->detail = PQgetisnull(res, i, 4) ? NULL : PQgetvalue(res, i, 4);
+    }
+    /* Rows come ordered by txid, then seq: decide each txid's run. */
+    for (int i = 0; i < nrows;) {
+        int k = i + 1;
+        while (k < nrows && memcmp(rows[k].txid, rows[i].txid, 16) == 0)
+            k++;
+        memcpy(found[nfound].txid, rows[i].txid, 16);
+        lookup_decide(&rows[i], (size_t)(k - i), &found[nfound]);
+        nfound++;
+        i = k;
+    }
+    qsort(found, nfound, sizeof *found, cmp_result);
+    for (unsigned i = 0; i < n; i++) {
+        struct journal_lookup_result key;
+        memcpy(key.txid, txid[i], 16);
+        const struct journal_lookup_result *f = bsearch(&key, found, nfound, sizeof *found, cmp_result);
+        if (f) {
+            out[i] = *f;
+        } else {
+            memset(&out[i], 0, sizeof out[i]);
+            memcpy(out[i].txid, txid[i], 16);
+            out[i].outcome = JOURNAL_OUTCOME_NONE;
+            out[i].failed_branch = -1;
+        }
+        out[i].error = 0;
+    }
+out:
+    free(rows);
+    free(found);
+    return rc;
+}
+
+/* Answers txid[0..n) into a->r: from Postgres, or with TREATY_EPG. */
+static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned n, struct answers *a)
+{
+    struct reader *r = &j->r;
+    char why[ERRLEN] = "";
+    a->n = n;
+    r->param.len = 0;
+    for (unsigned i = 0; i < n; i++) {
+        char id[37];
+        journal_txid_format(txid[i], id);
+        buf_putc(&r->param, i == 0 ? '{' : ',');
+        buf_put(&r->param, id, 36);
+    }
+    buf_put(&r->param, n ? "}" : "{}", n ? 2 : 3);
+
+    for (int attempt = 0;; attempt++) {
+        if (!r->conn) {
+            if (now_ms() < r->next_ms) {
+                /* Backing off after a failure: answered at once. */
+                log_debug("journal: %u lookups answered TREATY_EPG (PostgreSQL unreachable, next attempt in %lld ms)",
+                          n, (long long)(r->next_ms - now_ms()));
+                goto answer_error;
+            }
+            r->conn = pg_connect(j, reader_stopped, APP_READER, why, sizeof why);
+            if (r->conn && PQsetnonblocking(r->conn, 1) != 0) {
+                pg_error(r->conn, NULL, why, sizeof why);
+                PQfinish(r->conn);
+                r->conn = NULL;
+            }
+            if (!r->conn)
+                goto fail;
+        }
+        PGresult *res = NULL;
+        if (lookup_query(j, r->conn, r->param.data, &res, why, sizeof why) == 0) {
+            int rc = lookup_answer(res, txid, n, a->r);
+            PQclear(res);
+            if (rc == 0) {
+                r->backoff_ms = 0;
+                return;
+            }
+            goto answer_error; /* a malformed row (logged): asking again would not help */
+        }
+        PQfinish(r->conn);
+        r->conn = NULL;
+        /* A connection that served lookups before may simply have been
+         * closed while idle (a Postgres restart): one more try at once. */
+        if (attempt > 0 || r->backoff_ms != 0 || reader_stopped(j))
+            goto fail;
+        log_info("journal: lookup connection lost, reconnecting: %s", why);
+    }
+
+fail:
+    r->next_ms = now_ms() + backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
+    if (!reader_stopped(j))
+        log_warn("journal: cannot look up %u transactions (answered TREATY_EPG): %s", n, why);
+answer_error:
+    for (unsigned i = 0; i < n; i++) {
+        memset(&a->r[i], 0, sizeof a->r[i]);
+        memcpy(a->r[i].txid, txid[i], 16);
+        a->r[i].error = TREATY_EPG;
+        a->r[i].outcome = JOURNAL_OUTCOME_NONE;
+        a->r[i].failed_branch = -1;
+    }
+}
+
+static void lookup_batch_free(struct lookup_batch *l)
+{
+    while (l) {
+        struct lookup_batch *next = l->next;
+        free(l->txid);
+        free(l);
+        l = next;
+    }
+}
+
+/* Answers every lookup of the batches from head on, LOOKUP_CHUNK at a time,
+ * each chunk's answers in one message to the loop. */
+static void reader_work(struct journal *j, struct lookup_batch *head)
+{
+    for (struct lookup_batch *l = head; l && !reader_stopped(j); l = l->next) {
+        for (unsigned at = 0; at < l->n && !reader_stopped(j); at += LOOKUP_CHUNK) {
+            unsigned n = l->n - at < LOOKUP_CHUNK ? l->n - at : LOOKUP_CHUNK;
+            struct answers *a = xcalloc(1, sizeof *a + (size_t)n * sizeof a->r[0]);
+            reader_answer(j, (const uint8_t(*)[16])l->txid + at, n, a);
+            struct note m = {.type = NOTE_ANSWERS, .durable = 0, .a = a};
+            if (zmq_send(j->reader_out, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m) {
+                log_error("journal: cannot hand %u lookup answers to the loop: %s", n, zmq_strerror(errno));
+                free(a);
+            }
+        }
+    }
+}
+
+static void *reader_main(void *arg)
+{
+    struct journal *j = arg;
+    while (!reader_stopped(j)) {
+        zmq_pollitem_t it = {.socket = j->reader_in, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, -1) < 0) {
+            if (errno == ETERM)
+                break;
+            continue;
+        }
+        /* Every batch waiting, in order. */
+        struct lookup_batch *head = NULL, **tail = &head;
+        bool stop = false;
+        struct msg m;
+        while (zmq_recv(j->reader_in, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
+            if (m.type == JMSG_LOOKUP) {
+                m.lkp->next = NULL;
+                *tail = m.lkp;
+                tail = &m.lkp->next;
+            } else if (m.type == JMSG_STOP) {
+                stop = true;
+            }
+        }
+        if (!stop)
+            reader_work(j, head);
+        lookup_batch_free(head);
+        if (stop)
+            break;
+    }
+    PQfinish(j->r.conn);
+    j->r.conn = NULL;
+    journal_buf_free(&j->r.param);
+    return NULL;
+}
+
 /* ------------------------------------------------------------ loop thread */
 
-static void *pair_socket(void *zctx)
+/* A socket of the journal's own inproc plumbing: unbounded queues (neither
+ * thread may ever block on another), no linger. */
+static void *make_socket(void *zctx, int type)
 {
-    void *s = zmq_socket(zctx, ZMQ_PAIR);
+    void *s = zmq_socket(zctx, type);
     if (!s)
         return NULL;
     int zero = 0;
-    /* Unbounded queues: neither thread may ever block on the other. */
     if (zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero) != 0 ||
         zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero) != 0 ||
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) != 0) {
@@ -1871,9 +2343,54 @@ static void *pair_socket(void *zctx)
     return s;
 }
 
+/* A socket of type bound (bind) or connected to endpoint, or NULL. */
+static void *plumb(void *zctx, int type, bool bind, const char *endpoint)
+{
+    void *s = make_socket(zctx, type);
+    if (s && (bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) != 0) {
+        zmq_close(s);
+        s = NULL;
+    }
+    return s;
+}
+
+static void close_sockets(struct journal *j)
+{
+    void **all[] = {&j->to_writer,  &j->to_reader, &j->from_both, &j->writer_in,
+                    &j->writer_out, &j->reader_in, &j->reader_out};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (*all[i])
+            zmq_close(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+/*
+ * The plumbing (inproc, one frame a message, fixed size):
+ *   to_writer  (loop, PUSH) -> writer_in  (writer, PULL)  struct msg
+ *   to_reader  (loop, PUSH) -> reader_in  (reader, PULL)  struct msg
+ *   writer_out (writer, PUSH) and reader_out (reader, PUSH)
+ *                           -> from_both  (loop, PULL)    struct note
+ */
+static int open_sockets(struct journal *j, void *zctx)
+{
+    char w[64], r[64], l[64];
+    snprintf(w, sizeof w, "inproc://treaty-journal-w-%p", (void *)j);
+    snprintf(r, sizeof r, "inproc://treaty-journal-r-%p", (void *)j);
+    snprintf(l, sizeof l, "inproc://treaty-journal-l-%p", (void *)j);
+    if (!(j->from_both = plumb(zctx, ZMQ_PULL, true, l)) || !(j->writer_in = plumb(zctx, ZMQ_PULL, true, w)) ||
+        !(j->reader_in = plumb(zctx, ZMQ_PULL, true, r)) || !(j->to_writer = plumb(zctx, ZMQ_PUSH, false, w)) ||
+        !(j->to_reader = plumb(zctx, ZMQ_PUSH, false, r)) || !(j->writer_out = plumb(zctx, ZMQ_PUSH, false, l)) ||
+        !(j->reader_out = plumb(zctx, ZMQ_PUSH, false, l))) {
+        log_error("journal: cannot create the journal's sockets: %s", zmq_strerror(errno));
+        close_sockets(j);
+        return TREATY_ETRANSPORT;
+    }
+    return 0;
+}
+
 int journal_start(struct journal *j, void *zctx)
 {
-    char endpoint[64];
     sigset_t all, old;
     int err;
 
@@ -1881,52 +2398,44 @@ int journal_start(struct journal *j, void *zctx)
         return TREATY_EINVAL;
     if (j->started || !j->conn)
         return TREATY_ESTATE;
-    snprintf(endpoint, sizeof endpoint, "inproc://treaty-journal-%p", (void *)j);
-    j->writer_sock = pair_socket(zctx);
-    if (!j->writer_sock)
-        goto fail_zmq;
-    if (zmq_bind(j->writer_sock, endpoint) != 0)
-        goto fail_writer_sock;
-    j->loop_sock = pair_socket(zctx);
-    if (!j->loop_sock)
-        goto fail_writer_sock;
-    if (zmq_connect(j->loop_sock, endpoint) != 0)
-        goto fail_loop_sock;
+    if (open_sockets(j, zctx) != 0)
+        return TREATY_ETRANSPORT;
 
     /* The connection journal_connect opened is the writer's from now on. */
     writer_set_conn(&j->w, j->conn);
     j->conn = NULL;
     j->w.rng = rng_seed(&j->w);
+    j->r.rng = rng_seed(&j->r);
 
-    /* Signals are for the loop thread: the writer starts with all blocked. */
+    /* Signals are for the loop thread: the threads start with all blocked. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     err = pthread_create(&j->thread, NULL, writer_main, j);
+    if (err == 0) {
+        int rerr = pthread_create(&j->reader_thread, NULL, reader_main, j);
+        if (rerr != 0) {
+            /* Undo the writer: it has nothing to write yet. */
+            atomic_store(&j->abandon, true);
+            struct msg m = {.type = JMSG_STOP, .b = NULL, .lkp = NULL};
+            zmq_send(j->to_writer, &m, sizeof m, ZMQ_DONTWAIT);
+            pthread_join(j->thread, NULL);
+            atomic_store(&j->abandon, false);
+            err = rerr;
+        }
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (err != 0) {
-        log_error("journal: cannot start the writer thread: %s", strerror(err));
+        log_error("journal: cannot start the journal's threads: %s", strerror(err));
         j->conn = j->w.conn;
         writer_set_conn(&j->w, NULL);
-        zmq_close(j->loop_sock);
-        j->loop_sock = NULL;
-        zmq_close(j->writer_sock);
-        j->writer_sock = NULL;
+        close_sockets(j);
         return TREATY_EIO;
     }
     pthread_setname_np(j->thread, "treaty-journal");
+    pthread_setname_np(j->reader_thread, "treaty-lookup");
     j->started = true;
-    journal_flush(j); /* anything appended before the start */
+    journal_flush(j); /* anything appended or looked up before the start */
     return 0;
-
-fail_loop_sock:
-    zmq_close(j->loop_sock);
-    j->loop_sock = NULL;
-fail_writer_sock:
-    zmq_close(j->writer_sock);
-    j->writer_sock = NULL;
-fail_zmq:
-    log_error("journal: cannot create the writer's socket pair: %s", zmq_strerror(errno));
-    return TREATY_ETRANSPORT;
 }
 
 uint64_t journal_append(struct journal *j, const struct journal_rec *r, bool force)
@@ -1945,30 +2454,59 @@ uint64_t journal_append(struct journal *j, const struct journal_rec *r, bool for
     return b->last_seq;
 }
 
+void journal_lookup(struct journal *j, const uint8_t txid[16])
+{
+    assert(j && txid);
+    struct lookup_batch *l = j->lookups;
+    if (!l)
+        l = j->lookups = xcalloc(1, sizeof *l);
+    if (l->n == l->cap) {
+        if (l->cap > UINT_MAX / 2)
+            out_of_memory();
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->txid = xrealloc(l->txid, (size_t)l->cap * sizeof l->txid[0]);
+    }
+    memcpy(l->txid[l->n++], txid, 16);
+}
+
 void journal_flush(struct journal *j)
 {
-    if (!j || !j->started || !j->pending)
+    if (!j || !j->started)
         return;
-    struct msg m = {.type = JMSG_BATCH, .b = j->pending};
-    if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m) {
-        /* Kept: the next flush hands it over together with newer records. */
-        log_error("journal: cannot hand %u records to the writer: %s", j->pending->nrecs, zmq_strerror(errno));
-        return;
+    if (j->pending) {
+        struct msg m = {.type = JMSG_BATCH, .b = j->pending, .lkp = NULL};
+        if (zmq_send(j->to_writer, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m)
+            j->pending = NULL;
+        else /* kept: the next flush hands it over together with newer records */
+            log_error("journal: cannot hand %u records to the writer: %s", j->pending->nrecs, zmq_strerror(errno));
     }
-    j->pending = NULL;
+    if (j->lookups) {
+        struct msg m = {.type = JMSG_LOOKUP, .b = NULL, .lkp = j->lookups};
+        if (zmq_send(j->to_reader, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m)
+            j->lookups = NULL;
+        else /* kept, as above */
+            log_error("journal: cannot hand %u lookups to the reader: %s", j->lookups->n, zmq_strerror(errno));
+    }
 }
 
 void *journal_socket(struct journal *j)
 {
-    return j ? j->loop_sock : NULL;
+    return j ? j->from_both : NULL;
 }
 
+/* Takes every notification off journal_socket(): watermarks are in the
+ * atomic already; answers are kept, in order, for journal_lookup_results. */
 static void loop_drain(struct journal *j)
 {
-    uint64_t v;
-    if (!j->loop_sock)
+    struct note n;
+    if (!j->from_both)
         return;
-    while (zmq_recv(j->loop_sock, &v, sizeof v, ZMQ_DONTWAIT) >= 0) {
+    while (zmq_recv(j->from_both, &n, sizeof n, ZMQ_DONTWAIT) == (int)sizeof n) {
+        if (n.type == NOTE_ANSWERS && n.a) {
+            n.a->next = NULL;
+            *j->answers_tail = n.a;
+            j->answers_tail = &n.a->next;
+        }
     }
 }
 
@@ -1978,6 +2516,33 @@ uint64_t journal_durable(struct journal *j)
         return 0;
     loop_drain(j);
     return atomic_load(&j->durable);
+}
+
+void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg)
+{
+    if (!j || !cb)
+        return;
+    loop_drain(j);
+    /* Detached first: cb may look up again, or even call us. */
+    struct answers *a = j->answers;
+    j->answers = NULL;
+    j->answers_tail = &j->answers;
+    while (a) {
+        struct answers *next = a->next;
+        for (unsigned i = 0; i < a->n; i++)
+            cb(arg, &a->r[i]);
+        free(a);
+        a = next;
+    }
+}
+
+static void answers_free(struct answers *a)
+{
+    while (a) {
+        struct answers *next = a->next;
+        free(a);
+        a = next;
+    }
 }
 
 bool journal_healthy(const struct journal *j)
@@ -2016,31 +2581,40 @@ void journal_close(struct journal **jp, int wait_ms)
 
     if (j->started) {
         journal_flush(j);
-        struct msg m = {.type = JMSG_STOP, .b = NULL};
-        if (zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m)
+        /* The reader stops at once: lookups not answered yet are dropped. */
+        atomic_store(&j->reader_stop, true);
+        struct msg m = {.type = JMSG_STOP, .b = NULL, .lkp = NULL};
+        zmq_send(j->to_reader, &m, sizeof m, ZMQ_DONTWAIT);
+        if (zmq_send(j->to_writer, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m)
             atomic_store(&j->abandon, true);
         int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : 0);
         while (atomic_load(&j->durable) < target && !atomic_load(&j->abandon)) {
             int64_t left = deadline - now_ms();
             if (left <= 0)
                 break;
-            zmq_pollitem_t it = {.socket = j->loop_sock, .events = ZMQ_POLLIN};
+            zmq_pollitem_t it = {.socket = j->from_both, .events = ZMQ_POLLIN};
             zmq_poll(&it, 1, left < 100 ? (int)left : 100);
             loop_drain(j);
         }
         /* Give up: the writer leaves its reconnect loop at once. */
         atomic_store(&j->abandon, true);
         m.type = JMSG_WAKE;
-        zmq_send(j->loop_sock, &m, sizeof m, ZMQ_DONTWAIT);
+        zmq_send(j->to_writer, &m, sizeof m, ZMQ_DONTWAIT);
         pthread_join(j->thread, NULL);
+        pthread_join(j->reader_thread, NULL);
 
-        /* The writer's socket is ours again: free batches it never took. */
-        while (zmq_recv(j->writer_sock, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
+        /* The threads' sockets are ours again: free what they never took,
+         * and what they sent that nobody read. */
+        while (zmq_recv(j->writer_in, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
             if (m.type == JMSG_BATCH)
                 batch_free(m.b);
         }
-        zmq_close(j->writer_sock);
-        zmq_close(j->loop_sock);
+        while (zmq_recv(j->reader_in, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
+            if (m.type == JMSG_LOOKUP)
+                lookup_batch_free(m.lkp);
+        }
+        loop_drain(j);
+        close_sockets(j);
         j->conn = j->w.conn;
         writer_set_conn(&j->w, NULL);
     } else if (j->pending && j->conn) {
@@ -2062,6 +2636,8 @@ void journal_close(struct journal **jp, int wait_ms)
         log_error("journal: closed with %" PRIu64 " records not durable (seq %" PRIu64 "..%" PRIu64 ")",
                   target - durable, durable + 1, target);
     batch_free(j->pending);
+    lookup_batch_free(j->lookups);
+    answers_free(j->answers);
     PQfinish(j->conn);
     free(j->conninfo);
     free(j);

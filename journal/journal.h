@@ -10,13 +10,17 @@
  *                          transactions (runs of a txid without an END), for
  *                          recovery. Finished ones are not read: their
  *                          outcomes are answered by journal_lookup().
- *   3. journal_start()     start the writer thread. From now on the coordinator
- *                          loop appends records with journal_append() (never
- *                          blocks on Postgres) and calls journal_flush() once per
- *                          loop turn; the writer group-commits everything handed
- *                          to it in one Postgres transaction and then reports the
- *                          new durable watermark on journal_socket().
- *   4. journal_close()     flush what is pending (bounded wait), stop the thread.
+ *   3. journal_start()     start the writer and reader threads. From now on the
+ *                          coordinator loop appends records with
+ *                          journal_append() and queues outcome lookups with
+ *                          journal_lookup() (neither blocks on Postgres), and
+ *                          calls journal_flush() once per loop turn; the writer
+ *                          group-commits everything handed to it in one Postgres
+ *                          transaction and then reports the new durable
+ *                          watermark on journal_socket(); the reader answers
+ *                          lookups there too.
+ *   4. journal_close()     flush what is pending (bounded wait), stop the
+ *                          threads; lookups not answered yet are dropped.
  *
  * Forced vs lazy: a batch holding a forced record commits with
  * synchronous_commit = on; a batch of only lazy records (END, ABORT) is written
@@ -32,7 +36,7 @@
  * and the lookups tolerate that.
  *
  * Thread safety: every function is called from the coordinator's loop thread
- * only; the writer thread is internal.
+ * only; the writer and reader threads are internal.
  */
 #ifndef TREATY_JOURNAL_H
 #define TREATY_JOURNAL_H
@@ -121,8 +125,10 @@ void journal_flush(struct journal *j);
 /* A ZeroMQ socket to include in the loop's zmq_poll (ZMQ_POLLIN). */
 void *journal_socket(struct journal *j);
 
-/* Drains the writer's notifications (call when journal_socket is readable;
- * harmless otherwise). Returns the highest durable sequence number so far. */
+/* Drains the notifications on journal_socket() (call when it is readable;
+ * harmless otherwise): lookup answers among them are kept for
+ * journal_lookup_results(). Returns the highest durable sequence number so
+ * far. */
 uint64_t journal_durable(struct journal *j);
 
 /*
@@ -132,9 +138,21 @@ uint64_t journal_durable(struct journal *j);
  * turn go to Postgres together at journal_flush(), on a connection of their
  * own, so lookups never delay the writer. Answers arrive in any order;
  * journal_socket() becomes readable, and journal_lookup_results() hands each
- * to cb. Only durable records are seen: the caller keeps what it appended but
- * has not seen durable in memory. A lookup that cannot reach Postgres is
- * answered with error = TREATY_EPG (the caller refuses or retries).
+ * to cb. Call both journal_durable() and journal_lookup_results() when the
+ * socket is readable: either may take the other's notification off it (and
+ * keeps it for the other). Each journal_lookup() call gets exactly one
+ * answer, a txid asked twice two. Lookups queued before journal_start() are
+ * sent when it starts. Only durable records are seen: the caller keeps what it
+ * appended but has not seen durable in memory. A lookup that cannot reach
+ * Postgres is answered with error = TREATY_EPG (the caller refuses or
+ * retries), within about 10 s of its flush even when Postgres does not
+ * answer; after a failure the reader reconnects with the writer's backoff
+ * (connect_initial_ms .. connect_max_ms) and answers lookups that come in
+ * meanwhile with TREATY_EPG at once.
+ *
+ * The outcome is that of the txid's latest run (the records after its last
+ * END, or else those up to it; see journal_scan). Records stored twice by
+ * writers before schema version 4 do not change it.
  */
 enum journal_outcome {
     JOURNAL_OUTCOME_NONE = 0,    /* no record of this txid (never seen, or collected) */
@@ -153,9 +171,13 @@ struct journal_lookup_result {
     char detail[256];  /* ABORT's or TURN's detail ("" none), truncated */
 };
 
+/* Queues a lookup of txid (copied). Never blocks, never fails except on
+ * out-of-memory (aborts the daemon). */
 void journal_lookup(struct journal *j, const uint8_t txid[16]);
 typedef void (*journal_lookup_fn)(void *arg, const struct journal_lookup_result *r);
-/* Calls cb for every answer received so far. Loop thread; harmless when none. */
+/* Calls cb for every answer received so far, in the order received; r is
+ * borrowed for the call. cb may call journal_lookup(). Loop thread; harmless
+ * when none. */
 void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg);
 
 /* False while the writer cannot reach Postgres (new work should be refused). */

@@ -90,6 +90,10 @@ int journal_txid_parse(const char *s, uint8_t txid[16]);
     "SET LOCAL enable_mergejoin = off; SET LOCAL enable_nestloop = off"
 extern const char journal_scan_sql[];
 
+/* The outcome lookups' query ($1: the txids as a uuid[] literal; journal.c
+ * explains how its rows become outcomes): for tests that EXPLAIN it. */
+extern const char journal_lookup_sql[];
+
 /*
  * Test-only fault point, compiled in with TREATY_FAULTS (every build but
  * make RELEASE=1): the next n groups the writer sends lose their

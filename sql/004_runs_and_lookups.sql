@@ -34,12 +34,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS treaty_journal_grp ON treaty_journal (grp) WHE
 -- too (only 2PC ENDs are batched in 'ends' rows). Version 3 batched saga ENDs
 -- as well: this partial GIN index finds those rows by txid until the
 -- collector has removed them. No row written from version 4 on matches its
--- predicate, so it costs nothing on the write path. One transaction's outcome:
+-- predicate, so it costs nothing on the write path. (The predicate names
+-- ended, not kind: only 'ends' rows have one, and a query that said kind =
+-- 'ends' would let the planner walk every 'ends' row through the partial
+-- index of version 3 instead.) One transaction's outcome:
 --   SELECT kind, detail, failed_branch FROM treaty_journal WHERE txid = '...' ORDER BY seq;
 --   SELECT seq, detail FROM treaty_journal       -- saga END of a version-3 writer
---    WHERE kind = 'ends' AND detail IN ('completed', 'compensated') AND ended && ARRAY['...'::uuid];
+--    WHERE ended IS NOT NULL AND detail IN ('completed', 'compensated') AND ended && ARRAY['...'::uuid];
 CREATE INDEX IF NOT EXISTS treaty_journal_saga_ends ON treaty_journal USING gin (ended)
-    WHERE kind = 'ends' AND detail IN ('completed', 'compensated');
+    WHERE ended IS NOT NULL AND detail IN ('completed', 'compensated');
 
 INSERT INTO treaty_schema (version)
 SELECT 4 WHERE NOT EXISTS (SELECT 1 FROM treaty_schema WHERE version = 4);

@@ -1526,6 +1526,22 @@ Test(journal, scan_tolerates_records_stored_twice_by_older_versions)
     journal_close(&J, 0);
 }
 
+/* EXPLAIN's lines as one string (caller frees). */
+static char *plan_text(const PGresult *res)
+{
+    size_t len = 1;
+    for (int i = 0; i < PQntuples(res); i++)
+        len += strlen(PQgetvalue(res, i, 0)) + 1;
+    char *t = malloc(len);
+    cr_assert_not_null(t);
+    t[0] = '\0';
+    for (int i = 0; i < PQntuples(res); i++) {
+        strcat(t, PQgetvalue(res, i, 0));
+        strcat(t, "\n");
+    }
+    return t;
+}
+
 static int count_unfinished(void *arg, const struct journal_rec *r, long long fin)
 {
     size_t *n = arg;
@@ -1559,17 +1575,14 @@ Test(journal, scan_of_a_large_finished_journal_is_one_hash_anti_join)
     char sql[4096];
     snprintf(sql, sizeof sql, "EXPLAIN %s", journal_scan_sql);
     PGresult *res = pg_must(c, sql);
-    char plan[8192] = "";
-    for (int i = 0; i < PQntuples(res); i++) {
-        strncat(plan, PQgetvalue(res, i, 0), sizeof plan - strlen(plan) - 2);
-        strcat(plan, "\n");
-    }
+    char *plan = plan_text(res);
     PQclear(res);
     PQclear(pg_must(c, "ROLLBACK"));
     PQfinish(c);
     cr_assert(strstr(plan, "Hash Anti Join") != NULL, "plan:\n%s", plan);
     cr_assert(strstr(plan, "Nested Loop") == NULL, "plan:\n%s", plan);
     cr_assert(strstr(plan, "Merge") == NULL, "plan:\n%s", plan);
+    free(plan);
 
     size_t n = 0;
     int64_t t0 = mono_ms();
@@ -1579,6 +1592,401 @@ Test(journal, scan_of_a_large_finished_journal_is_one_hash_anti_join)
     fprintf(stderr, "test_journal: scan of 500,000 finished and 10 unfinished transactions took %lld ms\n",
             (long long)ms);
     journal_close(&J, 0);
+}
+
+/* ------------------------------------------------------- outcome lookups */
+
+struct answer_list {
+    struct journal_lookup_result *v;
+    size_t n, cap;
+};
+
+static void collect_answer(void *arg, const struct journal_lookup_result *r)
+{
+    struct answer_list *l = arg;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        cr_assert_not_null(l->v);
+    }
+    l->v[l->n++] = *r;
+}
+
+/* Looks up ids[0..n) in one loop turn and collects n answers, polling
+ * journal_socket() as the loop does (journal_durable() on it as well). */
+static void lookup_all(struct journal *j, const uint8_t (*ids)[16], size_t n, struct answer_list *out)
+{
+    size_t before = out->n;
+    for (size_t i = 0; i < n; i++)
+        journal_lookup(j, ids[i]);
+    journal_flush(j);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (out->n - before < n && mono_ms() < until) {
+        zmq_pollitem_t it = {.socket = journal_socket(j), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+        journal_durable(j);
+        journal_lookup_results(j, collect_answer, out);
+    }
+    cr_assert_eq(out->n - before, n, "%zu answers of %zu", out->n - before, n);
+}
+
+static struct journal_lookup_result lookup_one(struct journal *j, const uint8_t id[16])
+{
+    struct answer_list l = {0};
+    lookup_all(j, (const uint8_t(*)[16])id, 1, &l);
+    struct journal_lookup_result r = l.v[0];
+    free(l.v);
+    cr_assert_arr_eq(r.txid, id, 16);
+    return r;
+}
+
+static const char *outcome_name(enum journal_outcome o)
+{
+    static const char *const names[] = {"NONE", "COMMITTED", "ABORTED", "COMPLETED", "COMPENSATED", "UNFINISHED"};
+    return (unsigned)o < sizeof names / sizeof names[0] ? names[o] : "?";
+}
+
+/* Asserts id's outcome, failed_branch and detail. */
+#define expect_outcome(j, id, want, fb, det)                                                                           \
+    do {                                                                                                               \
+        struct journal_lookup_result r_ = lookup_one(j, id);                                                           \
+        cr_assert_eq(r_.error, 0, "lookup failed: %s", treaty_err_name(r_.error));                                     \
+        cr_assert_eq(r_.outcome, want, "%s: outcome %s, want %s", #id, outcome_name(r_.outcome), outcome_name(want));  \
+        cr_assert_eq(r_.failed_branch, fb, "%s: failed_branch %d, want %d", #id, r_.failed_branch, fb);                \
+        cr_assert_str_eq(r_.detail, det, "%s: detail", #id);                                                           \
+    } while (0)
+
+Test(journal, lookup_outcomes_of_2pc_transactions)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t committed[16], committed_open[16], aborted[16], unknown[16];
+    new_txid(committed);
+    new_txid(committed_open);
+    new_txid(aborted);
+    new_txid(unknown);
+    struct journal_rec r = rec(committed, JOURNAL_COMMIT, "a reason a COMMIT does not show");
+    journal_append(J, &r, true);
+    r = rec(committed_open, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(aborted, JOURNAL_ABORT, "svc-b voted no: out of stock");
+    r.failed_branch = 1;
+    append_durable(J, &r, true);
+    r = rec(committed, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(aborted, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+
+    expect_outcome(J, committed, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    expect_outcome(J, committed_open, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    expect_outcome(J, aborted, JOURNAL_OUTCOME_ABORTED, 1, "svc-b voted no: out of stock");
+    expect_outcome(J, unknown, JOURNAL_OUTCOME_NONE, -1, "");
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookup_outcomes_of_sagas)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t completed[16], compensated[16], running[16], turning[16], old_format[16];
+    new_txid(completed);
+    new_txid(compensated);
+    new_txid(running);
+    new_txid(turning);
+    new_txid(old_format);
+    const uint8_t *all[] = {completed, compensated, running, turning, old_format};
+    for (int i = 0; i < 5; i++) {
+        struct journal_rec r = saga_rec(all[i], JOURNAL_SAGA, -1);
+        journal_append(J, &r, true);
+        r = saga_rec(all[i], JOURNAL_STEP, 0);
+        journal_append(J, &r, false);
+    }
+    journal_flush(J);
+    struct journal_rec r = {.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1, .detail = "svc-b: no stock"};
+    memcpy(r.txid, compensated, 16);
+    journal_append(J, &r, true);
+    r.detail = "svc-b: still no stock";
+    memcpy(r.txid, turning, 16);
+    append_durable(J, &r, true);
+    r = rec(completed, JOURNAL_END, "completed");
+    journal_append(J, &r, true);
+    r = rec(compensated, JOURNAL_END, "compensated");
+    append_durable(J, &r, true);
+    /* A saga a version-3 writer ended: its END in an 'ends' row. */
+    pg_run_txid("INSERT INTO treaty_journal (kind, detail, ended) VALUES ('ends', 'completed', ARRAY['TXID'::uuid])",
+                old_format);
+
+    expect_outcome(J, completed, JOURNAL_OUTCOME_COMPLETED, -1, "");
+    expect_outcome(J, compensated, JOURNAL_OUTCOME_COMPENSATED, 1, "svc-b: no stock");
+    expect_outcome(J, running, JOURNAL_OUTCOME_UNFINISHED, -1, "");
+    expect_outcome(J, turning, JOURNAL_OUTCOME_UNFINISHED, 1, "svc-b: still no stock");
+    expect_outcome(J, old_format, JOURNAL_OUTCOME_COMPLETED, -1, "");
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookup_tolerates_records_stored_twice_by_older_versions)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t x[16], y[16], z[16], w[16], v[16];
+    new_txid(x);
+    new_txid(y);
+    new_txid(z);
+    new_txid(w);
+    new_txid(v);
+    /* x: COMMIT twice, its END named twice. */
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind, services) VALUES "
+                "('TXID', 'commit', ARRAY['a']), ('TXID', 'commit', ARRAY['a']); "
+                "INSERT INTO treaty_journal (kind, ended) VALUES ('ends', ARRAY['TXID'::uuid]), "
+                "('ends', ARRAY['TXID'::uuid])",
+                x);
+    /* y: ABORT twice. */
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind, failed_branch, detail) VALUES "
+                "('TXID', 'abort', 0, 'timeout'), ('TXID', 'abort', 0, 'timeout')",
+                y);
+    /* z: a turned saga whose last group (STEP, END) was written twice. */
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind, services, data) VALUES ('TXID', 'saga', ARRAY['a'], '\\x00'); "
+                "INSERT INTO treaty_journal (txid, kind, failed_branch, detail) VALUES ('TXID', 'turn', 2, 'no'); "
+                "INSERT INTO treaty_journal (txid, kind, step, detail) VALUES ('TXID', 'step', 0, 'compensation'); "
+                "INSERT INTO treaty_journal (txid, kind, detail) VALUES ('TXID', 'end', 'compensated'); "
+                "INSERT INTO treaty_journal (txid, kind, step, detail) VALUES ('TXID', 'step', 0, 'compensation'); "
+                "INSERT INTO treaty_journal (txid, kind, detail) VALUES ('TXID', 'end', 'compensated')",
+                z);
+    /* w: a saga END left alone (its records collected); v: a 2PC END alone. */
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind, detail) VALUES ('TXID', 'end', 'completed')", w);
+    pg_run_txid("INSERT INTO treaty_journal (kind, ended) VALUES ('ends', ARRAY['TXID'::uuid])", v);
+
+    expect_outcome(J, x, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    expect_outcome(J, y, JOURNAL_OUTCOME_ABORTED, 0, "timeout");
+    expect_outcome(J, z, JOURNAL_OUTCOME_COMPENSATED, 2, "no");
+    expect_outcome(J, w, JOURNAL_OUTCOME_COMPLETED, -1, "");
+    expect_outcome(J, v, JOURNAL_OUTCOME_NONE, -1, "");
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookup_answers_from_the_latest_run_of_a_txid)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t a[16], b[16], c[16], d[16];
+    new_txid(a);
+    new_txid(b);
+    new_txid(c);
+    new_txid(d);
+    /* a: aborted and ended, then committed. */
+    struct journal_rec r = rec(a, JOURNAL_ABORT, "first run");
+    r.failed_branch = 0;
+    append_durable(J, &r, true);
+    r = rec(a, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+    r = rec(a, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    /* b: a saga that completed, then runs again. */
+    r = saga_rec(b, JOURNAL_SAGA, -1);
+    append_durable(J, &r, true);
+    r = rec(b, JOURNAL_END, "completed");
+    append_durable(J, &r, true);
+    r = saga_rec(b, JOURNAL_SAGA, -1);
+    append_durable(J, &r, true);
+    /* c: committed and ended, then a saga compensated after a turn. */
+    r = rec(c, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    r = rec(c, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+    r = saga_rec(c, JOURNAL_SAGA, -1);
+    append_durable(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = 0, .step = -1, .detail = "second run"};
+    memcpy(r.txid, c, 16);
+    append_durable(J, &r, true);
+    r = rec(c, JOURNAL_END, "compensated");
+    append_durable(J, &r, true);
+    /* d: a saga compensated after a turn, then one that completed: the old
+     * turn is not the new run's. */
+    r = saga_rec(d, JOURNAL_SAGA, -1);
+    append_durable(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1, .detail = "first run"};
+    memcpy(r.txid, d, 16);
+    append_durable(J, &r, true);
+    r = rec(d, JOURNAL_END, "compensated");
+    append_durable(J, &r, true);
+    r = saga_rec(d, JOURNAL_SAGA, -1);
+    append_durable(J, &r, true);
+    r = saga_rec(d, JOURNAL_STEP, 0);
+    journal_append(J, &r, false);
+    r = rec(d, JOURNAL_END, "completed");
+    append_durable(J, &r, true);
+
+    expect_outcome(J, a, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    expect_outcome(J, b, JOURNAL_OUTCOME_UNFINISHED, -1, "");
+    expect_outcome(J, c, JOURNAL_OUTCOME_COMPENSATED, 0, "second run");
+    expect_outcome(J, d, JOURNAL_OUTCOME_COMPLETED, -1, "");
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, many_lookups_in_one_turn)
+{
+    /* More than one query's worth (1000), some asked twice, among appends. */
+    enum { N = 2500 };
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    static uint8_t ids[N + 100][16];
+    for (int i = 0; i < N; i++) {
+        new_txid(ids[i]);
+        if (i % 3 == 0) {
+            struct journal_rec r = rec(ids[i], JOURNAL_COMMIT, NULL);
+            journal_append(J, &r, true);
+        } else if (i % 3 == 1) {
+            struct journal_rec r = rec(ids[i], JOURNAL_ABORT, "no");
+            r.failed_branch = i % 7;
+            journal_append(J, &r, true);
+        }
+    }
+    uint64_t last = journal_append(J, &(struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1}, false);
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS));
+    for (int i = 0; i < 100; i++)
+        memcpy(ids[N + i], ids[i * 7], 16);
+
+    struct answer_list l = {0};
+    lookup_all(J, (const uint8_t(*)[16])ids, N + 100, &l);
+    for (size_t k = 0; k < l.n; k++) {
+        const struct journal_lookup_result *a = &l.v[k];
+        cr_assert_eq(a->error, 0);
+        int i = -1;
+        for (int m = 0; m < N && i < 0; m++)
+            if (memcmp(ids[m], a->txid, 16) == 0)
+                i = m;
+        cr_assert_geq(i, 0, "an answer for a txid never asked");
+        enum journal_outcome want = i % 3 == 0   ? JOURNAL_OUTCOME_COMMITTED
+                                    : i % 3 == 1 ? JOURNAL_OUTCOME_ABORTED
+                                                 : JOURNAL_OUTCOME_NONE;
+        cr_assert_eq(a->outcome, want, "txid %d: %s", i, outcome_name(a->outcome));
+        cr_assert_eq(a->failed_branch, i % 3 == 1 ? i % 7 : -1);
+    }
+    /* Each asked txid is answered as many times as asked. */
+    size_t twice = 0;
+    for (size_t k = 0; k < l.n; k++)
+        for (int i = 0; i < 100; i++)
+            twice += memcmp(l.v[k].txid, ids[i * 7], 16) == 0;
+    cr_assert_eq(twice, 200);
+    free(l.v);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookups_before_start_are_answered_after_it)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    journal_close(&J, WAIT_MS);
+
+    J = open_journal(&cfg, false);
+    journal_lookup(J, id);
+    journal_flush(J); /* not started: kept */
+    cr_assert_eq(journal_start(J, zctx), 0);
+    struct answer_list l = {0};
+    int64_t until = mono_ms() + WAIT_MS;
+    while (l.n == 0 && mono_ms() < until) {
+        zmq_pollitem_t it = {.socket = journal_socket(J), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+        journal_lookup_results(J, collect_answer, &l);
+    }
+    cr_assert_eq(l.n, 1);
+    cr_assert_eq(l.v[0].outcome, JOURNAL_OUTCOME_COMMITTED);
+    free(l.v);
+    /* Closing with lookups unanswered drops them (make asan checks the
+     * memory). */
+    for (int i = 0; i < 50; i++)
+        journal_lookup(J, id);
+    journal_flush(J);
+    for (int i = 0; i < 50; i++)
+        journal_lookup(J, id);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookup_reconnects_after_its_connection_is_lost)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    expect_outcome(J, id, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    /* The server ends the lookup connection: the next lookup reconnects at
+     * once and is answered. */
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             " WHERE datname = '%s' AND application_name = 'treatyd-journal-lookup'",
+             db_name);
+    cr_assert_eq(pg_count(q), 1, "no lookup connection");
+    expect_outcome(J, id, JOURNAL_OUTCOME_COMMITTED, -1, "");
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, lookup_answers_epg_when_postgres_is_unreachable)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    struct journal_config cfg = test_cfg();
+    cfg.connect_initial_ms = 60000; /* the second lookup falls in the backoff */
+    cfg.connect_max_ms = 60000;
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    expect_outcome(J, id, JOURNAL_OUTCOME_COMMITTED, -1, "");
+
+    /* The database disappears: its connections are ended, and no new one
+     * can be made. */
+    admin_db("DROP DATABASE", " WITH (FORCE)");
+    for (int k = 0; k < 2; k++) {
+        int64_t t0 = mono_ms();
+        struct journal_lookup_result a = lookup_one(J, id);
+        cr_assert_eq(a.error, TREATY_EPG, "lookup %d: error %s, outcome %s", k, treaty_err_name(a.error),
+                     outcome_name(a.outcome));
+        cr_log_info("lookup %d without a database: answered in %lld ms", k, (long long)(mono_ms() - t0));
+    }
+    journal_close(&J, 200);
+}
+
+Test(journal, lookup_query_uses_the_indexes)
+{
+    /* 200,000 finished 2PC transactions, their ENDs in 'ends' rows, and a
+     * few version-3 saga 'ends' rows: the lookup reads the txid index and
+     * the saga ENDs' GIN index, never the whole table. */
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false);
+    pg_run(db_conninfo, "CREATE TEMP TABLE t AS SELECT gen_random_uuid() AS txid, g FROM generate_series(1, 200000) g; "
+                        "INSERT INTO treaty_journal (txid, kind, services) "
+                        "SELECT txid, 'commit', ARRAY['svc-a', 'svc-b'] FROM t ORDER BY g; "
+                        "INSERT INTO treaty_journal (kind, ended) "
+                        "SELECT 'ends', array_agg(txid ORDER BY g) FROM t GROUP BY g / 500 ORDER BY g / 500; "
+                        "INSERT INTO treaty_journal (kind, detail, ended) "
+                        "SELECT 'ends', 'completed', ARRAY[gen_random_uuid()] FROM generate_series(1, 100); "
+                        "ANALYZE treaty_journal");
+    journal_close(&J, 0);
+    PGconn *c = pg_open(db_conninfo);
+    PGresult *res = pg_must(c, "SELECT '{' || string_agg(txid::text, ',') || '}' FROM "
+                               "(SELECT txid FROM treaty_journal WHERE kind = 'commit' LIMIT 1000) x");
+    const char *param = PQgetvalue(res, 0, 0);
+    char sql[2048];
+    snprintf(sql, sizeof sql, "EXPLAIN %s", journal_lookup_sql);
+    PGresult *plan = PQexecParams(c, sql, 1, NULL, &param, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(plan), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(plan));
+    char *text = plan_text(plan);
+    PQclear(plan);
+    PQclear(res);
+    PQfinish(c);
+    cr_assert(strstr(text, "Seq Scan") == NULL, "plan:\n%s", text);
+    cr_assert(strstr(text, "treaty_journal_txid") != NULL, "plan:\n%s", text);
+    cr_assert(strstr(text, "treaty_journal_saga_ends") != NULL, "plan:\n%s", text);
+    free(text);
 }
 
 /* ----------------------------------------------------------------- sagas */
