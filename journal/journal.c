@@ -503,7 +503,8 @@ static void notice_receiver(void *arg, const PGresult *res)
  * attempt_timeout_ms, or as soon as stopped() turns true. The connection is
  * in blocking mode once established. Returns NULL with err filled on failure.
  */
-static PGconn *pg_connect(struct journal *j, stop_fn stopped, const char *app, char *err, size_t errlen)
+static PGconn *pg_connect_within(struct journal *j, stop_fn stopped, const char *app, int timeout_ms, char *err,
+                                 size_t errlen)
 {
     /* Later parameters override what the expanded conninfo says. */
     const char *const kw[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
@@ -515,7 +516,7 @@ static PGconn *pg_connect(struct journal *j, stop_fn stopped, const char *app, c
     if (PQstatus(c) == CONNECTION_BAD)
         goto fail_libpq;
 
-    int64_t deadline = now_ms() + j->attempt_timeout_ms;
+    int64_t deadline = now_ms() + timeout_ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     for (;;) {
         if (st == PGRES_POLLING_OK)
@@ -528,7 +529,7 @@ static PGconn *pg_connect(struct journal *j, stop_fn stopped, const char *app, c
         }
         int64_t left = deadline - now_ms();
         if (left <= 0) {
-            set_err(err, errlen, "no answer within %d ms", j->attempt_timeout_ms);
+            set_err(err, errlen, "no answer within %d ms", timeout_ms);
             goto fail_conn;
         }
         struct pollfd p = {.fd = PQsocket(c), .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
@@ -550,6 +551,12 @@ fail_libpq:
 fail_conn:
     PQfinish(c);
     return NULL;
+}
+
+/* One attempt within attempt_timeout_ms (connect_timeout, or 10 s). */
+static PGconn *pg_connect(struct journal *j, stop_fn stopped, const char *app, char *err, size_t errlen)
+{
+    return pg_connect_within(j, stopped, app, j->attempt_timeout_ms, err, errlen);
 }
 
 /* ------------------------------------------------------------ row codec */
@@ -1966,7 +1973,8 @@ const char journal_lookup_sql[] = LOOKUP_SQL;
 
 /* Txids a query asks about at most. */
 #define LOOKUP_CHUNK 1000
-/* A lookup query gives up (and its connection is dropped) after this. */
+/* A lookup's connection attempt or query gives up after this (the attempt
+ * sooner if connect_timeout says so); a query's connection is then dropped. */
 #define LOOKUP_TIMEOUT_MS 10000
 
 static bool reader_stopped(struct journal *j)
@@ -2219,7 +2227,8 @@ static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned
                           n, (long long)(r->next_ms - now_ms()));
                 goto answer_error;
             }
-            r->conn = pg_connect(j, reader_stopped, APP_READER, why, sizeof why);
+            int limit = j->attempt_timeout_ms < LOOKUP_TIMEOUT_MS ? j->attempt_timeout_ms : LOOKUP_TIMEOUT_MS;
+            r->conn = pg_connect_within(j, reader_stopped, APP_READER, limit, why, sizeof why);
             if (r->conn && PQsetnonblocking(r->conn, 1) != 0) {
                 pg_error(r->conn, NULL, why, sizeof why);
                 PQfinish(r->conn);

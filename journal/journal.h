@@ -145,8 +145,10 @@ uint64_t journal_durable(struct journal *j);
  * sent when it starts. Only durable records are seen: the caller keeps what it
  * appended but has not seen durable in memory. A lookup that cannot reach
  * Postgres is answered with error = TREATY_EPG (the caller refuses or
- * retries), within about 10 s of its flush even when Postgres does not
- * answer; after a failure the reader reconnects with the writer's backoff
+ * retries), even when Postgres does not answer at all: a connection attempt
+ * or a query gives up after 10 s (the attempt sooner if conninfo's
+ * connect_timeout says so), and a batch gets at most two tries. After a
+ * failure the reader reconnects with the writer's backoff
  * (connect_initial_ms .. connect_max_ms) and answers lookups that come in
  * meanwhile with TREATY_EPG at once.
  *

@@ -1955,6 +1955,40 @@ Test(journal, lookup_answers_epg_when_postgres_is_unreachable)
     journal_close(&J, 200);
 }
 
+Test(journal, lookup_answers_epg_when_postgres_does_not_answer, .timeout = 240)
+{
+    /* The lookup's query waits for a lock another session holds and never
+     * lets go of: the reader gives up (10 s a try, two tries) and answers
+     * TREATY_EPG instead of hanging. */
+    log_set_level(LOG_LEVEL_ERROR);
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    struct journal_rec r = rec(id, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    PGconn *c = pg_open(db_conninfo);
+    PQclear(pg_must(c, "BEGIN; LOCK TABLE treaty_journal IN ACCESS EXCLUSIVE MODE"));
+    int64_t t0 = mono_ms();
+    journal_lookup(J, id);
+    journal_flush(J);
+    struct answer_list l = {0};
+    int64_t until = mono_ms() + 120000;
+    while (l.n == 0 && mono_ms() < until) {
+        zmq_pollitem_t it = {.socket = journal_socket(J), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+        journal_lookup_results(J, collect_answer, &l);
+    }
+    int64_t took = mono_ms() - t0;
+    PQclear(pg_must(c, "ROLLBACK"));
+    PQfinish(c);
+    cr_assert_eq(l.n, 1, "no answer");
+    cr_assert_eq(l.v[0].error, TREATY_EPG, "error %s", treaty_err_name(l.v[0].error));
+    cr_log_info("lookup against a lock nobody releases: TREATY_EPG after %lld ms", (long long)took);
+    free(l.v);
+    journal_close(&J, WAIT_MS);
+}
+
 Test(journal, lookup_query_uses_the_indexes)
 {
     /* 200,000 finished 2PC transactions, their ENDs in 'ends' rows, and a
