@@ -58,8 +58,11 @@ static const struct key keys[] = {
     INT_KEY("journal", "connect_initial_ms", journal_connect_initial_ms, 1, 60000),
     INT_KEY("journal", "connect_max_ms", journal_connect_max_ms, 1, 600000),
     INT_KEY("journal", "lazy_delay_ms", journal_lazy_delay_ms, 0, 10000),
-    INT_KEY("journal", "retention_s", journal_retention_s, 0, 31536000),
+    INT_KEY("journal", "retention_s", journal_retention_s, 60, 31536000),
     INT_KEY("journal", "gc_interval_ms", journal_gc_interval_ms, 100, 3600000),
+
+    INT_KEY("txid", "max_age_s", txid_max_age_s, 1, 31536000),
+    INT_KEY("txid", "max_future_s", txid_max_future_s, 0, 3600),
 
     INT_KEY("twopc", "default_timeout_ms", default_timeout_ms, 1, 3600000),
     INT_KEY("twopc", "max_timeout_ms", max_timeout_ms, 1, 86400000),
@@ -69,6 +72,10 @@ static const struct key keys[] = {
     INT_KEY("saga", "max_steps", max_steps, 1, 64),
     INT_KEY("saga", "stuck_after_attempts", stuck_after_attempts, 1, 1000000),
     INT_KEY("saga", "stuck_retry_ms", stuck_retry_ms, 1, 86400000),
+    INT_KEY("saga", "max_attempts", saga_max_attempts, 1, 65535),
+    INT_KEY("saga", "max_backoff_ms", saga_max_backoff_ms, 1, 86400000),
+    INT_KEY("saga", "max_try_timeout_ms", saga_max_try_timeout_ms, 1, 86400000),
+    INT_KEY("saga", "max_deadline_ms", saga_max_deadline_ms, 1, 2147483647),
 
     INT_KEY("registry", "heartbeat_ms", heartbeat_ms, 10, 60000),
     INT_KEY("registry", "dead_after_ms", dead_after_ms, 20, 600000),
@@ -76,11 +83,12 @@ static const struct key keys[] = {
     INT_KEY("limits", "max_payload_bytes", max_payload_bytes, 0, 16777216),
     INT_KEY("limits", "max_branches", max_branches, 1, 128),
     INT_KEY("limits", "max_inflight", max_inflight, 1, 10000000),
+    INT_KEY("limits", "outcome_cache", outcome_cache, 1, 100000000),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "twopc", "saga", "registry", "limits"};
+static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -98,6 +106,9 @@ void config_defaults(struct config *c)
     c->journal_retention_s = 3600;
     c->journal_gc_interval_ms = 5000;
 
+    c->txid_max_age_s = 1800;
+    c->txid_max_future_s = 10;
+
     c->default_timeout_ms = 10000;
     c->max_timeout_ms = 600000;
     c->resend_initial_ms = 200;
@@ -108,10 +119,15 @@ void config_defaults(struct config *c)
     c->max_steps = 32;
     c->stuck_after_attempts = 10;
     c->stuck_retry_ms = 30000;
+    c->saga_max_attempts = 100;
+    c->saga_max_backoff_ms = 60000;
+    c->saga_max_try_timeout_ms = 300000;
+    c->saga_max_deadline_ms = 86400000;
 
     c->max_payload_bytes = 65536;
     c->max_branches = 16;
     c->max_inflight = 100000;
+    c->outcome_cache = 100000;
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -570,5 +586,14 @@ int config_validate(const struct config *c, char *err, size_t errlen)
     if (c->heartbeat_ms >= c->dead_after_ms)
         return fail(err, errlen, "registry.heartbeat_ms (%d) must be less than registry.dead_after_ms (%d)",
                     c->heartbeat_ms, c->dead_after_ms);
+    /* A txid is refused once older than max_age_s, and its records are kept
+     * retention_s after its END (which comes after the txid was made, give
+     * or take the clock difference max_future_s allows): so a txid that is
+     * still accepted always finds its outcome. */
+    if ((long long)c->txid_max_age_s + c->txid_max_future_s > c->journal_retention_s)
+        return fail(err, errlen,
+                    "txid.max_age_s (%d) plus txid.max_future_s (%d) must not exceed journal.retention_s (%d): a "
+                    "resubmitted txid must still find its outcome in the journal",
+                    c->txid_max_age_s, c->txid_max_future_s, c->journal_retention_s);
     return 0;
 }

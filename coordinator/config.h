@@ -12,12 +12,16 @@
  *     connect_initial_ms          = 100             first reconnect backoff                      [1, 60000]
  *     connect_max_ms              = 5000            reconnect backoff cap                        [1, 600000]
  *     lazy_delay_ms               = 20              max wait of a batch of lazy records          [0, 10000]
- *     retention_s                 = 3600            finished transactions kept for resubmission  [0, 31536000]
+ *     retention_s                 = 3600            finished transactions kept for resubmission  [60, 31536000]
  *     gc_interval_ms              = 5000            how often finished transactions are removed  [100, 3600000]
+ *   }
+ *   txid: {
+ *     max_age_s                   = 1800            older txids are refused (TREATY_EEXPIRED)    [1, 31536000]
+ *     max_future_s                = 10              txids ahead of our clock by more: refused    [0, 3600]
  *   }
  *   twopc: {
  *     default_timeout_ms          = 10000           prepare deadline when the client gives 0    [1, 3600000]
- *     max_timeout_ms              = 600000          cap on a client's prepare deadline           [1, 86400000]
+ *     max_timeout_ms              = 600000          longer prepare deadlines are refused         [1, 86400000]
  *     resend_initial_ms           = 200             first decision re-send backoff               [1, 60000]
  *     resend_max_ms               = 5000            decision re-send backoff cap                 [1, 3600000]
  *   }
@@ -25,6 +29,10 @@
  *     max_steps                   = 32              steps per saga                               [1, 64]
  *     stuck_after_attempts        = 10              failed tries after which a compensation is stuck [1, 1000000]
  *     stuck_retry_ms              = 30000           how often a stuck compensation is still retried [1, 86400000]
+ *     max_attempts                = 100             cap on a step's max_attempts                 [1, 65535]
+ *     max_backoff_ms              = 60000           cap on a step's backoffs                     [1, 86400000]
+ *     max_try_timeout_ms          = 300000          cap on a step's try timeout                  [1, 86400000]
+ *     max_deadline_ms             = 86400000        cap on a saga's deadline                     [1, 2147483647]
  *   }
  *   registry: {
  *     heartbeat_ms                = 1000            interval participants say HELLO              [10, 60000]
@@ -34,6 +42,7 @@
  *     max_payload_bytes           = 65536           one branch payload                           [0, 16777216]
  *     max_branches                = 16              branches per transaction                     [1, 128]
  *     max_inflight                = 100000          transactions in flight                       [1, 10000000]
+ *     outcome_cache               = 100000          finished outcomes kept in memory             [1, 100000000]
  *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
@@ -56,6 +65,9 @@ struct config {
     int journal_retention_s;
     int journal_gc_interval_ms;
 
+    int txid_max_age_s;
+    int txid_max_future_s;
+
     int default_timeout_ms;
     int max_timeout_ms;
     int resend_initial_ms;
@@ -64,6 +76,10 @@ struct config {
     int max_steps;
     int stuck_after_attempts;
     int stuck_retry_ms;
+    int saga_max_attempts;
+    int saga_max_backoff_ms;
+    int saga_max_try_timeout_ms;
+    int saga_max_deadline_ms;
 
     int heartbeat_ms;
     int dead_after_ms;
@@ -71,6 +87,7 @@ struct config {
     int max_payload_bytes;
     int max_branches;
     int max_inflight;
+    int outcome_cache;
 };
 
 /* Fills c with every default. */

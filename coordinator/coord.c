@@ -13,21 +13,32 @@
  *               that record's Postgres commit.
  *   durable  -> tell the waiting clients COMMITTED, send COMMIT to branches
  *   VOTE NO / deadline / no instance
- *            -> append ABORT (forced, so a resubmitted txid can never run
- *               again after its client was told "aborted"), send ABORT at
- *               once (no need to wait: no record means abort anyway), tell
- *               clients ABORTED once the record is durable
+ *            -> append ABORT (forced); once it is durable tell the clients
+ *               ABORTED and send ABORT to the prepared branches
  *   ACK      -> when every branch acknowledged: append END (lazy), forget the
- *               transaction, remember its outcome for retention_s
- *   INQUIRE  -> answer from memory; ABORT when the txid is unknown
+ *               transaction, keep its outcome in the bounded cache (outcomes.h)
+ *   INQUIRE  -> answer once the decision is durable; for a txid we hold
+ *               nowhere (after a journal lookup when it may be there), record
+ *               an ABORT first (presumed abort, made durable) and answer then
+ *
+ * The rule behind every answer: an outcome or decision told to anyone -
+ * client, participant - follows a durable record of it, and no later record
+ * contradicts it. An unknown txid gets "aborted" only after its ABORT record
+ * is durable, so a later SUBMIT of it is answered "aborted" instead of
+ * running; a txid older than txid.max_age_s (whose records the collector may
+ * have removed) is refused, never run (TREATY_EEXPIRED).
  *
  * Crash windows (what recovery does):
  *   - before the COMMIT record is durable: no COMMIT record, so the restarted
- *     coordinator knows nothing; participants INQUIRE and are told ABORT.
+ *     coordinator knows nothing; participants INQUIRE, an ABORT record is
+ *     written for the txid, and then they are told ABORT.
  *   - after it is durable, before or while sending: recovery finds COMMIT
  *     without END and re-sends COMMIT until every branch ACKs.
  *   - after the last ACK, before END is durable: recovery re-sends COMMIT;
- *     participants answer idempotently (COMMIT PREPARED of a missing gid).
+ *     participants answer idempotently (COMMIT PREPARED of a missing gid,
+ *     whose barrier row shows it committed).
+ *   - after an ABORT record was appended, before it is durable: nothing was
+ *     sent or told; the txid is unknown after the restart (as above).
  */
 #include "coord.h"
 #include "coord_int.h"
@@ -54,9 +65,41 @@
 
 /* ------------------------------------------------------------ helpers */
 
-long long coord_wall_seconds(void)
+int64_t coord_wall_ms(void)
 {
-    return (long long)time(NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int coord_check_new_txid(struct coord *c, const struct wire_in *in)
+{
+    const uint8_t *txid = in->msg.hdr.txid;
+    long long made = treaty_txid_time_ms((const treaty_txid_t *)txid);
+    int64_t now = coord_wall_ms();
+    if (made < 0) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL,
+                          "txid is not time-ordered (UUIDv7): make txids with treaty_txid_generate");
+        return TREATY_EINVAL;
+    }
+    if (made > now + (int64_t)c->cfg->txid_max_future_s * 1000) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL,
+                          "txid was made %lld ms in the future of the coordinator's clock (txid.max_future_s = %d): "
+                          "check the clocks",
+                          (long long)(made - now), c->cfg->txid_max_future_s);
+        return TREATY_EINVAL;
+    }
+    if (made < now - (int64_t)c->cfg->txid_max_age_s * 1000) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EEXPIRED,
+                          "txid was made %lld s ago, beyond txid.max_age_s = %d: its outcome may be forgotten, so it "
+                          "cannot run (again); use a new txid",
+                          (long long)((now - made) / 1000), c->cfg->txid_max_age_s);
+        return TREATY_EEXPIRED;
+    }
+    return 0;
 }
 
 const char *coord_fmt_txid(const uint8_t *txid, char *buf)
@@ -166,39 +209,9 @@ void coord_expect_durable(struct coord *c, const uint8_t txid[16], uint64_t seq)
 /* ------------------------------------------------------------ finished outcomes */
 
 void coord_remember_done(struct coord *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
-                         const char *reason, long long finished_at)
+                         const char *reason)
 {
-    struct done *d = txmap_get(&c->finished, txid);
-    if (d != NULL)
-        return;
-    d = calloc(1, sizeof *d);
-    if (d == NULL)
-        abort();
-    memcpy(d->txid, txid, 16);
-    d->status = (uint8_t)st;
-    d->failed_branch = (int16_t)failed_branch;
-    d->finished_at = finished_at;
-    d->reason = coord_strdup(reason);
-    txmap_put(&c->finished, txid, d);
-    if (c->done_tail)
-        c->done_tail->next = d;
-    else
-        c->done_head = d;
-    c->done_tail = d;
-}
-
-static void expire_done(struct coord *c)
-{
-    long long horizon = coord_wall_seconds() - c->cfg->journal_retention_s;
-    while (c->done_head && c->done_head->finished_at < horizon) {
-        struct done *d = c->done_head;
-        c->done_head = d->next;
-        if (c->done_head == NULL)
-            c->done_tail = NULL;
-        txmap_del(&c->finished, d->txid);
-        free(d->reason);
-        free(d);
-    }
+    outcomes_put(&c->done, txid, st, failed_branch, reason);
 }
 
 /* ------------------------------------------------------------ decisions */
@@ -213,6 +226,20 @@ static void tell_waiters(struct coord *c, struct txn *t, enum treaty_status st)
         w = n;
     }
     t->waiters = NULL;
+}
+
+/* The decision is durable: answer the participants that asked for it. */
+static void tell_inquirers(struct coord *c, struct txn *t)
+{
+    uint8_t type = t->state == TXN_COMMITTING ? WIRE_COMMIT : WIRE_ABORT;
+    struct waiter *w = t->inquirers;
+    while (w) {
+        struct waiter *n = w->next;
+        coord_send(c, w->rid, w->rid_len, type, t->txid, w->branch, 0, 0, NULL, 0);
+        free(w);
+        w = n;
+    }
+    t->inquirers = NULL;
 }
 
 /* Sends the decision to branch i: to the instance that prepared it when that
@@ -266,11 +293,12 @@ static void finish(struct coord *c, struct txn *t)
      * participants acknowledge again (decisions are idempotent). */
     journal_append(c->journal, &r, false);
     log_debug("txn %s: finished %s", coord_fmt_txid(t->txid, id), treaty_status_name(st));
-    /* Clients still waiting (only possible for a recovered or resubmitted txn
-     * whose decision was durable) get the outcome now. */
-    if (t->decision_durable)
-        tell_waiters(c, t, st);
-    coord_remember_done(c, t->txid, st, t->failed_branch, t->reason, coord_wall_seconds());
+    /* finish() runs only once the decision is durable: clients still waiting
+     * (a recovered or resubmitted txn) get the outcome now, and the outcome
+     * may be remembered (an evicted one is read back from the journal). */
+    tell_waiters(c, t, st);
+    tell_inquirers(c, t);
+    coord_remember_done(c, t->txid, st, t->failed_branch, t->reason);
     txmap_del(&c->inflight, t->txid);
     txn_free(t);
 }
@@ -305,9 +333,13 @@ static void decide_abort(struct coord *c, struct txn *t, int failed_branch, cons
     free(t->reason);
     t->reason = coord_strdup(reason);
     log_info("txn %s: abort (branch %d: %s)", coord_fmt_txid(t->txid, id), failed_branch, reason);
-    /* The ABORT record is forced only so that the client's answer survives a
-     * crash: until it is durable a crash forgets the txn and presumed abort
-     * answers every INQUIRE with ABORT, which is the same outcome. */
+    /* Forced, and nothing is sent or told before it is durable. If we crash
+     * before then, the txid is unknown after the restart: an INQUIRE or a
+     * resubmission finds no record, and an ABORT record is written before
+     * any "abort" is answered (presumed abort, recorded). An ABORT sent now
+     * instead could outlive the lost record: the txid could then run again,
+     * and the late ABORT roll back a branch a twin instance of the service
+     * had just voted YES for in the new run. */
     expect_durable(c, t, append_decision(c, t, JOURNAL_ABORT));
     /* Branches that voted NO or were never sent PREPARE have nothing to undo. */
     for (unsigned i = 0; i < t->nbranches; i++) {
@@ -318,13 +350,26 @@ static void decide_abort(struct coord *c, struct txn *t, int failed_branch, cons
         }
     }
     c->st.aborted++;
-    if (t->nacked == t->nbranches) {
-        /* nothing to tell any participant; END after the record is durable */
-        t->timer_due_ms = -1;
-        return;
-    }
-    t->resend_ms = 0;
-    send_decisions(c, t);
+    t->timer_due_ms = -1; /* the prepare deadline no longer applies; re-sends start once durable */
+}
+
+/* Records an abort for a txid that holds no transaction here (nobody
+ * submitted it, or its run was lost with the coordinator before any
+ * decision): presumed abort, made durable before anyone is told, so the txid
+ * can never run later. Whoever asked waits on the returned txn (waiters,
+ * inquirers); a SUBMIT of the txid meanwhile waits too. */
+static struct txn *presume_abort(struct coord *c, const uint8_t *txid, const char *why)
+{
+    char id[TREATY_TXID_STRLEN];
+    struct txn *t = txn_new(txid, 0);
+    t->presumed = true;
+    txmap_put(&c->inflight, txid, t);
+    c->st.presumed_aborts++;
+    log_info("txn %s: no record of it; recording an abort (presumed abort: %s)", coord_fmt_txid(txid, id), why);
+    txn_set_state(t, TXN_ABORTING);
+    t->reason = coord_strdup("no record of this transaction (presumed abort)");
+    expect_durable(c, t, append_decision(c, t, JOURNAL_ABORT));
+    return t;
 }
 
 static void decide_commit(struct coord *c, struct txn *t)
@@ -347,12 +392,18 @@ static void on_decision_durable(struct coord *c, struct txn *t)
         txn_set_state(t, TXN_COMMITTING);
         c->st.committed++;
         tell_waiters(c, t, TREATY_STATUS_COMMITTED);
+        tell_inquirers(c, t);
         t->resend_ms = 0;
         send_decisions(c, t);
     } else if (t->state == TXN_ABORTING) {
         tell_waiters(c, t, TREATY_STATUS_ABORTED);
-        if (t->nacked == t->nbranches)
+        tell_inquirers(c, t);
+        if (t->nacked == t->nbranches) {
             finish(c, t);
+            return;
+        }
+        t->resend_ms = 0;
+        send_decisions(c, t);
     }
 }
 
@@ -424,7 +475,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
             txn_add_waiter(t, in->rid, in->rid_len);
         return;
     }
-    struct done *d = txmap_get(&c->finished, txid);
+    const struct outcome *d = outcomes_get(&c->done, txid);
     if (d != NULL) {
         coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
@@ -433,7 +484,8 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
         coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a saga");
         return;
     }
-    if (coord_admit(c, in) < 0)
+    /* A new transaction (dispatch() has asked the journal when it might know it). */
+    if (coord_check_new_txid(c, in) < 0 || coord_admit(c, in) < 0)
         return;
     size_t nb = (m->nframes - 1) / 2;
     if (nb > (size_t)c->cfg->max_branches) {
@@ -456,8 +508,13 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
     wire_get_u32(&m->frames[0], &timeout_ms);
     if (timeout_ms == 0)
         timeout_ms = (uint32_t)c->cfg->default_timeout_ms;
-    if (timeout_ms > (uint32_t)c->cfg->max_timeout_ms)
-        timeout_ms = (uint32_t)c->cfg->max_timeout_ms;
+    if (timeout_ms > (uint32_t)c->cfg->max_timeout_ms) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
+                          "prepare timeout of %u ms exceeds twopc.max_timeout_ms = %d", timeout_ms,
+                          c->cfg->max_timeout_ms);
+        return;
+    }
 
     t = txn_new(txid, (unsigned)nb);
     txmap_put(&c->inflight, txid, t);
@@ -512,35 +569,56 @@ static void handle_query(struct coord *c, const struct wire_in *in)
         coord_reply_outcome(c, in->rid, in->rid_len, txid, st, t->failed_branch, t->reason);
         return;
     }
-    struct done *d = txmap_get(&c->finished, txid);
+    const struct outcome *d = outcomes_get(&c->done, txid);
     if (d != NULL) {
         coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
     }
-    coord_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_ABORTED, -1,
-                        "no record of this transaction (presumed abort)");
+    /* Unknown here and (dispatch() asked) in the journal. "Aborted" is an
+     * answer that must hold: record it first. Not for a txid whose records
+     * may already be collected (too old) or that no client could have
+     * submitted yet (from the future): those are refused. */
+    if (coord_check_new_txid(c, in) < 0 || coord_admit(c, in) < 0)
+        return;
+    t = presume_abort(c, txid, "queried");
+    txn_add_waiter(t, in->rid, in->rid_len);
 }
 
 /* ------------------------------------------------------------ participant messages */
 
-/* Tells one participant the decision on (txid, branch) in answer to a late
- * vote or an INQUIRE. Unknown -> ABORT: presumed abort. */
+/* Tells one participant the decision on (txid, branch), in answer to a late
+ * YES vote or an INQUIRE: at once when it is durable, else once it is. A txid
+ * we hold nowhere (dispatch() asked the journal) gets an abort recorded first
+ * (presumed abort). A transaction still undecided gets no answer: its
+ * decision will be sent. */
 static void answer_decision(struct coord *c, const struct wire_in *in)
 {
     const uint8_t *txid = in->msg.hdr.txid;
     unsigned branch = in->msg.hdr.branch;
     struct txn *t = txmap_get(&c->inflight, txid);
-    uint8_t type = WIRE_ABORT;
     if (t != NULL) {
         if (t->state == TXN_LOGGING_COMMIT || t->state == TXN_PREPARING)
             return; /* not decided yet: the decision will be sent */
-        type = t->state == TXN_COMMITTING ? WIRE_COMMIT : WIRE_ABORT;
-    } else {
-        struct done *d = txmap_get(&c->finished, txid);
-        if (d != NULL && d->status == TREATY_STATUS_COMMITTED)
-            type = WIRE_COMMIT;
+        if (!t->decision_durable) {
+            txn_add_inquirer(t, in->rid, in->rid_len, branch);
+            return;
+        }
+        uint8_t type = t->state == TXN_COMMITTING ? WIRE_COMMIT : WIRE_ABORT;
+        coord_send(c, in->rid, in->rid_len, type, txid, branch, 0, 0, NULL, 0);
+        return;
     }
-    coord_send(c, in->rid, in->rid_len, type, txid, branch, 0, 0, NULL, 0);
+    if (txmap_get(&c->sagas, txid) != NULL)
+        return; /* a saga's txid: no 2PC branch of it exists */
+    const struct outcome *d = outcomes_get(&c->done, txid);
+    if (d != NULL) {
+        coord_send(c, in->rid, in->rid_len, d->status == TREATY_STATUS_COMMITTED ? WIRE_COMMIT : WIRE_ABORT, txid,
+                   branch, 0, 0, NULL, 0);
+        return;
+    }
+    if (!journal_healthy(c->journal) || c->inflight.len + c->sagas.len >= (size_t)c->cfg->max_inflight)
+        return; /* asked again by the participant's sweep */
+    t = presume_abort(c, txid, "a participant asked");
+    txn_add_inquirer(t, in->rid, in->rid_len, branch);
 }
 
 static void record_vote(struct coord *c, struct txn *t, unsigned branch, bool yes, const char *reason)
@@ -634,6 +712,210 @@ static void handle_hello(struct coord *c, const struct wire_in *in)
     coord_send(c, in->rid, in->rid_len, WIRE_WELCOME, NULL, 0, 0, 0, &f, 1);
 }
 
+/* ------------------------------------------------------------ dispatch and journal lookups */
+
+static void handle(struct coord *c, const struct wire_in *in)
+{
+    switch (in->msg.hdr.type) {
+    case WIRE_SUBMIT:
+        handle_submit(c, in);
+        break;
+    case WIRE_QUERY:
+        handle_query(c, in);
+        break;
+    case WIRE_HELLO:
+        handle_hello(c, in);
+        break;
+    case WIRE_VOTE:
+        handle_vote(c, in);
+        break;
+    case WIRE_ACK:
+        handle_ack(c, in);
+        break;
+    case WIRE_INQUIRE:
+        handle_inquire(c, in);
+        break;
+    case WIRE_SAGA:
+        saga_handle_submit(c, in);
+        break;
+    case WIRE_RESULT:
+        saga_handle_result(c, in);
+        break;
+    default:
+        c->st.malformed++;
+        coord_reply_error(c, in->rid, in->rid_len, in->msg.hdr.txid, TREATY_EPROTO,
+                          "message type %s is not accepted by the coordinator", wire_type_name(in->msg.hdr.type));
+        break;
+    }
+}
+
+static bool from_client(const struct wire_in *in)
+{
+    uint8_t t = in->msg.hdr.type;
+    return t == WIRE_SUBMIT || t == WIRE_SAGA || t == WIRE_QUERY;
+}
+
+/* True when the answer to in depends on what the journal knows of its txid:
+ * a request that may start a transaction, or be answered "aborted" by
+ * presumption, about a txid no transaction in memory and no cached outcome
+ * knows, which the journal may hold (outcomes_may_be_in_journal). (A parked
+ * request is replayed through handle(), after its lookup.) */
+static bool needs_lookup(struct coord *c, const struct wire_in *in)
+{
+    const uint8_t *txid = in->msg.hdr.txid;
+    uint8_t type = in->msg.hdr.type;
+    bool asks = from_client(in) || type == WIRE_INQUIRE || (type == WIRE_VOTE && in->msg.hdr.code == TREATY_VOTE_YES);
+    if (!asks)
+        return false;
+    if (txmap_get(&c->inflight, txid) != NULL || txmap_get(&c->sagas, txid) != NULL ||
+        outcomes_get(&c->done, txid) != NULL)
+        return false;
+    return txmap_get(&c->lookups, txid) != NULL || outcomes_may_be_in_journal(&c->done, txid);
+}
+
+static void parked_free(struct parked *p)
+{
+    free(p->lens);
+    free(p->data);
+    free(p);
+}
+
+/* Keeps a copy of in until the journal lookup of its txid answers, asking
+ * for one unless it is already under way. */
+static void park(struct coord *c, const struct wire_in *in)
+{
+    const uint8_t *txid = in->msg.hdr.txid;
+    struct lookup *l = txmap_get(&c->lookups, txid);
+    if (l == NULL) {
+        const char *busy = !journal_healthy(c->journal) ? "journal unavailable: PostgreSQL unreachable"
+                           : c->lookups.len >= (size_t)c->cfg->max_inflight
+                               ? "too many journal lookups in flight (limits.max_inflight)"
+                               : NULL;
+        if (busy != NULL) {
+            if (from_client(in)) {
+                c->st.refused++;
+                coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "%s", busy);
+            }
+            return; /* a participant asks again */
+        }
+        l = calloc(1, sizeof *l);
+        if (l == NULL)
+            abort();
+        memcpy(l->txid, txid, 16);
+        txmap_put(&c->lookups, txid, l);
+        journal_lookup(c->journal, txid);
+        c->st.lookups++;
+    }
+    /* A peer re-sending while it waits is answered once: keep one copy. */
+    for (struct parked *q = l->head; q; q = q->next)
+        if (q->hdr.type == in->msg.hdr.type && q->hdr.branch == in->msg.hdr.branch && q->rid_len == in->rid_len &&
+            memcmp(q->rid, in->rid, in->rid_len) == 0)
+            return;
+    struct parked *p = calloc(1, sizeof *p);
+    size_t total = 0;
+    for (size_t i = 0; i < in->msg.nframes; i++)
+        total += in->msg.frames[i].len;
+    if (p == NULL || (p->lens = calloc(in->msg.nframes + 1, sizeof *p->lens)) == NULL ||
+        (p->data = malloc(total + 1)) == NULL)
+        abort();
+    memcpy(p->rid, in->rid, in->rid_len);
+    p->rid_len = in->rid_len;
+    p->hdr = in->msg.hdr;
+    p->nframes = in->msg.nframes;
+    size_t off = 0;
+    for (size_t i = 0; i < in->msg.nframes; i++) {
+        p->lens[i] = in->msg.frames[i].len;
+        if (p->lens[i] > 0)
+            memcpy(p->data + off, in->msg.frames[i].data, p->lens[i]);
+        off += p->lens[i];
+    }
+    if (l->tail)
+        l->tail->next = p;
+    else
+        l->head = p;
+    l->tail = p;
+}
+
+static void dispatch(struct coord *c, const struct wire_in *in)
+{
+    if (needs_lookup(c, in)) {
+        park(c, in);
+        return;
+    }
+    handle(c, in);
+}
+
+/* Handles a parked request again, now that its lookup answered. */
+static void replay(struct coord *c, const struct parked *p)
+{
+    struct wire_in *in = c->replay;
+    memcpy(in->rid, p->rid, p->rid_len);
+    in->rid_len = p->rid_len;
+    in->nparts = 0;
+    in->msg.hdr = p->hdr;
+    in->msg.nframes = p->nframes;
+    size_t off = 0;
+    for (size_t i = 0; i < p->nframes; i++) {
+        in->msg.frames[i].data = p->data + off;
+        in->msg.frames[i].len = p->lens[i];
+        off += p->lens[i];
+    }
+    handle(c, in);
+}
+
+static void on_lookup(void *arg, const struct journal_lookup_result *r)
+{
+    struct coord *c = arg;
+    char id[TREATY_TXID_STRLEN];
+    struct lookup *l = txmap_del(&c->lookups, r->txid);
+    if (l == NULL)
+        return;
+    const char *refuse = NULL;
+    if (r->error != 0) {
+        c->st.lookup_errors++;
+        refuse = "journal unavailable: cannot read what it knows of this txid";
+    } else {
+        switch (r->outcome) {
+        case JOURNAL_OUTCOME_COMMITTED:
+            coord_remember_done(c, r->txid, TREATY_STATUS_COMMITTED, r->failed_branch, NULL);
+            break;
+        case JOURNAL_OUTCOME_ABORTED:
+            coord_remember_done(c, r->txid, TREATY_STATUS_ABORTED, r->failed_branch, r->detail);
+            break;
+        case JOURNAL_OUTCOME_COMPLETED:
+            coord_remember_done(c, r->txid, TREATY_STATUS_COMPLETED, -1, NULL);
+            break;
+        case JOURNAL_OUTCOME_COMPENSATED:
+            coord_remember_done(c, r->txid, TREATY_STATUS_COMPENSATED, r->failed_branch, r->detail);
+            break;
+        case JOURNAL_OUTCOME_UNFINISHED:
+            /* Recovery holds every unfinished transaction in memory: records
+             * nobody holds are a journal we cannot explain. Answer nothing
+             * that could contradict them. */
+            log_error("txn %s: the journal holds records of it but no outcome, and it is not in memory; refusing "
+                      "requests about it (an operator should look)",
+                      coord_fmt_txid(r->txid, id));
+            refuse = "the journal holds unfinished records of this txid that the coordinator does not hold";
+            break;
+        case JOURNAL_OUTCOME_NONE:
+            break;
+        }
+    }
+    struct parked *p = l->head;
+    while (p) {
+        struct parked *n = p->next;
+        if (refuse == NULL) {
+            replay(c, p);
+        } else if (p->hdr.type == WIRE_SUBMIT || p->hdr.type == WIRE_SAGA || p->hdr.type == WIRE_QUERY) {
+            c->st.refused++;
+            coord_reply_error(c, p->rid, p->rid_len, r->txid, TREATY_EBUSY, "%s", refuse);
+        }
+        parked_free(p);
+        p = n;
+    }
+    free(l);
+}
+
 /* Receives and handles one message. Returns false when none was waiting. */
 static bool handle_message(struct coord *c)
 {
@@ -657,37 +939,7 @@ static bool handle_message(struct coord *c)
         coord_reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, rc, "%s", what);
         return true;
     }
-    switch (c->in->msg.hdr.type) {
-    case WIRE_SUBMIT:
-        handle_submit(c, c->in);
-        break;
-    case WIRE_QUERY:
-        handle_query(c, c->in);
-        break;
-    case WIRE_HELLO:
-        handle_hello(c, c->in);
-        break;
-    case WIRE_VOTE:
-        handle_vote(c, c->in);
-        break;
-    case WIRE_ACK:
-        handle_ack(c, c->in);
-        break;
-    case WIRE_INQUIRE:
-        handle_inquire(c, c->in);
-        break;
-    case WIRE_SAGA:
-        saga_handle_submit(c, c->in);
-        break;
-    case WIRE_RESULT:
-        saga_handle_result(c, c->in);
-        break;
-    default:
-        c->st.malformed++;
-        coord_reply_error(c, c->in->rid, c->in->rid_len, c->in->msg.hdr.txid, TREATY_EPROTO,
-                          "message type %s is not accepted by the coordinator", wire_type_name(c->in->msg.hdr.type));
-        break;
-    }
+    dispatch(c, c->in);
     wire_in_close(c->in);
     return true;
 }
@@ -750,12 +1002,12 @@ struct scan_state {
     bool have;
     uint8_t txid[16];
     bool commit, abort;
-    long long ended_at;
+    bool ended; /* an END record: finished (journal_scan gives only unfinished runs; kept as a guard) */
     unsigned nservices;
     char services[WIRE_MAX_BRANCHES][WIRE_NAME_MAX + 1];
     char detail[TREATY_REASON_MAX];
     int failed_branch;
-    size_t resumed, remembered;
+    size_t resumed;
 };
 
 static void scan_finish_txn(struct scan_state *s)
@@ -766,18 +1018,12 @@ static void scan_finish_txn(struct scan_state *s)
     s->have = false;
     if (s->is_saga) {
         s->is_saga = false;
-        if (saga_recovery_finish(c, s->saga, s->ended_at))
+        if (saga_recovery_finish(c, s->saga, s->ended))
             s->resumed++;
-        else if (s->ended_at > 0)
-            s->remembered++;
         return;
     }
-    if (s->ended_at > 0) {
-        coord_remember_done(c, s->txid, s->commit ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, s->failed_branch,
-                            s->abort ? s->detail : NULL, s->ended_at);
-        s->remembered++;
-        return;
-    }
+    if (s->ended)
+        return; /* finished: its outcome is read back by journal_lookup when asked */
     if (!s->commit && !s->abort)
         return; /* an END-less txn with no decision cannot exist; ignore */
     if (txmap_get(&c->inflight, s->txid) != NULL)
@@ -806,13 +1052,14 @@ static void scan_finish_txn(struct scan_state *s)
 static int scan_cb(void *arg, const struct journal_rec *r, long long finished_at)
 {
     struct scan_state *s = arg;
+    (void)finished_at;
     if (s->have && memcmp(s->txid, r->txid, 16) != 0)
         scan_finish_txn(s);
     if (!s->have) {
         s->have = true;
         memcpy(s->txid, r->txid, 16);
         s->commit = s->abort = false;
-        s->ended_at = 0;
+        s->ended = false;
         s->nservices = 0;
         s->detail[0] = '\0';
         s->failed_branch = -1;
@@ -840,11 +1087,9 @@ static int scan_cb(void *arg, const struct journal_rec *r, long long finished_at
         s->failed_branch = r->failed_branch;
         break;
     case JOURNAL_END:
-        s->ended_at = finished_at > 0 ? finished_at : coord_wall_seconds();
+        s->ended = true;
         break;
     }
-    if (finished_at > 0)
-        s->ended_at = finished_at;
     return 0;
 }
 
@@ -859,8 +1104,7 @@ static int recover(struct coord *c)
     int rc = journal_scan(c->journal, scan_cb, s);
     if (rc == 0)
         scan_finish_txn(s);
-    log_info("recovery: %zu unfinished transactions resumed, %zu finished outcomes retained (%lld ms)", s->resumed,
-             s->remembered, (long long)(timers_now_ms() - t0));
+    log_info("recovery: %zu unfinished transactions resumed (%lld ms)", s->resumed, (long long)(timers_now_ms() - t0));
     saga_recovery_free(s->saga);
     free(s);
     return rc;
@@ -902,7 +1146,8 @@ static void log_stats(struct coord *c)
     log_info("stats: submitted=%llu committed=%llu aborted=%llu in_flight=%zu refused=%llu malformed=%llu "
              "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
              "forced_batches=%llu journal_busy=%.0f%% instances=%zu sagas=%llu sagas_completed=%llu "
-             "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu",
+             "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu presumed_aborts=%llu "
+             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu",
              (unsigned long long)c->st.submitted, (unsigned long long)c->st.committed,
              (unsigned long long)c->st.aborted, c->inflight.len, (unsigned long long)c->st.refused,
              (unsigned long long)c->st.malformed, (unsigned long long)c->st.late_votes,
@@ -910,7 +1155,9 @@ static void log_stats(struct coord *c)
              (unsigned long long)js.records, (unsigned long long)js.forced_batches, busy, registry_count(c->reg),
              (unsigned long long)c->st.sagas, (unsigned long long)c->st.sagas_completed,
              (unsigned long long)c->st.sagas_compensated, (unsigned long long)c->st.sagas_stuck, c->sagas.len,
-             (unsigned long long)c->st.step_retries);
+             (unsigned long long)c->st.step_retries, (unsigned long long)c->st.presumed_aborts, c->done.map.len,
+             (unsigned long long)c->done.evicted, (unsigned long long)c->st.lookups,
+             (unsigned long long)c->st.lookup_errors);
 }
 
 static void serve(struct coord *c, volatile sig_atomic_t *stop)
@@ -952,8 +1199,10 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
             log_error("zmq_poll: %s", zmq_strerror(errno));
             break;
         }
-        if (n > 0 && (items[1].revents & ZMQ_POLLIN))
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
             process_durable(c);
+            journal_lookup_results(c->journal, on_lookup, c);
+        }
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
             /* Receive until EAGAIN: asking ZMQ_EVENTS before every message
              * costs a system call each. */
@@ -964,7 +1213,6 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
         now = timers_now_ms();
         if (now >= next_sweep) {
             registry_sweep(c->reg, now);
-            expire_done(c);
             next_sweep = now + c->cfg->heartbeat_ms;
         }
         if (now >= next_stats) {
@@ -972,8 +1220,9 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
             next_stats = now + 60000;
         }
         journal_flush(c->journal);
-        /* Durability can also be reported while we handled messages. */
+        /* Durability and lookups can also be answered while we handled messages. */
         process_durable(c);
+        journal_lookup_results(c->journal, on_lookup, c);
     }
 }
 
@@ -988,9 +1237,16 @@ int coord_run(const struct config *cfg, volatile sig_atomic_t *stop)
         free(c);
         return TREATY_ENOMEM;
     }
+    c->replay = malloc(sizeof *c->replay);
+    if (c->replay == NULL) {
+        free(c->in);
+        free(c);
+        return TREATY_ENOMEM;
+    }
     txmap_init(&c->inflight);
     txmap_init(&c->sagas);
-    txmap_init(&c->finished);
+    txmap_init(&c->lookups);
+    outcomes_init(&c->done, (size_t)cfg->outcome_cache, coord_wall_ms(), (int64_t)cfg->txid_max_future_s * 1000);
     timers_init(&c->timers);
     srand((unsigned)timers_now_ms());
     int rc;
@@ -1054,15 +1310,22 @@ cleanup:
         if (c->sagas.slots[i].val)
             saga_free(c->sagas.slots[i].val);
     txmap_free(&c->sagas);
-    while (c->done_head) {
-        struct done *d = c->done_head;
-        c->done_head = d->next;
-        free(d->reason);
-        free(d);
+    for (size_t i = 0; i < c->lookups.cap; i++) {
+        struct lookup *l = c->lookups.slots[i].val;
+        if (l == NULL)
+            continue;
+        while (l->head) {
+            struct parked *p = l->head;
+            l->head = p->next;
+            parked_free(p);
+        }
+        free(l);
     }
-    txmap_free(&c->finished);
+    txmap_free(&c->lookups);
+    outcomes_free(&c->done);
     timers_free(&c->timers);
     free(c->waits);
+    free(c->replay);
     free(c->in);
     free(c);
     return rc;

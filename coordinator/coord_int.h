@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "journal.h"
+#include "outcomes.h"
 #include "registry.h"
 #include "timers.h"
 #include "treaty.h"
@@ -19,15 +20,23 @@
 
 #define MAX_MSGS_PER_TURN 4096
 
-/* The outcome of a finished transaction or saga, kept for retention_s so that
- * a resubmitted or queried txid gets the same answer. */
-struct done {
+/* A request held until the journal says what it knows of its txid
+ * (outcomes_may_be_in_journal): a copy of the message, replayed through the
+ * dispatcher when the lookup answers. */
+struct parked {
+    struct parked *next;
+    uint8_t rid[WIRE_ROUTING_ID_MAX];
+    size_t rid_len;
+    struct wire_hdr hdr;
+    size_t nframes;
+    size_t *lens; /* nframes lengths, then the bytes in data */
+    uint8_t *data;
+};
+
+/* One journal lookup in flight and the requests waiting for it. */
+struct lookup {
     uint8_t txid[16];
-    uint8_t status; /* TREATY_STATUS_COMMITTED / ABORTED / COMPLETED / COMPENSATED */
-    int16_t failed_branch;
-    long long finished_at; /* wall clock, seconds */
-    char *reason;          /* owned, or NULL */
-    struct done *next;     /* FIFO by finishing time */
+    struct parked *head, *tail;
 };
 
 struct durable_wait {
@@ -37,6 +46,7 @@ struct durable_wait {
 
 struct stats {
     uint64_t submitted, committed, aborted, malformed, refused, late_votes, inquiries, recovered;
+    uint64_t presumed_aborts, lookups, lookup_errors;
     uint64_t sagas, sagas_completed, sagas_compensated, sagas_stuck, step_retries;
 };
 
@@ -46,10 +56,11 @@ struct coord {
     void *router;
     struct journal *journal;
     struct registry *reg;
-    struct txmap inflight; /* txid -> struct txn (2PC) */
-    struct txmap sagas;    /* txid -> struct saga */
-    struct txmap finished; /* txid -> struct done */
-    struct done *done_head, *done_tail;
+    struct txmap inflight;  /* txid -> struct txn (2PC) */
+    struct txmap sagas;     /* txid -> struct saga */
+    struct txmap lookups;   /* txid -> struct lookup (a journal lookup in flight) */
+    struct outcomes done;   /* finished outcomes, bounded */
+    struct wire_in *replay; /* a parked request being handled again */
     struct timers timers;
     struct durable_wait *waits; /* ring of txids awaiting a forced record */
     size_t wait_head, wait_len, wait_cap;
@@ -76,10 +87,17 @@ int coord_jitter(int ms);
 void coord_add_timer(struct coord *c, const uint8_t txid[16], int64_t due_ms);
 /* Calls saga_on_durable / the 2PC handler once journal seq is durable. */
 void coord_expect_durable(struct coord *c, const uint8_t txid[16], uint64_t seq);
+/* Remembers the outcome of a finished transaction (its deciding record is durable). */
 void coord_remember_done(struct coord *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
-                         const char *reason, long long finished_at);
+                         const char *reason);
+/* Refuses (ERROR reply) a txid that may not start a new transaction or be
+ * presumed aborted now: not time-ordered (TREATY_EINVAL), made more than
+ * txid.max_future_s ahead of our clock (TREATY_EINVAL) or more than
+ * txid.max_age_s ago (TREATY_EEXPIRED). 0 when it may. */
+int coord_check_new_txid(struct coord *c, const struct wire_in *in);
+/* The wall clock in Unix milliseconds. */
+int64_t coord_wall_ms(void);
 /* Common admission checks for a new transaction or saga: 0, or an ERROR was sent. */
 int coord_admit(struct coord *c, const struct wire_in *in);
-long long coord_wall_seconds(void);
 
 #endif

@@ -17,19 +17,21 @@ enum saga_state {
     SAGA_FORWARD,         /* running the actions of group `group` */
     SAGA_LOGGING_TURN,    /* decided to compensate; turn record not yet durable */
     SAGA_COMPENSATING,    /* running the compensations of group `group`, descending */
-    SAGA_DONE,            /* END appended; about to be freed */
+    SAGA_LOGGING_END,     /* all work done; END (the outcome) appended, not yet durable: nobody told */
+    SAGA_DONE,            /* END durable, clients told; about to be freed */
     SAGA_STATE_COUNT_
 };
 
 static const char *const saga_state_names[SAGA_STATE_COUNT_] = {
-    "logging-definition", "forward", "logging-turn", "compensating", "done",
+    "logging-definition", "forward", "logging-turn", "compensating", "logging-end", "done",
 };
 
 static const bool saga_legal[SAGA_STATE_COUNT_][SAGA_STATE_COUNT_] = {
     [SAGA_LOGGING_DEF] = {[SAGA_FORWARD] = true},
-    [SAGA_FORWARD] = {[SAGA_LOGGING_TURN] = true, [SAGA_DONE] = true},
+    [SAGA_FORWARD] = {[SAGA_LOGGING_TURN] = true, [SAGA_LOGGING_END] = true},
     [SAGA_LOGGING_TURN] = {[SAGA_COMPENSATING] = true},
-    [SAGA_COMPENSATING] = {[SAGA_DONE] = true},
+    [SAGA_COMPENSATING] = {[SAGA_LOGGING_END] = true},
+    [SAGA_LOGGING_END] = {[SAGA_DONE] = true},
     [SAGA_DONE] = {0},
 };
 
@@ -67,9 +69,10 @@ struct saga {
     int failed_step; /* -1 none */
     char *reason;    /* why it turned around */
     bool stuck;
-    bool resume_pending; /* recovered: (re)start the current group at the first timer */
-    uint64_t record_seq; /* forced record awaited */
-    int64_t deadline_ms; /* forward deadline on the monotonic clock, -1 none */
+    bool resume_pending;  /* recovered: (re)start the current group at the first timer */
+    uint8_t final_status; /* LOGGING_END: TREATY_STATUS_COMPLETED or _COMPENSATED */
+    uint64_t record_seq;  /* forced record awaited */
+    int64_t deadline_ms;  /* forward deadline on the monotonic clock, -1 none */
     int64_t timer_due_ms;
     uint8_t *def; /* encoded definition (owned); frames point into it */
     size_t def_len;
@@ -186,9 +189,18 @@ static uint8_t *encode_def(const struct wire_msg *m, size_t *len)
     return b;
 }
 
+static uint32_t cap_u32(uint32_t v, int cap)
+{
+    return v > (uint32_t)cap ? (uint32_t)cap : v;
+}
+
 /* Decodes def (owned by the caller until success, then by the saga) into a
- * new saga. NULL when the bytes are not a valid definition. */
-static struct saga *saga_from_def(const uint8_t txid[16], uint8_t *def, size_t def_len, char *err, size_t errlen)
+ * new saga, with the retry policies' defaults filled in and every number held
+ * to cfg's caps (a definition from the journal may predate them; a new one
+ * was refused beyond them by check_caps). NULL when the bytes are not a
+ * valid definition. */
+static struct saga *saga_from_def(const struct config *cfg, const uint8_t txid[16], uint8_t *def, size_t def_len,
+                                  char *err, size_t errlen)
 {
     static struct wire_frame frames[WIRE_MAX_FRAMES];
     struct wire_frame f4;
@@ -247,7 +259,7 @@ static struct saga *saga_from_def(const uint8_t txid[16], uint8_t *def, size_t d
     uint32_t deadline = 0;
     wire_get_u32(&m.frames[0], &deadline);
     if (deadline > 0)
-        s->deadline_ms = timers_now_ms() + deadline;
+        s->deadline_ms = timers_now_ms() + cap_u32(deadline, cfg->saga_max_deadline_ms);
     int prev_group = -1;
     for (size_t i = 0; i < nsteps; i++) {
         const struct wire_frame *f = &m.frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
@@ -268,6 +280,11 @@ static struct saga *saga_from_def(const uint8_t txid[16], uint8_t *def, size_t d
             st->pol.max_backoff_ms = st->pol.first_backoff_ms;
         if (st->pol.try_timeout_ms == 0)
             st->pol.try_timeout_ms = 5000;
+        if (st->pol.max_attempts > cfg->saga_max_attempts)
+            st->pol.max_attempts = (uint16_t)cfg->saga_max_attempts;
+        st->pol.first_backoff_ms = cap_u32(st->pol.first_backoff_ms, cfg->saga_max_backoff_ms);
+        st->pol.max_backoff_ms = cap_u32(st->pol.max_backoff_ms, cfg->saga_max_backoff_ms);
+        st->pol.try_timeout_ms = cap_u32(st->pol.try_timeout_ms, cfg->saga_max_try_timeout_ms);
         if ((int)st->pol.group < prev_group) {
             snprintf(err, errlen, "step %zu: group %u after group %d (groups must not decrease)", i, st->pol.group,
                      prev_group);
@@ -379,13 +396,30 @@ static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensa
     st->due_ms = now + st->pol.try_timeout_ms;
 }
 
+/* Every step is done, or every started one compensated: the outcome is
+ * decided. It is told to nobody before its END record is durable (forced):
+ * a client told "completed" must never see the saga compensated, which a
+ * crash before a lazy END would allow (recovery would run the saga again,
+ * and a step whose service is then down past its retries would turn it
+ * around). If we crash before END is durable, nobody was told, and recovery
+ * runs the remaining work again through the barrier. */
 static void finish(struct coord *c, struct saga *s, enum treaty_status st)
 {
+    set_state(s, SAGA_LOGGING_END);
+    s->final_status = (uint8_t)st;
+    for (unsigned i = 0; i < s->nsteps; i++)
+        s->steps[i].due_ms = -1;
+    s->timer_due_ms = -1;
+    s->record_seq = append(c, s, JOURNAL_END, -1, st == TREATY_STATUS_COMPLETED ? "completed" : "compensated", true);
+    coord_expect_durable(c, s->txid, s->record_seq);
+}
+
+/* The END record is durable: tell, remember, forget. */
+static void finished(struct coord *c, struct saga *s)
+{
     char id[TREATY_TXID_STRLEN];
+    enum treaty_status st = (enum treaty_status)s->final_status;
     set_state(s, SAGA_DONE);
-    /* Lazy: if END is lost, recovery runs the saga's remaining work again and
-     * the barrier turns every duplicate into the first result. */
-    append(c, s, JOURNAL_END, -1, st == TREATY_STATUS_COMPLETED ? "completed" : "compensated", false);
     if (st == TREATY_STATUS_COMPLETED)
         c->st.sagas_completed++;
     else
@@ -393,7 +427,7 @@ static void finish(struct coord *c, struct saga *s, enum treaty_status st)
     log_info("saga %s: %s%s%s", coord_fmt_txid(s->txid, id), treaty_status_name(st), s->reason ? ": " : "",
              s->reason ? s->reason : "");
     tell_waiters(c, s, st, false);
-    coord_remember_done(c, s->txid, st, s->failed_step, s->reason, coord_wall_seconds());
+    coord_remember_done(c, s->txid, st, s->failed_step, s->reason);
     txmap_del(&c->sagas, s->txid);
     saga_free(s);
 }
@@ -496,10 +530,55 @@ void saga_on_durable(struct coord *c, struct saga *s, uint64_t seq)
         set_state(s, SAGA_COMPENSATING);
         s->group = s->max_group;
         start_compensation_group(c, s);
+    } else if (s->state == SAGA_LOGGING_END) {
+        finished(c, s);
     }
 }
 
 /* ------------------------------------------------------------ messages */
+
+/* Every number a client sends has a configured cap: a saga asking for more
+ * is refused (TREATY_ETOOBIG, naming the step, the field and the cap), not
+ * cut down behind its back. 0, or an ERROR was sent. */
+static int check_caps(struct coord *c, const struct wire_in *in, size_t nsteps)
+{
+    const struct wire_msg *m = &in->msg;
+    const struct config *cfg = c->cfg;
+    uint32_t deadline = 0;
+    wire_get_u32(&m->frames[0], &deadline);
+    const char *field = NULL;
+    long long got = 0, cap = 0;
+    size_t step = 0;
+    if (deadline > (uint32_t)cfg->saga_max_deadline_ms) {
+        c->st.refused++;
+        coord_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
+                          "saga deadline of %u ms exceeds saga.max_deadline_ms = %d", deadline,
+                          cfg->saga_max_deadline_ms);
+        return TREATY_ETOOBIG;
+    }
+    for (step = 0; step < nsteps && field == NULL; step++) {
+        struct wire_policy pol;
+        wire_decode_policy(&m->frames[1 + step * WIRE_SAGA_FRAMES_PER_STEP + 5], &pol);
+        if (pol.max_attempts > cfg->saga_max_attempts)
+            field = "max_attempts", got = pol.max_attempts, cap = cfg->saga_max_attempts;
+        else if (pol.first_backoff_ms > (uint32_t)cfg->saga_max_backoff_ms)
+            field = "first_backoff_ms", got = pol.first_backoff_ms, cap = cfg->saga_max_backoff_ms;
+        else if (pol.max_backoff_ms > (uint32_t)cfg->saga_max_backoff_ms)
+            field = "max_backoff_ms", got = pol.max_backoff_ms, cap = cfg->saga_max_backoff_ms;
+        else if (pol.try_timeout_ms > (uint32_t)cfg->saga_max_try_timeout_ms)
+            field = "try_timeout_ms", got = pol.try_timeout_ms, cap = cfg->saga_max_try_timeout_ms;
+    }
+    if (field == NULL)
+        return 0;
+    c->st.refused++;
+    coord_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
+                      "step %zu: retry %s of %lld exceeds the coordinator's cap of %lld (saga.%s)", step - 1, field,
+                      got, cap,
+                      strcmp(field, "max_attempts") == 0     ? "max_attempts"
+                      : strcmp(field, "try_timeout_ms") == 0 ? "max_try_timeout_ms"
+                                                             : "max_backoff_ms");
+    return TREATY_ETOOBIG;
+}
 
 void saga_handle_submit(struct coord *c, const struct wire_in *in)
 {
@@ -514,16 +593,21 @@ void saga_handle_submit(struct coord *c, const struct wire_in *in)
         add_waiter(s, in->rid, in->rid_len);
         return;
     }
-    struct done *d = txmap_get(&c->finished, txid);
+    const struct outcome *d = outcomes_get(&c->done, txid);
     if (d != NULL) {
         coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
     }
-    if (txmap_get(&c->inflight, txid) != NULL) {
-        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a 2PC transaction");
+    struct txn *t = txmap_get(&c->inflight, txid);
+    if (t != NULL) {
+        if (t->presumed) /* its abort is being recorded: the answer once it is durable */
+            txn_add_waiter(t, in->rid, in->rid_len);
+        else
+            coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a 2PC transaction");
         return;
     }
-    if (coord_admit(c, in) < 0)
+    /* A new saga (dispatch() has asked the journal when it might know it). */
+    if (coord_check_new_txid(c, in) < 0 || coord_admit(c, in) < 0)
         return;
     size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
     if (nsteps > (size_t)c->cfg->max_steps) {
@@ -543,9 +627,11 @@ void saga_handle_submit(struct coord *c, const struct wire_in *in)
             return;
         }
     }
+    if (check_caps(c, in, nsteps) < 0)
+        return;
     size_t def_len;
     uint8_t *def = encode_def(m, &def_len);
-    s = saga_from_def(txid, def, def_len, err, sizeof err);
+    s = saga_from_def(c->cfg, txid, def, def_len, err, sizeof err);
     if (s == NULL) {
         free(def);
         c->st.refused++;
@@ -761,7 +847,6 @@ struct saga_recovery {
     bool turned;
     int failed_step;
     char reason[TREATY_REASON_MAX];
-    char end_detail[32];
     uint8_t action_done[WIRE_MAX_STEPS];
     uint8_t comp_done[WIRE_MAX_STEPS];
 };
@@ -811,8 +896,6 @@ void saga_recovery_add(struct saga_recovery *r, const struct journal_rec *rec)
         snprintf(r->reason, sizeof r->reason, "%s", rec->detail ? rec->detail : "");
         break;
     case JOURNAL_END:
-        snprintf(r->end_detail, sizeof r->end_detail, "%s", rec->detail ? rec->detail : "");
-        break;
     case JOURNAL_COMMIT:
     case JOURNAL_ABORT:
         break;
@@ -826,22 +909,15 @@ static void recovery_reset(struct saga_recovery *r)
     r->failed_step = -1;
 }
 
-int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long ended_at)
+int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
 {
     char id[TREATY_TXID_STRLEN], err[160];
-    int resumed = 0;
-    if (ended_at > 0) {
-        enum treaty_status st =
-            strcmp(r->end_detail, "completed") == 0 ? TREATY_STATUS_COMPLETED : TREATY_STATUS_COMPENSATED;
-        coord_remember_done(c, r->txid, st, r->failed_step, r->turned ? r->reason : NULL, ended_at);
+    if (ended || !r->have_def || txmap_get(&c->sagas, r->txid) != NULL) {
+        /* finished: its outcome is read back by journal_lookup when asked */
         recovery_reset(r);
         return 0;
     }
-    if (!r->have_def || txmap_get(&c->sagas, r->txid) != NULL) {
-        recovery_reset(r);
-        return 0;
-    }
-    struct saga *s = saga_from_def(r->txid, r->def, r->def_len, err, sizeof err);
+    struct saga *s = saga_from_def(c->cfg, r->txid, r->def, r->def_len, err, sizeof err);
     if (s == NULL) {
         log_error("recovery: saga %s has an unreadable definition (%s); left in the journal for an operator",
                   coord_fmt_txid(r->txid, id), err);
@@ -850,29 +926,28 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
     }
     r->def = NULL;       /* owned by s now */
     s->deadline_ms = -1; /* the deadline was for the first run */
-    for (unsigned i = 0; i < s->nsteps; i++)
-        if (r->action_done[i]) {
+    /*
+     * Which steps were sent is not journaled (only completions, lazily): any
+     * step's action may have been sent before the crash - the steps of the
+     * group that was running, and, when a completion record was lost, those
+     * of later groups too. So every step counts as started: a turn-around
+     * compensates them all, and the barrier turns the compensation of a step
+     * that never ran into a no-op (and keeps that action from running later).
+     */
+    for (unsigned i = 0; i < s->nsteps; i++) {
+        s->steps[i].started = true;
+        if (r->action_done[i])
             s->steps[i].state = STEP_DONE;
-            s->steps[i].started = true; /* a turn-around must compensate it */
-        }
+    }
     if (r->turned) {
-        /* Which actions ran is not journaled eagerly: compensate every step of
-         * the groups up to the failing one (null compensations are safe). */
-        int upto =
-            r->failed_step >= 0 && r->failed_step < s->nsteps ? (int)s->steps[r->failed_step].pol.group : s->max_group;
         s->failed_step = r->failed_step;
         s->reason = coord_strdup(r->reason);
-        for (unsigned i = 0; i < s->nsteps; i++) {
-            struct saga_step *st = &s->steps[i];
-            if ((int)st->pol.group > upto)
-                continue;
-            st->started = true;
+        for (unsigned i = 0; i < s->nsteps; i++)
             if (r->comp_done[i])
-                st->state = STEP_COMPENSATED;
-        }
+                s->steps[i].state = STEP_COMPENSATED;
         s->state = SAGA_LOGGING_TURN;
         set_state(s, SAGA_COMPENSATING);
-        s->group = upto;
+        s->group = s->max_group;
     } else {
         set_state(s, SAGA_FORWARD);
         while (s->group <= s->max_group && group_done(s, true))
@@ -883,8 +958,7 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, long long end
     s->resume_pending = true;
     s->timer_due_ms = timers_now_ms() + c->cfg->resend_initial_ms;
     coord_add_timer(c, s->txid, s->timer_due_ms);
-    resumed = 1;
     c->st.recovered++;
     recovery_reset(r);
-    return resumed;
+    return 1;
 }

@@ -57,6 +57,7 @@ void txn_free(struct txn *t)
     if (t == NULL)
         return;
     waiter_free_all(&t->waiters);
+    waiter_free_all(&t->inquirers);
     free(t->reason);
     free(t);
 }
@@ -100,4 +101,19 @@ void waiter_free_all(struct waiter **list)
 void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len)
 {
     waiter_add(&t->waiters, rid, rid_len);
+}
+
+void txn_add_inquirer(struct txn *t, const uint8_t *rid, size_t rid_len, unsigned branch)
+{
+    for (struct waiter *w = t->inquirers; w; w = w->next)
+        if (w->branch == branch && w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
+            return;
+    struct waiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        abort();
+    memcpy(w->rid, rid, rid_len);
+    w->rid_len = (uint8_t)rid_len;
+    w->branch = (uint16_t)branch;
+    w->next = t->inquirers;
+    t->inquirers = w;
 }

@@ -9,6 +9,13 @@
  *                         +--NO / timeout / no instance--> ABORTING --all ACK------------------------+
  *   (recovery) ----------------------------------------------> COMMITTING (COMMIT record, no END)
  *   (recovery) --------------------> ABORTING (ABORT record, no END)
+ *   (presumed) --INQUIRE/QUERY/late YES of an unknown txid--> ABORTING (no branches; ABORT record)
+ *
+ * A decision is sent to participants, and told to anyone, only once its
+ * record is durable (decision_durable): an ABORT sent earlier could be lost
+ * with the record in a crash, the txid then run again and commit, and a late
+ * ABORT roll back a branch another instance of the service had just voted
+ * YES for.
  */
 #ifndef TREATY_TXN_H
 #define TREATY_TXN_H
@@ -50,6 +57,7 @@ struct branch {
 struct waiter {
     uint8_t rid[WIRE_ROUTING_ID_MAX];
     uint8_t rid_len;
+    uint16_t branch; /* inquirers: the branch they asked about */
     struct waiter *next;
 };
 
@@ -57,15 +65,17 @@ struct txn {
     uint8_t txid[16];
     enum txn_state state;
     bool decision_durable; /* COMMIT/ABORT record durable: the client may be told */
+    bool presumed;         /* an abort recorded for a txid nobody submitted (no branches) */
     uint16_t nbranches;
     uint16_t nacked;
     uint16_t nvotes;
-    int failed_branch;    /* -1 when none */
-    uint64_t record_seq;  /* journal seq of the decision record */
-    int64_t timer_due_ms; /* the one timer this txn expects (deadline or re-send) */
-    int resend_ms;        /* current decision re-send backoff */
-    char *reason;         /* abort reason (owned) or NULL */
-    struct waiter *waiters;
+    int failed_branch;        /* -1 when none */
+    uint64_t record_seq;      /* journal seq of the decision record */
+    int64_t timer_due_ms;     /* the one timer this txn expects (deadline or re-send) */
+    int resend_ms;            /* current decision re-send backoff */
+    char *reason;             /* abort reason (owned) or NULL */
+    struct waiter *waiters;   /* clients to tell the outcome */
+    struct waiter *inquirers; /* participants to tell the decision (INQUIRE or late YES before it was durable) */
     struct branch branches[]; /* nbranches */
 };
 
@@ -79,6 +89,8 @@ void txn_set_state(struct txn *t, enum txn_state to);
 
 /* Adds a client to tell the outcome (deduplicated by routing id). */
 void txn_add_waiter(struct txn *t, const uint8_t *rid, size_t rid_len);
+/* Adds a participant to tell the decision on branch (deduplicated). */
+void txn_add_inquirer(struct txn *t, const uint8_t *rid, size_t rid_len, unsigned branch);
 
 /* The same for any list of waiting clients (sagas use it too). */
 void waiter_add(struct waiter **list, const uint8_t *rid, size_t rid_len);

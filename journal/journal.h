@@ -7,15 +7,20 @@
  *   1. journal_connect()   blocking: connect (retrying with backoff, logging each
  *                          try), apply the schema, refuse a newer schema version.
  *   2. journal_scan()      blocking: read back every record of unfinished
- *                          transactions, and the outcome of finished ones still
- *                          retained, for recovery.
- *   3. journal_start()     start the writer thread. From now on the coordinator
- *                          loop appends records with journal_append() (never
- *                          blocks on Postgres) and calls journal_flush() once per
- *                          loop turn; the writer group-commits everything handed
- *                          to it in one Postgres transaction and then reports the
- *                          new durable watermark on journal_socket().
- *   4. journal_close()     flush what is pending (bounded wait), stop the thread.
+ *                          transactions (runs of a txid without an END), for
+ *                          recovery. Finished ones are not read: their
+ *                          outcomes are answered by journal_lookup().
+ *   3. journal_start()     start the writer and reader threads. From now on the
+ *                          coordinator loop appends records with
+ *                          journal_append() and queues outcome lookups with
+ *                          journal_lookup() (neither blocks on Postgres), and
+ *                          calls journal_flush() once per loop turn; the writer
+ *                          group-commits everything handed to it in one Postgres
+ *                          transaction and then reports the new durable
+ *                          watermark on journal_socket(); the reader answers
+ *                          lookups there too.
+ *   4. journal_close()     flush what is pending (bounded wait), stop the
+ *                          threads; lookups not answered yet are dropped.
  *
  * Forced vs lazy: a batch holding a forced record commits with
  * synchronous_commit = on; a batch of only lazy records (END, ABORT) is written
@@ -24,11 +29,14 @@
  * watermark (the highest durable sequence number) says what is durable.
  *
  * If Postgres is lost, the writer keeps the batch, reconnects with backoff and
- * writes it again (a record may then be stored twice; readers tolerate that),
- * and journal_healthy() turns false until a batch commits again.
+ * writes it again, and journal_healthy() turns false until a batch commits
+ * again. Writing again is idempotent: a group that had committed although its
+ * acknowledgement was lost is not stored a second time (schema version 4).
+ * Journals written before version 4 may hold such records twice; the scan
+ * and the lookups tolerate that.
  *
  * Thread safety: every function is called from the coordinator's loop thread
- * only; the writer thread is internal.
+ * only; the writer and reader threads are internal.
  */
 #ifndef TREATY_JOURNAL_H
 #define TREATY_JOURNAL_H
@@ -37,14 +45,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JOURNAL_SCHEMA_VERSION 3 /* sql/001_journal.sql, sql/002_saga.sql, sql/003_batched_end.sql */
+/* sql/001_journal.sql, 002_saga.sql, 003_batched_end.sql, 004_runs_and_lookups.sql */
+#define JOURNAL_SCHEMA_VERSION 4
 
 enum journal_kind {
     JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */
     JOURNAL_ABORT = 2,  /* 2PC decision: abort. Forced. services, detail = reason, failed_branch */
     JOURNAL_END = 3,    /* finished (2PC: every branch acknowledged; saga: detail = "completed" or
-                           "compensated"). Lazy. A group's ENDs are stored together, one 'ends' row
-                           per detail (sql/003_batched_end.sql); the scan gives them back one by one */
+                           "compensated"). 2PC: lazy, and a group's 2PC ENDs are stored together, one
+                           'ends' row per detail (sql/003_batched_end.sql). A saga's END is a row of
+                           its own (sql/004_runs_and_lookups.sql) */
     JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
                            service; data = the encoded definition (coordinator's format) */
     JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */
@@ -67,12 +77,13 @@ struct journal_rec {
     size_t data_len;
 };
 
+/* For the ms fields, 0 means the default given. retention_s has no default. */
 struct journal_config {
     const char *conninfo;   /* libpq conninfo of the journal database */
     int connect_initial_ms; /* first reconnect backoff (default 100) */
     int connect_max_ms;     /* backoff cap (default 5000) */
     int lazy_delay_ms;      /* how long a lazy-only batch may wait (default 20) */
-    int retention_s;        /* finished transactions are deleted after this (default 3600) */
+    int retention_s;        /* finished transactions are deleted after this; at least 1 */
     int gc_interval_ms;     /* how often the writer collects (default 5000) */
     volatile int *stop;     /* optional: journal_connect gives up when *stop becomes non-zero */
 };
@@ -81,8 +92,10 @@ struct journal;
 
 /* Step 1. On success *out is owned by the caller (journal_close). Returns 0,
  * TREATY_EPG (schema failure, message in errbuf), TREATY_EVERSION (the database
- * holds a newer schema than JOURNAL_SCHEMA_VERSION), or TREATY_EBUSY when
- * *stop became set while retrying. errbuf gets a one-line message on error. */
+ * holds a newer schema than JOURNAL_SCHEMA_VERSION), TREATY_EINVAL (a NULL
+ * argument, a negative field, retention_s < 1, an unparsable conninfo), or
+ * TREATY_EBUSY when *stop became set while retrying. errbuf gets a one-line
+ * message on error. */
 int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen);
 
 /*
@@ -112,8 +125,10 @@ void journal_flush(struct journal *j);
 /* A ZeroMQ socket to include in the loop's zmq_poll (ZMQ_POLLIN). */
 void *journal_socket(struct journal *j);
 
-/* Drains the writer's notifications (call when journal_socket is readable;
- * harmless otherwise). Returns the highest durable sequence number so far. */
+/* Drains the notifications on journal_socket() (call when it is readable;
+ * harmless otherwise): lookup answers among them are kept for
+ * journal_lookup_results(). Returns the highest durable sequence number so
+ * far. */
 uint64_t journal_durable(struct journal *j);
 
 /*
@@ -123,9 +138,23 @@ uint64_t journal_durable(struct journal *j);
  * turn go to Postgres together at journal_flush(), on a connection of their
  * own, so lookups never delay the writer. Answers arrive in any order;
  * journal_socket() becomes readable, and journal_lookup_results() hands each
- * to cb. Only durable records are seen: the caller keeps what it appended but
- * has not seen durable in memory. A lookup that cannot reach Postgres is
- * answered with error = TREATY_EPG (the caller refuses or retries).
+ * to cb. Call both journal_durable() and journal_lookup_results() when the
+ * socket is readable: either may take the other's notification off it (and
+ * keeps it for the other). Each journal_lookup() call gets exactly one
+ * answer, a txid asked twice two. Lookups queued before journal_start() are
+ * sent when it starts. Only durable records are seen: the caller keeps what it
+ * appended but has not seen durable in memory. A lookup that cannot reach
+ * Postgres is answered with error = TREATY_EPG (the caller refuses or
+ * retries), even when Postgres does not answer at all: a connection attempt
+ * or a query gives up after 10 s (the attempt sooner if conninfo's
+ * connect_timeout says so), and a batch gets at most two tries. After a
+ * failure the reader reconnects with the writer's backoff
+ * (connect_initial_ms .. connect_max_ms) and answers lookups that come in
+ * meanwhile with TREATY_EPG at once.
+ *
+ * The outcome is that of the txid's latest run (the records after its last
+ * END, or else those up to it; see journal_scan). Records stored twice by
+ * writers before schema version 4 do not change it.
  */
 enum journal_outcome {
     JOURNAL_OUTCOME_NONE = 0,    /* no record of this txid (never seen, or collected) */
@@ -144,9 +173,13 @@ struct journal_lookup_result {
     char detail[256];  /* ABORT's or TURN's detail ("" none), truncated */
 };
 
+/* Queues a lookup of txid (copied). Never blocks, never fails except on
+ * out-of-memory (aborts the daemon). */
 void journal_lookup(struct journal *j, const uint8_t txid[16]);
 typedef void (*journal_lookup_fn)(void *arg, const struct journal_lookup_result *r);
-/* Calls cb for every answer received so far. Loop thread; harmless when none. */
+/* Calls cb for every answer received so far, in the order received; r is
+ * borrowed for the call. cb may call journal_lookup(). Loop thread; harmless
+ * when none. */
 void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg);
 
 /* False while the writer cannot reach Postgres (new work should be refused). */

@@ -80,4 +80,34 @@ void journal_txid_format(const uint8_t txid[16], char buf[37]);
 /* Parses a UUID (36 characters, any case). 0 or TREATY_EINVAL. */
 int journal_txid_parse(const char *s, uint8_t txid[16]);
 
+/*
+ * The recovery scan's query (journal.c explains its plan), and the settings
+ * journal_scan() runs it with (SET LOCAL statements, inside the scan's
+ * transaction): for tests that EXPLAIN it.
+ */
+#define JOURNAL_SCAN_SETTINGS                                                                                          \
+    "SET LOCAL cursor_tuple_fraction = 1; SET LOCAL work_mem = '64MB'; SET LOCAL bytea_output = 'hex'; "               \
+    "SET LOCAL enable_mergejoin = off; SET LOCAL enable_nestloop = off"
+extern const char journal_scan_sql[];
+
+/* The outcome lookups' query ($1: the txids as a uuid[] literal; journal.c
+ * explains how its rows become outcomes): for tests that EXPLAIN it. */
+extern const char journal_lookup_sql[];
+
+/*
+ * Test-only fault point, compiled in with TREATY_FAULTS (every build but
+ * make RELEASE=1): the next n groups the writer sends lose their
+ * acknowledgement. After the pipeline's Sync has gone out, the writer waits
+ * until the server's answer to it (ReadyForQuery, sent after the commit) is
+ * in the socket's receive buffer, looking with MSG_PEEK, and then swaps the
+ * socket for one whose peer is closed before libpq reads a byte: the group
+ * has committed, and the writer sees "server closed the connection
+ * unexpectedly", as when Postgres dies between its commit and our read. Needs
+ * a connection without SSL (the test cluster's unix socket); if the answer
+ * cannot be seen within 10 s the connection is broken anyway and a warning
+ * logged. Any thread. Returns 0, or TREATY_ESTATE in a build without fault
+ * points (the test then fails, it never passes vacuously).
+ */
+int journal_fault_lose_acks(struct journal *j, unsigned n);
+
 #endif /* TREATY_JOURNAL_INT_H */

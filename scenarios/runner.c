@@ -76,6 +76,13 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -767,12 +774,16 @@ static int plan_txs(struct run *r)
         else
             n2--;
         t->kind = saga ? TX_SAGA : TX_2PC;
-        uint64_t a = rng_next(&g), b = rng_next(&g);
+        /* A UUIDv7 as treaty_txid_generate makes it (the coordinator refuses
+         * others): the time of the run, then bits from the seed. */
+        uint64_t a = rng_next(&g), b = rng_next(&g), made = (uint64_t)wall_ms();
         for (int k = 0; k < 8; k++) {
             t->id.b[k] = (uint8_t)(a >> (8 * k));
             t->id.b[8 + k] = (uint8_t)(b >> (8 * k));
         }
-        t->id.b[6] = (uint8_t)((t->id.b[6] & 0x0f) | 0x40);
+        for (int k = 0; k < 6; k++)
+            t->id.b[k] = (uint8_t)(made >> (40 - 8 * k));
+        t->id.b[6] = (uint8_t)((t->id.b[6] & 0x0f) | 0x70);
         t->id.b[8] = (uint8_t)((t->id.b[8] & 0x3f) | 0x80);
         treaty_txid_format(&t->id, t->idtxt);
         t->amount = i + 1; /* unique: a half-applied transfer names itself */

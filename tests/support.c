@@ -713,11 +713,16 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
                  "shutdown_deadline_ms = 2000;\n"
                  "journal = { conninfo = \"%s\"; retention_s = 3600; connect_initial_ms = 50; connect_max_ms = 1000;"
                  " lazy_delay_ms = %d; };\n"
-                 "twopc = { default_timeout_ms = %d; resend_initial_ms = %d; resend_max_ms = %d; };\n"
+                 "twopc = { default_timeout_ms = %d; max_timeout_ms = %d; resend_initial_ms = %d; resend_max_ms = %d; "
+                 "};\n"
                  "registry = { heartbeat_ms = %d; dead_after_ms = %d; };\n",
-                 d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted, o.lazy_immediately ? 0 : 20,
-                 o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000, resend_max < 100 ? resend_max : 100,
-                 resend_max, o.heartbeat_ms > 0 ? o.heartbeat_ms : 100, o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
+                 d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted,
+                 o.lazy_immediately    ? 0
+                 : o.lazy_delay_ms > 0 ? o.lazy_delay_ms
+                                       : 20,
+                 o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000,
+                 o.max_timeout_ms > 0 ? o.max_timeout_ms : 600000, resend_max < 100 ? resend_max : 100, resend_max,
+                 o.heartbeat_ms > 0 ? o.heartbeat_ms : 100, o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
         if (extra_config != NULL) {
             size_t used = strlen(text);
             int n = snprintf(text + used, sizeof text - used, "%s\n", extra_config);

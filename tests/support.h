@@ -162,6 +162,8 @@ struct support_treatyd_opts {
     int dead_after_ms;      /* registry.dead_after_ms; 0 = 1000 */
     const char *log_level;  /* NULL = "info" */
     bool lazy_immediately;  /* journal.lazy_delay_ms = 0 (else the default) */
+    int lazy_delay_ms;      /* > 0: journal.lazy_delay_ms (lazy records wait this long) */
+    int max_timeout_ms;     /* > 0: twopc.max_timeout_ms (default_timeout_ms <= it is the caller's business) */
 };
 
 struct support_treatyd {

@@ -69,7 +69,11 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->resend_max_ms == b->resend_max_ms && a->heartbeat_ms == b->heartbeat_ms &&
            a->dead_after_ms == b->dead_after_ms && a->max_payload_bytes == b->max_payload_bytes &&
            a->max_branches == b->max_branches && a->max_inflight == b->max_inflight && a->max_steps == b->max_steps &&
-           a->stuck_after_attempts == b->stuck_after_attempts && a->stuck_retry_ms == b->stuck_retry_ms;
+           a->stuck_after_attempts == b->stuck_after_attempts && a->stuck_retry_ms == b->stuck_retry_ms &&
+           a->txid_max_age_s == b->txid_max_age_s && a->txid_max_future_s == b->txid_max_future_s &&
+           a->saga_max_attempts == b->saga_max_attempts && a->saga_max_backoff_ms == b->saga_max_backoff_ms &&
+           a->saga_max_try_timeout_ms == b->saga_max_try_timeout_ms &&
+           a->saga_max_deadline_ms == b->saga_max_deadline_ms && a->outcome_cache == b->outcome_cache;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -97,6 +101,13 @@ Test(config, defaults)
     cr_assert_eq(c.max_payload_bytes, 65536);
     cr_assert_eq(c.max_branches, 16);
     cr_assert_eq(c.max_inflight, 100000);
+    cr_assert_eq(c.txid_max_age_s, 1800);
+    cr_assert_eq(c.txid_max_future_s, 10);
+    cr_assert_eq(c.saga_max_attempts, 100);
+    cr_assert_eq(c.saga_max_backoff_ms, 60000);
+    cr_assert_eq(c.saga_max_try_timeout_ms, 300000);
+    cr_assert_eq(c.saga_max_deadline_ms, 86400000);
+    cr_assert_eq(c.outcome_cache, 100000);
 
     char err[256] = "";
     cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
@@ -138,16 +149,19 @@ Test(config, example_file_equals_defaults)
 
 Test(config, every_key_is_read)
 {
-    const char *text = "listen = \"tcp://10.0.0.1:9000\";\n"
-                       "log_level = \"debug\";\n"
-                       "shutdown_deadline_ms = 1;\n"
-                       "journal: { conninfo = \"dbname=j\"; connect_initial_ms = 2; connect_max_ms = 3;\n"
-                       "  lazy_delay_ms = 4; retention_s = 5; gc_interval_ms = 600; };\n"
-                       "twopc = { default_timeout_ms = 7; max_timeout_ms = 8; resend_initial_ms = 9;\n"
-                       "  resend_max_ms = 0xA; };\n"
-                       "registry: { heartbeat_ms = 11; dead_after_ms = 22; };\n"
-                       "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; };\n"
-                       "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; };\n";
+    const char *text =
+        "listen = \"tcp://10.0.0.1:9000\";\n"
+        "log_level = \"debug\";\n"
+        "shutdown_deadline_ms = 1;\n"
+        "journal: { conninfo = \"dbname=j\"; connect_initial_ms = 2; connect_max_ms = 3;\n"
+        "  lazy_delay_ms = 4; retention_s = 65; gc_interval_ms = 600; };\n"
+        "txid = { max_age_s = 23; max_future_s = 24; };\n"
+        "twopc = { default_timeout_ms = 7; max_timeout_ms = 8; resend_initial_ms = 9;\n"
+        "  resend_max_ms = 0xA; };\n"
+        "registry: { heartbeat_ms = 11; dead_after_ms = 22; };\n"
+        "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; outcome_cache = 25; };\n"
+        "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; max_attempts = 19;\n"
+        "  max_backoff_ms = 20; max_try_timeout_ms = 21; max_deadline_ms = 22; };\n";
     struct config c;
     char path[64], err[256];
     cr_assert_eq(load_text(text, &c, path, err, sizeof err), 0, "%s", err);
@@ -158,7 +172,14 @@ Test(config, every_key_is_read)
     cr_assert_eq(c.journal_connect_initial_ms, 2);
     cr_assert_eq(c.journal_connect_max_ms, 3);
     cr_assert_eq(c.journal_lazy_delay_ms, 4);
-    cr_assert_eq(c.journal_retention_s, 5);
+    cr_assert_eq(c.journal_retention_s, 65);
+    cr_assert_eq(c.txid_max_age_s, 23);
+    cr_assert_eq(c.txid_max_future_s, 24);
+    cr_assert_eq(c.saga_max_attempts, 19);
+    cr_assert_eq(c.saga_max_backoff_ms, 20);
+    cr_assert_eq(c.saga_max_try_timeout_ms, 21);
+    cr_assert_eq(c.saga_max_deadline_ms, 22);
+    cr_assert_eq(c.outcome_cache, 25);
     cr_assert_eq(c.journal_gc_interval_ms, 600);
     cr_assert_eq(c.default_timeout_ms, 7);
     cr_assert_eq(c.max_timeout_ms, 8);
@@ -548,6 +569,23 @@ Test(config, cross_key_validation)
     config_defaults(&c);
     c.listen[0] = '\0';
     expect_invalid(&c, "listen: must not be empty");
+}
+
+/* Seen: journal.retention_s = 0 was accepted; the journal read it as "the
+ * default" and the coordinator's memory as "forget at once" (committed, then
+ * "aborted" 2.5 s later). One meaning everywhere: values that cannot hold a
+ * resubmission's answer are refused at start-up. */
+Test(config, retention_too_short_for_resubmissions_is_refused)
+{
+    expect_file_error("journal = { retention_s = 0; };\n", 1, "journal.retention_s: must be between 60 and");
+    expect_file_error("journal = { retention_s = 59; };\n", 1, "journal.retention_s: must be between 60 and");
+    struct config c;
+    config_defaults(&c);
+    c.journal_retention_s = 600;
+    expect_invalid(&c, "txid.max_age_s (1800) plus txid.max_future_s (10) must not exceed journal.retention_s (600)");
+    c.txid_max_age_s = 590;
+    char err[256] = "";
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
 }
 
 Test(config, cross_key_from_file)

@@ -19,6 +19,7 @@
  * (unless TREATY_E2E_KEEP_LOGS=1).
  */
 #include <dirent.h>
+#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,12 +30,14 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
 
 #include "support.h"
+#include "wire.h"
 
 /* ------------------------------------------------------------ log reports */
 
@@ -65,6 +68,7 @@ struct world_opts {
     const char *accounts_b; /* default "bob=50" */
     struct support_treatyd_opts coord;
     const char *const *coord_env;
+    const char *coord_config; /* extra treatyd configuration (libconfig text), or NULL */
     const char *const *bank_b_env;
     int bank_b_delay_ms;
 };
@@ -187,7 +191,7 @@ static void world_start(struct world *w, const struct world_opts *o)
     snprintf(w->b.accounts, sizeof w->b.accounts, "%s", o->accounts_b != NULL ? o->accounts_b : "bob=50");
     w->b.delay_ms = o->bank_b_delay_ms;
 
-    support_treatyd_start(&w->d, w->journal, &o->coord, o->coord_env);
+    support_treatyd_start_with(&w->d, w->journal, &o->coord, o->coord_config, o->coord_env);
     bank_start(w, &w->a, NULL);
     bank_start(w, &w->b, o->bank_b_env);
 }
@@ -860,4 +864,226 @@ Test(e2e, postgres_restart_under_load, .init = e2e_setup_exclusive, .timeout = 3
             all[k++] = xs[i][j];
     check_conserved(&w, all, total, RESTART_NACCT, 1000);
     free(all);
+}
+
+/* ------------------------------------------- answers that must hold (issue 10) */
+
+/* A txid made at unix_ms, as treaty_txid_generate would have made it then. */
+static void txid_made_at(treaty_txid_t *id, long long unix_ms)
+{
+    cr_assert_eq(treaty_txid_generate(id), 0);
+    for (int k = 0; k < 6; k++)
+        id->b[k] = (uint8_t)((unsigned long long)unix_ms >> (40 - 8 * k));
+}
+
+static long long wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long long journal_records(struct world *w, const treaty_txid_t *id, const char *kind)
+{
+    return support_scalar(w->journal, "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = '%s'",
+                          txid_str(id), kind);
+}
+
+static void expect_aborted(int rc, const treaty_outcome_t *out, const char *what)
+{
+    cr_assert(rc == 0 && out->error == 0 && out->status == TREATY_STATUS_ABORTED,
+              "%s %s: want aborted, got %s %s (error %s, reason \"%s\"; logs %s)", what, txid_str(&out->txid),
+              treaty_err_name(rc), treaty_status_name(out->status), treaty_err_name(out->error), out->reason,
+              support_log_dir());
+}
+
+/* Seen: QUERY of a txid the coordinator never saw answered "aborted", and a
+ * later SUBMIT of that txid committed - the client was told an outcome that
+ * did not happen. "Aborted" must be recorded before it is said, and hold. */
+Test(e2e, aborted_answer_to_a_query_of_an_unknown_txid_is_final, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_txid_t id;
+    cr_assert_eq(treaty_txid_generate(&id), 0);
+    treaty_outcome_t q, out;
+    int rc = treaty_client_query(c, &id, 5000, &q);
+    q.txid = id;
+    expect_aborted(rc, &q, "query of an unknown txid");
+    cr_assert(journal_records(&w, &id, "abort") == 1, "the abort told to the query of %s was not recorded",
+              txid_str(&id));
+
+    expect_aborted(transfer(c, &id, 30, 10000, &out), &out, "submit of a txid already answered aborted");
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    cr_assert(journal_records(&w, &id, "commit") == 0, "txid %s committed after it was answered aborted",
+              txid_str(&id));
+    treaty_client_destroy(&c);
+}
+
+/* Seen: a participant's INQUIRE about a txid the coordinator did not know
+ * was answered ABORT without a record, and the client's resubmission of the
+ * same txid then committed, while a twin instance of the service rolled its
+ * prepared branch back: one account debited, the other never credited. The
+ * ABORT told to the participant must hold: the txid can never commit. */
+Test(e2e, abort_told_to_an_inquiring_participant_is_final, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* A participant of another service (it must not take branches of bank-a
+     * or bank-b) asks about a txid nobody submitted yet. */
+    void *zctx = zmq_ctx_new();
+    void *dealer = zmq_socket(zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    cr_assert(zmq_connect(dealer, w.d.endpoint) == 0, "connect %s: %s", w.d.endpoint, zmq_strerror(errno));
+    struct wire_hdr h = {.type = WIRE_HELLO};
+    struct wire_frame hello[2] = {wire_str("auditor"), wire_str("x1")};
+    cr_assert_eq(wire_send(dealer, NULL, 0, &h, hello, 2), 0);
+    treaty_txid_t id;
+    cr_assert_eq(treaty_txid_generate(&id), 0);
+    memset(&h, 0, sizeof h);
+    h.type = WIRE_INQUIRE;
+    memcpy(h.txid, id.b, 16);
+    cr_assert_eq(wire_send(dealer, NULL, 0, &h, NULL, 0), 0);
+    static struct wire_in in;
+    bool told_abort = false;
+    long long deadline = support_now_ms() + SUPPORT_DEADLINE_MS;
+    while (!told_abort && support_now_ms() < deadline) {
+        zmq_pollitem_t it = {dealer, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 200) <= 0)
+            continue;
+        if (wire_recv(dealer, false, 65536, &in) != 0)
+            continue;
+        told_abort = in.msg.hdr.type == WIRE_ABORT && memcmp(in.msg.hdr.txid, id.b, 16) == 0;
+        wire_in_close(&in);
+    }
+    zmq_close(dealer);
+    zmq_ctx_term(zctx);
+    cr_assert(told_abort, "no ABORT in answer to the INQUIRE of unknown txid %s", txid_str(&id));
+    cr_assert(journal_records(&w, &id, "abort") == 1, "the ABORT told to the participant about %s was not recorded",
+              txid_str(&id));
+
+    treaty_outcome_t out;
+    expect_aborted(transfer(c, &id, 30, 10000, &out), &out, "submit of a txid a participant was told to abort");
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    treaty_client_destroy(&c);
+}
+
+/* Seen: a committed txid resubmitted after the journal's retention window
+ * ran again (its records were collected). A txid carries its creation time;
+ * past txid.max_age_s it is refused, never run, and a txid without a time or
+ * from the future is refused too. */
+Test(e2e, txids_too_old_untimed_or_from_the_future_are_refused_and_never_run, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    treaty_txid_t old, untimed, future;
+    txid_made_at(&old, wall_ms() - 2LL * 3600 * 1000);
+    txid_made_at(&future, wall_ms() + 3600LL * 1000);
+    cr_assert_eq(treaty_txid_generate(&untimed), 0);
+    untimed.b[6] = (uint8_t)((untimed.b[6] & 0x0f) | 0x40); /* a random UUIDv4 */
+
+    treaty_outcome_t out;
+    int rc = transfer(c, &old, 30, 10000, &out);
+    cr_assert(rc == 0 && out.error == TREATY_EEXPIRED,
+              "submit of a txid made 2 h ago: want TREATY_EEXPIRED, got %s (status %s, error %s, \"%s\")",
+              treaty_err_name(rc), treaty_status_name(out.status), treaty_err_name(out.error), out.reason);
+    cr_assert(strstr(out.reason, "max_age_s") != NULL, "refusal \"%s\" does not name txid.max_age_s", out.reason);
+    rc = transfer(c, &untimed, 30, 10000, &out);
+    cr_assert(rc == 0 && out.error == TREATY_EINVAL,
+              "submit of a UUIDv4 txid: want TREATY_EINVAL, got %s / %s (\"%s\")", treaty_err_name(rc),
+              treaty_err_name(out.error), out.reason);
+    rc = transfer(c, &future, 30, 10000, &out);
+    cr_assert(rc == 0 && out.error == TREATY_EINVAL,
+              "submit of a txid made 1 h ahead: want TREATY_EINVAL, got %s / %s (\"%s\")", treaty_err_name(rc),
+              treaty_err_name(out.error), out.reason);
+    /* Nothing known of the old txid: a query cannot say "aborted" (it may
+     * have committed long ago) and records nothing. */
+    treaty_outcome_t q;
+    rc = treaty_client_query(c, &old, 5000, &q);
+    cr_assert(rc == 0 && q.error == TREATY_EEXPIRED,
+              "query of an old unknown txid: want TREATY_EEXPIRED, got %s / %s %s", treaty_err_name(rc),
+              treaty_err_name(q.error), treaty_status_name(q.status));
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    cr_assert(journal_records(&w, &old, "abort") + journal_records(&w, &old, "commit") == 0,
+              "records written for a refused txid");
+    treaty_client_destroy(&c);
+}
+
+/* Memory is bounded (limits.outcome_cache): outcomes that left the cache are
+ * read back from the journal, before and after a restart, and a resubmission
+ * applies nothing twice. */
+Test(e2e, outcomes_evicted_from_memory_are_answered_from_the_journal, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {.coord_config = "limits = { outcome_cache = 1; };"};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    enum { N = 6 };
+    treaty_outcome_t first[N], again;
+    for (int i = 0; i < N; i++) {
+        /* even: alice pays 5 (commits); odd: bob pays 500 (he cannot: aborts) */
+        int rc = transfer(c, NULL, i % 2 == 0 ? 5 : -500, 10000, &first[i]);
+        cr_assert(rc == 0 && first[i].status == (i % 2 == 0 ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED),
+                  "transfer %d: %s %s (\"%s\")", i, treaty_err_name(rc), treaty_status_name(first[i].status),
+                  first[i].reason);
+    }
+    world_settle(&w);
+    expect_balances(&w, 85, 65);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < N; i++) {
+            expect_end_record(&w, &first[i].txid);
+            int rc = transfer(c, &first[i].txid, i % 2 == 0 ? 5 : -500, 10000, &again);
+            cr_assert(rc == 0 && again.error == 0 && again.status == first[i].status,
+                      "pass %d: resubmitted %s (transfer %d, %s) answered %s %s (error %s, \"%s\")", pass,
+                      txid_str(&first[i].txid), i, treaty_status_name(first[i].status), treaty_err_name(rc),
+                      treaty_status_name(again.status), treaty_err_name(again.error), again.reason);
+            treaty_outcome_t q;
+            rc = treaty_client_query(c, &first[i].txid, 5000, &q);
+            cr_assert(rc == 0 && q.status == first[i].status, "pass %d: query %s: %s %s, want %s", pass,
+                      txid_str(&first[i].txid), treaty_err_name(rc), treaty_status_name(q.status),
+                      treaty_status_name(first[i].status));
+        }
+        world_settle(&w);
+        expect_balances(&w, 85, 65);
+        if (pass == 0) {
+            /* the same from a coordinator that starts with an empty cache */
+            cr_assert(support_proc_stop(w.d.proc, 10000), "treatyd did not stop on SIGTERM");
+            support_treatyd_restart(&w.d, NULL, true);
+        }
+    }
+    treaty_client_destroy(&c);
+}
+
+/* Every number a client sends has a cap: a prepare deadline beyond
+ * twopc.max_timeout_ms is refused, not cut down behind the client's back. */
+Test(e2e, prepare_timeout_beyond_the_cap_is_refused, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {.coord = {.default_timeout_ms = 1000, .max_timeout_ms = 3000}};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+    treaty_outcome_t out;
+    int rc = transfer(c, NULL, 30, 5000, &out);
+    cr_assert(rc == 0 && out.error == TREATY_ETOOBIG && strstr(out.reason, "max_timeout_ms") != NULL,
+              "prepare deadline of 5000 ms over a cap of 3000: want TREATY_ETOOBIG naming the cap, got %s %s / %s "
+              "(\"%s\")",
+              treaty_err_name(rc), treaty_status_name(out.status), treaty_err_name(out.error), out.reason);
+    expect_committed(transfer(c, NULL, 30, 3000, &out), &out);
+    world_settle(&w);
+    expect_balances(&w, 70, 80);
+    treaty_client_destroy(&c);
 }

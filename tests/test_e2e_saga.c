@@ -80,6 +80,7 @@ struct world_opts {
     const char *coord_config; /* extra treatyd config (saga section) */
     const char *const *coord_env;
     bool lazy_immediately; /* journal.lazy_delay_ms = 0 */
+    int lazy_delay_ms;     /* > 0: journal.lazy_delay_ms */
     struct faults orders, inventory, payment;
 };
 
@@ -202,8 +203,10 @@ static void world_start(struct world *w, const struct world_opts *o)
     shop_init(&w->inventory, "inventory", "i1", o->stock != NULL ? o->stock : "widget=10", &o->inventory);
     shop_init(&w->payment, "payment", "p1", o->wallet != NULL ? o->wallet : "alice=100,bob=20", &o->payment);
 
-    struct support_treatyd_opts coord = {
-        .heartbeat_ms = 100, .dead_after_ms = 1000, .lazy_immediately = o->lazy_immediately};
+    struct support_treatyd_opts coord = {.heartbeat_ms = 100,
+                                         .dead_after_ms = 1000,
+                                         .lazy_immediately = o->lazy_immediately,
+                                         .lazy_delay_ms = o->lazy_delay_ms};
     support_treatyd_start_with(&w->d, w->journal, &coord, o->coord_config, o->coord_env);
     struct shop *all[] = {&w->orders, &w->inventory, &w->payment};
     for (int i = 0; i < 3; i++)
@@ -1026,5 +1029,182 @@ Test(e2e_saga, parallel_group_member_failure_compensates_both_members, .init = s
     cr_assert(applied_at(&w.inventory, &out.txid, 1, "release") < applied_at(&w.orders, &out.txid, 0, "cancel_order"),
               "cancel_order (group 0) applied before the group of steps 1-2 was compensated");
     expect_query(&w, &out.txid, TREATY_STATUS_COMPENSATED);
+    treaty_client_destroy(&c);
+}
+
+/* ------------------------------------------- answers that must hold (issue 10) */
+
+/* Seen: the client heard "completed" at once while the END record followed
+ * lazily; the coordinator died before it was durable; recovery ran the saga
+ * again, the last step's service was gone past its retry budget, and the
+ * saga turned around: a later query said "compensated", the order cancelled
+ * and the stock released, the wallet still charged. Here lazy records wait
+ * 10 s, so nothing but a forced END can be durable when the client hears
+ * the outcome and treatyd is killed. */
+Test(e2e_saga, saga_told_completed_is_never_compensated_after_a_coordinator_crash, .init = setup_shared)
+{
+    struct world w;
+    struct world_opts o = {.lazy_delay_ms = 10000};
+    world_start(&w, &o);
+
+    struct order ord = {"o-1", "widget", 3, "alice", 30, {.max_attempts = 2, .first_backoff_ms = 50}};
+    treaty_client_t *c = client(&w);
+    treaty_outcome_t out;
+    expect_outcome(run_order(c, NULL, &ord, 30000, &out), &out, TREATY_STATUS_COMPLETED, -1, NULL);
+    treaty_client_destroy(&c);
+    support_proc_kill(w.d.proc);
+    support_proc_kill(w.payment.proc); /* the last step's service is gone for good */
+
+    support_treatyd_restart(&w.d, NULL, true);
+    treaty_outcome_t fin;
+    enum treaty_status st = support_query_saga_final(w.d.endpoint, &out.txid, true, &fin);
+    cr_assert(st == TREATY_STATUS_COMPLETED, "saga %s told completed, then %s after a restart (reason \"%s\")",
+              txid_str(&out.txid), treaty_status_name(st), fin.reason);
+    struct state_want q = {.w = &w,
+                           .id = &out.txid,
+                           .orders = "o-1=created",
+                           .stock = "widget=7",
+                           .wallet = "alice=70,bob=20",
+                           .a_orders = "0:create_order=1",
+                           .a_inventory = "1:reserve=1",
+                           .a_payment = "2:charge=1"};
+    expect_state(&q);
+}
+
+struct turn_probe {
+    struct world *w;
+    const treaty_txid_t *id;
+};
+
+static bool turned(void *arg)
+{
+    struct turn_probe *p = arg;
+    long long n = 0;
+    return support_try_scalar(p->w->journal, &n,
+                              "SELECT count(*) FROM treaty_records WHERE txid = '%s' AND kind = 'turn'",
+                              txid_str(p->id)) &&
+           n > 0;
+}
+
+/* Seen under repeated coordinator kills: a saga with a parallel group
+ * (reserve and charge together); the coordinator died after reserve had
+ * applied; after recovery charge failed on funds and the saga was
+ * compensated - but reserve was never released: recovery resent the group,
+ * inventory had not said HELLO yet, so reserve counted as "not started".
+ * Every step that may have run must be compensated. */
+Test(e2e_saga, recovered_parallel_group_compensates_a_member_that_ran_before_the_crash, .init = setup_shared)
+{
+    struct world w;
+    /* lazy records wait 10 s: reserve's completion is not durable when treatyd dies */
+    struct world_opts o = {.payment = {.delay_ms = 3000}, .lazy_delay_ms = 10000};
+    world_start(&w, &o);
+
+    /* create_order; then reserve and charge in parallel; bob has 20 of 50. */
+    treaty_saga_t *s = NULL;
+    cr_assert_eq(treaty_saga_new(&s), 0);
+    add_step(s, false, "orders", "create_order", "cancel_order", "o-1", &patient);
+    add_step(s, false, "inventory", "reserve", "release", "widget:2", &patient);
+    add_step(s, true, "payment", "charge", "refund", "bob:50", &patient);
+    treaty_txid_t id = *treaty_saga_id(s);
+    treaty_client_t *c = client(&w);
+    int rc = treaty_client_run_saga_async(c, s, 60000, ignore_outcome, NULL);
+    treaty_saga_destroy(&s);
+    cr_assert(rc == 0, "treaty_client_run_saga_async: %s (%s)", treaty_err_name(rc), treaty_client_errmsg(c));
+
+    /* reserve applied; charge still takes its 3 s: the coordinator dies. */
+    struct applied_probe p = {&w.inventory, &id, "1:reserve=1", ""};
+    cr_assert(support_wait_until(applied_is, &p, SUPPORT_DEADLINE_MS), "reserve not applied: applied [%s]", p.got);
+    support_proc_kill(w.d.proc);
+    treaty_client_destroy(&c);
+    /* inventory is slow to come back: not registered when recovery resends the group */
+    cr_assert(kill(w.inventory.proc->pid, SIGSTOP) == 0, "SIGSTOP inventory");
+    support_treatyd_restart(&w.d, NULL, true);
+    struct turn_probe tp = {&w, &id};
+    bool t = support_wait_until(turned, &tp, SUPPORT_DEADLINE_MS);
+    cr_assert(kill(w.inventory.proc->pid, SIGCONT) == 0, "SIGCONT inventory");
+    cr_assert(t, "saga %s did not turn around after charge failed (logs %s)", txid_str(&id), support_log_dir());
+
+    treaty_outcome_t fin;
+    enum treaty_status st = support_query_saga_final(w.d.endpoint, &id, false, &fin);
+    cr_assert(st == TREATY_STATUS_COMPENSATED, "saga %s: %s (reason \"%s\"), want compensated", txid_str(&id),
+              treaty_status_name(st), fin.reason);
+    struct state_want q = {.w = &w,
+                           .id = &id,
+                           .orders = "o-1=cancelled",
+                           .stock = "widget=10",
+                           .wallet = "alice=100,bob=20",
+                           .a_orders = "0:cancel_order=1,0:create_order=1",
+                           .a_inventory = "1:release=1,1:reserve=1",
+                           .a_payment = ""};
+    expect_state(&q);
+}
+
+/* The same rule as for 2PC: a QUERY of a saga txid nobody submitted is
+ * answered "aborted" only once that is recorded, and it holds - the saga
+ * submitted afterwards with that txid never runs. */
+Test(e2e_saga, aborted_answer_to_a_query_of_an_unknown_saga_txid_is_final, .init = setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+    treaty_txid_t id;
+    cr_assert_eq(treaty_txid_generate(&id), 0);
+    treaty_outcome_t q, out;
+    int rc = treaty_client_query(c, &id, 5000, &q);
+    cr_assert(rc == 0 && q.error == 0 && q.status == TREATY_STATUS_ABORTED, "query of unknown %s: %s %s (error %s)",
+              txid_str(&id), treaty_err_name(rc), treaty_status_name(q.status), treaty_err_name(q.error));
+    struct order ord = {"o-1", "widget", 3, "alice", 30, {0}};
+    rc = run_order(c, &id, &ord, 30000, &out);
+    cr_assert(rc == 0 && out.error == 0 && out.status == TREATY_STATUS_ABORTED,
+              "saga submitted with a txid already answered aborted: %s %s (error %s, \"%s\")", treaty_err_name(rc),
+              treaty_status_name(out.status), treaty_err_name(out.error), out.reason);
+    struct state_want st = {.w = &w,
+                            .id = &id,
+                            .orders = "",
+                            .stock = "widget=10",
+                            .wallet = "alice=100,bob=20",
+                            .a_orders = "",
+                            .a_inventory = "",
+                            .a_payment = ""};
+    expect_state(&st);
+    treaty_client_destroy(&c);
+}
+
+/* Seen: retry counts, backoffs and deadlines came from the client uncapped
+ * (500 sagas with a 23-day backoff filled max_inflight, and the block
+ * survived a restart). With the default caps such sagas are refused, naming
+ * the cap, and nothing runs. */
+Test(e2e_saga, sagas_beyond_the_retry_and_deadline_caps_are_refused, .init = setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+    struct {
+        treaty_retry_t retry;
+        unsigned deadline_ms;
+        const char *cap;
+    } bad[] = {
+        {{.max_backoff_ms = 23u * 24 * 3600 * 1000}, 0, "max_backoff_ms"},
+        {{.first_backoff_ms = 600000}, 0, "max_backoff_ms"},
+        {{.max_attempts = 60000}, 0, "max_attempts"},
+        {{.try_timeout_ms = 3600000}, 0, "max_try_timeout_ms"},
+        {{0}, 30u * 24 * 3600 * 1000, "max_deadline_ms"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct order ord = {"o-1", "widget", 3, "alice", 30, bad[i].retry};
+        treaty_saga_t *s = order_saga(NULL, &ord);
+        if (bad[i].deadline_ms)
+            cr_assert_eq(treaty_saga_set_deadline(s, bad[i].deadline_ms), 0);
+        treaty_outcome_t out;
+        int rc = run(c, s, 30000, &out);
+        treaty_saga_destroy(&s);
+        cr_assert(rc == 0 && out.error == TREATY_ETOOBIG && strstr(out.reason, bad[i].cap) != NULL,
+                  "saga %zu over the cap %s: want TREATY_ETOOBIG naming it, got %s %s / %s (\"%s\")", i, bad[i].cap,
+                  treaty_err_name(rc), treaty_status_name(out.status), treaty_err_name(out.error), out.reason);
+    }
+    struct state_want st = {.w = &w, .orders = "", .stock = "widget=10", .wallet = "alice=100,bob=20"};
+    expect_state(&st);
     treaty_client_destroy(&c);
 }
