@@ -163,8 +163,12 @@ TREATY_EXPORT int treaty_client_submit(treaty_client_t *c, const treaty_txn_t *t
                                        treaty_outcome_t *out);
 
 /* Asks for the outcome of txid, waiting up to timeout_ms for the answer:
- * committed, aborted or pending; aborted also for a txid the coordinator never
- * saw (presumed abort). Same returns as treaty_client_submit. */
+ * committed, aborted, completed, compensated, stuck or pending. A txid the
+ * coordinator never saw is answered aborted (presumed abort) once that abort
+ * is recorded: the txid can then never run. A txid older than the
+ * coordinator's txid.max_age_s that it no longer knows is refused
+ * (out->error = TREATY_EEXPIRED: the outcome is forgotten). Same returns as
+ * treaty_client_submit. */
 TREATY_EXPORT int treaty_client_query(treaty_client_t *c, const treaty_txid_t *id, int timeout_ms,
                                       treaty_outcome_t *out);
 
