@@ -24,6 +24,10 @@
 #        recovery: BENCH_HOLD COMMIT records without END inserted with SQL
 #          into a fresh journal; time from starting treatyd to its first
 #          answer to a client query (query-probe);
+#   3c. unless BENCH_SOAK=0, the soak: 2pc-noop at NOOP_CLIENTS for
+#      BENCH_SOAK seconds (300) on a treatyd with the default configuration
+#      (only listen and the journal set), treatyd's VmRSS printed every 30 s;
+#      the target is a flat line: RSS at the end <= 1.2 x RSS after 1 minute;
 #   4. the comparison table with ratios, medians and the issue's targets on
 #      stdout; every run's figures in $BUILD/bench/results.json.
 # Everything started here is stopped, and the cluster removed, on exit (also
@@ -33,7 +37,8 @@
 # Knobs (environment): BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_REPS (3),
 # BENCH_NOOP_CLIENTS (64), BENCH_BANK_CLIENTS (16), BENCH_PARTICIPANTS (2),
 # BENCH_BANK_INSTANCES (= BENCH_BANK_CLIENTS), BENCH_SAGA_STEPS (3),
-# BENCH_MEMREC (1), BENCH_HOLD (100000), BENCH_KEEP=1 keeps the logs.
+# BENCH_MEMREC (1), BENCH_HOLD (100000), BENCH_SOAK (300; 0 skips it),
+# BENCH_KEEP=1 keeps the logs.
 set -u
 BUILD=${BUILD:-build}
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,6 +61,7 @@ BANK_INSTANCES=${BENCH_BANK_INSTANCES:-$BANK_CLIENTS}
 SAGA_STEPS=${BENCH_SAGA_STEPS:-3}
 MEMREC=${BENCH_MEMREC:-1}
 HOLD=${BENCH_HOLD:-100000}
+SOAK=${BENCH_SOAK:-300}
 
 WORK=$(mktemp -d /tmp/treaty-bench.XXXXXX)
 PGDIR=""
@@ -114,7 +120,7 @@ PGDIR=$(mktemp -d /tmp/treaty-bench-pg.XXXXXX)
 say "throwaway PostgreSQL in $PGDIR (fsync = on, synchronous_commit = on)"
 BASE=$(sh scripts/pgtmp.sh start "$PGDIR") || fail "could not start PostgreSQL"
 PGVERSION=$("$PSQL" "$BASE dbname=postgres" -Atqc "SHOW server_version")
-for db in treaty_journal bank_a bank_b bench treaty_hold treaty_recover; do
+for db in treaty_journal bank_a bank_b bench treaty_hold treaty_recover treaty_soak; do
     "$PSQL" "$BASE dbname=postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null ||
         fail "cannot create database $db"
 done
@@ -320,7 +326,7 @@ if [ "$MEMREC" = 1 ]; then
     grep -h stopped "$WORK"/hold-*.log >&2
 
     say "recovery: $HOLD COMMIT records without END in the journal"
-    for f in sql/001_journal.sql sql/002_saga.sql sql/003_batched_end.sql; do
+    for f in sql/0*.sql; do
         "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null || fail "cannot apply $f"
     done
     "$PSQL" "$BASE dbname=treaty_recover" -q -v ON_ERROR_STOP=1 -c "INSERT INTO treaty_journal (txid, kind, services)
@@ -343,6 +349,65 @@ if [ "$MEMREC" = 1 ]; then
     }' >"$RUNS/recovery.json"
     printf '  recovery: %s unfinished transactions, serving after %s s (%s)\n' "$unfinished" \
         "$(jget "$RUNS/recovery.json" serving_after_s)" "$recovered_line" >&2
+fi
+
+# ------------------------------------------------------------ soak (3c)
+if [ "$SOAK" -gt 0 ]; then
+    say "soak: 2pc-noop at $NOOP_CLIENTS clients for $SOAK s, default configuration, treatyd's RSS every 30 s"
+    q=$((p + 200 + $$ % 97))
+    while ss -Hltn "sport = :$q" 2>/dev/null | grep -q .; do q=$((q + 1)); done
+    EP3="tcp://127.0.0.1:$q"
+    {
+        echo "# written by bench/run.sh: defaults but for these"
+        echo "listen = \"$EP3\";"
+        echo "log_level = \"warn\";"
+        echo "journal = { conninfo = \"$BASE dbname=treaty_soak\"; };"
+    } >"$WORK/soak.conf"
+    "$BIN/treatyd" -c "$WORK/soak.conf" >"$WORK/soak.log" 2>&1 &
+    T3=$!
+    PIDS="$PIDS $T3"
+    i=1
+    while [ $i -le "$K" ]; do
+        "$BIN/noop_participant" --endpoint "$EP3" --service "noop-$i" --instance s1 >"$WORK/soak-noop-$i.log" 2>&1 &
+        PIDS="$PIDS $!"
+        i=$((i + 1))
+    done
+    n=0
+    while [ "$(cat "$WORK"/soak-noop-*.log 2>/dev/null | grep -c ready)" -lt "$K" ] && [ $n -lt 100 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    sleep 1.5 # registered by a heartbeat
+    : >"$WORK/soak-rss"
+    (
+        s=0
+        while kill -0 "$T3" 2>/dev/null && [ $s -le "$SOAK" ]; do
+            sleep 30
+            s=$((s + 30))
+            r=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$T3/status" 2>/dev/null)
+            printf '%d %s\n' "$s" "${r:-0}" >>"$WORK/soak-rss"
+            printf '  soak %4d s: treatyd VmRSS %s kB\n' "$s" "${r:-?}" >&2
+        done
+    ) &
+    SAMPLER=$!
+    "$BIN/treaty-bench" --endpoint "$EP3" --workload 2pc-noop --clients "$NOOP_CLIENTS" --seconds "$SOAK" \
+        --warmup 0 --participants "$K" --coord-pid "$T3" --json >"$RUNS/soak-run.json" 2>"$WORK/soak-run.log" ||
+        FAILED=1
+    grep -v NOTICE "$WORK/soak-run.log" | tail -n 9 >&2
+    kill "$SAMPLER" 2>/dev/null
+    wait "$SAMPLER" 2>/dev/null
+    stop_pid "$T3"
+    awk -v secs="$SOAK" -v tps="$(jget "$RUNS/soak-run.json" tps)" '
+        { t[NR] = $1; r[NR] = $2 }
+        END {
+            a = 0; z = 0
+            for (i = 1; i <= NR; i++) { if (t[i] == 60) a = r[i]; z = r[i] }
+            printf "{\n  \"tool\": \"run.sh\",\n  \"workload\": \"soak\",\n  \"seconds\": %d,\n  \"tps\": %s,\n", secs, tps == "" ? "null" : tps
+            printf "  \"rss_kb_1min\": %d,\n  \"rss_kb_end\": %d,\n  \"rss_end_over_1min\": %s,\n", a, z, a > 0 ? sprintf("%.3f", z / a) : "null"
+            printf "  \"rss_kb_every_30s\": \"%s\"\n}\n", ""
+        }' "$WORK/soak-rss" >"$RUNS/soak.json"
+    sed -i "s/\"rss_kb_every_30s\": \"\"/\"rss_kb_every_30s\": \"$(awk '{printf "%s%s", NR > 1 ? " " : "", $2}' "$WORK/soak-rss")\"/" \
+        "$RUNS/soak.json"
 fi
 
 # ------------------------------------------------------- the comparison
@@ -470,6 +535,14 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
             "$(jget "$RUNS/recovery.json" unfinished_txns)" "$REC_S" "$(jget "$RUNS/recovery.json" coord_rss_kb)"
     fi
 
+    SOAK_R="null"
+    if [ -f "$RUNS/soak.json" ]; then
+        SOAK_R=$(jget "$RUNS/soak.json" rss_end_over_1min)
+        printf '  soak: 2pc-noop@%s for %s s at %s tx/s, default configuration; treatyd VmRSS every 30 s (kB): %s\n' \
+            "$NC" "$(jget "$RUNS/soak.json" seconds)" "$(jget "$RUNS/soak.json" tps)" \
+            "$(jget "$RUNS/soak.json" rss_kb_every_30s)"
+    fi
+
     printf '\ntargets (medians over the repetitions)\n'
     verdict "2pc-noop@$NC ($K participants) / pgbench INSERT@$NC throughput" "$R_NOOP" ">=" 2.0
     verdict "saga-noop@$NC ($SAGA_STEPS steps) / pgbench INSERT@$NC throughput" "$R_SAGA" ">=" 1.0
@@ -480,6 +553,7 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
         "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)" "<=" 0.2
     verdict "coordinator bytes of RSS per in-flight txn ($HOLD held)" "$MEM_B" "<=" 2048
     verdict "seconds to serve after start, $HOLD unfinished in journal" "$REC_S" "<=" 3
+    verdict "soak: treatyd RSS at the end / RSS after 1 minute" "$SOAK_R" "<=" 1.2
 } >"$WORK/summary.txt"
 cat "$WORK/summary.txt"
 
