@@ -25,8 +25,9 @@
  *                       the previous group's); the prepared INSERT ...
  *                       SELECT FROM unnest(<one text[] a column>) (prepared
  *                       in the first group's pipeline of each connection),
- *                       one row per record except END records, which go
- *                       in one 'ends' row per distinct detail at the end;
+ *                       one row per record except 2PC END records, which go
+ *                       in one 'ends' row per distinct detail at the end
+ *                       (group_to_arrays);
  *                       the group's id (grp) on its first row; Sync (the
  *                       implicit transaction commits at the Sync);
  *                    5. on any failure: healthy = false, drop the connection,
@@ -81,10 +82,11 @@
  * group is one Postgres transaction, so "every record up to the watermark is
  * committed" holds. A lazy group commits with synchronous_commit = off: its
  * COMMIT returns before the WAL is flushed, so a Postgres crash may lose it
- * (END, ABORT and STEP records only; recovery copes: a lost END resends the
- * decision or finishes the saga again, a lost ABORT is presumed, a lost STEP
- * runs the step again through the participant's barrier). The next forced group's flush covers
- * every earlier lazy group, since the WAL is flushed in order.
+ * (only records appended with force = false: the coordinator's 2PC ENDs and
+ * saga STEPs; recovery copes: a lost END resends the decision, a lost STEP
+ * runs the step again through the participant's barrier). The next forced
+ * group's flush covers every earlier lazy group, since the WAL is flushed in
+ * order.
  */
 #include "journal.h"
 #include "journal_int.h"
@@ -157,7 +159,8 @@
 
 /* ------------------------------------------------------------------ types */
 
-/* Records appended during one loop turn, already encoded as COPY text. */
+/* Records appended between two flushes (normally one loop turn; before
+ * journal_start, everything appended), already encoded as COPY text. */
 struct batch {
     struct batch *next; /* writer: next batch of the group */
     uint64_t first_seq;
@@ -1460,7 +1463,10 @@ static bool holds_ready_for_query(const unsigned char *buf, size_t n)
 static void fault_lose_ack(PGconn *c)
 {
     enum { PEEK = 1 << 16 };
-    static unsigned char buf[PEEK]; /* the writer thread's alone */
+    /* Static, too big for the stack: used by whichever thread writes a group
+     * of a journal with the fault armed (its writer, or journal_close before
+     * a start), so at most one journal of a process may have it armed. */
+    static unsigned char buf[PEEK];
     int fd = PQsocket(c);
     int64_t until = now_ms() + 10000;
     bool seen = false;

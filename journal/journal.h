@@ -23,9 +23,9 @@
  *                          threads; lookups not answered yet are dropped.
  *
  * Forced vs lazy: a batch holding a forced record commits with
- * synchronous_commit = on; a batch of only lazy records (END, ABORT) is written
- * with synchronous_commit = off and may be delayed up to lazy_delay_ms to
- * gather more. Either way records become durable in append order, so one
+ * synchronous_commit = on; a batch of only lazy records (a 2PC END, a STEP) is
+ * written with synchronous_commit = off and may be delayed up to lazy_delay_ms
+ * to gather more. Either way records become durable in append order, so one
  * watermark (the highest durable sequence number) says what is durable.
  *
  * If Postgres is lost, the writer keeps the batch, reconnects with backoff and

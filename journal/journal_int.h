@@ -105,8 +105,9 @@ extern const char journal_lookup_sql[];
  * unexpectedly", as when Postgres dies between its commit and our read. Needs
  * a connection without SSL (the test cluster's unix socket); if the answer
  * cannot be seen within 10 s the connection is broken anyway and a warning
- * logged. Any thread. Returns 0, or TREATY_ESTATE in a build without fault
- * points (the test then fails, it never passes vacuously).
+ * logged. Any thread; arm it on one journal of a process at a time (the
+ * fault peeks into one static buffer). Returns 0, or TREATY_ESTATE in a build
+ * without fault points (the test then fails, it never passes vacuously).
  */
 int journal_fault_lose_acks(struct journal *j, unsigned n);
 
