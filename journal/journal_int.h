@@ -1,7 +1,9 @@
 /*
  * journal_int.h - internals of the journal shared with its unit tests
- * (tests/test_journal.c). Not part of the contract: the coordinator includes
- * journal.h only.
+ * (tests/test_journal.c): the row codec (codec.c), the queries of the scan
+ * and the lookups, a fault point. Not part of the contract: the coordinator
+ * includes journal.h only. (What the journal's own files share beyond this
+ * is in journal_priv.h.)
  *
  * The row codec. journal_append() turns each record into one line of
  * PostgreSQL COPY text format at append time; the writer thread splits a
@@ -42,8 +44,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "journal.h"
+#include "treaty.h"
 
 /* A growable byte buffer. Zero-initialise; free with journal_buf_free(). */
 struct journal_buf {
@@ -52,7 +56,15 @@ struct journal_buf {
     size_t cap;
 };
 
-void journal_buf_free(struct journal_buf *b);
+/* Frees b's bytes and empties it for reuse. Static inline, as are the txid
+ * helpers below: the writer frees a group's batches and formats its id on
+ * every group, and they compile inline there as in the one journal.c. */
+static inline void journal_buf_free(struct journal_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
 
 /* Appends r as one COPY text line (with its trailing '\n') to b. r->kind must
  * be a valid journal_kind (asserted). Aborts on out-of-memory. */
@@ -74,14 +86,27 @@ void journal_strv_free(struct journal_strv *sv);
  * when s is not such a literal. Aborts on out-of-memory. */
 int journal_parse_text_array(char *s, struct journal_strv *out);
 
+/* txids travel as treaty_txid_t's bytes; the SDK's formatter and parser are
+ * the one implementation of the UUID text form. */
+
 /* Formats a txid as a lowercase UUID into buf (37 bytes). */
-void journal_txid_format(const uint8_t txid[16], char buf[37]);
+static inline void journal_txid_format(const uint8_t txid[16], char buf[37])
+{
+    treaty_txid_format((const treaty_txid_t *)txid, buf);
+}
 
 /* Parses a UUID (36 characters, any case). 0 or TREATY_EINVAL. */
-int journal_txid_parse(const char *s, uint8_t txid[16]);
+static inline int journal_txid_parse(const char *s, uint8_t txid[16])
+{
+    return treaty_txid_parse(s, (treaty_txid_t *)txid);
+}
+
+/* Parses a kind column ("commit", ...; journal_kind_name's inverse) into
+ * *out. 0 or TREATY_EPROTO. */
+int journal_kind_parse(const char *s, enum journal_kind *out);
 
 /*
- * The recovery scan's query (journal.c explains its plan), and the settings
+ * The recovery scan's query (scan.c explains its plan), and the settings
  * journal_scan() runs it with (SET LOCAL statements, inside the scan's
  * transaction): for tests that EXPLAIN it.
  */
@@ -90,7 +115,7 @@ int journal_txid_parse(const char *s, uint8_t txid[16]);
     "SET LOCAL enable_mergejoin = off; SET LOCAL enable_nestloop = off"
 extern const char journal_scan_sql[];
 
-/* The outcome lookups' query ($1: the txids as a uuid[] literal; journal.c
+/* The outcome lookups' query ($1: the txids as a uuid[] literal; lookup.c
  * explains how its rows become outcomes): for tests that EXPLAIN it. */
 extern const char journal_lookup_sql[];
 

@@ -1,0 +1,398 @@
+/*
+ * journal_priv.h - what the files of journal/ share: struct journal, which
+ * thread owns each part of it, the messages between the threads, and the
+ * functions one file offers another. For journal/ only: the coordinator
+ * includes journal.h, the unit tests journal_int.h; neither includes this.
+ *
+ * The files, one responsibility each:
+ *   journal.c       the public entry points on the loop thread: connect,
+ *                   start, append, flush, durable, lookup queueing and
+ *                   answers, statistics, close
+ *   writer.c        the writer thread: group commit in pipeline mode, the
+ *                   idempotent rewrite of a group (grp), reconnects, and the
+ *                   fault point that loses a group's acknowledgement
+ *   collect.c       the collector: deletes finished transactions (runs on
+ *                   the writer thread, between groups)
+ *   scan.c          the recovery scan, journal_scan() (loop thread, before
+ *                   journal_start)
+ *   lookup.c        the reader thread: outcome lookups and how the journal's
+ *                   rows become outcomes
+ *   codec.c         the row codec (journal_int.h)
+ *   schema.c        applying sql/00*.sql under the advisory lock
+ *   pg.c            libpq helpers of every thread: a bounded connection
+ *                   attempt, reconnect backoff, errors as one line
+ *   journal_util.h  small helpers (out-of-memory, clock, PRNG) that
+ *                   participant-sdk/src/util.h is to replace
+ *
+ * Three threads share a struct journal:
+ *
+ *   loop thread    the coordinator's: every function of journal.h
+ *                  (journal.c, scan.c). journal_append() encodes each record
+ *                  at once into a COPY text line of the pending batch;
+ *                  journal_lookup() queues a txid. journal_flush() hands the
+ *                  batch to the writer and the lookups to the reader by
+ *                  sending a pointer over an inproc PUSH socket (ownership
+ *                  moves with the message). journal_durable() and
+ *                  journal_lookup_results() drain what the two send back on
+ *                  one PULL socket, journal_socket(). Nothing on this thread
+ *                  touches Postgres after journal_start().
+ *
+ *   writer thread  journal_writer_main() (writer.c): owns the blocking libpq
+ *                  connection journal_connect opened, writes each group of
+ *                  batches in one Postgres transaction, then publishes the
+ *                  durable watermark; between groups, journal_collect()
+ *                  (collect.c).
+ *
+ *   reader thread  journal_reader_main() (lookup.c): owns a libpq connection
+ *                  of its own, opened at the first lookup; answers lookups.
+ *                  Never touches the writer's state.
+ *
+ * Messages (each one frame, fixed size, same process; see open_sockets in
+ * journal.c):
+ *
+ *   loop -> writer   struct msg {JMSG_BATCH, batch}   the writer owns the batch
+ *                    struct msg {JMSG_STOP}           write what is left, exit
+ *                    struct msg {JMSG_WAKE}           nothing; wakes the writer
+ *   loop -> reader   struct msg {JMSG_LOOKUP, lookups} the reader owns them
+ *                    struct msg {JMSG_STOP}           exit, answer nothing more
+ *   writer -> loop   struct note {NOTE_DURABLE, seq}  durable watermark
+ *   reader -> loop   struct note {NOTE_ANSWERS, a}    the loop owns the answers
+ *
+ * The watermark is also kept in an atomic, which is what journal_durable()
+ * returns; its messages exist to make journal_socket() readable.
+ *
+ * After journal_close() has joined the threads, everything is the loop
+ * thread's again.
+ */
+#ifndef TREATY_JOURNAL_PRIV_H
+#define TREATY_JOURNAL_PRIV_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "journal.h"
+#include "journal_int.h"
+#include "journal_util.h"
+
+/* Waits are cut into slices this long to notice a stop request. */
+#define SLICE_MS 20
+/* Columns a record is encoded in: txid, kind, services, failed_branch,
+ * detail, step, data. The INSERT has one more, ended, for the rows that
+ * hold a group's END records (sql/003_batched_end.sql). */
+#define JOURNAL_NCOLS 7
+#define INSERT_NCOLS (JOURNAL_NCOLS + 1)
+/* A group's END records go in one 'ends' row per distinct detail; beyond
+ * this many details in one group, an END is written as a row of its own
+ * (kind 'end', as versions 1 and 2 wrote every END). */
+#define ENDS_MAX_DETAILS 8
+
+/* Size of the error texts passed around (err, errlen). */
+#define ERRLEN 512
+
+/* fallback_application_name of the journal's connections. */
+#define APP_WRITER "treatyd-journal"
+#define APP_READER "treatyd-journal-lookup"
+
+/* ------------------------------------------------------------------ types */
+
+/* Records appended between two flushes (normally one loop turn; before
+ * journal_start, everything appended), already encoded as COPY text. Owned
+ * by the loop thread until journal_flush() sends it, then by the writer. */
+struct batch {
+    struct batch *next;      /* writer: next batch of the group */
+    uint64_t first_seq;      /* sequence number of its first record */
+    uint64_t last_seq;       /* and of its last */
+    unsigned nrecs;          /* records: last_seq - first_seq + 1 */
+    bool forced;             /* one of them was appended with force */
+    struct journal_buf rows; /* one COPY text line a record (journal_int.h) */
+};
+
+static inline void batch_free(struct batch *b)
+{
+    if (!b)
+        return;
+    journal_buf_free(&b->rows);
+    free(b);
+}
+
+enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3, JMSG_LOOKUP = 4 };
+
+/* loop -> writer, loop -> reader. */
+struct msg {
+    int type;                 /* enum msg_type */
+    struct batch *b;          /* JMSG_BATCH: ownership passes to the receiver */
+    struct lookup_batch *lkp; /* JMSG_LOOKUP: ownership passes to the receiver */
+};
+
+/* Lookups queued during loop turns: the txids asked, in order. Owned by the
+ * loop thread until journal_flush() sends it, then by the reader. */
+struct lookup_batch {
+    struct lookup_batch *next; /* reader: the batches taken together */
+    unsigned n, cap;
+    uint8_t (*txid)[16];
+};
+
+/* Frees l and every batch after it. */
+static inline void lookup_batch_free(struct lookup_batch *l)
+{
+    while (l) {
+        struct lookup_batch *next = l->next;
+        free(l->txid);
+        free(l);
+        l = next;
+    }
+}
+
+/* The reader's answers to a run of lookups, one per lookup, in their order.
+ * Made by the reader, owned by the loop thread once received. */
+struct answers {
+    struct answers *next; /* loop: received, not yet handed out */
+    unsigned n;
+    struct journal_lookup_result r[];
+};
+
+enum note_type { NOTE_DURABLE = 1, NOTE_ANSWERS = 2 };
+
+/* writer -> loop, reader -> loop. */
+struct note {
+    int type;          /* enum note_type */
+    uint64_t durable;  /* NOTE_DURABLE: the new watermark */
+    struct answers *a; /* NOTE_ANSWERS: ownership passes to the receiver */
+};
+
+/* What a journal connection's session already holds, so that a group sends
+ * only what is missing. Reset whenever the connection is replaced. */
+struct pgsess {
+    bool prepared; /* the writer's INSERT is prepared (writer.c) */
+    int sync;      /* synchronous_commit set by the last group: 1 on, 0 off, -1 not set */
+};
+
+/* The END records of a group that share one detail: written as one row. */
+struct ends_row {
+    const char *detail; /* the COPY field in the group's batch, still escaped */
+    size_t detail_len;
+    struct journal_buf txids; /* "{uuid,uuid,...}" being built */
+};
+
+/* State touched only by the writer thread (writer.c, collect.c) between
+ * journal_start and the join; before the start and after the join, by the
+ * loop thread (journal.c hands conn over; journal_close writes an unstarted
+ * journal's records with cols and ends). */
+struct writer {
+    PGconn *conn;                           /* NULL while disconnected; set only through writer_set_conn */
+    struct pgsess sess;                     /* of conn */
+    struct batch *head, *tail;              /* the group being gathered or written */
+    size_t bytes;                           /* COPY text of the group */
+    unsigned nrecs;                         /* records of the group */
+    bool forced;                            /* the group holds a forced record */
+    int64_t first_at;                       /* when the group's first batch arrived */
+    uint8_t grp[16];                        /* the group's id (UUIDv7), the same in every attempt to write it */
+    bool stopping;                          /* JMSG_STOP received */
+    int backoff_ms;                         /* 0 until a failure; reset by a commit */
+    int64_t next_gc;                        /* when the collector runs next (now_ms) */
+    uint64_t rng;                           /* backoff jitter, fallback group ids */
+    struct journal_buf cols[INSERT_NCOLS];  /* write_group's parameters, reused */
+    struct ends_row ends[ENDS_MAX_DETAILS]; /* write_group's 'ends' rows, reused */
+};
+
+/* State touched only by the reader thread (lookup.c) between journal_start
+ * and the join. */
+struct reader {
+    PGconn *conn;             /* NULL until the first lookup, and while disconnected */
+    int backoff_ms;           /* 0 until a failure; reset by an answered query */
+    int64_t next_ms;          /* after a failure: no new connection before this */
+    uint64_t rng;             /* backoff jitter */
+    struct journal_buf param; /* the uuid[] literal of a query, reused */
+};
+
+struct journal {
+    /* Configuration, immutable after journal_connect: any thread. */
+    char *conninfo;
+    int connect_initial_ms;
+    int connect_max_ms;
+    int lazy_delay_ms;
+    int retention_s;
+    int gc_interval_ms;
+    int attempt_timeout_ms; /* one connection attempt: connect_timeout, or 10 s */
+    bool ascii_only;        /* database encoding is neither UTF8 nor SQL_ASCII */
+    volatile int *stop;     /* journal_connect only */
+
+    /* Loop thread. */
+    PGconn *conn;                  /* journal_start moves it to w.conn, journal_close back after the join */
+    struct batch *pending;         /* appended, not yet flushed */
+    uint64_t appended;             /* last sequence number handed out */
+    struct lookup_batch *lookups;  /* queued, not yet flushed */
+    struct answers *answers;       /* received, not yet handed out (oldest first) */
+    struct answers **answers_tail; /* where the next answers received go */
+    bool started;
+    void *to_writer; /* PUSH */
+    void *to_reader; /* PUSH */
+    void *from_both; /* PULL: journal_socket() */
+    pthread_t thread, reader_thread;
+    uint64_t rng; /* journal_connect's backoff, journal_close's group id */
+
+    /* Used by the writer thread until it is joined. */
+    void *writer_in;  /* PULL */
+    void *writer_out; /* PUSH */
+    struct writer w;
+
+    /* Used by the reader thread until it is joined. */
+    void *reader_in;  /* PULL */
+    void *reader_out; /* PUSH */
+    struct reader r;
+
+    /* Shared between the threads. */
+    _Atomic uint64_t durable; /* the watermark: set by the writer (never started: by journal_close) */
+    atomic_bool healthy;      /* set by the writer */
+    atomic_bool abandon;      /* journal_close gave up waiting: the writer exits */
+    atomic_bool reader_stop;  /* journal_close: the reader exits, unanswered lookups are dropped */
+    /* journal_stats, counted by the writer thread (the collector's among
+     * them: n_reconnects, n_gc_deleted). */
+    _Atomic uint64_t n_batches;
+    _Atomic uint64_t n_records;
+    _Atomic uint64_t n_forced;
+    _Atomic uint64_t n_reconnects;
+    _Atomic uint64_t n_gc_deleted;
+    _Atomic uint64_t n_write_us; /* time the writer spent writing groups */
+    atomic_uint fault_lose_acks; /* armed by journal_fault_lose_acks (journal_int.h), taken by the writer */
+};
+
+/* Replaces the writer's connection (c may be NULL) and forgets what the old
+ * session held. Does not close the old one. */
+static inline void writer_set_conn(struct writer *w, PGconn *c)
+{
+    w->conn = c;
+    w->sess = (struct pgsess){.prepared = false, .sync = -1};
+}
+
+/* The writer's stop predicate (a journal_stop_fn): journal_close gave up. */
+static inline bool writer_abandoned(struct journal *j)
+{
+    return atomic_load(&j->abandon);
+}
+
+/* ------------------------------------------- growing a journal_buf (codec) */
+
+/* Makes room for extra more bytes. Aborts on out-of-memory. Static, not
+ * inline: the compiler keeps it out of line, as it did in journal.c, and
+ * inlines the three below. */
+static void buf_reserve(struct journal_buf *b, size_t extra)
+{
+    if (b->cap - b->len >= extra)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < extra) {
+        if (cap > SIZE_MAX / 2)
+            out_of_memory();
+        cap *= 2;
+    }
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+static inline void buf_put(struct journal_buf *b, const char *s, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static inline void buf_putc(struct journal_buf *b, char c)
+{
+    buf_reserve(b, 1);
+    b->data[b->len++] = c;
+}
+
+static inline void buf_puts(struct journal_buf *b, const char *s)
+{
+    buf_put(b, s, strlen(s));
+}
+
+/* ------------------------------------------------------------------- pg.c */
+
+/* Formats into buf (nothing when buf is NULL or len 0). */
+void journal_set_err(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Copies a (possibly multi-line) libpq message as one line. */
+void journal_one_line(char *dst, size_t len, const char *src);
+
+/* "message (SQLSTATE xxxxx)" from a failed result, or the connection's message. */
+void journal_pg_error(PGconn *c, const PGresult *res, char *buf, size_t len);
+
+/* Runs sql, expects `want`; on failure fills err and returns false. */
+bool journal_pg_exec(PGconn *c, const char *sql, ExecStatusType want, char *err, size_t errlen);
+
+/* COMMIT, checking its tag: COMMIT of a failed transaction "succeeds" with the
+ * tag ROLLBACK. On failure fills err and returns false. */
+bool journal_pg_commit(PGconn *c, char *err, size_t errlen);
+
+/* A thread's "give up now" test, polled while connecting or sleeping. */
+typedef bool (*journal_stop_fn)(struct journal *j);
+
+/*
+ * Exponential backoff with jitter. *b is the current base (0: no failure yet).
+ * immediate: the first failure retries at once (a write failure: the server
+ * may simply have closed an idle connection). Returns the delay in ms, drawn
+ * from [base/2, base], and doubles the base up to max_ms.
+ */
+int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, uint64_t *rng);
+
+/* Sleeps ms, in slices. Returns true when stopped() turned true. */
+bool journal_sleep_unless(struct journal *j, journal_stop_fn stopped, int ms);
+
+/*
+ * One connection attempt to j->conninfo as application app, non-blocking so
+ * that it can be given up: after timeout_ms, or as soon as stopped() turns
+ * true. The connection is in blocking mode once established, with its server
+ * notices going to our log. Returns NULL with err filled on failure; the
+ * caller owns the connection.
+ */
+PGconn *journal_pg_connect_within(struct journal *j, journal_stop_fn stopped, const char *app, int timeout_ms,
+                                  char *err, size_t errlen);
+
+/* One attempt within j->attempt_timeout_ms (connect_timeout, or 10 s). */
+PGconn *journal_pg_connect(struct journal *j, journal_stop_fn stopped, const char *app, char *err, size_t errlen);
+
+/* --------------------------------------------------------------- schema.c */
+
+/*
+ * Brings the database's journal schema to JOURNAL_SCHEMA_VERSION in one
+ * transaction under an advisory lock; *version gets the version it holds
+ * then. Returns 0, TREATY_EVERSION (a newer schema: left untouched), or
+ * TREATY_EPG (the caller tells a lost connection from an SQL error by
+ * PQstatus); err gets a one-line message on error. Loop thread, blocking.
+ */
+int journal_apply_schema(PGconn *c, int *version, char *err, size_t errlen);
+
+/* --------------------------------------------------------------- writer.c */
+
+/* The writer thread (arg: the struct journal). Returns when it has written
+ * everything after JMSG_STOP, or when abandoned. */
+void *journal_writer_main(void *arg);
+
+/* journal_close of a journal never started: one synchronous attempt, on the
+ * loop thread, to write j->pending on j->conn; moves the watermark if it
+ * landed, logs if not. j->pending stays the caller's. */
+void journal_write_unstarted(struct journal *j);
+
+/* -------------------------------------------------------------- collect.c */
+
+/* One collection round (writer thread, between groups): deletes finished
+ * transactions older than retention_s and sets w.next_gc. Failures are
+ * logged; a lost connection leaves w.conn NULL for the write path to
+ * reconnect. */
+void journal_collect(struct journal *j);
+
+/* --------------------------------------------------------------- lookup.c */
+
+/* The reader thread (arg: the struct journal). Returns after JMSG_STOP or
+ * reader_stop, having closed its connection. */
+void *journal_reader_main(void *arg);
+
+#endif /* TREATY_JOURNAL_PRIV_H */
