@@ -21,7 +21,8 @@
 
 /*
  * Collects finished transactions: for up to GC_MAX_ENDS 'ends' rows and
- * GC_MAX_TXIDS 'end' rows (written by versions 1 and 2, and for saga ENDs)
+ * GC_MAX_TXIDS 'end' rows (written by versions 1 and 2, for saga ENDs, and
+ * for a group's 2PC ENDs beyond ENDS_MAX_DETAILS details)
  * older than retention_s, deletes each END row and, for every txid it names,
  * that txid's records with a lower seq than the END row: the run the END
  * finished, and any older run. Records of the txid after that END (a newer

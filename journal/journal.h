@@ -15,10 +15,11 @@
  *                          journal_append() and queues outcome lookups with
  *                          journal_lookup() (neither blocks on Postgres), and
  *                          calls journal_flush() once per loop turn; the writer
- *                          group-commits everything handed to it in one Postgres
- *                          transaction and then reports the new durable
- *                          watermark on journal_socket(); the reader answers
- *                          lookups there too.
+ *                          group-commits the batches waiting for it (up to
+ *                          about 4 MB) in one Postgres transaction and then
+ *                          reports the new durable watermark on
+ *                          journal_socket(); the reader answers lookups there
+ *                          too.
  *   4. journal_close()     flush what is pending (bounded wait), stop the
  *                          threads; lookups not answered yet are dropped.
  *
@@ -53,8 +54,8 @@ enum journal_kind {
     JOURNAL_ABORT = 2,  /* 2PC decision: abort. Forced. services, detail = reason, failed_branch */
     JOURNAL_END = 3,    /* finished (2PC: every branch acknowledged; saga: detail = "completed" or
                            "compensated"). 2PC: lazy, and a group's 2PC ENDs are stored together, one
-                           'ends' row per detail (sql/003_batched_end.sql). A saga's END is a row of
-                           its own (sql/004_runs_and_lookups.sql) */
+                           'ends' row per detail, for up to 8 details (sql/003_batched_end.sql). A
+                           saga's END is a row of its own (sql/004_runs_and_lookups.sql) */
     JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
                            service; data = the encoded definition (coordinator's format) */
     JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */
@@ -107,7 +108,8 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
  * without an END are delivered; finished transactions are answered by
  * journal_lookup(). cb's record and strings are borrowed for the call. A
  * non-zero return from cb stops the scan and is returned. finished_at_unix is
- * always 0 (kept for source compatibility). Returns 0 or TREATY_EPG.
+ * always 0 (kept for source compatibility). Returns 0 or TREATY_EPG (or
+ * TREATY_EINVAL for a NULL argument, TREATY_ESTATE after journal_start).
  */
 typedef int (*journal_scan_fn)(void *arg, const struct journal_rec *r, long long finished_at_unix);
 int journal_scan(struct journal *j, journal_scan_fn cb, void *arg);

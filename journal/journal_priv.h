@@ -134,8 +134,8 @@ struct msg {
  * loop thread until journal_flush() sends it, then by the reader. */
 struct lookup_batch {
     struct lookup_batch *next; /* reader: the batches taken together */
-    unsigned n, cap;
-    uint8_t (*txid)[16];
+    unsigned n, cap;           /* txids asked, room for */
+    uint8_t (*txid)[16];       /* in the order asked */
 };
 
 /* Frees l and every batch after it. */
@@ -224,18 +224,18 @@ struct journal {
     volatile int *stop;     /* journal_connect only */
 
     /* Loop thread. */
-    PGconn *conn;                  /* journal_start moves it to w.conn, journal_close back after the join */
-    struct batch *pending;         /* appended, not yet flushed */
-    uint64_t appended;             /* last sequence number handed out */
-    struct lookup_batch *lookups;  /* queued, not yet flushed */
-    struct answers *answers;       /* received, not yet handed out (oldest first) */
-    struct answers **answers_tail; /* where the next answers received go */
-    bool started;
-    void *to_writer; /* PUSH */
-    void *to_reader; /* PUSH */
-    void *from_both; /* PULL: journal_socket() */
-    pthread_t thread, reader_thread;
-    uint64_t rng; /* journal_connect's backoff, journal_close's group id */
+    PGconn *conn;                    /* journal_start moves it to w.conn, journal_close back after the join */
+    struct batch *pending;           /* appended, not yet flushed */
+    uint64_t appended;               /* last sequence number handed out */
+    struct lookup_batch *lookups;    /* queued, not yet flushed */
+    struct answers *answers;         /* received, not yet handed out (oldest first) */
+    struct answers **answers_tail;   /* where the next answers received go */
+    bool started;                    /* journal_start succeeded: the threads run until journal_close */
+    void *to_writer;                 /* PUSH */
+    void *to_reader;                 /* PUSH */
+    void *from_both;                 /* PULL: journal_socket() */
+    pthread_t thread, reader_thread; /* the writer, the reader */
+    uint64_t rng;                    /* journal_connect's backoff, journal_close's group id */
 
     /* Used by the writer thread until it is joined. */
     void *writer_in;  /* PULL */

@@ -30,7 +30,7 @@
  * index of sql/004_runs_and_lookups.sql; the query says "ended IS NOT NULL"
  * for "an 'ends' row", as the index's predicate does, so that the planner
  * cannot walk every 'ends' row through treaty_journal_ends instead). It does
- * not read 2PC ENDs, which stay in 'ends' rows no index covers by txid: no
+ * not read the 2PC ENDs in 'ends' rows, which no index covers by txid: no
  * outcome needs them.
  *
  * How rows become an outcome (lookup_decide), in seq order per txid. A

@@ -69,8 +69,9 @@ static int bytea_decode(const char *s, size_t len, struct journal_buf *out)
  * The records of unfinished runs: every record (END rows aside) that no END
  * of its txid follows by seq, grouped by txid in append order. A txid's
  * records after its last END are all such records, so each txid delivered
- * is exactly one run. ENDs are the 'end' rows (versions 1 and 2, saga ENDs)
- * and every element of the 'ends' rows.
+ * is exactly one run. ENDs are the 'end' rows (versions 1 and 2, saga ENDs,
+ * a group's 2PC ENDs beyond ENDS_MAX_DETAILS details) and every element of
+ * the 'ends' rows.
  *
  * The plan, for a journal of millions of finished rows and few unfinished
  * ones: one hash anti join. The hash is built from every END (txid, seq)

@@ -82,10 +82,10 @@
 #define INSERT_NPARAMS (INSERT_NCOLS + 1)
 
 /*
- * The group goes to Postgres as one INSERT of seven text[] parameters, one
- * element per record, built here from the COPY text lines the batches hold
- * (journal_int.h). COPY needs a round trip before its data can be sent; a
- * parameterised INSERT ... unnest() goes in one message with everything else.
+ * The group goes to Postgres as one INSERT of eight text[] parameters (one a
+ * column, ended included), one element per row, built here from the COPY
+ * text lines the batches hold (journal_int.h), and the group's id. COPY needs a round trip before its data can be sent;
+ * a parameterised INSERT ... unnest() goes in one message with everything else.
  */
 #define INSERT_NAME "treaty_journal_insert"
 #define INSERT_SQL                                                                                                     \
@@ -355,9 +355,10 @@ static int insert_result(PGconn *c, const char *want_rows, char *err, size_t err
 
 /*
  * Writes the batches from head on in one Postgres transaction, in one round
- * trip: in pipeline mode, SET synchronous_commit, the INSERT (the group's id
+ * trip: in pipeline mode, the INSERT's Parse (a connection's first group),
+ * SET synchronous_commit (when the mode changes), the INSERT (the group's id
  * grp on its first row), and a Sync that commits the implicit transaction
- * holding both. Returns GROUP_WRITTEN after the Sync's answer came back,
+ * holding them. Returns GROUP_WRITTEN after the Sync's answer came back,
  * i.e. after the commit returned; GROUP_WRITTEN_BEFORE when an earlier
  * attempt to write the group (same grp) had committed; or TREATY_EPG with
  * err filled: the caller then drops the connection (it may be mid-pipeline
