@@ -23,11 +23,12 @@
  *   4. journal_close()     flush what is pending (bounded wait), stop the
  *                          threads; lookups not answered yet are dropped.
  *
- * Forced vs lazy: a batch holding a forced record commits with
- * synchronous_commit = on; a batch of only lazy records (a 2PC END, a STEP) is
- * written with synchronous_commit = off and may be delayed up to lazy_delay_ms
- * to gather more. Either way records become durable in append order, so one
- * watermark (the highest durable sequence number) says what is durable.
+ * Forced vs lazy: a batch holding a forced record is written at once; a
+ * batch of only lazy records (a 2PC END, a STEP) may be delayed up to
+ * lazy_delay_ms to gather more. Every group commits with synchronous_commit =
+ * on: a record reported durable survives a crash of PostgreSQL. Records
+ * become durable in append order, so one watermark (the highest durable
+ * sequence number) says what is durable.
  *
  * If Postgres is lost, the writer keeps the batch, reconnects with backoff and
  * writes it again, and journal_healthy() turns false until a batch commits

@@ -170,7 +170,7 @@ struct note {
  * only what is missing. Reset whenever the connection is replaced. */
 struct pgsess {
     bool prepared; /* the writer's INSERT is prepared (writer.c) */
-    int sync;      /* synchronous_commit set by the last group: 1 on, 0 off, -1 not set */
+    int sync;      /* 1: SET synchronous_commit = on was sent and took; else not yet */
 };
 
 /* The END records of a group that share one detail: written as one row. */

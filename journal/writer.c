@@ -9,8 +9,8 @@
  *   2. take every batch that is waiting (group commit);
  *   3. only lazy records: wait up to lazy_delay_ms for more, cut short by a
  *      forced batch or by STOP;
- *   4. one round trip in libpq pipeline mode: SET synchronous_commit =
- *      on|off (when it differs from the previous group's); the prepared
+ *   4. one round trip in libpq pipeline mode: SET synchronous_commit = on
+ *      (once per connection, whatever the server's default); the prepared
  *      INSERT ... SELECT FROM unnest(<one text[] a column>) (prepared in the
  *      first group's pipeline of each connection), one row per record except
  *      2PC END records, which go in one 'ends' row per distinct detail at the
@@ -45,13 +45,16 @@
  *
  * Ordering: batches are sent, received and written in append order, and a
  * group is one Postgres transaction, so "every record up to the watermark is
- * committed" holds. A lazy group commits with synchronous_commit = off: its
- * COMMIT returns before the WAL is flushed, so a Postgres crash may lose it
- * (only records appended with force = false: the coordinator's 2PC ENDs and
- * saga STEPs; recovery copes: a lost END resends the decision, a lost STEP
- * runs the step again through the participant's barrier). The next forced
- * group's flush covers every earlier lazy group, since the WAL is flushed in
- * order.
+ * committed" holds. Every group commits with synchronous_commit = on, lazy
+ * or forced: "lazy" only means the group may wait up to lazy_delay_ms for
+ * company. (Lazy groups once committed with synchronous_commit = off, whose
+ * COMMIT returns before the WAL is flushed: a crash of PostgreSQL then lost
+ * 2PC END records already reported durable, and their transactions stayed
+ * unfinished in the journal - never collected - until the coordinator
+ * restarted. Found by the simulator; test_journal's
+ * lazy_records_reported_durable_survive_a_crash_of_postgres.) Under load a
+ * group holds forced records anyway; an idle coordinator pays one WAL flush
+ * per group of ENDs.
  */
 #include "journal_priv.h"
 
@@ -356,7 +359,7 @@ static int insert_result(PGconn *c, const char *want_rows, char *err, size_t err
 /*
  * Writes the batches from head on in one Postgres transaction, in one round
  * trip: in pipeline mode, the INSERT's Parse (a connection's first group),
- * SET synchronous_commit (when the mode changes), the INSERT (the group's id
+ * SET synchronous_commit = on (a connection's first group), the INSERT (the group's id
  * grp on its first row), and a Sync that commits the implicit transaction
  * holding them. Returns GROUP_WRITTEN after the Sync's answer came back,
  * i.e. after the commit returned; GROUP_WRITTEN_BEFORE when an earlier
@@ -364,7 +367,7 @@ static int insert_result(PGconn *c, const char *want_rows, char *err, size_t err
  * err filled: the caller then drops the connection (it may be mid-pipeline
  * or anywhere in it) and writes the group again with the same grp.
  */
-static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, bool forced, const uint8_t grp[16],
+static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head, const uint8_t grp[16],
                        struct journal_buf cols[INSERT_NCOLS], struct ends_row ends[ENDS_MAX_DETAILS], bool lose_ack,
                        char *err, size_t errlen)
 {
@@ -388,18 +391,16 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
     /* The INSERT is prepared once per connection, in the first group's
      * pipeline: later groups skip its parsing and planning. */
     bool prepare = !sess->prepared;
-    /* Forced: the commit waits for the WAL flush whatever the server's
-     * default. Lazy only: it returns without waiting. A session SET, not SET
-     * LOCAL (which an implicit transaction refuses with a warning), sent
-     * whenever the mode differs from the previous group's on this
-     * connection, so the session always holds the mode this group needs. (A
-     * failed group rolls its SET back: then either the connection is dropped
-     * and the next one starts with sess reset, or, for a group written
-     * before, sess->sync is left as it was, below.) */
-    bool set = sess->sync != (forced ? 1 : 0);
+    /* Every group's commit waits for the WAL flush, whatever the server's
+     * default (see the header: lazy groups too). A session SET, not SET
+     * LOCAL (which an implicit transaction refuses with a warning), sent in
+     * a connection's first group. (A failed group rolls its SET back: then
+     * either the connection is dropped and the next one starts with sess
+     * reset, or, for a group written before, sess->sync is left as it was,
+     * below.) */
+    bool set = sess->sync != 1;
     if ((prepare && PQsendPrepare(c, INSERT_NAME, INSERT_SQL, INSERT_NPARAMS, NULL) != 1) ||
-        (set && PQsendQueryParams(c, forced ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL,
-                                  NULL, NULL, NULL, 0) != 1) ||
+        (set && PQsendQueryParams(c, "SET synchronous_commit = on", 0, NULL, NULL, NULL, NULL, 0) != 1) ||
         PQsendQueryPrepared(c, INSERT_NAME, INSERT_NPARAMS, values, NULL, NULL, 0) != 1 || PQpipelineSync(c) != 1) {
         journal_pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
@@ -444,7 +445,7 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
     /* A refused INSERT rolled this pipeline's SET back with it: the session
      * keeps the mode it had. */
     if (rc == GROUP_WRITTEN)
-        sess->sync = forced ? 1 : 0;
+        sess->sync = 1;
     return rc;
 }
 
@@ -565,8 +566,7 @@ static bool writer_commit_group(struct journal *j)
             return false;
         if (!w->conn && !writer_reconnect(j))
             return false;
-        int rc = write_group(w->conn, &w->sess, w->head, w->forced, w->grp, w->cols, w->ends, fault_take(j), why,
-                             sizeof why);
+        int rc = write_group(w->conn, &w->sess, w->head, w->grp, w->cols, w->ends, fault_take(j), why, sizeof why);
         if (rc == GROUP_WRITTEN)
             break;
         if (rc == GROUP_WRITTEN_BEFORE) {
@@ -656,8 +656,7 @@ void journal_write_unstarted(struct journal *j)
     struct pgsess fresh = {.prepared = false, .sync = -1};
     uint8_t grp[16];
     group_new_id(&j->rng, grp);
-    if (write_group(j->conn, &fresh, j->pending, j->pending->forced, grp, j->w.cols, j->w.ends, fault_take(j), why,
-                    sizeof why) >= 0)
+    if (write_group(j->conn, &fresh, j->pending, grp, j->w.cols, j->w.ends, fault_take(j), why, sizeof why) >= 0)
         atomic_store(&j->durable, j->pending->last_seq);
     else
         log_error("journal: cannot write %u records at close: %s", j->pending->nrecs, why);

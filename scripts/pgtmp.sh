@@ -5,6 +5,8 @@
 #                         socket in DIR; prints the base conninfo
 #                         ("host=DIR port=N user=U") and writes it to DIR/conninfo
 #   pgtmp.sh restart DIR  fast restart (tests of Postgres restarts)
+#   pgtmp.sh crash DIR    immediate stop (as if the server crashed: what was
+#                         not flushed to the WAL is lost), then start again
 #   pgtmp.sh stop DIR     immediate stop, then removes DIR
 #
 # Postgres refuses to run as root: as root the cluster belongs to the dedicated
@@ -13,7 +15,7 @@ set -eu
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: pgtmp.sh start|restart|stop DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: pgtmp.sh start|restart|crash|stop DIR" >&2; exit 2; }
 
 if [ "$(id -u)" = 0 ]; then
     PGOSUSER=treaty
@@ -56,6 +58,9 @@ shared_buffers = 128MB
 fsync = on
 synchronous_commit = on
 log_min_messages = warning
+# Asynchronous commits reach the disk only every 10 s: a test that crashes the
+# server shows at once what such a commit would lose.
+wal_writer_delay = 10s
 logging_collector = off
 CONF
     as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null || {
@@ -66,6 +71,10 @@ CONF
 restart)
     as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -m fast restart >/dev/null
     ;;
+crash)
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -w -t 60 -m immediate stop >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+    ;;
 stop)
     if [ -d "$dir/data" ]; then
         as_pg "$PGBIN/pg_ctl" -D "$dir/data" -w -t 30 -m immediate stop >/dev/null 2>&1 || true
@@ -73,5 +82,5 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: pgtmp.sh start|restart|stop DIR" >&2; exit 2 ;;
+    echo "usage: pgtmp.sh start|restart|crash|stop DIR" >&2; exit 2 ;;
 esac

@@ -2532,3 +2532,46 @@ Test(journal_restart, postgres_restart_while_appending)
     snprintf(q, sizeof q, "SELECT max(substr(detail, 2)::bigint) FROM treaty_journal");
     cr_assert_eq(pg_count(q), (long long)last);
 }
+
+/* Found by the simulator (tests/sim, seed 2): a group of only lazy records
+ * (2PC ENDs) was committed with synchronous_commit = off and reported
+ * durable; PostgreSQL then crashed before its WAL writer flushed the commit,
+ * and the END records were gone - their transactions looked unfinished in
+ * the journal, never collected, until the coordinator restarted. Every group
+ * commits with synchronous_commit = on: a record reported durable stays. */
+Test(journal_restart, lazy_records_reported_durable_survive_a_crash_of_postgres)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    const char *dir = getenv("TREATY_TEST_PGDIR");
+    const char *top = getenv("TREATY_TOP");
+    char script[1024];
+    snprintf(script, sizeof script, "%s/scripts/pgtmp.sh", top && *top ? top : ".");
+    cr_assert(access(script, R_OK) == 0, "%s: %s", script, strerror(errno));
+
+    struct journal_config cfg = test_cfg();
+    cfg.lazy_delay_ms = 1;
+    J = open_journal(&cfg, true);
+    enum { N = 100 };
+    uint64_t last = 0;
+    for (int i = 0; i < N; i++) {
+        uint8_t id[16];
+        new_txid(id);
+        struct journal_rec r = rec(id, JOURNAL_END, NULL);
+        last = journal_append(J, &r, false);
+    }
+    journal_flush(J);
+    cr_assert(wait_durable(J, last, WAIT_MS), "the lazy records never became durable");
+    journal_close(&J, WAIT_MS);
+
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", script, "crash", dir, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pgtmp.sh crash failed");
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_records WHERE kind = 'end'"), N,
+                 "END records reported durable were lost in a crash of PostgreSQL");
+}
