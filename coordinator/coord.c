@@ -61,22 +61,16 @@
 #include "treaty.h"
 #include "txmap.h"
 #include "txn.h"
+#include "util.h"
 #include "wire.h"
 
 /* ------------------------------------------------------------ helpers */
-
-int64_t coord_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int coord_check_new_txid(struct coord *c, const struct wire_in *in)
 {
     const uint8_t *txid = in->msg.hdr.txid;
     long long made = treaty_txid_time_ms((const treaty_txid_t *)txid);
-    int64_t now = coord_wall_ms();
+    int64_t now = util_wall_ms();
     if (made < 0) {
         c->st.refused++;
         coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL,
@@ -105,16 +99,6 @@ int coord_check_new_txid(struct coord *c, const struct wire_in *in)
 const char *coord_fmt_txid(const uint8_t *txid, char *buf)
 {
     return treaty_txid_format((const treaty_txid_t *)txid, buf);
-}
-
-char *coord_strdup(const char *s)
-{
-    if (s == NULL)
-        return NULL;
-    char *d = strdup(s);
-    if (d == NULL)
-        abort();
-    return d;
 }
 
 void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid, unsigned branch,
@@ -190,9 +174,7 @@ void coord_expect_durable(struct coord *c, const uint8_t txid[16], uint64_t seq)
 {
     if (c->wait_len == c->wait_cap) {
         size_t ncap = c->wait_cap ? c->wait_cap * 2 : 1024;
-        struct durable_wait *nw = malloc(ncap * sizeof *nw);
-        if (nw == NULL)
-            abort();
+        struct durable_wait *nw = util_xmalloc(ncap * sizeof *nw);
         for (size_t i = 0; i < c->wait_len; i++)
             nw[i] = c->waits[(c->wait_head + i) % c->wait_cap];
         free(c->waits);
@@ -275,7 +257,7 @@ static void send_decisions(struct coord *c, struct txn *t)
     }
     if (t->resend_ms <= 0)
         t->resend_ms = c->cfg->resend_initial_ms;
-    set_timer(c, t, timers_now_ms() + coord_jitter(t->resend_ms));
+    set_timer(c, t, util_mono_ms() + coord_jitter(t->resend_ms));
     t->resend_ms = next_backoff(c, t->resend_ms);
 }
 
@@ -331,7 +313,7 @@ static void decide_abort(struct coord *c, struct txn *t, int failed_branch, cons
     txn_set_state(t, TXN_ABORTING);
     t->failed_branch = failed_branch;
     free(t->reason);
-    t->reason = coord_strdup(reason);
+    t->reason = util_xstrdup(reason);
     log_info("txn %s: abort (branch %d: %s)", coord_fmt_txid(t->txid, id), failed_branch, reason);
     /* Forced, and nothing is sent or told before it is durable. If we crash
      * before then, the txid is unknown after the restart: an INQUIRE or a
@@ -367,7 +349,7 @@ static struct txn *presume_abort(struct coord *c, const uint8_t *txid, const cha
     c->st.presumed_aborts++;
     log_info("txn %s: no record of it; recording an abort (presumed abort: %s)", coord_fmt_txid(txid, id), why);
     txn_set_state(t, TXN_ABORTING);
-    t->reason = coord_strdup("no record of this transaction (presumed abort)");
+    t->reason = util_xstrdup("no record of this transaction (presumed abort)");
     expect_durable(c, t, append_decision(c, t, JOURNAL_ABORT));
     return t;
 }
@@ -550,7 +532,7 @@ static void handle_submit(struct coord *c, const struct wire_in *in)
         coord_send(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0, &m->frames[2 + 2 * i],
                    1);
     }
-    set_timer(c, t, timers_now_ms() + timeout_ms);
+    set_timer(c, t, util_mono_ms() + timeout_ms);
 }
 
 static void handle_query(struct coord *c, const struct wire_in *in)
@@ -705,7 +687,7 @@ static void handle_inquire(struct coord *c, const struct wire_in *in)
 static void handle_hello(struct coord *c, const struct wire_in *in)
 {
     const struct wire_msg *m = &in->msg;
-    registry_hello(c->reg, &m->frames[0], &m->frames[1], in->rid, in->rid_len, timers_now_ms());
+    registry_hello(c->reg, &m->frames[0], &m->frames[1], in->rid, in->rid_len, util_mono_ms());
     uint8_t hb[4];
     wire_put_u32(hb, (uint32_t)c->cfg->heartbeat_ms);
     struct wire_frame f = {hb, 4};
@@ -798,9 +780,7 @@ static void park(struct coord *c, const struct wire_in *in)
             }
             return; /* a participant asks again */
         }
-        l = calloc(1, sizeof *l);
-        if (l == NULL)
-            abort();
+        l = util_xcalloc(1, sizeof *l);
         memcpy(l->txid, txid, 16);
         txmap_put(&c->lookups, txid, l);
         journal_lookup(c->journal, txid);
@@ -811,13 +791,12 @@ static void park(struct coord *c, const struct wire_in *in)
         if (q->hdr.type == in->msg.hdr.type && q->hdr.branch == in->msg.hdr.branch && q->rid_len == in->rid_len &&
             memcmp(q->rid, in->rid, in->rid_len) == 0)
             return;
-    struct parked *p = calloc(1, sizeof *p);
+    struct parked *p = util_xcalloc(1, sizeof *p);
     size_t total = 0;
     for (size_t i = 0; i < in->msg.nframes; i++)
         total += in->msg.frames[i].len;
-    if (p == NULL || (p->lens = calloc(in->msg.nframes + 1, sizeof *p->lens)) == NULL ||
-        (p->data = malloc(total + 1)) == NULL)
-        abort();
+    p->lens = util_xcalloc(in->msg.nframes + 1, sizeof *p->lens);
+    p->data = util_xmalloc(total + 1);
     memcpy(p->rid, in->rid, in->rid_len);
     p->rid_len = in->rid_len;
     p->hdr = in->msg.hdr;
@@ -976,7 +955,7 @@ static void on_timer(struct coord *c, struct txn *t)
 
 static void run_timers(struct coord *c)
 {
-    int64_t now = timers_now_ms();
+    int64_t now = util_mono_ms();
     struct timer_entry e;
     while (timers_pop_due(&c->timers, now, &e)) {
         struct txn *t = txmap_get(&c->inflight, e.txid);
@@ -1039,12 +1018,12 @@ static void scan_finish_txn(struct scan_state *s)
         txn_set_state(t, TXN_COMMITTING);
     } else {
         txn_set_state(t, TXN_ABORTING);
-        t->reason = coord_strdup(s->detail);
+        t->reason = util_xstrdup(s->detail);
     }
     txmap_put(&c->inflight, s->txid, t);
     /* First re-send soon: participants are reconnecting right now. */
     t->resend_ms = c->cfg->resend_initial_ms;
-    set_timer(c, t, timers_now_ms() + c->cfg->resend_initial_ms);
+    set_timer(c, t, util_mono_ms() + c->cfg->resend_initial_ms);
     s->resumed++;
     c->st.recovered++;
 }
@@ -1095,16 +1074,14 @@ static int scan_cb(void *arg, const struct journal_rec *r, long long finished_at
 
 static int recover(struct coord *c)
 {
-    struct scan_state *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        abort();
+    struct scan_state *s = util_xcalloc(1, sizeof *s);
     s->c = c;
     s->saga = saga_recovery_new();
-    int64_t t0 = timers_now_ms();
+    int64_t t0 = util_mono_ms();
     int rc = journal_scan(c->journal, scan_cb, s);
     if (rc == 0)
         scan_finish_txn(s);
-    log_info("recovery: %zu unfinished transactions resumed (%lld ms)", s->resumed, (long long)(timers_now_ms() - t0));
+    log_info("recovery: %zu unfinished transactions resumed (%lld ms)", s->resumed, (long long)(util_mono_ms() - t0));
     saga_recovery_free(s->saga);
     free(s);
     return rc;
@@ -1137,7 +1114,7 @@ static void log_stats(struct coord *c)
 {
     struct journal_stats js;
     journal_get_stats(c->journal, &js);
-    int64_t now = timers_now_ms();
+    int64_t now = util_mono_ms();
     double busy = now > c->stats_at_ms && c->stats_at_ms > 0
                       ? (double)(js.write_us - c->stats_write_us) / 10.0 / (double)(now - c->stats_at_ms)
                       : 0;
@@ -1162,13 +1139,13 @@ static void log_stats(struct coord *c)
 
 static void serve(struct coord *c, volatile sig_atomic_t *stop)
 {
-    int64_t next_sweep = timers_now_ms() + c->cfg->heartbeat_ms;
-    int64_t next_stats = timers_now_ms() + 60000;
-    c->stats_at_ms = timers_now_ms();
+    int64_t next_sweep = util_mono_ms() + c->cfg->heartbeat_ms;
+    int64_t next_stats = util_mono_ms() + 60000;
+    c->stats_at_ms = util_mono_ms();
     int64_t deadline = -1;
 
     for (;;) {
-        int64_t now = timers_now_ms();
+        int64_t now = util_mono_ms();
         if (*stop && !c->stopping) {
             c->stopping = true;
             deadline = now + c->cfg->shutdown_deadline_ms;
@@ -1210,7 +1187,7 @@ static void serve(struct coord *c, volatile sig_atomic_t *stop)
                 ;
         }
         run_timers(c);
-        now = timers_now_ms();
+        now = util_mono_ms();
         if (now >= next_sweep) {
             registry_sweep(c->reg, now);
             next_sweep = now + c->cfg->heartbeat_ms;
@@ -1246,9 +1223,9 @@ int coord_run(const struct config *cfg, volatile sig_atomic_t *stop)
     txmap_init(&c->inflight);
     txmap_init(&c->sagas);
     txmap_init(&c->lookups);
-    outcomes_init(&c->done, (size_t)cfg->outcome_cache, coord_wall_ms(), (int64_t)cfg->txid_max_future_s * 1000);
+    outcomes_init(&c->done, (size_t)cfg->outcome_cache, util_wall_ms(), (int64_t)cfg->txid_max_future_s * 1000);
     timers_init(&c->timers);
-    srand((unsigned)timers_now_ms());
+    srand((unsigned)util_mono_ms());
     int rc;
 
     struct journal_config jc = {
@@ -1285,7 +1262,7 @@ int coord_run(const struct config *cfg, volatile sig_atomic_t *stop)
     rc = open_router(c);
     if (rc < 0)
         goto fail_router;
-    c->started_ms = timers_now_ms();
+    c->started_ms = util_mono_ms();
     log_info("treatyd serving on %s", cfg->listen);
     serve(c, stop);
     log_stats(c);

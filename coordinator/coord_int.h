@@ -74,7 +74,6 @@ struct coord {
 };
 
 const char *coord_fmt_txid(const uint8_t *txid, char *buf);
-char *coord_strdup(const char *s); /* aborts on OOM; NULL stays NULL */
 void coord_send(struct coord *c, const uint8_t *rid, size_t rid_len, uint8_t type, const uint8_t *txid, unsigned branch,
                 unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n);
 void coord_reply_error(struct coord *c, const uint8_t *rid, size_t rid_len, const uint8_t *txid, int err,
@@ -95,8 +94,6 @@ void coord_remember_done(struct coord *c, const uint8_t *txid, enum treaty_statu
  * txid.max_future_s ahead of our clock (TREATY_EINVAL) or more than
  * txid.max_age_s ago (TREATY_EEXPIRED). 0 when it may. */
 int coord_check_new_txid(struct coord *c, const struct wire_in *in);
-/* The wall clock in Unix milliseconds. */
-int64_t coord_wall_ms(void);
 /* Common admission checks for a new transaction or saga: 0, or an ERROR was sent. */
 int coord_admit(struct coord *c, const struct wire_in *in);
 

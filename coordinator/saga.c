@@ -11,6 +11,7 @@
 #include "fault.h"
 #include "log.h"
 #include "txn.h"
+#include "util.h"
 
 enum saga_state {
     SAGA_LOGGING_DEF = 0, /* definition appended, not yet durable: nothing runs */
@@ -133,7 +134,7 @@ void saga_free(struct saga *s)
 static void set_error(struct saga_step *st, const char *text)
 {
     free(st->last_error);
-    st->last_error = coord_strdup(text);
+    st->last_error = util_xstrdup(text);
 }
 
 /* Keeps the saga's single timer at the earliest step or deadline time. */
@@ -172,9 +173,7 @@ static uint8_t *encode_def(const struct wire_msg *m, size_t *len)
     size_t n = 4;
     for (size_t i = 0; i < m->nframes; i++)
         n += 4 + m->frames[i].len;
-    uint8_t *b = malloc(n);
-    if (b == NULL)
-        abort();
+    uint8_t *b = util_xmalloc(n);
     size_t off = 0;
     wire_put_u32(b, (uint32_t)m->nframes);
     off = 4;
@@ -248,9 +247,7 @@ static struct saga *saga_from_def(const struct config *cfg, const uint8_t txid[1
         return NULL;
     }
     size_t nsteps = (m.nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
-    struct saga *s = calloc(1, sizeof *s + nsteps * sizeof s->steps[0]);
-    if (s == NULL)
-        abort();
+    struct saga *s = util_xcalloc(1, sizeof *s + nsteps * sizeof s->steps[0]);
     memcpy(s->txid, txid, 16);
     s->nsteps = (uint16_t)nsteps;
     s->failed_step = -1;
@@ -259,7 +256,7 @@ static struct saga *saga_from_def(const struct config *cfg, const uint8_t txid[1
     uint32_t deadline = 0;
     wire_get_u32(&m.frames[0], &deadline);
     if (deadline > 0)
-        s->deadline_ms = timers_now_ms() + cap_u32(deadline, cfg->saga_max_deadline_ms);
+        s->deadline_ms = util_mono_ms() + cap_u32(deadline, cfg->saga_max_deadline_ms);
     int prev_group = -1;
     for (size_t i = 0; i < nsteps; i++) {
         const struct wire_frame *f = &m.frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
@@ -355,7 +352,7 @@ static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const c
 static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensation)
 {
     struct saga_step *st = &s->steps[i];
-    int64_t now = timers_now_ms();
+    int64_t now = util_mono_ms();
     const struct instance *in = registry_pick(c->reg, st->service);
     unsigned attempt = compensation ? st->comp_attempts : st->attempts;
     if (compensation)
@@ -441,7 +438,7 @@ static void turn_around(struct coord *c, struct saga *s, int failed_step, const 
     set_state(s, SAGA_LOGGING_TURN);
     s->failed_step = failed_step;
     free(s->reason);
-    s->reason = coord_strdup(reason);
+    s->reason = util_xstrdup(reason);
     log_info("saga %s: turning around at step %d: %s", coord_fmt_txid(s->txid, id), failed_step, reason);
     /* Forced, and nothing is compensated before it is durable: a crash before
      * then resumes forward, and an action refused by the barrier turns the
@@ -659,7 +656,7 @@ static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const c
     char id[TREATY_TXID_STRLEN];
     struct saga_step *st = &s->steps[i];
     set_error(st, why);
-    int64_t now = timers_now_ms();
+    int64_t now = util_mono_ms();
     if (st->state == STEP_RUNNING) {
         if (st->attempts >= st->pol.max_attempts) {
             char reason[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 64];
@@ -809,7 +806,7 @@ void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms)
             start_compensation_group(c, s);
         return;
     }
-    int64_t now = timers_now_ms();
+    int64_t now = util_mono_ms();
     if (s->state == SAGA_FORWARD && s->deadline_ms >= 0 && now >= s->deadline_ms) {
         int step = -1;
         for (unsigned i = 0; i < s->nsteps; i++)
@@ -853,9 +850,7 @@ struct saga_recovery {
 
 struct saga_recovery *saga_recovery_new(void)
 {
-    struct saga_recovery *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        abort();
+    struct saga_recovery *r = util_xcalloc(1, sizeof *r);
     r->failed_step = -1;
     return r;
 }
@@ -874,9 +869,7 @@ void saga_recovery_add(struct saga_recovery *r, const struct journal_rec *rec)
     switch (rec->kind) {
     case JOURNAL_SAGA:
         if (!r->have_def && rec->data != NULL) {
-            r->def = malloc(rec->data_len ? rec->data_len : 1);
-            if (r->def == NULL)
-                abort();
+            r->def = util_xmalloc(rec->data_len);
             memcpy(r->def, rec->data, rec->data_len);
             r->def_len = rec->data_len;
             r->have_def = true;
@@ -941,7 +934,7 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
     }
     if (r->turned) {
         s->failed_step = r->failed_step;
-        s->reason = coord_strdup(r->reason);
+        s->reason = util_xstrdup(r->reason);
         for (unsigned i = 0; i < s->nsteps; i++)
             if (r->comp_done[i])
                 s->steps[i].state = STEP_COMPENSATED;
@@ -956,7 +949,7 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
     txmap_put(&c->sagas, r->txid, s);
     /* Start once the loop runs and participants have had a moment to say HELLO. */
     s->resume_pending = true;
-    s->timer_due_ms = timers_now_ms() + c->cfg->resend_initial_ms;
+    s->timer_due_ms = util_mono_ms() + c->cfg->resend_initial_ms;
     coord_add_timer(c, s->txid, s->timer_due_ms);
     c->st.recovered++;
     recovery_reset(r);

@@ -9,6 +9,8 @@
 
 #include <sodium.h>
 
+#include "util.h"
+
 _Static_assert(sizeof(((struct txmap *)0)->hkey) == crypto_shorthash_KEYBYTES, "txmap hash key size");
 
 static size_t hash_key(const struct txmap *m, const uint8_t k[16])
@@ -43,11 +45,7 @@ void txmap_free(struct txmap *m)
 static void grow(struct txmap *m)
 {
     size_t ncap = m->cap ? m->cap * 2 : 64;
-    struct txmap_slot *ns = calloc(ncap, sizeof *ns);
-    if (ns == NULL) {
-        fprintf(stderr, "treatyd: out of memory\n");
-        abort();
-    }
+    struct txmap_slot *ns = util_xcalloc(ncap, sizeof *ns);
     for (size_t i = 0; i < m->cap; i++) {
         if (m->slots[i].val == NULL)
             continue;
