@@ -3,9 +3,11 @@
  * timer heap, transaction state table, registry.
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "registry.h"
 #include "timers.h"
 #include "txmap.h"
@@ -166,4 +168,35 @@ Test(registry, round_robin_over_live_instances_and_sweep_drops_silent_ones)
     cr_assert(registry_is_live(r, "bank", rid3, 1));
     registry_destroy(&r);
     cr_assert_null(r);
+}
+
+struct captured {
+    int n;
+    enum log_level last_level;
+    char last[256];
+};
+
+static void capture(void *arg, enum log_level l, const char *line)
+{
+    struct captured *c = arg;
+    c->n++;
+    c->last_level = l;
+    snprintf(c->last, sizeof c->last, "%s", line);
+}
+
+Test(log, a_sink_receives_the_lines_and_null_restores_stderr)
+{
+    struct captured got = {0};
+    enum log_level was = log_get_level();
+    log_set_level(LOG_LEVEL_INFO);
+    log_set_sink(capture, &got);
+    log_warn("txn %s: %d", "abc", 7);
+    log_debug("below the level: not delivered");
+    log_set_sink(NULL, NULL);
+    log_info("to stderr again");
+    log_set_level(was);
+    cr_assert_eq(got.n, 1);
+    cr_assert_eq(got.last_level, LOG_LEVEL_WARN);
+    cr_assert_str_eq(got.last, "txn abc: 7", "the sink gets the message without time or level");
+    cr_assert_str_eq(log_level_name(LOG_LEVEL_DEBUG), "DEBUG");
 }
