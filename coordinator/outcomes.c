@@ -9,11 +9,16 @@
 #include "treaty.h"
 #include "util.h"
 
-void outcomes_init(struct outcomes *o, size_t capacity, int64_t start_ms, int64_t max_future_ms)
+void outcomes_init(struct outcomes *o, size_t capacity, const uint8_t key[TXMAP_KEY_BYTES])
 {
     memset(o, 0, sizeof *o);
-    txmap_init(&o->map);
+    txmap_init(&o->map, key);
     o->capacity = capacity > 0 ? capacity : 1;
+    o->horizon_ms = INT64_MAX;
+}
+
+void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms)
+{
     o->horizon_ms = start_ms + max_future_ms;
 }
 

@@ -22,8 +22,10 @@ static size_t hash_key(const struct txmap *m, const uint8_t k[16])
     return (size_t)h;
 }
 
-void txmap_init(struct txmap *m)
+void txmap_init(struct txmap *m, const uint8_t key[TXMAP_KEY_BYTES])
 {
+    /* Process-wide and idempotent. SipHash itself draws no randomness: the
+     * key is the caller's. */
     if (sodium_init() < 0) {
         fprintf(stderr, "treatyd: libsodium cannot initialise\n");
         abort();
@@ -31,7 +33,7 @@ void txmap_init(struct txmap *m)
     m->slots = NULL;
     m->cap = 0;
     m->len = 0;
-    randombytes_buf(m->hkey, sizeof m->hkey);
+    memcpy(m->hkey, key, sizeof m->hkey);
 }
 
 void txmap_free(struct txmap *m)

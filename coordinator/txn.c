@@ -41,10 +41,11 @@ bool txn_transition_ok(enum txn_state from, enum txn_state to)
 struct txn *txn_new(const uint8_t txid[16], unsigned nbranches)
 {
     struct txn *t = util_xcalloc(1, sizeof *t + nbranches * sizeof t->branches[0]);
-    memcpy(t->txid, txid, 16);
+    memcpy(t->h.txid, txid, 16);
+    t->h.kind = TX_2PC;
+    t->h.timer_due_ms = -1;
     t->nbranches = (uint16_t)nbranches;
     t->failed_branch = -1;
-    t->timer_due_ms = -1;
     return t;
 }
 
@@ -62,7 +63,7 @@ void txn_set_state(struct txn *t, enum txn_state to)
 {
     if (!txn_transition_ok(t->state, to)) {
         char id[TREATY_TXID_STRLEN];
-        treaty_txid_format((const treaty_txid_t *)t->txid, id);
+        treaty_txid_format((const treaty_txid_t *)t->h.txid, id);
         log_error("txn %s: illegal state transition %s -> %s", id, txn_state_name(t->state), txn_state_name(to));
         abort();
     }

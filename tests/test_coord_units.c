@@ -6,12 +6,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "log.h"
 #include "registry.h"
 #include "timers.h"
 #include "txmap.h"
 #include "txn.h"
+
+/* A fresh random hash key, as the core draws one from its seeded PRNG. */
+static const uint8_t *fresh_key(void)
+{
+    static uint8_t key[TXMAP_KEY_BYTES];
+    cr_assert_eq(getrandom(key, sizeof key, 0), (ssize_t)sizeof key);
+    return key;
+}
 
 static void key_of(unsigned i, uint8_t k[16])
 {
@@ -24,7 +33,7 @@ static void key_of(unsigned i, uint8_t k[16])
 Test(txmap, put_get_delete_many_keys_survive_collisions)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     enum { N = 5000 };
     static int vals[N];
     uint8_t k[16];
@@ -57,7 +66,7 @@ Test(txmap, put_get_delete_many_keys_survive_collisions)
 Test(txmap, chosen_colliding_txids_do_not_degrade_it_to_a_list)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     enum { N = 20000 };
     static int vals[N];
     uint8_t k[16];
@@ -77,7 +86,7 @@ Test(txmap, chosen_colliding_txids_do_not_degrade_it_to_a_list)
 Test(txmap, put_replaces_existing_value)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     uint8_t k[16] = {1};
     int a, b;
     txmap_put(&m, k, &a);
