@@ -1,6 +1,7 @@
 /*
- * saga.c - see saga.h for the lifecycle and the crash windows. Part of the
- * core (core_int.h): no I/O, time from c->now, jitter from the core's PRNG.
+ * saga.c - see saga.h for the lifecycle, the step states and the crash
+ * windows. Part of the core (core_int.h): no I/O, time from c->now, jitter
+ * from the core's PRNG.
  */
 #include "saga.h"
 
@@ -42,13 +43,19 @@ static const bool saga_legal[SAGA_STATE_COUNT_][SAGA_STATE_COUNT_] = {
     [SAGA_DONE] = {0},
 };
 
-enum step_state {
-    STEP_IDLE = 0,     /* not started */
-    STEP_RUNNING,      /* action sent, waiting for RESULT, timeout or retry */
-    STEP_DONE,         /* action succeeded */
-    STEP_FAILED,       /* action failed (business) or exhausted its retries */
-    STEP_COMPENSATING, /* compensation sent or waiting for its retry */
-    STEP_COMPENSATED   /* compensation succeeded */
+static const char *const step_state_names[STEP_STATE_COUNT_] = {
+    "idle", "running", "done", "failed", "compensating", "compensated",
+};
+
+/* step_legal[from][to]; see saga.h for the picture */
+static const bool step_legal[STEP_STATE_COUNT_][STEP_STATE_COUNT_] = {
+    /* forward; recovery: a completion or compensation recorded, or a step counted as started */
+    [STEP_IDLE] = {[STEP_RUNNING] = true, [STEP_DONE] = true, [STEP_COMPENSATED] = true, [STEP_COMPENSATING] = true},
+    [STEP_RUNNING] = {[STEP_DONE] = true, [STEP_FAILED] = true, [STEP_COMPENSATING] = true},
+    [STEP_DONE] = {[STEP_COMPENSATING] = true},
+    [STEP_FAILED] = {[STEP_COMPENSATING] = true},
+    [STEP_COMPENSATING] = {[STEP_COMPENSATED] = true},
+    [STEP_COMPENSATED] = {0},
 };
 
 struct saga_step {
@@ -57,7 +64,7 @@ struct saga_step {
     char comp[WIRE_NAME_MAX + 1];
     struct wire_frame payload, comp_payload; /* point into saga->def */
     struct wire_policy pol;
-    uint8_t state;      /* enum step_state */
+    uint8_t state;      /* enum saga_step_state: change it with step_set_state */
     bool started;       /* an action was (maybe) sent: it must be compensated on turn-around */
     bool waiting_retry; /* due_ms is a retry, not a try timeout */
     uint16_t attempts;  /* action tries sent */
@@ -102,6 +109,32 @@ static void set_state(struct saga *s, enum saga_state to)
         abort();
     }
     s->state = to;
+}
+
+const char *saga_step_state_name(enum saga_step_state s)
+{
+    return (unsigned)s < STEP_STATE_COUNT_ ? step_state_names[s] : "?";
+}
+
+bool saga_step_transition_ok(enum saga_step_state from, enum saga_step_state to)
+{
+    if ((unsigned)from >= STEP_STATE_COUNT_ || (unsigned)to >= STEP_STATE_COUNT_)
+        return false;
+    return step_legal[from][to];
+}
+
+/* Moves step i of s to `to`; an illegal move is a programmer error: logged
+ * loudly and the daemon aborts (recovery restores a sane state). */
+static void step_set_state(struct saga *s, unsigned i, enum saga_step_state to)
+{
+    struct saga_step *st = &s->steps[i];
+    if (!saga_step_transition_ok((enum saga_step_state)st->state, to)) {
+        char id[TREATY_TXID_STRLEN];
+        log_error("saga %s: step %u: illegal state transition %s -> %s", core_fmt_txid(s->h.txid, id), i,
+                  saga_step_state_name((enum saga_step_state)st->state), saga_step_state_name(to));
+        abort();
+    }
+    st->state = (uint8_t)to;
 }
 
 static void add_waiter(struct saga *s, const uint8_t *rid, size_t rid_len)
@@ -475,7 +508,7 @@ static void start_forward_group(struct core *c, struct saga *s)
                 continue;
             pending = true;
             if (st->state == STEP_IDLE) {
-                st->state = STEP_RUNNING;
+                step_set_state(s, i, STEP_RUNNING);
                 send_step(c, s, i, false);
                 if (s->state != SAGA_FORWARD)
                     return; /* that step turned the saga around */
@@ -507,7 +540,7 @@ static void start_compensation_group(struct core *c, struct saga *s)
                 continue;
             pending = true;
             if (st->state != STEP_COMPENSATING) {
-                st->state = STEP_COMPENSATING;
+                step_set_state(s, i, STEP_COMPENSATING);
                 st->backoff_ms = 0;
                 send_step(c, s, i, true);
                 FAULT_POINT("coord.saga_during_compensation");
@@ -659,7 +692,7 @@ static void step_failed_try(struct core *c, struct saga *s, unsigned i, const ch
             char reason[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 64];
             snprintf(reason, sizeof reason, "step %u (%s.%s) failed after %u attempts: %s", i, st->service, st->action,
                      st->attempts, why);
-            st->state = STEP_FAILED;
+            step_set_state(s, i, STEP_FAILED);
             turn_around(c, s, (int)i, reason);
             return;
         }
@@ -746,7 +779,7 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
         /* OK and FAILED are the barrier's lasting answer, whichever try they
          * answer; TRANSIENT counts only for the current try. */
         if (r == WIRE_RESULT_OK) {
-            st->state = STEP_DONE;
+            step_set_state(s, i, STEP_DONE);
             st->due_ms = -1;
             if (!last_work(s, true))
                 append(c, s, JOURNAL_STEP, (int)i, "action", false);
@@ -758,7 +791,7 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
                 rearm(c, s);
             }
         } else if (r == WIRE_RESULT_FAILED) {
-            st->state = STEP_FAILED;
+            step_set_state(s, i, STEP_FAILED);
             char why[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 32];
             snprintf(why, sizeof why, "step %u (%s.%s) failed: %s", i, st->service, st->action,
                      reason[0] ? reason : "no reason given");
@@ -773,7 +806,7 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
     if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
         return;
     if (r == WIRE_RESULT_OK) {
-        st->state = STEP_COMPENSATED;
+        step_set_state(s, i, STEP_COMPENSATED);
         st->due_ms = -1;
         if (!last_work(s, false))
             append(c, s, JOURNAL_STEP, (int)i, "compensation", false);
@@ -852,10 +885,10 @@ struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, 
      */
     for (unsigned i = 0; i < s->nsteps; i++) {
         s->steps[i].started = true;
-        if (action_done != NULL && action_done[i])
-            s->steps[i].state = STEP_DONE;
         if (turned && comp_done != NULL && comp_done[i])
-            s->steps[i].state = STEP_COMPENSATED;
+            step_set_state(s, i, STEP_COMPENSATED);
+        else if (action_done != NULL && action_done[i])
+            step_set_state(s, i, STEP_DONE);
     }
     if (turned) {
         s->failed_step = failed_step;

@@ -12,6 +12,16 @@
  *
  *   (recovery) --> FORWARD (definition, no turn) or COMPENSATING (turn record)
  *
+ * A step's own states (enum saga_step_state below, with its table of legal
+ * transitions):
+ *
+ *   IDLE --action sent--> RUNNING --OK--> DONE
+ *                            |
+ *                            +--FAILED / retries exhausted--> FAILED
+ *   RUNNING, DONE, FAILED (started) --turn-around--> COMPENSATING --OK--> COMPENSATED
+ *   (recovery) IDLE --> DONE (its completion recorded), COMPENSATED (its
+ *              compensation recorded), or COMPENSATING (counted as started)
+ *
  * Steps of one group run in parallel; groups run in ascending order and
  * compensate in descending order. A step's action is retried with
  * exponential, jittered backoff up to its max_attempts; a compensation is
@@ -48,6 +58,21 @@
 struct core;
 struct core_in;
 struct saga;
+
+enum saga_step_state {
+    STEP_IDLE = 0,     /* not started */
+    STEP_RUNNING,      /* action sent (or waiting for a retry or an instance), awaiting RESULT or timeout */
+    STEP_DONE,         /* action succeeded */
+    STEP_FAILED,       /* action failed (business) or exhausted its retries */
+    STEP_COMPENSATING, /* compensation sent or waiting for its retry */
+    STEP_COMPENSATED,  /* compensation succeeded */
+    STEP_STATE_COUNT_
+};
+
+/* "idle", "running", ...; "?" for a value out of range. */
+const char *saga_step_state_name(enum saga_step_state s);
+/* True when from -> to is in the step transition table. */
+bool saga_step_transition_ok(enum saga_step_state from, enum saga_step_state to);
 
 /* The dispatcher's entry points (core.c): s is what the core holds of the
  * message's txid as a saga, or NULL; in is borrowed for the call. */

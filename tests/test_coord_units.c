@@ -1,6 +1,6 @@
 /*
  * test_coord_units.c - the coordinator's small data structures: txid map,
- * timer heap, transaction state table, registry.
+ * timer heap, transaction and saga step state tables, registry, log sink.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "registry.h"
+#include "saga.h"
 #include "timers.h"
 #include "txmap.h"
 #include "txn.h"
@@ -134,6 +135,27 @@ Test(txn, transition_table_allows_only_the_protocol)
     cr_assert_not(txn_transition_ok(TXN_PREPARING, TXN_COMMITTING), "commit must be logged first");
     cr_assert_str_eq(txn_state_name(TXN_LOGGING_COMMIT), "logging-commit");
     cr_assert_str_eq(txn_state_name((enum txn_state)99), "?");
+}
+
+Test(saga, step_transition_table_allows_only_the_protocol)
+{
+    cr_assert(saga_step_transition_ok(STEP_IDLE, STEP_RUNNING));
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_DONE));
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_FAILED));
+    cr_assert(saga_step_transition_ok(STEP_FAILED, STEP_COMPENSATING), "the failing step is compensated too");
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_COMPENSATING), "a step running at the turn-around");
+    cr_assert(saga_step_transition_ok(STEP_DONE, STEP_COMPENSATING));
+    cr_assert(saga_step_transition_ok(STEP_COMPENSATING, STEP_COMPENSATED));
+    cr_assert(saga_step_transition_ok(STEP_IDLE, STEP_COMPENSATING), "recovery counts every step as started");
+    cr_assert_not(saga_step_transition_ok(STEP_DONE, STEP_RUNNING), "a done action never runs again");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATED, STEP_RUNNING), "no action after its compensation");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATING, STEP_DONE));
+    cr_assert_not(saga_step_transition_ok(STEP_FAILED, STEP_DONE));
+    cr_assert_not(saga_step_transition_ok(STEP_DONE, STEP_COMPENSATED), "a compensation is sent first");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATED, STEP_COMPENSATING));
+    cr_assert_str_eq(saga_step_state_name(STEP_COMPENSATING), "compensating");
+    cr_assert_str_eq(saga_step_state_name((enum saga_step_state)99), "?");
+    cr_assert_not(saga_step_transition_ok((enum saga_step_state)99, STEP_IDLE));
 }
 
 Test(txn, waiters_are_deduplicated_by_routing_id)
