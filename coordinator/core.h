@@ -17,8 +17,11 @@
  *   1. core_new(cfg, io, seed)
  *   2. recovery: core_recover_record() for every record journal_scan
  *      delivers (unfinished runs, per txid in append order), then
- *      core_recover_done(now): the resumed transactions arm their timers;
- *      sagas' "participants are still saying HELLO" grace period starts now.
+ *      core_recover_done(now), also when there were none: serving starts
+ *      there. The resumed transactions arm their timers; sagas'
+ *      "participants are still saying HELLO" grace period starts; and txids
+ *      made after now.wall_ms + txid.max_future_s are known to be new (no
+ *      earlier run could have accepted them), older ones are looked up.
  *   3. serving: core_on_message / core_on_malformed / core_on_durable /
  *      core_on_lookup / core_on_tick, in any order, as they happen. The shell
  *      calls core_on_tick() when core_next_tick() is due (and may call it
@@ -32,6 +35,10 @@
  * record deciding it was reported durable by core_on_durable(); a txid
  * unknown in memory whose outcome the journal might hold is looked up
  * (io->lookup) before it is answered or run.
+ *
+ * The core calls io only from inside the core_* calls above, and io must not
+ * call back into the core: a record appended becomes durable later, by a
+ * core_on_durable() of the shell's own, never from inside io->append.
  *
  * Ownership: every pointer passed in is borrowed for the call. Thread
  * safety: none; one thread drives one core. Several cores may live in one
@@ -105,7 +112,8 @@ size_t core_recover_done(struct core *c, struct core_time now);
 void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_msg *m,
                      struct core_time now);
 /* A message from rid that did not decode (err: wire_decode's error; h: the
- * header as far as it decoded, for the reply's txid). Answered with ERROR. */
+ * header as far as it decoded, for the reply's txid, or NULL). Answered with
+ * ERROR; counted and logged only when rid_len is 0 (nobody to answer). */
 void core_on_malformed(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, int err,
                        struct core_time now);
 /* Every record up to and including seq is durable. */
@@ -113,7 +121,8 @@ void core_on_durable(struct core *c, uint64_t seq, struct core_time now);
 /* The journal's answer to an io->lookup. */
 void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struct core_time now);
 /* Time passed: fires due timers (prepare deadlines, decision re-sends, saga
- * retries and deadlines), drops silent participant instances. */
+ * retries and deadlines), drops silent participant instances (every
+ * registry.heartbeat_ms from core_recover_done on). */
 void core_on_tick(struct core *c, struct core_time now);
 /* When core_on_tick has work next (monotonic ms), or -1 when nothing waits. */
 int64_t core_next_tick(const struct core *c);
