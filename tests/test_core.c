@@ -202,8 +202,8 @@ static void fresh_txid(const struct rig *r, uint8_t id[16], unsigned n)
 }
 
 /* Decodes (header, frames) as loop.c's wire_recv would and hands it to the core. */
-static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch, unsigned code,
-                    const struct wire_frame *frames, size_t n)
+static void deliver_try(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch,
+                        unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
 {
     struct wire_hdr h;
     memset(&h, 0, sizeof h);
@@ -211,6 +211,7 @@ static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t 
     if (txid)
         memcpy(h.txid, txid, 16);
     h.branch = (uint16_t)branch;
+    h.attempt = (uint16_t)attempt;
     h.code = (uint16_t)code;
     uint8_t hb[WIRE_HDR_LEN];
     wire_encode_hdr(&h, hb);
@@ -219,6 +220,12 @@ static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t 
     int rc = wire_decode(&hf, frames, n, 1 << 20, &m);
     cr_assert_eq(rc, 0, "test message does not decode: %s", treaty_strerror(rc));
     core_on_message(r->core, (const uint8_t *)rid, strlen(rid), &m, at(r));
+}
+
+static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch, unsigned code,
+                    const struct wire_frame *frames, size_t n)
+{
+    deliver_try(r, rid, type, txid, branch, 0, code, frames, n);
 }
 
 static void hello(struct rig *r, const char *rid, const char *service)
@@ -281,22 +288,12 @@ static void saga(struct rig *r, const char *client, const uint8_t *txid, const c
     deliver(r, client, WIRE_SAGA, txid, 0, 0, f, 1 + WIRE_SAGA_FRAMES_PER_STEP * nsteps);
 }
 
+/* RESULT echoes the try (attempt) it answers. */
 static void result_try(struct rig *r, const char *rid, const uint8_t *txid, unsigned step, unsigned attempt,
                        unsigned kind, unsigned res)
 {
-    struct wire_hdr h;
-    memset(&h, 0, sizeof h);
-    h.type = WIRE_RESULT;
-    memcpy(h.txid, txid, 16);
-    h.branch = (uint16_t)step;
-    h.attempt = (uint16_t)attempt; /* RESULT echoes the try it answers */
-    h.code = WIRE_RESULT(kind, res);
-    uint8_t hb[WIRE_HDR_LEN];
-    wire_encode_hdr(&h, hb);
-    struct wire_frame hf = {hb, sizeof hb}, f = wire_str("");
-    static struct wire_msg m;
-    cr_assert_eq(wire_decode(&hf, &f, 1, 1 << 20, &m), 0);
-    core_on_message(r->core, (const uint8_t *)rid, strlen(rid), &m, at(r));
+    struct wire_frame f = wire_str("");
+    deliver_try(r, rid, WIRE_RESULT, txid, step, attempt, WIRE_RESULT(kind, res), &f, 1);
 }
 
 static void result(struct rig *r, const char *rid, const uint8_t *txid, unsigned step, unsigned kind, unsigned res)
