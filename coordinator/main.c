@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "coord.h"
+#include "loop.h"
 #include "log.h"
 #include "treaty.h"
 
@@ -49,7 +49,7 @@ int main(int argc, char **argv)
 
     log_info("treatyd %d.%d.%d starting (listen %s)", TREATY_VERSION_MAJOR, TREATY_VERSION_MINOR, TREATY_VERSION_PATCH,
              cfg.listen);
-    rc = coord_run(&cfg, &stop_requested);
+    rc = loop_run(&cfg, &stop_requested);
     if (rc < 0) {
         log_error("treatyd: start-up failed: %s", treaty_strerror(rc));
         return 1;

@@ -3,17 +3,22 @@
  */
 #include "outcomes.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "treaty.h"
+#include "util.h"
 
-void outcomes_init(struct outcomes *o, size_t capacity, int64_t start_ms, int64_t max_future_ms)
+void outcomes_init(struct outcomes *o, size_t capacity, const uint8_t key[TXMAP_KEY_BYTES])
 {
     memset(o, 0, sizeof *o);
-    txmap_init(&o->map);
+    txmap_init(&o->map, key);
     o->capacity = capacity > 0 ? capacity : 1;
+    o->horizon_ms = INT64_MAX;
+}
+
+void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms)
+{
     o->horizon_ms = start_ms + max_future_ms;
 }
 
@@ -55,18 +60,11 @@ void outcomes_put(struct outcomes *o, const uint8_t txid[16], int status, int fa
         return;
     while (o->map.len >= o->capacity)
         evict_oldest(o);
-    struct outcome *x = calloc(1, sizeof *x);
-    if (x == NULL) {
-        fprintf(stderr, "treatyd: out of memory\n");
-        abort();
-    }
+    struct outcome *x = util_xcalloc(1, sizeof *x);
     memcpy(x->txid, txid, 16);
     x->status = (uint8_t)status;
     x->failed_branch = (int16_t)failed_branch;
-    if (reason != NULL && (x->reason = strdup(reason)) == NULL) {
-        fprintf(stderr, "treatyd: out of memory\n");
-        abort();
-    }
+    x->reason = util_xstrdup(reason);
     txmap_put(&o->map, txid, x);
     if (o->tail)
         o->tail->next = x;

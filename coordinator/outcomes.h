@@ -46,9 +46,13 @@ struct outcomes {
     uint64_t evicted;
 };
 
-/* An empty cache of at most capacity (>= 1) outcomes. The horizon starts at
- * start_ms + max_future_ms (wall clock, Unix ms): see above. */
-void outcomes_init(struct outcomes *o, size_t capacity, int64_t start_ms, int64_t max_future_ms);
+/* An empty cache of at most capacity (>= 1) outcomes, whose map hashes with
+ * key (copied; see txmap.h). Until outcomes_start(), every txid may be in
+ * the journal. */
+void outcomes_init(struct outcomes *o, size_t capacity, const uint8_t key[TXMAP_KEY_BYTES]);
+/* The process serves from start_ms on (wall clock, Unix ms): the horizon
+ * becomes start_ms + max_future_ms (see above). Once, before the first put. */
+void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms);
 /* Frees every outcome. */
 void outcomes_free(struct outcomes *o);
 

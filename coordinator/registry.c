@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "util.h"
 
 struct service {
     char name[WIRE_NAME_MAX + 1];
@@ -22,19 +23,9 @@ struct registry {
     int dead_after_ms;
 };
 
-static void *xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n);
-    if (q == NULL)
-        abort(); /* the daemon aborts on out-of-memory; recovery brings it back */
-    return q;
-}
-
 struct registry *registry_new(int dead_after_ms)
 {
-    struct registry *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        abort();
+    struct registry *r = util_xcalloc(1, sizeof *r);
     r->dead_after_ms = dead_after_ms;
     return r;
 }
@@ -72,7 +63,7 @@ bool registry_hello(struct registry *r, const struct wire_frame *service, const 
     if (s == NULL) {
         if (r->nsvc == r->cap) {
             r->cap = r->cap ? r->cap * 2 : 8;
-            r->svc = xrealloc(r->svc, r->cap * sizeof *r->svc);
+            r->svc = util_xrealloc(r->svc, r->cap * sizeof *r->svc);
         }
         s = &r->svc[r->nsvc++];
         memset(s, 0, sizeof *s);
@@ -92,7 +83,7 @@ bool registry_hello(struct registry *r, const struct wire_frame *service, const 
     }
     if (s->ninst == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 4;
-        s->inst = xrealloc(s->inst, s->cap * sizeof *s->inst);
+        s->inst = util_xrealloc(s->inst, s->cap * sizeof *s->inst);
     }
     struct instance *in = &s->inst[s->ninst++];
     memset(in, 0, sizeof *in);

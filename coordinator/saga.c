@@ -1,5 +1,7 @@
 /*
- * saga.c - see saga.h for the lifecycle and the crash windows.
+ * saga.c - see saga.h for the lifecycle, the step states and the crash
+ * windows. Part of the core (core_int.h): no I/O, time from c->now, jitter
+ * from the core's PRNG.
  */
 #include "saga.h"
 
@@ -7,10 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coord_int.h"
+#include "core_int.h"
 #include "fault.h"
+#include "journal.h"
 #include "log.h"
+#include "outcomes.h"
+#include "registry.h"
+#include "treaty.h"
 #include "txn.h"
+#include "util.h"
+#include "wire.h"
 
 enum saga_state {
     SAGA_LOGGING_DEF = 0, /* definition appended, not yet durable: nothing runs */
@@ -35,13 +43,19 @@ static const bool saga_legal[SAGA_STATE_COUNT_][SAGA_STATE_COUNT_] = {
     [SAGA_DONE] = {0},
 };
 
-enum step_state {
-    STEP_IDLE = 0,     /* not started */
-    STEP_RUNNING,      /* action sent, waiting for RESULT, timeout or retry */
-    STEP_DONE,         /* action succeeded */
-    STEP_FAILED,       /* action failed (business) or exhausted its retries */
-    STEP_COMPENSATING, /* compensation sent or waiting for its retry */
-    STEP_COMPENSATED   /* compensation succeeded */
+static const char *const step_state_names[STEP_STATE_COUNT_] = {
+    "idle", "running", "done", "failed", "compensating", "compensated",
+};
+
+/* step_legal[from][to]; see saga.h for the picture */
+static const bool step_legal[STEP_STATE_COUNT_][STEP_STATE_COUNT_] = {
+    /* forward; recovery: a completion or compensation recorded, or a step counted as started */
+    [STEP_IDLE] = {[STEP_RUNNING] = true, [STEP_DONE] = true, [STEP_COMPENSATED] = true, [STEP_COMPENSATING] = true},
+    [STEP_RUNNING] = {[STEP_DONE] = true, [STEP_FAILED] = true, [STEP_COMPENSATING] = true},
+    [STEP_DONE] = {[STEP_COMPENSATING] = true},
+    [STEP_FAILED] = {[STEP_COMPENSATING] = true},
+    [STEP_COMPENSATING] = {[STEP_COMPENSATED] = true},
+    [STEP_COMPENSATED] = {0},
 };
 
 struct saga_step {
@@ -50,7 +64,7 @@ struct saga_step {
     char comp[WIRE_NAME_MAX + 1];
     struct wire_frame payload, comp_payload; /* point into saga->def */
     struct wire_policy pol;
-    uint8_t state;      /* enum step_state */
+    uint8_t state;      /* enum saga_step_state: change it with step_set_state */
     bool started;       /* an action was (maybe) sent: it must be compensated on turn-around */
     bool waiting_retry; /* due_ms is a retry, not a try timeout */
     uint16_t attempts;  /* action tries sent */
@@ -61,7 +75,7 @@ struct saga_step {
 };
 
 struct saga {
-    uint8_t txid[16];
+    struct tx_head h; /* txid, kind TX_SAGA, the saga's one timer (earliest step or deadline time) */
     enum saga_state state;
     uint16_t nsteps;
     int group; /* current group (forward: ascending; compensating: descending) */
@@ -73,8 +87,7 @@ struct saga {
     uint8_t final_status; /* LOGGING_END: TREATY_STATUS_COMPLETED or _COMPENSATED */
     uint64_t record_seq;  /* forced record awaited */
     int64_t deadline_ms;  /* forward deadline on the monotonic clock, -1 none */
-    int64_t timer_due_ms;
-    uint8_t *def; /* encoded definition (owned); frames point into it */
+    uint8_t *def;         /* encoded definition (owned); frames point into it */
     size_t def_len;
     struct waiter *waiters;
     struct saga_step steps[];
@@ -91,11 +104,37 @@ static void set_state(struct saga *s, enum saga_state to)
 {
     if ((unsigned)to >= SAGA_STATE_COUNT_ || !saga_legal[s->state][to]) {
         char id[TREATY_TXID_STRLEN];
-        log_error("saga %s: illegal state transition %s -> %s", coord_fmt_txid(s->txid, id), state_name(s->state),
+        log_error("saga %s: illegal state transition %s -> %s", core_fmt_txid(s->h.txid, id), state_name(s->state),
                   state_name(to));
         abort();
     }
     s->state = to;
+}
+
+const char *saga_step_state_name(enum saga_step_state s)
+{
+    return (unsigned)s < STEP_STATE_COUNT_ ? step_state_names[s] : "?";
+}
+
+bool saga_step_transition_ok(enum saga_step_state from, enum saga_step_state to)
+{
+    if ((unsigned)from >= STEP_STATE_COUNT_ || (unsigned)to >= STEP_STATE_COUNT_)
+        return false;
+    return step_legal[from][to];
+}
+
+/* Moves step i of s to `to`; an illegal move is a programmer error: logged
+ * loudly and the daemon aborts (recovery restores a sane state). */
+static void step_set_state(struct saga *s, unsigned i, enum saga_step_state to)
+{
+    struct saga_step *st = &s->steps[i];
+    if (!saga_step_transition_ok((enum saga_step_state)st->state, to)) {
+        char id[TREATY_TXID_STRLEN];
+        log_error("saga %s: step %u: illegal state transition %s -> %s", core_fmt_txid(s->h.txid, id), i,
+                  saga_step_state_name((enum saga_step_state)st->state), saga_step_state_name(to));
+        abort();
+    }
+    st->state = (uint8_t)to;
 }
 
 static void add_waiter(struct saga *s, const uint8_t *rid, size_t rid_len)
@@ -104,12 +143,12 @@ static void add_waiter(struct saga *s, const uint8_t *rid, size_t rid_len)
 }
 
 /* Tells every waiting client; keep_waiters for STUCK (not final at the coordinator). */
-static void tell_waiters(struct coord *c, struct saga *s, enum treaty_status st, bool keep_waiters)
+static void tell_waiters(struct core *c, struct saga *s, enum treaty_status st, bool keep_waiters)
 {
     struct waiter *w = s->waiters;
     while (w) {
         struct waiter *n = w->next;
-        coord_reply_outcome(c, w->rid, w->rid_len, s->txid, st, s->failed_step, s->reason);
+        core_reply_outcome(c, w->rid, w->rid_len, s->h.txid, st, s->failed_step, s->reason);
         if (!keep_waiters)
             free(w);
         w = n;
@@ -133,11 +172,11 @@ void saga_free(struct saga *s)
 static void set_error(struct saga_step *st, const char *text)
 {
     free(st->last_error);
-    st->last_error = coord_strdup(text);
+    st->last_error = util_xstrdup(text);
 }
 
 /* Keeps the saga's single timer at the earliest step or deadline time. */
-static void rearm(struct coord *c, struct saga *s)
+static void rearm(struct core *c, struct saga *s)
 {
     int64_t due = -1;
     for (unsigned i = 0; i < s->nsteps; i++) {
@@ -147,11 +186,10 @@ static void rearm(struct coord *c, struct saga *s)
     }
     if (s->state == SAGA_FORWARD && s->deadline_ms >= 0 && (due < 0 || s->deadline_ms < due))
         due = s->deadline_ms;
-    if (due >= 0 && due != s->timer_due_ms) {
-        s->timer_due_ms = due;
-        coord_add_timer(c, s->txid, due);
+    if (due >= 0 && due != s->h.timer_due_ms) {
+        core_arm_timer(c, &s->h, due);
     } else if (due < 0) {
-        s->timer_due_ms = -1;
+        s->h.timer_due_ms = -1;
     }
 }
 
@@ -172,9 +210,7 @@ static uint8_t *encode_def(const struct wire_msg *m, size_t *len)
     size_t n = 4;
     for (size_t i = 0; i < m->nframes; i++)
         n += 4 + m->frames[i].len;
-    uint8_t *b = malloc(n);
-    if (b == NULL)
-        abort();
+    uint8_t *b = util_xmalloc(n);
     size_t off = 0;
     wire_put_u32(b, (uint32_t)m->nframes);
     off = 4;
@@ -199,10 +235,11 @@ static uint32_t cap_u32(uint32_t v, int cap)
  * to cfg's caps (a definition from the journal may predate them; a new one
  * was refused beyond them by check_caps). NULL when the bytes are not a
  * valid definition. */
-static struct saga *saga_from_def(const struct config *cfg, const uint8_t txid[16], uint8_t *def, size_t def_len,
-                                  char *err, size_t errlen)
+static struct saga *saga_from_def(struct core *c, const uint8_t txid[16], uint8_t *def, size_t def_len, char *err,
+                                  size_t errlen)
 {
-    static struct wire_frame frames[WIRE_MAX_FRAMES];
+    const struct config *cfg = c->cfg;
+    struct wire_frame *frames = c->def_frames; /* scratch, WIRE_MAX_FRAMES */
     struct wire_frame f4;
     uint32_t n;
     if (def_len < 4) {
@@ -241,28 +278,27 @@ static struct saga *saga_from_def(const struct config *cfg, const uint8_t txid[1
     uint8_t hb[WIRE_HDR_LEN];
     wire_encode_hdr(&h, hb);
     struct wire_frame hf = {hb, sizeof hb};
-    static struct wire_msg m;
-    int rc = wire_decode(&hf, frames, n, (size_t)-1, &m);
+    const struct wire_msg *m = c->def_msg;
+    int rc = wire_decode(&hf, frames, n, (size_t)-1, c->def_msg);
     if (rc < 0) {
         snprintf(err, errlen, "invalid definition: %s", treaty_strerror(rc));
         return NULL;
     }
-    size_t nsteps = (m.nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
-    struct saga *s = calloc(1, sizeof *s + nsteps * sizeof s->steps[0]);
-    if (s == NULL)
-        abort();
-    memcpy(s->txid, txid, 16);
+    size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
+    struct saga *s = util_xcalloc(1, sizeof *s + nsteps * sizeof s->steps[0]);
+    memcpy(s->h.txid, txid, 16);
+    s->h.kind = TX_SAGA;
     s->nsteps = (uint16_t)nsteps;
     s->failed_step = -1;
     s->deadline_ms = -1;
-    s->timer_due_ms = -1;
+    s->h.timer_due_ms = -1;
     uint32_t deadline = 0;
-    wire_get_u32(&m.frames[0], &deadline);
+    wire_get_u32(&m->frames[0], &deadline);
     if (deadline > 0)
-        s->deadline_ms = timers_now_ms() + cap_u32(deadline, cfg->saga_max_deadline_ms);
+        s->deadline_ms = c->now.mono_ms + cap_u32(deadline, cfg->saga_max_deadline_ms);
     int prev_group = -1;
     for (size_t i = 0; i < nsteps; i++) {
-        const struct wire_frame *f = &m.frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
+        const struct wire_frame *f = &m->frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
         struct saga_step *st = &s->steps[i];
         memcpy(st->service, f[0].data, f[0].len);
         memcpy(st->action, f[1].data, f[1].len);
@@ -309,13 +345,12 @@ static void step_services(const struct saga *s, const char **out)
         out[i] = s->steps[i].service;
 }
 
-static uint64_t append(struct coord *c, struct saga *s, enum journal_kind kind, int step, const char *detail,
-                       bool force)
+static uint64_t append(struct core *c, struct saga *s, enum journal_kind kind, int step, const char *detail, bool force)
 {
     const char *services[WIRE_MAX_STEPS];
     struct journal_rec r;
     memset(&r, 0, sizeof r);
-    memcpy(r.txid, s->txid, 16);
+    memcpy(r.txid, s->h.txid, 16);
     r.kind = kind;
     r.failed_branch = -1;
     r.step = -1;
@@ -331,7 +366,7 @@ static uint64_t append(struct coord *c, struct saga *s, enum journal_kind kind, 
     } else if (kind == JOURNAL_TURN) {
         r.failed_branch = step;
     }
-    return journal_append(c->journal, &r, force);
+    return core_append(c, &r, force);
 }
 
 /* ------------------------------------------------------------ running steps */
@@ -350,12 +385,12 @@ static bool group_bounds(const struct saga *s, int group, unsigned *lo, unsigned
     return true;
 }
 
-static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const char *why);
+static void step_failed_try(struct core *c, struct saga *s, unsigned i, const char *why);
 
-static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensation)
+static void send_step(struct core *c, struct saga *s, unsigned i, bool compensation)
 {
     struct saga_step *st = &s->steps[i];
-    int64_t now = timers_now_ms();
+    int64_t now = c->now.mono_ms;
     const struct instance *in = registry_pick(c->reg, st->service);
     unsigned attempt = compensation ? st->comp_attempts : st->attempts;
     if (compensation)
@@ -390,8 +425,8 @@ static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensa
         f[1] = st->payload;
         st->started = true;
     }
-    coord_send(c, in->rid, in->rid_len, WIRE_STEP, s->txid, i, attempt & 0xffff,
-               compensation ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION, f, 2);
+    core_send(c, in->rid, in->rid_len, WIRE_STEP, s->h.txid, i, attempt & 0xffff,
+              compensation ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION, f, 2);
     st->waiting_retry = false;
     st->due_ms = now + st->pol.try_timeout_ms;
 }
@@ -403,19 +438,19 @@ static void send_step(struct coord *c, struct saga *s, unsigned i, bool compensa
  * and a step whose service is then down past its retries would turn it
  * around). If we crash before END is durable, nobody was told, and recovery
  * runs the remaining work again through the barrier. */
-static void finish(struct coord *c, struct saga *s, enum treaty_status st)
+static void finish(struct core *c, struct saga *s, enum treaty_status st)
 {
     set_state(s, SAGA_LOGGING_END);
     s->final_status = (uint8_t)st;
     for (unsigned i = 0; i < s->nsteps; i++)
         s->steps[i].due_ms = -1;
-    s->timer_due_ms = -1;
+    s->h.timer_due_ms = -1;
     s->record_seq = append(c, s, JOURNAL_END, -1, st == TREATY_STATUS_COMPLETED ? "completed" : "compensated", true);
-    coord_expect_durable(c, s->txid, s->record_seq);
+    core_expect_durable(c, &s->h, s->record_seq);
 }
 
 /* The END record is durable: tell, remember, forget. */
-static void finished(struct coord *c, struct saga *s)
+static void finished(struct core *c, struct saga *s)
 {
     char id[TREATY_TXID_STRLEN];
     enum treaty_status st = (enum treaty_status)s->final_status;
@@ -424,37 +459,37 @@ static void finished(struct coord *c, struct saga *s)
         c->st.sagas_completed++;
     else
         c->st.sagas_compensated++;
-    log_info("saga %s: %s%s%s", coord_fmt_txid(s->txid, id), treaty_status_name(st), s->reason ? ": " : "",
+    log_info("saga %s: %s%s%s", core_fmt_txid(s->h.txid, id), treaty_status_name(st), s->reason ? ": " : "",
              s->reason ? s->reason : "");
     tell_waiters(c, s, st, false);
-    coord_remember_done(c, s->txid, st, s->failed_step, s->reason);
-    txmap_del(&c->sagas, s->txid);
+    core_remember_done(c, s->h.txid, st, s->failed_step, s->reason);
+    core_forget(c, &s->h);
     saga_free(s);
 }
 
-static void start_forward_group(struct coord *c, struct saga *s);
-static void start_compensation_group(struct coord *c, struct saga *s);
+static void start_forward_group(struct core *c, struct saga *s);
+static void start_compensation_group(struct core *c, struct saga *s);
 
-static void turn_around(struct coord *c, struct saga *s, int failed_step, const char *reason)
+static void turn_around(struct core *c, struct saga *s, int failed_step, const char *reason)
 {
     char id[TREATY_TXID_STRLEN];
     set_state(s, SAGA_LOGGING_TURN);
     s->failed_step = failed_step;
     free(s->reason);
-    s->reason = coord_strdup(reason);
-    log_info("saga %s: turning around at step %d: %s", coord_fmt_txid(s->txid, id), failed_step, reason);
+    s->reason = util_xstrdup(reason);
+    log_info("saga %s: turning around at step %d: %s", core_fmt_txid(s->h.txid, id), failed_step, reason);
     /* Forced, and nothing is compensated before it is durable: a crash before
      * then resumes forward, and an action refused by the barrier turns the
      * saga around again. */
     s->record_seq = append(c, s, JOURNAL_TURN, failed_step, reason, true);
-    coord_expect_durable(c, s->txid, s->record_seq);
+    core_expect_durable(c, &s->h, s->record_seq);
     /* Running actions keep their timers off: their late results are ignored
      * and every started step is compensated. */
     for (unsigned i = 0; i < s->nsteps; i++)
         s->steps[i].due_ms = -1;
 }
 
-static void start_forward_group(struct coord *c, struct saga *s)
+static void start_forward_group(struct core *c, struct saga *s)
 {
     for (;;) {
         unsigned lo, hi;
@@ -473,7 +508,7 @@ static void start_forward_group(struct coord *c, struct saga *s)
                 continue;
             pending = true;
             if (st->state == STEP_IDLE) {
-                st->state = STEP_RUNNING;
+                step_set_state(s, i, STEP_RUNNING);
                 send_step(c, s, i, false);
                 if (s->state != SAGA_FORWARD)
                     return; /* that step turned the saga around */
@@ -486,7 +521,7 @@ static void start_forward_group(struct coord *c, struct saga *s)
     rearm(c, s);
 }
 
-static void start_compensation_group(struct coord *c, struct saga *s)
+static void start_compensation_group(struct core *c, struct saga *s)
 {
     for (;;) {
         unsigned lo, hi;
@@ -505,7 +540,7 @@ static void start_compensation_group(struct coord *c, struct saga *s)
                 continue;
             pending = true;
             if (st->state != STEP_COMPENSATING) {
-                st->state = STEP_COMPENSATING;
+                step_set_state(s, i, STEP_COMPENSATING);
                 st->backoff_ms = 0;
                 send_step(c, s, i, true);
                 FAULT_POINT("coord.saga_during_compensation");
@@ -518,7 +553,7 @@ static void start_compensation_group(struct coord *c, struct saga *s)
     rearm(c, s);
 }
 
-void saga_on_durable(struct coord *c, struct saga *s, uint64_t seq)
+void saga_on_durable(struct core *c, struct saga *s, uint64_t seq)
 {
     if (seq != s->record_seq)
         return;
@@ -540,9 +575,9 @@ void saga_on_durable(struct coord *c, struct saga *s, uint64_t seq)
 /* Every number a client sends has a configured cap: a saga asking for more
  * is refused (TREATY_ETOOBIG, naming the step, the field and the cap), not
  * cut down behind its back. 0, or an ERROR was sent. */
-static int check_caps(struct coord *c, const struct wire_in *in, size_t nsteps)
+static int check_caps(struct core *c, const struct core_in *in, size_t nsteps)
 {
-    const struct wire_msg *m = &in->msg;
+    const struct wire_msg *m = in->msg;
     const struct config *cfg = c->cfg;
     uint32_t deadline = 0;
     wire_get_u32(&m->frames[0], &deadline);
@@ -551,9 +586,9 @@ static int check_caps(struct coord *c, const struct wire_in *in, size_t nsteps)
     size_t step = 0;
     if (deadline > (uint32_t)cfg->saga_max_deadline_ms) {
         c->st.refused++;
-        coord_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
-                          "saga deadline of %u ms exceeds saga.max_deadline_ms = %d", deadline,
-                          cfg->saga_max_deadline_ms);
+        core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
+                         "saga deadline of %u ms exceeds saga.max_deadline_ms = %d", deadline,
+                         cfg->saga_max_deadline_ms);
         return TREATY_ETOOBIG;
     }
     for (step = 0; step < nsteps && field == NULL; step++) {
@@ -571,49 +606,41 @@ static int check_caps(struct coord *c, const struct wire_in *in, size_t nsteps)
     if (field == NULL)
         return 0;
     c->st.refused++;
-    coord_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
-                      "step %zu: retry %s of %lld exceeds the coordinator's cap of %lld (saga.%s)", step - 1, field,
-                      got, cap,
-                      strcmp(field, "max_attempts") == 0     ? "max_attempts"
-                      : strcmp(field, "try_timeout_ms") == 0 ? "max_try_timeout_ms"
-                                                             : "max_backoff_ms");
+    core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
+                     "step %zu: retry %s of %lld exceeds the coordinator's cap of %lld (saga.%s)", step - 1, field, got,
+                     cap,
+                     strcmp(field, "max_attempts") == 0     ? "max_attempts"
+                     : strcmp(field, "try_timeout_ms") == 0 ? "max_try_timeout_ms"
+                                                            : "max_backoff_ms");
     return TREATY_ETOOBIG;
 }
 
-void saga_handle_submit(struct coord *c, const struct wire_in *in)
+void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
 {
-    const struct wire_msg *m = &in->msg;
+    const struct wire_msg *m = in->msg;
     const uint8_t *txid = m->hdr.txid;
     char id[TREATY_TXID_STRLEN], err[160];
 
-    struct saga *s = txmap_get(&c->sagas, txid);
     if (s != NULL) {
         if (s->stuck)
-            coord_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_STUCK, s->failed_step, s->reason);
+            core_reply_outcome(c, in->rid, in->rid_len, txid, TREATY_STATUS_STUCK, s->failed_step, s->reason);
         add_waiter(s, in->rid, in->rid_len);
         return;
     }
     const struct outcome *d = outcomes_get(&c->done, txid);
     if (d != NULL) {
-        coord_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+        core_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
         return;
     }
-    struct txn *t = txmap_get(&c->inflight, txid);
-    if (t != NULL) {
-        if (t->presumed) /* its abort is being recorded: the answer once it is durable */
-            txn_add_waiter(t, in->rid, in->rid_len);
-        else
-            coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL, "txid is in use by a 2PC transaction");
-        return;
-    }
-    /* A new saga (dispatch() has asked the journal when it might know it). */
-    if (coord_check_new_txid(c, in) < 0 || coord_admit(c, in) < 0)
+    /* A new saga (the dispatcher has asked the journal when it might know
+     * it; a txid that is a 2PC transaction here went to twopc.c). */
+    if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
         return;
     size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
     if (nsteps > (size_t)c->cfg->max_steps) {
         c->st.refused++;
-        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu steps exceed the limit of %d", nsteps,
-                          c->cfg->max_steps);
+        core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu steps exceed the limit of %d", nsteps,
+                         c->cfg->max_steps);
         return;
     }
     for (size_t i = 0; i < nsteps; i++) {
@@ -621,9 +648,9 @@ void saga_handle_submit(struct coord *c, const struct wire_in *in)
         size_t big = f[2].len > f[4].len ? f[2].len : f[4].len;
         if (big > (size_t)c->cfg->max_payload_bytes) {
             c->st.refused++;
-            coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
-                              "step %zu payload of %zu bytes exceeds the limit of %d", i, big,
-                              c->cfg->max_payload_bytes);
+            core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
+                             "step %zu payload of %zu bytes exceeds the limit of %d", i, big,
+                             c->cfg->max_payload_bytes);
             return;
         }
     }
@@ -631,49 +658,49 @@ void saga_handle_submit(struct coord *c, const struct wire_in *in)
         return;
     size_t def_len;
     uint8_t *def = encode_def(m, &def_len);
-    s = saga_from_def(c->cfg, txid, def, def_len, err, sizeof err);
+    s = saga_from_def(c, txid, def, def_len, err, sizeof err);
     if (s == NULL) {
         free(def);
         c->st.refused++;
-        coord_reply_error(c, in->rid, in->rid_len, txid, TREATY_EPROTO, "%s", err);
+        core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EPROTO, "%s", err);
         return;
     }
-    txmap_put(&c->sagas, txid, s);
+    core_put(c, &s->h);
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
-    log_debug("saga %s: %u steps submitted", coord_fmt_txid(txid, id), s->nsteps);
+    log_debug("saga %s: %u steps submitted", core_fmt_txid(txid, id), s->nsteps);
     /* The definition is forced before the first step runs: a step that ran
      * is always part of a saga that recovery knows. */
     s->record_seq = append(c, s, JOURNAL_SAGA, -1, NULL, true);
-    coord_expect_durable(c, s->txid, s->record_seq);
+    core_expect_durable(c, &s->h, s->record_seq);
 }
 
-void saga_handle_query(struct coord *c, struct saga *s, const struct wire_in *in)
+void saga_query(struct core *c, const struct core_in *in, struct saga *s)
 {
     enum treaty_status st = s->stuck ? TREATY_STATUS_STUCK : TREATY_STATUS_PENDING;
-    coord_reply_outcome(c, in->rid, in->rid_len, s->txid, st, s->failed_step, s->reason);
+    core_reply_outcome(c, in->rid, in->rid_len, s->h.txid, st, s->failed_step, s->reason);
 }
 
-static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const char *why)
+static void step_failed_try(struct core *c, struct saga *s, unsigned i, const char *why)
 {
     char id[TREATY_TXID_STRLEN];
     struct saga_step *st = &s->steps[i];
     set_error(st, why);
-    int64_t now = timers_now_ms();
+    int64_t now = c->now.mono_ms;
     if (st->state == STEP_RUNNING) {
         if (st->attempts >= st->pol.max_attempts) {
             char reason[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 64];
             snprintf(reason, sizeof reason, "step %u (%s.%s) failed after %u attempts: %s", i, st->service, st->action,
                      st->attempts, why);
-            st->state = STEP_FAILED;
+            step_set_state(s, i, STEP_FAILED);
             turn_around(c, s, (int)i, reason);
             return;
         }
         c->st.step_retries++;
         st->backoff_ms = next_backoff(st);
         st->waiting_retry = true;
-        st->due_ms = now + coord_jitter(st->backoff_ms);
-        log_info("saga %s: step %u attempt %u failed (%s); retry in %d ms", coord_fmt_txid(s->txid, id), i,
+        st->due_ms = now + core_jitter(c, st->backoff_ms);
+        log_info("saga %s: step %u attempt %u failed (%s); retry in %d ms", core_fmt_txid(s->h.txid, id), i,
                  st->attempts, why, st->backoff_ms);
     } else if (st->state == STEP_COMPENSATING) {
         c->st.step_retries++;
@@ -684,16 +711,16 @@ static void step_failed_try(struct coord *c, struct saga *s, unsigned i, const c
                 c->st.sagas_stuck++;
                 log_error("saga %s: compensation of step %u (%s.%s) is stuck after %u attempts: %s; still "
                           "retrying every %d ms, an operator should look",
-                          coord_fmt_txid(s->txid, id), i, st->service, st->comp, st->comp_attempts, why,
+                          core_fmt_txid(s->h.txid, id), i, st->service, st->comp, st->comp_attempts, why,
                           c->cfg->stuck_retry_ms);
                 tell_waiters(c, s, TREATY_STATUS_STUCK, true);
             }
             wait_ms = c->cfg->stuck_retry_ms;
         } else {
             st->backoff_ms = next_backoff(st);
-            wait_ms = coord_jitter(st->backoff_ms);
+            wait_ms = core_jitter(c, st->backoff_ms);
             log_info("saga %s: compensation of step %u attempt %u failed (%s); retry in %d ms",
-                     coord_fmt_txid(s->txid, id), i, st->comp_attempts, why, wait_ms);
+                     core_fmt_txid(s->h.txid, id), i, st->comp_attempts, why, wait_ms);
         }
         st->waiting_retry = true;
         st->due_ms = now + wait_ms;
@@ -733,10 +760,9 @@ static bool last_work(const struct saga *s, bool forward)
     return true;
 }
 
-void saga_handle_result(struct coord *c, const struct wire_in *in)
+void saga_result(struct core *c, const struct core_in *in, struct saga *s)
 {
-    const struct wire_msg *m = &in->msg;
-    struct saga *s = txmap_get(&c->sagas, m->hdr.txid);
+    const struct wire_msg *m = in->msg;
     if (s == NULL || m->hdr.branch >= s->nsteps) {
         c->st.late_votes++;
         return; /* finished or unknown: a late duplicate */
@@ -753,7 +779,7 @@ void saga_handle_result(struct coord *c, const struct wire_in *in)
         /* OK and FAILED are the barrier's lasting answer, whichever try they
          * answer; TRANSIENT counts only for the current try. */
         if (r == WIRE_RESULT_OK) {
-            st->state = STEP_DONE;
+            step_set_state(s, i, STEP_DONE);
             st->due_ms = -1;
             if (!last_work(s, true))
                 append(c, s, JOURNAL_STEP, (int)i, "action", false);
@@ -765,7 +791,7 @@ void saga_handle_result(struct coord *c, const struct wire_in *in)
                 rearm(c, s);
             }
         } else if (r == WIRE_RESULT_FAILED) {
-            st->state = STEP_FAILED;
+            step_set_state(s, i, STEP_FAILED);
             char why[TREATY_REASON_MAX + 2 * WIRE_NAME_MAX + 32];
             snprintf(why, sizeof why, "step %u (%s.%s) failed: %s", i, st->service, st->action,
                      reason[0] ? reason : "no reason given");
@@ -780,7 +806,7 @@ void saga_handle_result(struct coord *c, const struct wire_in *in)
     if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
         return;
     if (r == WIRE_RESULT_OK) {
-        st->state = STEP_COMPENSATED;
+        step_set_state(s, i, STEP_COMPENSATED);
         st->due_ms = -1;
         if (!last_work(s, false))
             append(c, s, JOURNAL_STEP, (int)i, "compensation", false);
@@ -795,11 +821,8 @@ void saga_handle_result(struct coord *c, const struct wire_in *in)
     }
 }
 
-void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms)
+void saga_on_timer(struct core *c, struct saga *s)
 {
-    if (s->timer_due_ms != due_ms)
-        return;
-    s->timer_due_ms = -1;
     if (s->resume_pending) {
         /* a recovered saga: (re)start its current group */
         s->resume_pending = false;
@@ -809,7 +832,7 @@ void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms)
             start_compensation_group(c, s);
         return;
     }
-    int64_t now = timers_now_ms();
+    int64_t now = c->now.mono_ms;
     if (s->state == SAGA_FORWARD && s->deadline_ms >= 0 && now >= s->deadline_ms) {
         int step = -1;
         for (unsigned i = 0; i < s->nsteps; i++)
@@ -839,92 +862,18 @@ void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms)
 
 /* ------------------------------------------------------------ recovery */
 
-struct saga_recovery {
-    bool have_def;
-    uint8_t txid[16];
-    uint8_t *def;
-    size_t def_len;
-    bool turned;
-    int failed_step;
-    char reason[TREATY_REASON_MAX];
-    uint8_t action_done[WIRE_MAX_STEPS];
-    uint8_t comp_done[WIRE_MAX_STEPS];
-};
-
-struct saga_recovery *saga_recovery_new(void)
-{
-    struct saga_recovery *r = calloc(1, sizeof *r);
-    if (r == NULL)
-        abort();
-    r->failed_step = -1;
-    return r;
-}
-
-void saga_recovery_free(struct saga_recovery *r)
-{
-    if (r == NULL)
-        return;
-    free(r->def);
-    free(r);
-}
-
-void saga_recovery_add(struct saga_recovery *r, const struct journal_rec *rec)
-{
-    memcpy(r->txid, rec->txid, 16);
-    switch (rec->kind) {
-    case JOURNAL_SAGA:
-        if (!r->have_def && rec->data != NULL) {
-            r->def = malloc(rec->data_len ? rec->data_len : 1);
-            if (r->def == NULL)
-                abort();
-            memcpy(r->def, rec->data, rec->data_len);
-            r->def_len = rec->data_len;
-            r->have_def = true;
-        }
-        break;
-    case JOURNAL_STEP:
-        if (rec->step >= 0 && rec->step < WIRE_MAX_STEPS) {
-            if (rec->detail && strcmp(rec->detail, "compensation") == 0)
-                r->comp_done[rec->step] = 1;
-            else
-                r->action_done[rec->step] = 1;
-        }
-        break;
-    case JOURNAL_TURN:
-        r->turned = true;
-        r->failed_step = rec->failed_branch;
-        snprintf(r->reason, sizeof r->reason, "%s", rec->detail ? rec->detail : "");
-        break;
-    case JOURNAL_END:
-    case JOURNAL_COMMIT:
-    case JOURNAL_ABORT:
-        break;
-    }
-}
-
-static void recovery_reset(struct saga_recovery *r)
-{
-    free(r->def);
-    memset(r, 0, sizeof *r);
-    r->failed_step = -1;
-}
-
-int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
+struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, size_t def_len,
+                         const uint8_t *action_done, const uint8_t *comp_done, bool turned, int failed_step,
+                         const char *reason)
 {
     char id[TREATY_TXID_STRLEN], err[160];
-    if (ended || !r->have_def || txmap_get(&c->sagas, r->txid) != NULL) {
-        /* finished: its outcome is read back by journal_lookup when asked */
-        recovery_reset(r);
-        return 0;
-    }
-    struct saga *s = saga_from_def(c->cfg, r->txid, r->def, r->def_len, err, sizeof err);
+    struct saga *s = saga_from_def(c, txid, *def, def_len, err, sizeof err);
     if (s == NULL) {
         log_error("recovery: saga %s has an unreadable definition (%s); left in the journal for an operator",
-                  coord_fmt_txid(r->txid, id), err);
-        recovery_reset(r);
-        return 0;
+                  core_fmt_txid(txid, id), err);
+        return NULL;
     }
-    r->def = NULL;       /* owned by s now */
+    *def = NULL;         /* owned by s now */
     s->deadline_ms = -1; /* the deadline was for the first run */
     /*
      * Which steps were sent is not journaled (only completions, lazily): any
@@ -936,16 +885,15 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
      */
     for (unsigned i = 0; i < s->nsteps; i++) {
         s->steps[i].started = true;
-        if (r->action_done[i])
-            s->steps[i].state = STEP_DONE;
+        if (turned && comp_done != NULL && comp_done[i])
+            step_set_state(s, i, STEP_COMPENSATED);
+        else if (action_done != NULL && action_done[i])
+            step_set_state(s, i, STEP_DONE);
     }
-    if (r->turned) {
-        s->failed_step = r->failed_step;
-        s->reason = coord_strdup(r->reason);
-        for (unsigned i = 0; i < s->nsteps; i++)
-            if (r->comp_done[i])
-                s->steps[i].state = STEP_COMPENSATED;
-        s->state = SAGA_LOGGING_TURN;
+    if (turned) {
+        s->failed_step = failed_step;
+        s->reason = util_xstrdup(reason);
+        s->state = SAGA_LOGGING_TURN; /* the turn record is durable: as if it had just become so */
         set_state(s, SAGA_COMPENSATING);
         s->group = s->max_group;
     } else {
@@ -953,12 +901,10 @@ int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended)
         while (s->group <= s->max_group && group_done(s, true))
             s->group++;
     }
-    txmap_put(&c->sagas, r->txid, s);
-    /* Start once the loop runs and participants have had a moment to say HELLO. */
+    core_put(c, &s->h);
+    /* Start at the first timer (recovery arms it), once participants have
+     * had a moment to say HELLO. */
     s->resume_pending = true;
-    s->timer_due_ms = timers_now_ms() + c->cfg->resend_initial_ms;
-    coord_add_timer(c, s->txid, s->timer_due_ms);
     c->st.recovered++;
-    recovery_reset(r);
-    return 1;
+    return s;
 }

@@ -1,6 +1,6 @@
 /*
  * saga.h - sagas in the coordinator: forward steps, the turn-around, and
- * compensations in reverse, on the same loop, journal and registry as 2PC.
+ * compensations in reverse, in the same core as 2PC (core_int.h).
  *
  * Lifecycle of a saga:
  *
@@ -11,6 +11,16 @@
  *                                  LOGGING_TURN --turn durable--> COMPENSATING --all done--> LOGGING_END --> DONE
  *
  *   (recovery) --> FORWARD (definition, no turn) or COMPENSATING (turn record)
+ *
+ * A step's own states (enum saga_step_state below, with its table of legal
+ * transitions):
+ *
+ *   IDLE --action sent--> RUNNING --OK--> DONE
+ *                            |
+ *                            +--FAILED / retries exhausted--> FAILED
+ *   RUNNING, DONE, FAILED (started) --turn-around--> COMPENSATING --OK--> COMPENSATED
+ *   (recovery) IDLE --> DONE (its completion recorded), COMPENSATED (its
+ *              compensation recorded), or COMPENSATING (counted as started)
  *
  * Steps of one group run in parallel; groups run in ascending order and
  * compensate in descending order. A step's action is retried with
@@ -42,35 +52,53 @@
 #define TREATY_SAGA_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-#include "journal.h"
-#include "wire.h"
-
-struct coord;
+struct core;
+struct core_in;
 struct saga;
 
-/* SAGA from a client (admission checks done by the caller for new txids). */
-void saga_handle_submit(struct coord *c, const struct wire_in *in);
+enum saga_step_state {
+    STEP_IDLE = 0,     /* not started */
+    STEP_RUNNING,      /* action sent (or waiting for a retry or an instance), awaiting RESULT or timeout */
+    STEP_DONE,         /* action succeeded */
+    STEP_FAILED,       /* action failed (business) or exhausted its retries */
+    STEP_COMPENSATING, /* compensation sent or waiting for its retry */
+    STEP_COMPENSATED,  /* compensation succeeded */
+    STEP_STATE_COUNT_
+};
+
+/* "idle", "running", ...; "?" for a value out of range. */
+const char *saga_step_state_name(enum saga_step_state s);
+/* True when from -> to is in the step transition table. */
+bool saga_step_transition_ok(enum saga_step_state from, enum saga_step_state to);
+
+/* The dispatcher's entry points (core.c): s is what the core holds of the
+ * message's txid as a saga, or NULL; in is borrowed for the call. */
+/* SAGA of a txid that is not a 2PC transaction here (admission checks are
+ * made here for a new txid). */
+void saga_submit(struct core *c, const struct core_in *in, struct saga *s);
 /* RESULT from a participant. */
-void saga_handle_result(struct coord *c, const struct wire_in *in);
-/* QUERY for a txid that is a saga in flight. */
-void saga_handle_query(struct coord *c, struct saga *s, const struct wire_in *in);
-/* A timer of s fired at due_ms (the caller found s by txid). */
-void saga_on_timer(struct coord *c, struct saga *s, int64_t due_ms);
-/* A forced record (definition or turn) with this seq is durable. */
-void saga_on_durable(struct coord *c, struct saga *s, uint64_t seq);
-/* Frees a saga (shutdown). */
+void saga_result(struct core *c, const struct core_in *in, struct saga *s);
+/* QUERY of a saga in flight. */
+void saga_query(struct core *c, const struct core_in *in, struct saga *s);
+/* s's timer fired (the dispatcher checked it is s's current one). */
+void saga_on_timer(struct core *c, struct saga *s);
+/* Journal seq, which s may await (definition, turn or END), is durable. */
+void saga_on_durable(struct core *c, struct saga *s, uint64_t seq);
+/* Frees a saga (core_destroy). Accepts NULL. */
 void saga_free(struct saga *s);
 
-/* Recovery: feed every journal record of one saga txid, in order, then finish. */
-struct saga_recovery;
-struct saga_recovery *saga_recovery_new(void);
-void saga_recovery_add(struct saga_recovery *r, const struct journal_rec *rec);
-/* Rebuilds the saga into c (resumed) unless it ended (then its outcome is
- * the journal's to tell). Resets r for the next txid. Returns 1 when a saga
- * was resumed, 0 otherwise. */
-int saga_recovery_finish(struct coord *c, struct saga_recovery *r, bool ended);
-void saga_recovery_free(struct saga_recovery *r);
+/* Recovery (recovery.c): a saga's definition record without END, with what
+ * its records say: which actions and compensations were recorded done
+ * (nsteps flags each, or NULL), and whether and where it turned around.
+ * Rebuilds it in the core's map, to (re)start its current group when its
+ * timer first fires (recovery arms it), and takes *def (sets it to NULL).
+ * NULL, with an error logged and *def left to the caller, when the
+ * definition cannot be read. */
+struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, size_t def_len,
+                         const uint8_t *action_done, const uint8_t *comp_done, bool turned, int failed_step,
+                         const char *reason);
 
 #endif

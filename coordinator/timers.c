@@ -3,9 +3,9 @@
  */
 #include "timers.h"
 
-#include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "util.h"
 
 void timers_init(struct timers *t)
 {
@@ -19,23 +19,11 @@ void timers_free(struct timers *t)
     timers_init(t);
 }
 
-int64_t timers_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void timers_add(struct timers *t, int64_t due_ms, const uint8_t txid[16])
 {
     if (t->len == t->cap) {
         size_t ncap = t->cap ? t->cap * 2 : 256;
-        struct timer_entry *nh = realloc(t->heap, ncap * sizeof *nh);
-        if (nh == NULL) {
-            fprintf(stderr, "treatyd: out of memory\n");
-            abort();
-        }
-        t->heap = nh;
+        t->heap = util_xrealloc(t->heap, ncap * sizeof *t->heap);
         t->cap = ncap;
     }
     size_t i = t->len++;

@@ -2,7 +2,7 @@
  * timers.h - a binary min-heap of (due time, txid) for the coordinator loop.
  * Entries are never removed early: the owner stores the due time it expects
  * and ignores a popped entry that no longer matches (lazy cancellation).
- * Times are milliseconds on the monotonic clock. Not thread-safe.
+ * Times are milliseconds (the owner's clock: monotonic). Not thread-safe.
  */
 #ifndef TREATY_TIMERS_H
 #define TREATY_TIMERS_H
@@ -28,8 +28,5 @@ void timers_add(struct timers *t, int64_t due_ms, const uint8_t txid[16]);
 int64_t timers_next(const struct timers *t);
 /* Pops the earliest entry due at or before now_ms into *out. */
 bool timers_pop_due(struct timers *t, int64_t now_ms, struct timer_entry *out);
-
-/* Milliseconds on CLOCK_MONOTONIC. */
-int64_t timers_now_ms(void);
 
 #endif

@@ -9,6 +9,8 @@
 
 #include <sodium.h>
 
+#include "util.h"
+
 _Static_assert(sizeof(((struct txmap *)0)->hkey) == crypto_shorthash_KEYBYTES, "txmap hash key size");
 
 static size_t hash_key(const struct txmap *m, const uint8_t k[16])
@@ -20,8 +22,10 @@ static size_t hash_key(const struct txmap *m, const uint8_t k[16])
     return (size_t)h;
 }
 
-void txmap_init(struct txmap *m)
+void txmap_init(struct txmap *m, const uint8_t key[TXMAP_KEY_BYTES])
 {
+    /* Process-wide and idempotent. SipHash itself draws no randomness: the
+     * key is the caller's. */
     if (sodium_init() < 0) {
         fprintf(stderr, "treatyd: libsodium cannot initialise\n");
         abort();
@@ -29,7 +33,7 @@ void txmap_init(struct txmap *m)
     m->slots = NULL;
     m->cap = 0;
     m->len = 0;
-    randombytes_buf(m->hkey, sizeof m->hkey);
+    memcpy(m->hkey, key, sizeof m->hkey);
 }
 
 void txmap_free(struct txmap *m)
@@ -43,11 +47,7 @@ void txmap_free(struct txmap *m)
 static void grow(struct txmap *m)
 {
     size_t ncap = m->cap ? m->cap * 2 : 64;
-    struct txmap_slot *ns = calloc(ncap, sizeof *ns);
-    if (ns == NULL) {
-        fprintf(stderr, "treatyd: out of memory\n");
-        abort();
-    }
+    struct txmap_slot *ns = util_xcalloc(ncap, sizeof *ns);
     for (size_t i = 0; i < m->cap; i++) {
         if (m->slots[i].val == NULL)
             continue;

@@ -3,12 +3,12 @@
  */
 #include "txn.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 #include "treaty.h"
+#include "util.h"
 
 static const char *const state_names[TXN_STATE_COUNT_] = {
     "new", "preparing", "logging-commit", "committing", "aborting", "done",
@@ -40,15 +40,12 @@ bool txn_transition_ok(enum txn_state from, enum txn_state to)
 
 struct txn *txn_new(const uint8_t txid[16], unsigned nbranches)
 {
-    struct txn *t = calloc(1, sizeof *t + nbranches * sizeof t->branches[0]);
-    if (t == NULL) {
-        fprintf(stderr, "treatyd: out of memory\n");
-        abort();
-    }
-    memcpy(t->txid, txid, 16);
+    struct txn *t = util_xcalloc(1, sizeof *t + nbranches * sizeof t->branches[0]);
+    memcpy(t->h.txid, txid, 16);
+    t->h.kind = TX_2PC;
+    t->h.timer_due_ms = -1;
     t->nbranches = (uint16_t)nbranches;
     t->failed_branch = -1;
-    t->timer_due_ms = -1;
     return t;
 }
 
@@ -66,7 +63,7 @@ void txn_set_state(struct txn *t, enum txn_state to)
 {
     if (!txn_transition_ok(t->state, to)) {
         char id[TREATY_TXID_STRLEN];
-        treaty_txid_format((const treaty_txid_t *)t->txid, id);
+        treaty_txid_format((const treaty_txid_t *)t->h.txid, id);
         log_error("txn %s: illegal state transition %s -> %s", id, txn_state_name(t->state), txn_state_name(to));
         abort();
     }
@@ -78,9 +75,7 @@ void waiter_add(struct waiter **list, const uint8_t *rid, size_t rid_len)
     for (struct waiter *w = *list; w; w = w->next)
         if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
             return;
-    struct waiter *w = calloc(1, sizeof *w);
-    if (w == NULL)
-        abort();
+    struct waiter *w = util_xcalloc(1, sizeof *w);
     memcpy(w->rid, rid, rid_len);
     w->rid_len = (uint8_t)rid_len;
     w->next = *list;
@@ -108,9 +103,7 @@ void txn_add_inquirer(struct txn *t, const uint8_t *rid, size_t rid_len, unsigne
     for (struct waiter *w = t->inquirers; w; w = w->next)
         if (w->branch == branch && w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
             return;
-    struct waiter *w = calloc(1, sizeof *w);
-    if (w == NULL)
-        abort();
+    struct waiter *w = util_xcalloc(1, sizeof *w);
     memcpy(w->rid, rid, rid_len);
     w->rid_len = (uint8_t)rid_len;
     w->branch = (uint16_t)branch;

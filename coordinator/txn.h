@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "txhead.h"
 #include "wire.h"
 
 enum txn_state {
@@ -62,7 +63,7 @@ struct waiter {
 };
 
 struct txn {
-    uint8_t txid[16];
+    struct tx_head h; /* txid, kind TX_2PC, the one timer this txn expects (deadline or re-send) */
     enum txn_state state;
     bool decision_durable; /* COMMIT/ABORT record durable: the client may be told */
     bool presumed;         /* an abort recorded for a txid nobody submitted (no branches) */
@@ -71,7 +72,6 @@ struct txn {
     uint16_t nvotes;
     int failed_branch;        /* -1 when none */
     uint64_t record_seq;      /* journal seq of the decision record */
-    int64_t timer_due_ms;     /* the one timer this txn expects (deadline or re-send) */
     int resend_ms;            /* current decision re-send backoff */
     char *reason;             /* abort reason (owned) or NULL */
     struct waiter *waiters;   /* clients to tell the outcome */
@@ -79,7 +79,8 @@ struct txn {
     struct branch branches[]; /* nbranches */
 };
 
-/* Allocates a txn in TXN_NEW with nbranches zeroed branches. Aborts on OOM. */
+/* Allocates a txn in TXN_NEW with nbranches zeroed branches and no timer.
+ * Aborts on OOM. */
 struct txn *txn_new(const uint8_t txid[16], unsigned nbranches);
 void txn_free(struct txn *t);
 

@@ -1,15 +1,27 @@
 /*
  * test_coord_units.c - the coordinator's small data structures: txid map,
- * timer heap, transaction state table, registry.
+ * timer heap, transaction and saga step state tables, registry, log sink.
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
+#include "log.h"
 #include "registry.h"
+#include "saga.h"
 #include "timers.h"
 #include "txmap.h"
 #include "txn.h"
+
+/* A fresh random hash key, as the core draws one from its seeded PRNG. */
+static const uint8_t *fresh_key(void)
+{
+    static uint8_t key[TXMAP_KEY_BYTES];
+    cr_assert_eq(getrandom(key, sizeof key, 0), (ssize_t)sizeof key);
+    return key;
+}
 
 static void key_of(unsigned i, uint8_t k[16])
 {
@@ -22,7 +34,7 @@ static void key_of(unsigned i, uint8_t k[16])
 Test(txmap, put_get_delete_many_keys_survive_collisions)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     enum { N = 5000 };
     static int vals[N];
     uint8_t k[16];
@@ -55,7 +67,7 @@ Test(txmap, put_get_delete_many_keys_survive_collisions)
 Test(txmap, chosen_colliding_txids_do_not_degrade_it_to_a_list)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     enum { N = 20000 };
     static int vals[N];
     uint8_t k[16];
@@ -75,7 +87,7 @@ Test(txmap, chosen_colliding_txids_do_not_degrade_it_to_a_list)
 Test(txmap, put_replaces_existing_value)
 {
     struct txmap m;
-    txmap_init(&m);
+    txmap_init(&m, fresh_key());
     uint8_t k[16] = {1};
     int a, b;
     txmap_put(&m, k, &a);
@@ -125,6 +137,27 @@ Test(txn, transition_table_allows_only_the_protocol)
     cr_assert_str_eq(txn_state_name((enum txn_state)99), "?");
 }
 
+Test(saga, step_transition_table_allows_only_the_protocol)
+{
+    cr_assert(saga_step_transition_ok(STEP_IDLE, STEP_RUNNING));
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_DONE));
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_FAILED));
+    cr_assert(saga_step_transition_ok(STEP_FAILED, STEP_COMPENSATING), "the failing step is compensated too");
+    cr_assert(saga_step_transition_ok(STEP_RUNNING, STEP_COMPENSATING), "a step running at the turn-around");
+    cr_assert(saga_step_transition_ok(STEP_DONE, STEP_COMPENSATING));
+    cr_assert(saga_step_transition_ok(STEP_COMPENSATING, STEP_COMPENSATED));
+    cr_assert(saga_step_transition_ok(STEP_IDLE, STEP_COMPENSATING), "recovery counts every step as started");
+    cr_assert_not(saga_step_transition_ok(STEP_DONE, STEP_RUNNING), "a done action never runs again");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATED, STEP_RUNNING), "no action after its compensation");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATING, STEP_DONE));
+    cr_assert_not(saga_step_transition_ok(STEP_FAILED, STEP_DONE));
+    cr_assert_not(saga_step_transition_ok(STEP_DONE, STEP_COMPENSATED), "a compensation is sent first");
+    cr_assert_not(saga_step_transition_ok(STEP_COMPENSATED, STEP_COMPENSATING));
+    cr_assert_str_eq(saga_step_state_name(STEP_COMPENSATING), "compensating");
+    cr_assert_str_eq(saga_step_state_name((enum saga_step_state)99), "?");
+    cr_assert_not(saga_step_transition_ok((enum saga_step_state)99, STEP_IDLE));
+}
+
 Test(txn, waiters_are_deduplicated_by_routing_id)
 {
     uint8_t id[16] = {7};
@@ -166,4 +199,35 @@ Test(registry, round_robin_over_live_instances_and_sweep_drops_silent_ones)
     cr_assert(registry_is_live(r, "bank", rid3, 1));
     registry_destroy(&r);
     cr_assert_null(r);
+}
+
+struct captured {
+    int n;
+    enum log_level last_level;
+    char last[256];
+};
+
+static void capture(void *arg, enum log_level l, const char *line)
+{
+    struct captured *c = arg;
+    c->n++;
+    c->last_level = l;
+    snprintf(c->last, sizeof c->last, "%s", line);
+}
+
+Test(log, a_sink_receives_the_lines_and_null_restores_stderr)
+{
+    struct captured got = {0};
+    enum log_level was = log_get_level();
+    log_set_level(LOG_LEVEL_INFO);
+    log_set_sink(capture, &got);
+    log_warn("txn %s: %d", "abc", 7);
+    log_debug("below the level: not delivered");
+    log_set_sink(NULL, NULL);
+    log_info("to stderr again");
+    log_set_level(was);
+    cr_assert_eq(got.n, 1);
+    cr_assert_eq(got.last_level, LOG_LEVEL_WARN);
+    cr_assert_str_eq(got.last, "txn abc: 7", "the sink gets the message without time or level");
+    cr_assert_str_eq(log_level_name(LOG_LEVEL_DEBUG), "DEBUG");
 }

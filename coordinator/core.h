@@ -1,0 +1,136 @@
+/*
+ * core.h - the coordinator's protocol core: two-phase commit, sagas,
+ * recovery, the participant registry and finished outcomes, with no I/O, no
+ * clock and no randomness of its own.
+ *
+ * A shell drives it: treatyd's loop (loop.c: ZeroMQ, the PostgreSQL journal,
+ * the real clocks) and the deterministic simulator (tests/sim: a simulated
+ * network, journal and clock). The shell hands the core events - a message
+ * in, records durable, a journal lookup answered, time passing - and the
+ * core acts only through struct core_io: send a message, append a journal
+ * record, ask the journal about a txid. Time comes in with every event
+ * (struct core_time); randomness (backoff jitter, hash keys) comes from a
+ * PRNG seeded once by core_new's seed. Given the same seed and the same
+ * events, the core makes the same calls, byte for byte.
+ *
+ * Lifecycle:
+ *   1. core_new(cfg, io, seed)
+ *   2. recovery: core_recover_record() for every record journal_scan
+ *      delivers (unfinished runs, per txid in append order), then
+ *      core_recover_done(now), also when there were none: serving starts
+ *      there. The resumed transactions arm their timers; sagas'
+ *      "participants are still saying HELLO" grace period starts; and txids
+ *      made after now.wall_ms + txid.max_future_s are known to be new (no
+ *      earlier run could have accepted them), older ones are looked up.
+ *   3. serving: core_on_message / core_on_malformed / core_on_durable /
+ *      core_on_lookup / core_on_tick, in any order, as they happen. The shell
+ *      calls core_on_tick() when core_next_tick() is due (and may call it
+ *      more often: it is idempotent for a given time).
+ *   4. stopping: core_stop() refuses new transactions; the shell waits
+ *      until core_unfinished() is 0 or its deadline passes.
+ *   5. core_destroy().
+ *
+ * The rules the core keeps (twopc.c, saga.h, docs/protocol.md §6):
+ * every answer that states an outcome or a decision is sent only after the
+ * record deciding it was reported durable by core_on_durable(); a txid
+ * unknown in memory whose outcome the journal might hold is looked up
+ * (io->lookup) before it is answered or run.
+ *
+ * The core calls io only from inside the core_* calls above, and io must not
+ * call back into the core: a record appended becomes durable later, by a
+ * core_on_durable() of the shell's own, never from inside io->append.
+ *
+ * Ownership: every pointer passed in is borrowed for the call. Thread
+ * safety: none; one thread drives one core. Several cores may live in one
+ * process (the simulator runs one per simulated coordinator): the core keeps
+ * no global state except the log level.
+ */
+#ifndef TREATY_CORE_H
+#define TREATY_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "journal.h"
+#include "wire.h"
+
+/* The time of an event: both clocks, read once by the shell. */
+struct core_time {
+    int64_t mono_ms; /* monotonic: deadlines, backoffs, heartbeats */
+    int64_t wall_ms; /* Unix milliseconds: txid ages (txids carry wall time) */
+};
+
+/* Everything the core does to the world. */
+struct core_io {
+    void *ctx;
+    /* Sends one message to the peer with routing id rid. Best effort: a
+     * message may be lost; the protocol re-sends what matters. frames are
+     * borrowed for the call. */
+    void (*send)(void *ctx, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                 const struct wire_frame *frames, size_t nframes);
+    /* Appends a record (borrowed for the call: copy it) to the journal and
+     * returns its sequence number: 1, 2, 3, ... in append order, never
+     * reused. force: the record must be durable before core_on_durable
+     * reports it (a lazy one may wait for company); either way records
+     * become durable in append order. */
+    uint64_t (*append)(void *ctx, const struct journal_rec *r, bool force);
+    /* Asks what the journal durably holds of txid; answered later, in any
+     * order, by core_on_lookup. */
+    void (*lookup)(void *ctx, const uint8_t txid[16]);
+    /* False while the journal cannot write: new work is refused (EBUSY). */
+    bool (*journal_healthy)(void *ctx);
+};
+
+/* Counters for logs and (later) metrics. Monotonic except the gauges. */
+struct core_stats {
+    uint64_t submitted, committed, aborted, refused, malformed, late_votes, inquiries, recovered;
+    uint64_t presumed_aborts, lookups, lookup_errors;
+    uint64_t sagas, sagas_completed, sagas_compensated, sagas_stuck, step_retries;
+    size_t inflight_2pc, inflight_sagas; /* gauges */
+    size_t outcomes_cached, instances;   /* gauges */
+    uint64_t outcomes_evicted;
+};
+
+struct core;
+
+/* A core for cfg (borrowed: must outlive the core), acting through io
+ * (copied), with its PRNG seeded by seed. NULL only on out-of-memory. */
+struct core *core_new(const struct config *cfg, const struct core_io *io, uint64_t seed);
+/* Frees everything (transactions still in memory are simply dropped: the
+ * journal holds what matters). Accepts NULL; sets *c to NULL. */
+void core_destroy(struct core **c);
+
+/* Recovery, step 2. The signature is journal_scan_fn's, with the core as
+ * arg: journal_scan(j, core_recover_record, core). Returns 0. */
+int core_recover_record(void *core, const struct journal_rec *r, long long finished_at_unix);
+/* Ends recovery; returns the number of transactions and sagas resumed. */
+size_t core_recover_done(struct core *c, struct core_time now);
+
+/* A decoded message from the peer with routing id rid. */
+void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_msg *m,
+                     struct core_time now);
+/* A message from rid that did not decode (err: wire_decode's error; h: the
+ * header as far as it decoded, for the reply's txid, or NULL). Answered with
+ * ERROR; counted and logged only when rid_len is 0 (nobody to answer). */
+void core_on_malformed(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, int err,
+                       struct core_time now);
+/* Every record up to and including seq is durable. */
+void core_on_durable(struct core *c, uint64_t seq, struct core_time now);
+/* The journal's answer to an io->lookup. */
+void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struct core_time now);
+/* Time passed: fires due timers (prepare deadlines, decision re-sends, saga
+ * retries and deadlines), drops silent participant instances (every
+ * registry.heartbeat_ms from core_recover_done on). */
+void core_on_tick(struct core *c, struct core_time now);
+/* When core_on_tick has work next (monotonic ms), or -1 when nothing waits. */
+int64_t core_next_tick(const struct core *c);
+
+/* Refuse new transactions from now on (SIGTERM). */
+void core_stop(struct core *c);
+/* Transactions and sagas still in memory (in flight or finishing). */
+size_t core_unfinished(const struct core *c);
+void core_get_stats(const struct core *c, struct core_stats *out);
+
+#endif

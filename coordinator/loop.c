@@ -1,0 +1,327 @@
+/*
+ * loop.c - treatyd's event loop: the shell around the core (see loop.h).
+ *
+ * One thread. zmq_poll() waits on the ROUTER socket (clients and
+ * participants) and the journal's notification socket, at most until the
+ * core's next tick. Each turn: the journal's news (durable watermark, lookup
+ * answers) to the core; every waiting message to the core; the core's tick;
+ * then every journal record appended during the turn is handed to the
+ * journal writer, which commits them together (group commit), and the news
+ * is read again.
+ *
+ * The clocks are read here, once per event, and handed to the core; the
+ * core's PRNG is seeded here from getrandom.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "core.h"
+#include "journal.h"
+#include "log.h"
+#include "treaty.h"
+#include "util.h"
+#include "wire.h"
+
+#define MAX_MSGS_PER_TURN 4096
+
+struct loop {
+    const struct config *cfg;
+    void *zctx;
+    void *router;
+    struct journal *journal;
+    struct core *core;
+    struct wire_in *in;
+    uint64_t durable_seq;    /* the watermark last handed to the core */
+    int64_t stats_at_ms;     /* when log_stats last ran */
+    uint64_t stats_write_us; /* journal write time it saw then */
+};
+
+static struct core_time now_time(void)
+{
+    struct core_time t = {util_mono_ms(), util_wall_ms()};
+    return t;
+}
+
+/* ------------------------------------------------------------ struct core_io */
+
+static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                    const struct wire_frame *frames, size_t nframes)
+{
+    struct loop *l = ctx;
+    if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
+        log_debug("send %s failed: %s (peer gone?)", wire_type_name(h->type), zmq_strerror(errno));
+}
+
+static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
+{
+    struct loop *l = ctx;
+    return journal_append(l->journal, r, force);
+}
+
+static void io_lookup(void *ctx, const uint8_t txid[16])
+{
+    struct loop *l = ctx;
+    journal_lookup(l->journal, txid);
+}
+
+static bool io_journal_healthy(void *ctx)
+{
+    struct loop *l = ctx;
+    return journal_healthy(l->journal);
+}
+
+/* ------------------------------------------------------------ events */
+
+static void on_lookup(void *arg, const struct journal_lookup_result *r)
+{
+    struct loop *l = arg;
+    core_on_lookup(l->core, r, now_time());
+}
+
+/* What the journal has to say: the durable watermark, lookup answers. */
+static void journal_news(struct loop *l)
+{
+    uint64_t w = journal_durable(l->journal);
+    if (w > l->durable_seq) {
+        l->durable_seq = w;
+        core_on_durable(l->core, w, now_time());
+    }
+    journal_lookup_results(l->journal, on_lookup, l);
+}
+
+/* Receives one message for the core. Returns false when none was waiting. */
+static bool handle_message(struct loop *l)
+{
+    /* Names and numbers must always fit; branch payloads are checked against
+     * max_payload_bytes by the core. */
+    size_t limit =
+        (size_t)l->cfg->max_payload_bytes > TREATY_REASON_MAX ? (size_t)l->cfg->max_payload_bytes : TREATY_REASON_MAX;
+    int rc = wire_recv(l->router, true, limit, l->in);
+    if (rc == TREATY_ETIMEDOUT)
+        return false;
+    if (rc < 0) {
+        core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
+        return true;
+    }
+    core_on_message(l->core, l->in->rid, l->in->rid_len, &l->in->msg, now_time());
+    wire_in_close(l->in);
+    return true;
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static int open_router(struct loop *l)
+{
+    l->router = zmq_socket(l->zctx, ZMQ_ROUTER);
+    if (l->router == NULL)
+        return TREATY_ETRANSPORT;
+    int one = 1, zero = 0, hwm = 1000000;
+    int64_t maxmsg = (int64_t)l->cfg->max_payload_bytes + 4096;
+    zmq_setsockopt(l->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(l->router, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(l->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(l->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(l->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_bind(l->router, l->cfg->listen) != 0) {
+        log_error("cannot listen on %s: %s", l->cfg->listen, zmq_strerror(errno));
+        zmq_close(l->router);
+        l->router = NULL;
+        return TREATY_ETRANSPORT;
+    }
+    return 0;
+}
+
+/* Every 60 s. journal_busy: the share of the last interval the journal's
+ * writer spent writing (near 100 %: the journal is the limit). */
+static void log_stats(struct loop *l)
+{
+    struct core_stats cs;
+    struct journal_stats js;
+    core_get_stats(l->core, &cs);
+    journal_get_stats(l->journal, &js);
+    int64_t now = util_mono_ms();
+    double busy = now > l->stats_at_ms && l->stats_at_ms > 0
+                      ? (double)(js.write_us - l->stats_write_us) / 10.0 / (double)(now - l->stats_at_ms)
+                      : 0;
+    l->stats_at_ms = now;
+    l->stats_write_us = js.write_us;
+    log_info("stats: submitted=%llu committed=%llu aborted=%llu in_flight=%zu refused=%llu malformed=%llu "
+             "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
+             "forced_batches=%llu journal_busy=%.0f%% instances=%zu sagas=%llu sagas_completed=%llu "
+             "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu presumed_aborts=%llu "
+             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu",
+             (unsigned long long)cs.submitted, (unsigned long long)cs.committed, (unsigned long long)cs.aborted,
+             cs.inflight_2pc, (unsigned long long)cs.refused, (unsigned long long)cs.malformed,
+             (unsigned long long)cs.late_votes, (unsigned long long)cs.inquiries, (unsigned long long)cs.recovered,
+             (unsigned long long)js.batches, (unsigned long long)js.records, (unsigned long long)js.forced_batches,
+             busy, cs.instances, (unsigned long long)cs.sagas, (unsigned long long)cs.sagas_completed,
+             (unsigned long long)cs.sagas_compensated, (unsigned long long)cs.sagas_stuck, cs.inflight_sagas,
+             (unsigned long long)cs.step_retries, (unsigned long long)cs.presumed_aborts, cs.outcomes_cached,
+             (unsigned long long)cs.outcomes_evicted, (unsigned long long)cs.lookups,
+             (unsigned long long)cs.lookup_errors);
+}
+
+static void serve(struct loop *l, volatile sig_atomic_t *stop)
+{
+    int64_t next_stats = util_mono_ms() + 60000;
+    l->stats_at_ms = util_mono_ms();
+    int64_t deadline = -1;
+    bool stopping = false;
+
+    for (;;) {
+        int64_t now = util_mono_ms();
+        if (*stop && !stopping) {
+            struct core_stats cs;
+            core_get_stats(l->core, &cs);
+            stopping = true;
+            core_stop(l->core);
+            deadline = now + l->cfg->shutdown_deadline_ms;
+            log_info("stopping: refusing new transactions; %zu in flight, deadline %d ms", cs.inflight_2pc,
+                     l->cfg->shutdown_deadline_ms);
+        }
+        if (stopping && (core_unfinished(l->core) == 0 || now >= deadline)) {
+            struct core_stats cs;
+            core_get_stats(l->core, &cs);
+            if (core_unfinished(l->core) > 0)
+                log_warn("stopping with %zu transactions and %zu sagas unfinished; recovery resumes them at next "
+                         "start",
+                         cs.inflight_2pc, cs.inflight_sagas);
+            break;
+        }
+        long timeout = 1000;
+        int64_t nt = core_next_tick(l->core);
+        if (nt >= 0)
+            timeout = nt <= now ? 0 : (long)(nt - now);
+        if (timeout > 100 && stopping)
+            timeout = 100;
+        if (timeout > 1000)
+            timeout = 1000;
+        zmq_pollitem_t items[2] = {
+            {l->router, 0, ZMQ_POLLIN, 0},
+            {journal_socket(l->journal), 0, ZMQ_POLLIN, 0},
+        };
+        int n = zmq_poll(items, 2, timeout);
+        if (n < 0 && errno != EINTR) {
+            log_error("zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN))
+            journal_news(l);
+        if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
+            /* Receive until EAGAIN: asking ZMQ_EVENTS before every message
+             * costs a system call each. */
+            for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(l); k++)
+                ;
+        }
+        core_on_tick(l->core, now_time());
+        now = util_mono_ms();
+        if (now >= next_stats) {
+            log_stats(l);
+            next_stats = now + 60000;
+        }
+        journal_flush(l->journal);
+        /* Durability and lookups can also be answered while we handled messages. */
+        journal_news(l);
+    }
+}
+
+/* The core's seed: fresh for every run (backoff jitter, hash keys that
+ * clients cannot predict). */
+static uint64_t fresh_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+        seed = (uint64_t)util_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)util_mono_ms();
+    return seed;
+}
+
+int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
+{
+    int rc;
+    struct loop *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return TREATY_ENOMEM;
+    l->cfg = cfg;
+    l->in = malloc(sizeof *l->in);
+    if (l->in == NULL) {
+        rc = TREATY_ENOMEM;
+        goto fail_in;
+    }
+    struct core_io io = {
+        .ctx = l,
+        .send = io_send,
+        .append = io_append,
+        .lookup = io_lookup,
+        .journal_healthy = io_journal_healthy,
+    };
+    l->core = core_new(cfg, &io, fresh_seed());
+    if (l->core == NULL) {
+        rc = TREATY_ENOMEM;
+        goto fail_core;
+    }
+
+    struct journal_config jc = {
+        .conninfo = cfg->journal_conninfo,
+        .connect_initial_ms = cfg->journal_connect_initial_ms,
+        .connect_max_ms = cfg->journal_connect_max_ms,
+        .lazy_delay_ms = cfg->journal_lazy_delay_ms,
+        .retention_s = cfg->journal_retention_s,
+        .gc_interval_ms = cfg->journal_gc_interval_ms,
+        .stop = (volatile int *)stop,
+    };
+    char err[512];
+    rc = journal_connect(&jc, &l->journal, err, sizeof err);
+    if (rc < 0) {
+        log_error("journal: %s", err);
+        goto fail_journal;
+    }
+    int64_t t0 = util_mono_ms();
+    rc = journal_scan(l->journal, core_recover_record, l->core);
+    if (rc < 0) {
+        log_error("recovery: cannot read the journal: %s", treaty_strerror(rc));
+        goto fail_recover;
+    }
+    int64_t scan_ms = util_mono_ms() - t0;
+    l->zctx = zmq_ctx_new();
+    if (l->zctx == NULL) {
+        rc = TREATY_ETRANSPORT;
+        goto fail_recover;
+    }
+    rc = journal_start(l->journal, l->zctx);
+    if (rc < 0) {
+        log_error("journal: cannot start the writer: %s", treaty_strerror(rc));
+        goto fail_start;
+    }
+    rc = open_router(l);
+    if (rc < 0)
+        goto fail_start;
+    size_t resumed = core_recover_done(l->core, now_time());
+    log_info("recovery: %zu unfinished transactions resumed (%lld ms)", resumed, (long long)scan_ms);
+    log_info("treatyd serving on %s", cfg->listen);
+    serve(l, stop);
+    log_stats(l);
+    rc = 0;
+
+    zmq_close(l->router);
+fail_start:
+    journal_close(&l->journal, cfg->shutdown_deadline_ms > 0 ? cfg->shutdown_deadline_ms : 1000);
+    zmq_ctx_term(l->zctx);
+    goto fail_journal;
+fail_recover:
+    journal_close(&l->journal, 0);
+fail_journal:
+    core_destroy(&l->core);
+fail_core:
+    free(l->in);
+fail_in:
+    free(l);
+    return rc;
+}

@@ -1,0 +1,824 @@
+/*
+ * test_core.c - the coordinator's core (coordinator/core.h) driven with no
+ * socket, no Postgres and no clock: a fake struct core_io records every
+ * send, append and lookup as one line of a transcript, the tests hand the
+ * core messages, durable watermarks, lookup answers and times, and read the
+ * transcript.
+ *
+ * These tests document the contract for a shell (treatyd's loop.c, the
+ * simulator in tests/sim): what the core asks for, and when. In particular
+ * no outcome or decision leaves before core_on_durable() reported the record
+ * that decides it, and the same seed and events give the same transcript.
+ */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "core.h"
+#include "journal.h"
+#include "log.h"
+#include "treaty.h"
+#include "wire.h"
+
+/* ------------------------------------------------------------ the fake world */
+
+struct fake {
+    const int64_t *clock; /* the rig's time, printed at the head of every line */
+    char *log;            /* the transcript: one line per call */
+    size_t len, cap;
+    size_t mark; /* fake_since() reads from here */
+    uint64_t seq;
+    bool unhealthy;
+    int sends, appends, lookups;
+};
+
+static void fake_printf(struct fake *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fake_printf(struct fake *f, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    cr_assert(n > 0 && (size_t)n < sizeof line);
+    if (f->len + (size_t)n + 1 > f->cap) {
+        f->cap = (f->cap + (size_t)n + 1) * 2;
+        f->log = realloc(f->log, f->cap);
+        cr_assert_not_null(f->log);
+    }
+    memcpy(f->log + f->len, line, (size_t)n + 1);
+    f->len += (size_t)n;
+}
+
+static void hex(const uint8_t *b, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", b[i]);
+    out[2 * n] = '\0';
+}
+
+static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                    const struct wire_frame *frames, size_t nframes)
+{
+    struct fake *f = ctx;
+    char r[2 * WIRE_ROUTING_ID_MAX + 1], t[33];
+    hex(h->txid, 16, t);
+    snprintf(r, sizeof r, "%.*s", (int)rid_len, (const char *)rid);
+    f->sends++;
+    fake_printf(f, "@%lld send %s %s txid=%s branch=%u attempt=%u code=%u", (long long)*f->clock, r,
+                wire_type_name(h->type), t, h->branch, h->attempt, h->code);
+    for (size_t i = 0; i < nframes; i++) {
+        bool text = frames[i].len > 0 && frames[i].len < 200;
+        for (size_t k = 0; k < frames[i].len && text; k++)
+            text = frames[i].data[k] >= 0x20 && frames[i].data[k] < 0x7f;
+        if (text)
+            fake_printf(f, " [%.*s]", (int)frames[i].len, (const char *)frames[i].data);
+        else
+            fake_printf(f, " [%zu bytes]", frames[i].len);
+    }
+    fake_printf(f, "\n");
+}
+
+static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
+{
+    struct fake *f = ctx;
+    char t[33];
+    hex(r->txid, 16, t);
+    f->appends++;
+    f->seq++;
+    fake_printf(f, "@%lld append seq=%llu %s %s txid=%s failed=%d step=%d detail=[%s] services=", (long long)*f->clock,
+                (unsigned long long)f->seq, journal_kind_name(r->kind), force ? "forced" : "lazy", t, r->failed_branch,
+                r->step, r->detail ? r->detail : "");
+    for (unsigned i = 0; i < r->nservices; i++)
+        fake_printf(f, "%s%s", i ? "," : "", r->services[i]);
+    fake_printf(f, " data=%zu\n", r->data_len);
+    return f->seq;
+}
+
+static void io_lookup(void *ctx, const uint8_t txid[16])
+{
+    struct fake *f = ctx;
+    char t[33];
+    hex(txid, 16, t);
+    f->lookups++;
+    fake_printf(f, "@%lld lookup txid=%s\n", (long long)*f->clock, t);
+}
+
+static bool io_journal_healthy(void *ctx)
+{
+    struct fake *f = ctx;
+    return !f->unhealthy;
+}
+
+/* The transcript since the last call (and moves the mark). */
+static const char *fake_since(struct fake *f)
+{
+    const char *s = f->log ? f->log + f->mark : "";
+    f->mark = f->len;
+    return s;
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* ------------------------------------------------------------ a core and its clock */
+
+#define T0_WALL 1800000000000LL /* 2027-01-15: the wall time recovery ends */
+#define T0_MONO 5000000LL
+
+struct rig {
+    struct config cfg;
+    struct fake fake;
+    struct core *core;
+    int64_t ms; /* time since recovery ended */
+};
+
+static struct core_time at(const struct rig *r)
+{
+    struct core_time t = {T0_MONO + r->ms, T0_WALL + r->ms};
+    return t;
+}
+
+static void rig_start(struct rig *r, uint64_t seed)
+{
+    memset(r, 0, sizeof *r);
+    config_defaults(&r->cfg);
+    r->fake.clock = &r->ms;
+    struct core_io io = {&r->fake, io_send, io_append, io_lookup, io_journal_healthy};
+    r->core = core_new(&r->cfg, &io, seed);
+    cr_assert_not_null(r->core);
+}
+
+static void advance(struct rig *r, int64_t ms)
+{
+    r->ms += ms;
+    core_on_tick(r->core, at(r));
+}
+
+/* Recovery with no records, then serving starts; 11 s later the txids made
+ * now are younger than anything an earlier run could have accepted
+ * (txid.max_future_s = 10), so the core needs no journal lookup for them. */
+static void rig_serve(struct rig *r)
+{
+    cr_assert_eq(core_recover_done(r->core, at(r)), 0);
+    advance(r, 11000);
+}
+
+static void rig_free(struct rig *r)
+{
+    core_destroy(&r->core);
+    cr_assert_null(r->core);
+    free(r->fake.log);
+}
+
+static void durable(struct rig *r, uint64_t seq)
+{
+    core_on_durable(r->core, seq, at(r));
+}
+
+/* A UUIDv7 txid made at wall time ms (Unix), told apart by n. */
+static void txid_at(uint8_t id[16], long long ms, unsigned n)
+{
+    memset(id, 0, 16);
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8_t)(ms >> (40 - 8 * i));
+    id[6] = 0x70;
+    id[8] = 0x80;
+    memcpy(id + 12, &n, sizeof n);
+}
+
+/* A txid made now (see rig_serve). */
+static void fresh_txid(const struct rig *r, uint8_t id[16], unsigned n)
+{
+    txid_at(id, T0_WALL + r->ms, n);
+}
+
+/* Decodes (header, frames) as loop.c's wire_recv would and hands it to the core. */
+static void deliver_try(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch,
+                        unsigned attempt, unsigned code, const struct wire_frame *frames, size_t n)
+{
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = type;
+    if (txid)
+        memcpy(h.txid, txid, 16);
+    h.branch = (uint16_t)branch;
+    h.attempt = (uint16_t)attempt;
+    h.code = (uint16_t)code;
+    uint8_t hb[WIRE_HDR_LEN];
+    wire_encode_hdr(&h, hb);
+    struct wire_frame hf = {hb, sizeof hb};
+    static struct wire_msg m; /* the test's, not the core's */
+    int rc = wire_decode(&hf, frames, n, 1 << 20, &m);
+    cr_assert_eq(rc, 0, "test message does not decode: %s", treaty_strerror(rc));
+    core_on_message(r->core, (const uint8_t *)rid, strlen(rid), &m, at(r));
+}
+
+static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch, unsigned code,
+                    const struct wire_frame *frames, size_t n)
+{
+    deliver_try(r, rid, type, txid, branch, 0, code, frames, n);
+}
+
+static void hello(struct rig *r, const char *rid, const char *service)
+{
+    struct wire_frame f[2] = {wire_str(service), wire_str(rid)};
+    deliver(r, rid, WIRE_HELLO, NULL, 0, 0, f, 2);
+}
+
+/* SUBMIT with one branch per service (payload "pay<i>") and a prepare timeout. */
+static void submit(struct rig *r, const char *client, const uint8_t *txid, uint32_t timeout_ms,
+                   const char *const *services, size_t nb)
+{
+    uint8_t tb[4];
+    wire_put_u32(tb, timeout_ms);
+    struct wire_frame f[1 + 2 * 8];
+    char pay[8][8];
+    f[0] = (struct wire_frame){tb, 4};
+    for (size_t i = 0; i < nb; i++) {
+        snprintf(pay[i], sizeof pay[i], "pay%zu", i);
+        f[1 + 2 * i] = wire_str(services[i]);
+        f[2 + 2 * i] = wire_str(pay[i]);
+    }
+    deliver(r, client, WIRE_SUBMIT, txid, 0, 0, f, 1 + 2 * nb);
+}
+
+static void vote(struct rig *r, const char *rid, const uint8_t *txid, unsigned branch, bool yes)
+{
+    struct wire_frame f = wire_str(yes ? "" : "no funds");
+    deliver(r, rid, WIRE_VOTE, txid, branch, yes ? TREATY_VOTE_YES : TREATY_VOTE_NO, &f, 1);
+}
+
+static void ack(struct rig *r, const char *rid, const uint8_t *txid, unsigned branch, unsigned status)
+{
+    deliver(r, rid, WIRE_ACK, txid, branch, status, NULL, 0);
+}
+
+static void query(struct rig *r, const char *client, const uint8_t *txid)
+{
+    deliver(r, client, WIRE_QUERY, txid, 0, 0, NULL, 0);
+}
+
+/* A SAGA of nsteps steps, step i on services[i] (action "do", compensation "undo"), one group each. */
+static void saga(struct rig *r, const char *client, const uint8_t *txid, const char *const *services, size_t nsteps)
+{
+    uint8_t db[4], pol[8][WIRE_POLICY_LEN];
+    wire_put_u32(db, 0);
+    struct wire_frame f[1 + WIRE_SAGA_FRAMES_PER_STEP * 8];
+    f[0] = (struct wire_frame){db, 4};
+    for (size_t i = 0; i < nsteps; i++) {
+        struct wire_policy p = {.group = (uint16_t)i};
+        wire_encode_policy(&p, pol[i]);
+        struct wire_frame *s = &f[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
+        s[0] = wire_str(services[i]);
+        s[1] = wire_str("do");
+        s[2] = wire_str("a-payload");
+        s[3] = wire_str("undo");
+        s[4] = wire_str("c-payload");
+        s[5] = (struct wire_frame){pol[i], WIRE_POLICY_LEN};
+    }
+    deliver(r, client, WIRE_SAGA, txid, 0, 0, f, 1 + WIRE_SAGA_FRAMES_PER_STEP * nsteps);
+}
+
+/* RESULT echoes the try (attempt) it answers. */
+static void result_try(struct rig *r, const char *rid, const uint8_t *txid, unsigned step, unsigned attempt,
+                       unsigned kind, unsigned res)
+{
+    struct wire_frame f = wire_str("");
+    deliver_try(r, rid, WIRE_RESULT, txid, step, attempt, WIRE_RESULT(kind, res), &f, 1);
+}
+
+static void result(struct rig *r, const char *rid, const uint8_t *txid, unsigned step, unsigned kind, unsigned res)
+{
+    result_try(r, rid, txid, step, 0, kind, res);
+}
+
+static const char *const AB[] = {"svc-a", "svc-b"};
+
+/* Two participants (p1: svc-a, p2: svc-b) say HELLO; their WELCOMEs are read. */
+static void two_participants(struct rig *r)
+{
+    hello(r, "p1", "svc-a");
+    hello(r, "p2", "svc-b");
+    const char *s = fake_since(&r->fake);
+    cr_assert_eq(count(s, "WELCOME"), 2, "%s", s);
+}
+
+static void quiet_logs(void)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+}
+
+/* ------------------------------------------------------------ 2PC */
+
+Test(core_2pc, commit_is_told_only_after_the_commit_record_is_durable, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+
+    submit(&r, "c1", tx, 5000, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 PREPARE") && strstr(s, "branch=0") && strstr(s, "[pay0]"), "%s", s);
+    cr_assert(strstr(s, "send p2 PREPARE") && strstr(s, "[pay1]"), "%s", s);
+    cr_assert_eq(count(s, "append"), 0, "nothing is journaled before the votes: %s", s);
+
+    vote(&r, "p1", tx, 0, true);
+    cr_assert_str_empty(fake_since(&r.fake), "one vote decides nothing");
+    vote(&r, "p2", tx, 1, true);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 commit forced") && strstr(s, "services=svc-a,svc-b"), "%s", s);
+    cr_assert_eq(count(s, "send"), 0, "the commit point is the record: nothing is sent before it is durable: %s", s);
+
+    /* Time passes, a resubmission and a query come: still nothing that
+     * states the outcome. */
+    advance(&r, 4000);
+    submit(&r, "c1", tx, 5000, AB, 2);
+    query(&r, "c2", tx);
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "OUTCOME"), 1, "%s", s);
+    cr_assert(strstr(s, "send c2 OUTCOME") && strstr(s, "code=3"), "the query hears PENDING only: %s", s);
+    cr_assert_eq(count(s, "COMMIT"), 0, "%s", s);
+
+    durable(&r, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=1"), "the client hears COMMITTED now: %s", s);
+    cr_assert(strstr(s, "send p1 COMMIT") && strstr(s, "send p2 COMMIT"), "%s", s);
+    cr_assert_eq(count(s, "append"), 0, "%s", s);
+
+    ack(&r, "p1", tx, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(core_unfinished(r.core), 1);
+    ack(&r, "p2", tx, 1, TREATY_STATUS_COMMITTED);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=2 end lazy"), "END is lazy: %s", s);
+    cr_assert_eq(core_unfinished(r.core), 0);
+
+    /* Finished: answered from the outcome cache, without the journal. */
+    query(&r, "c3", tx);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c3 OUTCOME") && strstr(s, "code=1"), "%s", s);
+    cr_assert_eq(r.fake.lookups, 0);
+
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.submitted, 1);
+    cr_assert_eq(st.committed, 1);
+    cr_assert_eq(st.outcomes_cached, 1);
+    cr_assert_eq(st.instances, 2);
+    rig_free(&r);
+}
+
+Test(core_2pc, a_missed_deadline_aborts_and_tells_once_the_abort_is_durable, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 2);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 2);
+    submit(&r, "c1", tx, 1000, AB, 2);
+    vote(&r, "p1", tx, 0, true);
+    fake_since(&r.fake);
+    cr_assert_eq(core_next_tick(r.core), at(&r).mono_ms + 1000, "the prepare deadline is the next tick");
+
+    advance(&r, 999);
+    cr_assert_str_empty(fake_since(&r.fake));
+    advance(&r, 1);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 abort forced") && strstr(s, "failed=1"), "%s", s);
+    cr_assert_eq(count(s, "send"), 0, "no ABORT before the record is durable: %s", s);
+
+    durable(&r, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=2"), "%s", s);
+    cr_assert(strstr(s, "send p1 ABORT") && strstr(s, "send p2 ABORT"), "both were sent PREPARE: %s", s);
+    rig_free(&r);
+}
+
+Test(core_2pc, an_inquiry_about_an_unknown_fresh_txid_records_an_abort_before_the_answer, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 3);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 3);
+
+    deliver(&r, "p1", WIRE_INQUIRE, tx, 0, 0, NULL, 0);
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "lookup"), 0, "made after the start: the journal cannot know it: %s", s);
+    cr_assert(strstr(s, "append seq=1 abort forced") && strstr(s, "services= "), "presumed abort, recorded: %s", s);
+    cr_assert_eq(count(s, "send"), 0, "no answer before the record is durable: %s", s);
+
+    /* A SUBMIT of the txid meanwhile waits for the same record. */
+    submit(&r, "c1", tx, 0, AB, 2);
+    cr_assert_str_empty(fake_since(&r.fake));
+
+    durable(&r, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 ABORT") && strstr(s, "branch=0"), "%s", s);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=2"), "the txid can never run now: %s", s);
+    cr_assert_eq(count(s, "PREPARE"), 0, "%s", s);
+
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.presumed_aborts, 1);
+    cr_assert_eq(st.inquiries, 1);
+    rig_free(&r);
+}
+
+Test(core_2pc, a_txid_the_journal_may_know_is_looked_up_before_it_is_answered_or_run, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 4);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t old_committed[16], old_unknown[16];
+    /* Made a minute before this run started: an earlier run may have finished it. */
+    txid_at(old_committed, T0_WALL - 60000, 1);
+    txid_at(old_unknown, T0_WALL - 60000, 2);
+
+    submit(&r, "c1", old_committed, 0, AB, 2);
+    submit(&r, "c1", old_committed, 0, AB, 2); /* a re-send while it waits: one lookup, one answer */
+    submit(&r, "c2", old_unknown, 0, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "lookup"), 2, "%s", s);
+    cr_assert_eq(count(s, "send"), 0, "%s", s);
+
+    struct journal_lookup_result lr;
+    memset(&lr, 0, sizeof lr);
+    memcpy(lr.txid, old_committed, 16);
+    lr.outcome = JOURNAL_OUTCOME_COMMITTED;
+    lr.failed_branch = -1;
+    core_on_lookup(r.core, &lr, at(&r));
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "send c1 OUTCOME"), 1, "%s", s);
+    cr_assert(strstr(s, "code=1") && !strstr(s, "PREPARE"), "committed in an earlier run, not run again: %s", s);
+
+    memcpy(lr.txid, old_unknown, 16);
+    lr.outcome = JOURNAL_OUTCOME_NONE;
+    core_on_lookup(r.core, &lr, at(&r));
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 PREPARE") && strstr(s, "send p2 PREPARE"), "unknown to the journal: it runs: %s", s);
+
+    /* A lookup that fails refuses the client (EBUSY), never guesses. */
+    uint8_t old3[16];
+    txid_at(old3, T0_WALL - 60000, 3);
+    query(&r, "c3", old3);
+    fake_since(&r.fake);
+    memcpy(lr.txid, old3, 16);
+    lr.error = TREATY_EPG;
+    core_on_lookup(r.core, &lr, at(&r));
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c3 ERROR") && strstr(s, "code=9"), "EBUSY: %s", s);
+    cr_assert_eq(count(s, "append"), 0, "%s", s);
+    rig_free(&r);
+}
+
+Test(core_2pc, txids_outside_the_window_are_refused, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 5);
+    rig_serve(&r);
+    two_participants(&r);
+    r.ms = 3600 * 1000; /* an hour after the start */
+    uint8_t old[16], ahead[16];
+    txid_at(old, T0_WALL + r.ms - 1801 * 1000LL, 1); /* txid.max_age_s = 1800 */
+    txid_at(ahead, T0_WALL + r.ms + 11 * 1000LL, 2); /* txid.max_future_s = 10 */
+    submit(&r, "c1", old, 0, AB, 2);
+    submit(&r, "c2", ahead, 0, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 ERROR") && strstr(s, "max_age_s"), "%s", s);
+    cr_assert(strstr(s, "send c2 ERROR") && strstr(s, "future"), "%s", s);
+    cr_assert_eq(count(s, "PREPARE") + count(s, "append"), 0, "%s", s);
+    rig_free(&r);
+}
+
+Test(core_2pc, recovery_resends_a_durable_commit_until_every_branch_acks, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 6);
+    uint8_t tx[16];
+    txid_at(tx, T0_WALL - 5000, 9);
+    const char *services[] = {"svc-a", "svc-b"};
+    struct journal_rec rec = {
+        .kind = JOURNAL_COMMIT, .nservices = 2, .services = services, .failed_branch = -1, .step = -1};
+    memcpy(rec.txid, tx, 16);
+    cr_assert_eq(core_recover_record(r.core, &rec, 0), 0);
+    cr_assert_eq(core_recover_done(r.core, at(&r)), 1);
+    cr_assert_str_empty(fake_since(&r.fake), "recovery itself sends nothing");
+    cr_assert_eq(core_unfinished(r.core), 1);
+    two_participants(&r);
+
+    advance(&r, r.cfg.resend_initial_ms);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 COMMIT") && strstr(s, "send p2 COMMIT"), "%s", s);
+    /* Answers about it come from memory: no lookup. */
+    query(&r, "c1", tx);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=1"), "%s", s);
+    ack(&r, "p1", tx, 0, TREATY_STATUS_COMMITTED);
+    ack(&r, "p2", tx, 1, TREATY_STATUS_COMMITTED);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 end lazy"), "%s", s);
+    cr_assert_eq(core_unfinished(r.core), 0);
+    rig_free(&r);
+}
+
+Test(core, a_malformed_message_is_answered_with_an_error, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 7);
+    rig_serve(&r);
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.txid[0] = 0xab;
+    core_on_malformed(r.core, (const uint8_t *)"x1", 2, &h, TREATY_EVERSION, at(&r));
+    core_on_malformed(r.core, (const uint8_t *)"", 0, NULL, TREATY_EPROTO, at(&r));
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "send"), 1, "nobody to answer without a routing id: %s", s);
+    cr_assert(strstr(s, "send x1 ERROR txid=ab") && strstr(s, "unsupported protocol version"), "%s", s);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.malformed, 2);
+    rig_free(&r);
+}
+
+Test(core, stopping_refuses_new_work_and_an_unhealthy_journal_too, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 8);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t a[16], b[16];
+    fresh_txid(&r, a, 1);
+    fresh_txid(&r, b, 2);
+    r.fake.unhealthy = true;
+    submit(&r, "c1", a, 0, AB, 2);
+    r.fake.unhealthy = false;
+    core_stop(r.core);
+    submit(&r, "c2", b, 0, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 ERROR") && strstr(s, "journal unavailable"), "%s", s);
+    cr_assert(strstr(s, "send c2 ERROR") && strstr(s, "shutting down"), "%s", s);
+    cr_assert_eq(count(s, "PREPARE"), 0, "%s", s);
+    rig_free(&r);
+}
+
+/* ------------------------------------------------------------ sagas */
+
+Test(core_saga, a_saga_whose_end_is_not_durable_tells_nobody, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 9);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+
+    saga(&r, "c1", tx, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 saga forced") && strstr(s, "services=svc-a,svc-b"), "%s", s);
+    cr_assert_eq(count(s, "send"), 0, "no step before the definition is durable: %s", s);
+
+    durable(&r, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 STEP") && strstr(s, "[do] [a-payload]"), "%s", s);
+    cr_assert_eq(count(s, "STEP"), 1, "group 1 waits for group 0: %s", s);
+
+    result(&r, "p1", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=2 step lazy") && strstr(s, "step=0 detail=[action]"), "%s", s);
+    cr_assert(strstr(s, "send p2 STEP"), "%s", s);
+
+    result(&r, "p2", tx, 1, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=3 end forced") && strstr(s, "detail=[completed]"), "%s", s);
+    cr_assert_eq(count(s, "step lazy"), 0, "the last step's record is left to END: %s", s);
+    cr_assert_eq(count(s, "send"), 0, "completed, but nobody is told before END is durable: %s", s);
+
+    /* Everything done, END not durable: a query, a resubmission, time. */
+    query(&r, "c2", tx);
+    saga(&r, "c1", tx, AB, 2);
+    advance(&r, 60000);
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "OUTCOME"), 1, "%s", s);
+    cr_assert(strstr(s, "send c2 OUTCOME") && strstr(s, "code=3"), "the query hears PENDING: %s", s);
+
+    durable(&r, 3);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=5"), "COMPLETED once END is durable: %s", s);
+    cr_assert_eq(core_unfinished(r.core), 0);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.sagas_completed, 1);
+    rig_free(&r);
+}
+
+Test(core_saga, a_failed_step_turns_around_after_the_turn_record_is_durable, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 10);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 2);
+    saga(&r, "c1", tx, AB, 2);
+    durable(&r, 1);
+    result(&r, "p1", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    result(&r, "p2", tx, 1, WIRE_STEP_ACTION, WIRE_RESULT_FAILED);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=3 turn forced") && strstr(s, "failed=1"), "%s", s);
+    cr_assert_eq(count(s, "[undo]"), 0, "no compensation before the turn is durable: %s", s);
+
+    durable(&r, 3);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p2 STEP") && strstr(s, "[undo] [c-payload]"), "the failing step first: %s", s);
+    cr_assert_eq(count(s, "STEP"), 1, "%s", s);
+    result(&r, "p2", tx, 1, WIRE_STEP_COMPENSATION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 STEP") && strstr(s, "[undo]"), "%s", s);
+    result(&r, "p1", tx, 0, WIRE_STEP_COMPENSATION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "end forced") && strstr(s, "detail=[compensated]"), "%s", s);
+    cr_assert_eq(count(s, "OUTCOME"), 0, "%s", s);
+    durable(&r, r.fake.seq);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && strstr(s, "code=6"), "%s", s);
+    rig_free(&r);
+}
+
+Test(core_saga, recovery_counts_every_step_started, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 11);
+    uint8_t tx[16];
+    txid_at(tx, T0_WALL - 5000, 5);
+    const char *svc[] = {"svc-a", "svc-b"};
+
+    /* Recovery: a definition and a TURN, nothing recorded done. Both steps
+     * count as started and are compensated, group 1 first. */
+    struct journal_rec def = {.kind = JOURNAL_SAGA, .failed_branch = -1, .step = -1};
+    memcpy(def.txid, tx, 16);
+    /* Re-encode the definition exactly as saga.c does: u32 nframes, then u32 length + bytes. */
+    uint8_t buf[1024];
+    size_t off = 4;
+    const char *frames[] = {NULL,    "svc-a", "do",        "a-payload", "undo",      "c-payload", NULL,
+                            "svc-b", "do",    "a-payload", "undo",      "c-payload", NULL};
+    wire_put_u32(buf, 13);
+    for (int i = 0; i < 13; i++) {
+        uint8_t pol[WIRE_POLICY_LEN];
+        const uint8_t *d;
+        size_t n;
+        if (i == 0) {
+            static const uint8_t zero[4];
+            d = zero;
+            n = 4;
+        } else if (frames[i] == NULL) {
+            struct wire_policy p = {.group = (uint16_t)(i / 6 - 1)};
+            wire_encode_policy(&p, pol);
+            d = pol;
+            n = WIRE_POLICY_LEN;
+        } else {
+            d = (const uint8_t *)frames[i];
+            n = strlen(frames[i]);
+        }
+        wire_put_u32(buf + off, (uint32_t)n);
+        memcpy(buf + off + 4, d, n);
+        off += 4 + n;
+    }
+    def.data = buf;
+    def.data_len = off;
+    def.nservices = 2;
+    def.services = svc;
+    struct journal_rec turn = {.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1, .detail = "step 1 failed"};
+    memcpy(turn.txid, tx, 16);
+    cr_assert_eq(core_recover_record(r.core, &def, 0), 0);
+    cr_assert_eq(core_recover_record(r.core, &turn, 0), 0);
+    cr_assert_eq(core_recover_done(r.core, at(&r)), 1);
+    two_participants(&r);
+    advance(&r, r.cfg.resend_initial_ms);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p2 STEP") && strstr(s, "code=2"), "compensation of step 1: %s", s);
+    result(&r, "p2", tx, 1, WIRE_STEP_COMPENSATION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 STEP") && strstr(s, "code=2"), "step 0 counts as started too: %s", s);
+    rig_free(&r);
+}
+
+/* ------------------------------------------------------------ determinism */
+
+/* One scripted run, a millisecond per tick: a 2PC transaction whose
+ * participants never acknowledge, so that the decision is re-sent with
+ * jittered backoff, and a saga whose step keeps failing transiently (jittered
+ * retries). The participants say HELLO every second. */
+/* Answers a STEP in the transcript since the mark with TRANSIENT. */
+static void step_fails_transiently(struct rig *r, const uint8_t *stx)
+{
+    const char *s = strstr(fake_since(&r->fake), "STEP");
+    unsigned attempt;
+    if (s != NULL) {
+        cr_assert_eq(sscanf(strstr(s, "attempt="), "attempt=%u", &attempt), 1);
+        result_try(r, "p1", stx, 0, attempt, WIRE_STEP_ACTION, WIRE_RESULT_TRANSIENT);
+    }
+}
+
+static void script_tick(struct rig *r, const uint8_t *stx)
+{
+    r->fake.mark = r->fake.len;
+    advance(r, 1);
+    step_fails_transiently(r, stx);
+    if (r->ms % 1000 == 0) {
+        hello(r, "p1", "svc-a");
+        hello(r, "p2", "svc-b");
+    }
+}
+
+static void script(struct rig *r)
+{
+    uint8_t tx[16], stx[16];
+    rig_serve(r);
+    two_participants(r);
+    fresh_txid(r, tx, 1);
+    submit(r, "c1", tx, 1000, AB, 2);
+    vote(r, "p1", tx, 0, true);
+    vote(r, "p2", tx, 1, true);
+    durable(r, r->fake.seq);
+    fresh_txid(r, stx, 2);
+    saga(r, "c2", stx, AB, 1);
+    r->fake.mark = r->fake.len;
+    durable(r, r->fake.seq);
+    step_fails_transiently(r, stx);
+    for (int i = 0; i < 8000; i++)
+        script_tick(r, stx);
+}
+
+Test(core, the_same_seed_gives_the_same_calls, .init = quiet_logs)
+{
+    struct rig a, b, c;
+    rig_start(&a, 42);
+    rig_start(&b, 42);
+    rig_start(&c, 43);
+    script(&a);
+    script(&b);
+    script(&c);
+    cr_assert_gt(count(a.fake.log, "COMMIT"), 8, "the decision was re-sent: %s", a.fake.log);
+    cr_assert_geq(count(a.fake.log, "STEP"), 3, "the step was retried: %s", a.fake.log);
+    cr_assert_str_eq(a.fake.log, b.fake.log, "one seed, one transcript");
+    cr_assert_str_neq(a.fake.log, c.fake.log, "the seed draws the jitter");
+    rig_free(&a);
+    rig_free(&b);
+    rig_free(&c);
+}
+
+/* Several cores live in one process (the simulator runs one per simulated
+ * coordinator): driven in lockstep, each behaves as if alone. */
+Test(core, cores_in_one_process_share_nothing, .init = quiet_logs)
+{
+    struct rig alone, x, y;
+    rig_start(&alone, 7);
+    script(&alone);
+    rig_start(&x, 7);
+    rig_start(&y, 8);
+    uint8_t tx[2][16], stx[2][16];
+    struct rig *rigs[2] = {&x, &y};
+    for (int k = 0; k < 2; k++) {
+        struct rig *r = rigs[k];
+        rig_serve(r);
+        two_participants(r);
+        fresh_txid(r, tx[k], 1);
+        submit(r, "c1", tx[k], 1000, AB, 2);
+    }
+    for (int k = 0; k < 2; k++) {
+        vote(rigs[k], "p1", tx[k], 0, true);
+        vote(rigs[k], "p2", tx[k], 1, true);
+    }
+    for (int k = 0; k < 2; k++) {
+        durable(rigs[k], rigs[k]->fake.seq);
+        fresh_txid(rigs[k], stx[k], 2);
+        saga(rigs[k], "c2", stx[k], AB, 1);
+    }
+    for (int k = 0; k < 2; k++) {
+        rigs[k]->fake.mark = rigs[k]->fake.len;
+        durable(rigs[k], rigs[k]->fake.seq);
+        step_fails_transiently(rigs[k], stx[k]);
+    }
+    for (int i = 0; i < 8000; i++)
+        for (int k = 0; k < 2; k++)
+            script_tick(rigs[k], stx[k]);
+    cr_assert_str_eq(x.fake.log, alone.fake.log);
+    rig_free(&alone);
+    rig_free(&x);
+    rig_free(&y);
+}
