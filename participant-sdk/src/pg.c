@@ -82,6 +82,7 @@
 #include "participant_int.h"
 #include "sql_barrier.h"
 #include "treaty.h"
+#include "wire.h"
 
 #define PG_GID_MAX 64
 #define PG_BACKOFF_MIN_MS 100
@@ -727,10 +728,10 @@ static int finish_missing(struct pgp *g, const treaty_branch_t *b, const char *g
     case FATE_COMMITTED:
         if (commit)
             return 0;
-        participant_alertf(g->p,
-                           "ABORT for %s refused: that branch committed here; not acknowledged (the abort decision "
-                           "contradicts a committed branch)",
-                           gid);
+        pcore_log(participant_core(g->p), PCORE_ALERT,
+                  "ABORT for %s refused: that branch committed here; not acknowledged (the abort decision "
+                  "contradicts a committed branch)",
+                  gid);
         return TREATY_ESTATE;
     case FATE_ABSENT:
         if (!commit)
@@ -742,10 +743,10 @@ static int finish_missing(struct pgp *g, const treaty_branch_t *b, const char *g
                                gid);
             return 0;
         }
-        participant_alertf(g->p,
-                           "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
-                           "or rolled back); not acknowledged",
-                           gid);
+        pcore_log(participant_core(g->p), PCORE_ALERT,
+                  "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
+                  "or rolled back); not acknowledged",
+                  gid);
         return TREATY_ESTATE;
     case FATE_HELD:
         break;
@@ -813,13 +814,13 @@ static int pg_abort(void *arg, const treaty_branch_t *b)
  * periodically: INQUIRE for every treaty:* prepared transaction of this
  * database. Periodic sweeps skip transactions younger than one sweep period,
  * which are most likely still being decided normally. */
-static void pg_sweep(void *arg, treaty_participant_t *p, bool first)
+static void pg_sweep(void *arg, struct pcore *pc, bool first)
 {
     struct pgp *g = arg;
     char min_age[16];
     if (pg_ready(g) < 0)
         return;
-    snprintf(min_age, sizeof min_age, "%d", first ? 0 : PARTICIPANT_SWEEP_MS);
+    snprintf(min_age, sizeof min_age, "%d", first ? 0 : PCORE_SWEEP_MS);
     const char *pv[1] = {min_age};
     PGresult *r = PQexecParams(g->conn,
                                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "
@@ -836,10 +837,10 @@ static void pg_sweep(void *arg, treaty_participant_t *p, bool first)
         treaty_txid_t id;
         unsigned branch;
         if (!parse_gid(gid, &id, &branch)) {
-            participant_errorf(p, "prepared transaction %s is not Treaty's; left alone", gid);
+            pcore_log(pc, PCORE_NOTE, "prepared transaction %s is not Treaty's; left alone", gid);
             continue;
         }
-        (void)treaty_participant_inquire(p, &id, branch);
+        (void)pcore_inquire(pc, &id, branch);
     }
     PQclear(r);
 }
@@ -893,8 +894,8 @@ int treaty_pg_participant_new(const char *endpoint, const char *service, const c
     if (rc < 0)
         goto fail_participant;
     g->p = p;
-    struct participant_ext ext = {pg_sweep, pg_free, g};
-    participant_set_ext(p, &ext); /* p owns g from here on */
+    struct pcore_ext ext = {pg_sweep, pg_free, g};
+    pcore_set_ext(participant_core(p), &ext); /* p owns g from here on */
 
     const char *const keys[] = {"dbname", "fallback_application_name", NULL};
     const char *const vals[] = {conninfo, "treaty-participant", NULL};
@@ -989,7 +990,7 @@ struct pg_step {
 /* The pgp of a participant made by treaty_pg_participant_new, else NULL. */
 static struct pgp *pgp_of(treaty_participant_t *p)
 {
-    const struct participant_ext *ext = participant_get_ext(p);
+    const struct pcore_ext *ext = pcore_get_ext(participant_core(p));
     return ext->on_destroy == pg_free ? ext->arg : NULL;
 }
 
@@ -1306,7 +1307,8 @@ static int compensation_once(struct pg_step *ps, const treaty_step_t *s, char *r
             snprintf(reason, TREATY_REASON_MAX,
                      "compensation older than the barrier's purge horizon, with its barrier rows gone: whether the "
                      "action ran cannot be told; not run (needs an operator)");
-            participant_alertf(g->p, "compensation %s of %s step %u: %s", s->name, ids, s->step, reason);
+            pcore_log(participant_core(g->p), PCORE_ALERT, "compensation %s of %s step %u: %s", s->name, ids, s->step,
+                      reason);
             return TREATY_ESTATE;
         }
         /* Null compensation: nothing to undo. Durable with the COMMIT; a
@@ -1400,7 +1402,7 @@ static int pg_compensation(void *arg, const treaty_step_t *s, char *reason)
     return pg_step(arg, s, reason, false);
 }
 
-static int pg_register(treaty_participant_t *p, enum participant_step_kind kind, const char *name, treaty_pg_step_fn fn,
+static int pg_register(treaty_participant_t *p, enum pcore_step_kind kind, const char *name, treaty_pg_step_fn fn,
                        void *arg)
 {
     if (p == NULL || fn == NULL)
@@ -1408,26 +1410,31 @@ static int pg_register(treaty_participant_t *p, enum participant_step_kind kind,
     struct pgp *g = pgp_of(p);
     if (g == NULL) {
         participant_errorf(p, "treaty_pg_on_%s: not a participant made by treaty_pg_participant_new",
-                           kind == PARTICIPANT_ACTION ? "action" : "compensation");
+                           kind == PCORE_ACTION ? "action" : "compensation");
         return TREATY_EINVAL;
     }
+    if (name == NULL || !wire_name_ok((const uint8_t *)name, strnlen(name, WIRE_NAME_MAX + 1)))
+        return TREATY_EINVAL;
+    if (participant_started(p))
+        return TREATY_ESTATE; /* the SDK thread reads the table without a lock */
     struct pg_step *ps = calloc(1, sizeof *ps);
     if (ps == NULL)
         return TREATY_ENOMEM;
     ps->g = g;
     ps->fn = fn;
     ps->arg = arg;
-    return participant_add_step(p, kind, name, kind == PARTICIPANT_ACTION ? pg_action : pg_compensation, ps, free);
+    return pcore_add_step(participant_core(p), kind, name, kind == PCORE_ACTION ? pg_action : pg_compensation, ps,
+                          free);
 }
 
 int treaty_pg_on_action(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg)
 {
-    return pg_register(p, PARTICIPANT_ACTION, name, fn, arg);
+    return pg_register(p, PCORE_ACTION, name, fn, arg);
 }
 
 int treaty_pg_on_compensation(treaty_participant_t *p, const char *name, treaty_pg_step_fn fn, void *arg)
 {
-    return pg_register(p, PARTICIPANT_COMPENSATION, name, fn, arg);
+    return pg_register(p, PCORE_COMPENSATION, name, fn, arg);
 }
 
 /*
