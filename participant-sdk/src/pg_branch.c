@@ -25,7 +25,7 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
     long long horizon = -1;
     int rc = g->ops.branch_begin(g->ctx, &b->txid, b->branch, gid, &horizon);
     if (rc < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     switch ((enum pg_begin)rc) {
@@ -36,18 +36,18 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
     case PG_BEGIN_COMMITTED:
         /* The branch was prepared and committed before: this PREPARE is a
          * stale duplicate, any vote would be ignored. Send none. */
-        pgc_log(g, PCORE_NOTE, "duplicate PREPARE for %s: branch %u already committed; no vote", gid, b->branch);
+        pg_core_log(g, PCORE_NOTE, "duplicate PREPARE for %s: branch %u already committed; no vote", gid, b->branch);
         return TREATY_ESTATE;
     case PG_BEGIN_HELD:
         /* Another session holds the row: a twin instance preparing the same
          * branch, or its prepared transaction. No vote; the coordinator
          * re-sends or times out. */
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_ESTATE;
     case PG_BEGIN_OPEN:
         break;
     }
-    if (pgc_before_horizon(&b->txid, horizon)) {
+    if (pg_core_before_horizon(&b->txid, horizon)) {
         /* No row, but one may have been purged: this could be a late
          * duplicate of a branch that committed here, and running the work
          * again could apply it twice (a YES for a branch the coordinator
@@ -57,7 +57,7 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
         snprintf(reason, TREATY_REASON_MAX,
                  "PREPARE older than the barrier's purge horizon (the branch may have committed here and its "
                  "barrier row been purged)");
-        pgc_log(g, PCORE_NOTE, "%s: %s; voted NO", gid, reason);
+        pg_core_log(g, PCORE_NOTE, "%s: %s; voted NO", gid, reason);
         return TREATY_VOTE_NO;
     }
 
@@ -68,7 +68,7 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
     if (vote != TREATY_VOTE_YES) {
         g->ops.rollback(g->ctx);
         if (vote < 0) {
-            pgc_log(g, PCORE_NOTE, "work for %s failed: %s; rolled back, no vote", gid, treaty_err_name(vote));
+            pg_core_log(g, PCORE_NOTE, "work for %s failed: %s; rolled back, no vote", gid, treaty_err_name(vote));
             return g->ops.lost(g->ctx) ? TREATY_EPG : vote;
         }
         if (vote != TREATY_VOTE_NO)
@@ -81,12 +81,12 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
          * itself. PREPARE TRANSACTION would only roll back. */
         g->ops.rollback(g->ctx);
         if (st == PG_TXN_LOST || g->ops.lost(g->ctx)) {
-            pgc_log(g, PCORE_NOTE, "connection lost during work for %s; no vote", gid);
+            pg_core_log(g, PCORE_NOTE, "connection lost during work for %s; no vote", gid);
             return TREATY_EPG;
         }
         snprintf(reason, TREATY_REASON_MAX, "work voted YES but the transaction was %s",
                  st == PG_TXN_FAILED ? "failed" : "ended by work");
-        pgc_log(g, PCORE_NOTE, "%s: %s", gid, reason);
+        pg_core_log(g, PCORE_NOTE, "%s: %s", gid, reason);
         return TREATY_VOTE_NO;
     }
 
@@ -94,7 +94,7 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
     if (rc < 0) {
         /* Not prepared (e.g. max_prepared_transactions reached): rolled
          * back. No vote. */
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     if (rc == PG_END_ROLLED_BACK) {
@@ -110,7 +110,7 @@ static int prepare_once(struct pg_core *g, const treaty_branch_t *b, char *reaso
     return TREATY_VOTE_YES;
 }
 
-int pgc_prepare(void *arg, const treaty_branch_t *b, char *reason)
+int pg_core_prepare(void *arg, const treaty_branch_t *b, char *reason)
 {
     struct pg_core *g = arg;
     if (g->work == NULL) {
@@ -119,7 +119,7 @@ int pgc_prepare(void *arg, const treaty_branch_t *b, char *reason)
     }
     for (int attempt = 0;; attempt++) {
         if (g->ops.ready(g->ctx, false) < 0) {
-            pgc_report(g, NULL);
+            pg_core_report(g, NULL);
             return TREATY_EPG;
         }
         int rc = prepare_once(g, b, reason);
@@ -145,44 +145,44 @@ static int finish_missing(struct pg_core *g, const treaty_branch_t *b, const cha
     long long horizon = -1;
     int rc = g->ops.branch_witness(g->ctx, &b->txid, b->branch, &horizon);
     if (rc < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     switch ((enum pg_witness)rc) {
     case PG_WITNESS_COMMITTED:
         if (commit)
             return 0;
-        pgc_log(g, PCORE_ALERT,
-                "ABORT for %s refused: that branch committed here; not acknowledged (the abort decision "
-                "contradicts a committed branch)",
-                gid);
+        pg_core_log(g, PCORE_ALERT,
+                    "ABORT for %s refused: that branch committed here; not acknowledged (the abort decision "
+                    "contradicts a committed branch)",
+                    gid);
         return TREATY_ESTATE;
     case PG_WITNESS_ABSENT:
         if (!commit)
             return 0;
-        if (pgc_before_horizon(&b->txid, horizon)) {
+        if (pg_core_before_horizon(&b->txid, horizon)) {
             /* Its row may have been purged after it committed: refusing
              * would have the coordinator re-send forever, and a COMMIT that
              * old re-sends a decision whose atomicity was settled (or lost)
              * when it was first delivered. */
-            pgc_log(g, PCORE_NOTE,
-                    "COMMIT for %s: neither prepared nor a barrier row, but older than the barrier's purge "
-                    "horizon (its row may have been purged after it committed); acknowledged unverified",
-                    gid);
+            pg_core_log(g, PCORE_NOTE,
+                        "COMMIT for %s: neither prepared nor a barrier row, but older than the barrier's purge "
+                        "horizon (its row may have been purged after it committed); acknowledged unverified",
+                        gid);
             return 0;
         }
-        pgc_log(g, PCORE_ALERT,
-                "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
-                "or rolled back); not acknowledged",
-                gid);
+        pg_core_log(g, PCORE_ALERT,
+                    "COMMIT for %s refused: the branch is neither prepared nor committed here (never prepared, "
+                    "or rolled back); not acknowledged",
+                    gid);
         return TREATY_ESTATE;
     case PG_WITNESS_HELD:
         break;
     }
-    pgc_log(g, PCORE_NOTE,
-            "%s for %s: no prepared transaction, and its barrier row is held by another transaction (a twin "
-            "instance preparing or deciding it); not acknowledged yet",
-            commit ? "COMMIT" : "ABORT", gid);
+    pg_core_log(g, PCORE_NOTE,
+                "%s for %s: no prepared transaction, and its barrier row is held by another transaction (a twin "
+                "instance preparing or deciding it); not acknowledged yet",
+                commit ? "COMMIT" : "ABORT", gid);
     return TREATY_EPG;
 }
 
@@ -192,7 +192,7 @@ static int finish_once(struct pg_core *g, const treaty_branch_t *b, bool commit)
     pg_gid_make(&b->txid, b->branch, gid);
     int rc = g->ops.branch_finish(g->ctx, gid, commit);
     if (rc < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     if (rc == PG_FINISH_NO_GID)
@@ -210,7 +210,7 @@ static int finish(struct pg_core *g, const treaty_branch_t *b, bool commit)
 {
     for (int attempt = 0;; attempt++) {
         if (g->ops.ready(g->ctx, false) < 0) {
-            pgc_report(g, NULL);
+            pg_core_report(g, NULL);
             return TREATY_EPG;
         }
         int rc = finish_once(g, b, commit);
@@ -219,7 +219,7 @@ static int finish(struct pg_core *g, const treaty_branch_t *b, bool commit)
     }
 }
 
-int pgc_commit(void *arg, const treaty_branch_t *b)
+int pg_core_commit(void *arg, const treaty_branch_t *b)
 {
     struct pg_core *g = arg;
     /* If we crash here the branch stays prepared; the coordinator re-sends
@@ -229,7 +229,7 @@ int pgc_commit(void *arg, const treaty_branch_t *b)
     return finish(g, b, true);
 }
 
-int pgc_abort(void *arg, const treaty_branch_t *b)
+int pg_core_abort(void *arg, const treaty_branch_t *b)
 {
     return finish(arg, b, false);
 }
@@ -257,14 +257,14 @@ static void sweep_one(void *arg, const char *gid)
  * treaty:* prepared transaction of this database. Periodic sweeps skip
  * transactions younger than one sweep period, which are most likely still
  * being decided normally. */
-void pgc_sweep(void *arg, struct pcore *c, bool first)
+void pg_core_sweep(void *arg, struct pcore *c, bool first)
 {
     struct pg_core *g = arg;
     if (g->ops.ready(g->ctx, false) < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return;
     }
     struct sweep sw = {g, c};
     if (g->ops.list_prepared(g->ctx, first ? 0 : PCORE_SWEEP_MS, sweep_one, &sw) < 0)
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
 }

@@ -16,7 +16,7 @@
 
 /* --------------------------------------------------------------- reports */
 
-void pgc_log(struct pg_core *g, enum pcore_level level, const char *fmt, ...)
+void pg_core_log(struct pg_core *g, enum pcore_level level, const char *fmt, ...)
 {
     va_list ap;
     if (g->pc == NULL)
@@ -26,7 +26,7 @@ void pgc_log(struct pg_core *g, enum pcore_level level, const char *fmt, ...)
     va_end(ap);
 }
 
-void pgc_note(struct pg_core *g, char *reason, const char *fmt, ...)
+void pg_core_note(struct pg_core *g, char *reason, const char *fmt, ...)
 {
     char buf[TREATY_REASON_MAX];
     va_list ap;
@@ -36,17 +36,17 @@ void pgc_note(struct pg_core *g, char *reason, const char *fmt, ...)
     for (char *c = buf; *c; c++) /* one line: libpq's messages span several */
         if ((unsigned char)*c < 0x20)
             *c = ' ';
-    pgc_log(g, PCORE_NOTE, "%s", buf);
+    pg_core_log(g, PCORE_NOTE, "%s", buf);
     if (reason != NULL)
         snprintf(reason, TREATY_REASON_MAX, "%s", buf);
 }
 
-void pgc_report(struct pg_core *g, char *reason)
+void pg_core_report(struct pg_core *g, char *reason)
 {
-    pgc_note(g, reason, "%s", g->ops.errtext(g->ctx));
+    pg_core_note(g, reason, "%s", g->ops.errtext(g->ctx));
 }
 
-bool pgc_before_horizon(const treaty_txid_t *id, long long horizon_ms)
+bool pg_core_before_horizon(const treaty_txid_t *id, long long horizon_ms)
 {
     long long t = treaty_txid_time_ms(id);
     return horizon_ms >= 0 && t >= 0 && t < horizon_ms;
@@ -120,16 +120,16 @@ static void pg_core_release(void *arg)
 
 void pg_core_handlers(struct pg_core *g, treaty_handlers_t *h)
 {
-    h->prepare = pgc_prepare;
-    h->commit = pgc_commit;
-    h->abort = pgc_abort;
+    h->prepare = pg_core_prepare;
+    h->commit = pg_core_commit;
+    h->abort = pg_core_abort;
     h->arg = g;
 }
 
 void pg_core_install(struct pg_core *g, struct pcore *c)
 {
     g->pc = c;
-    struct pcore_ext ext = {pgc_sweep, pg_core_release, g};
+    struct pcore_ext ext = {pg_core_sweep, pg_core_release, g};
     pcore_set_ext(c, &ext);
 }
 
@@ -177,13 +177,13 @@ int pg_core_on_step(struct pcore *c, enum pcore_step_kind kind, const char *name
     struct pg_core *g = pg_core_of(c);
     if (g == NULL)
         return TREATY_EINVAL;
-    struct pgc_step *ps = calloc(1, sizeof *ps);
+    struct pg_core_step *ps = calloc(1, sizeof *ps);
     if (ps == NULL)
         return TREATY_ENOMEM;
     ps->g = g;
     ps->fn = fn;
     ps->arg = arg;
-    return pcore_add_step(c, kind, name, kind == PCORE_ACTION ? pgc_action : pgc_compensation, ps, free);
+    return pcore_add_step(c, kind, name, kind == PCORE_ACTION ? pg_core_action : pg_core_compensation, ps, free);
 }
 
 /* ------------------------------------------------------------------ purge */
@@ -199,14 +199,14 @@ long pg_core_purge(struct pcore *c, unsigned older_than_s)
     if (st == PG_TXN_OPEN || st == PG_TXN_FAILED)
         return TREATY_ESTATE; /* inside a handler's transaction: not ours to end */
     if (g->ops.ready(g->ctx, false) < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     /* If we crash before its commit nothing changed; after it, both the
      * rows and the horizon did. */
     long n = g->ops.purge(g->ctx, older_than_s);
     if (n < 0) {
-        pgc_report(g, NULL);
+        pg_core_report(g, NULL);
         return TREATY_EPG;
     }
     return n;

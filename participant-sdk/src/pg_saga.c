@@ -24,20 +24,20 @@ static int check_fn_txn(struct pg_core *g, const char *kind, const treaty_step_t
 {
     enum pg_txn st = g->ops.txn_state(g->ctx);
     if (st == PG_TXN_LOST) {
-        pgc_note(g, reason, "connection lost during %s %s of step %u", kind, s->name, s->step);
+        pg_core_note(g, reason, "connection lost during %s %s of step %u", kind, s->name, s->step);
         return TREATY_EPG;
     }
     if (st == PG_TXN_IDLE) {
-        pgc_note(g, reason,
-                 "%s handler %s ended the step's transaction itself (it must not COMMIT or ROLLBACK); "
-                 "barrier bypassed, try counted as transient",
-                 kind, s->name);
+        pg_core_note(g, reason,
+                     "%s handler %s ended the step's transaction itself (it must not COMMIT or ROLLBACK); "
+                     "barrier bypassed, try counted as transient",
+                     kind, s->name);
         return TREATY_ESTATE;
     }
     if (ok && st == PG_TXN_FAILED) {
         g->ops.rollback(g->ctx);
-        pgc_note(g, reason, "%s handler %s returned OK, but a statement in its transaction failed; rolled back", kind,
-                 s->name);
+        pg_core_note(g, reason, "%s handler %s returned OK, but a statement in its transaction failed; rolled back",
+                     kind, s->name);
         return TREATY_ESTATE;
     }
     return 0;
@@ -50,15 +50,15 @@ static int record_result(struct pg_core *g, const char *kind, const treaty_step_
 {
     int rc = g->ops.step_record(g->ctx, &s->txid, s->step, op, ok, why);
     if (rc < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_RECORD_OTHER) {
         g->ops.rollback(g->ctx);
-        pgc_note(g, reason,
-                 "%s handler %s ended the step's transaction itself and began another (it must not COMMIT or "
-                 "ROLLBACK); barrier bypassed, try counted as transient",
-                 kind, s->name);
+        pg_core_note(g, reason,
+                     "%s handler %s ended the step's transaction itself and began another (it must not COMMIT or "
+                     "ROLLBACK); barrier bypassed, try counted as transient",
+                     kind, s->name);
         return TREATY_ESTATE;
     }
     return 0;
@@ -69,11 +69,11 @@ static int commit_step(struct pg_core *g, char *reason)
 {
     int rc = g->ops.step_commit(g->ctx);
     if (rc < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_END_ROLLED_BACK) {
-        pgc_note(g, reason, "COMMIT of the step rolled back");
+        pg_core_note(g, reason, "COMMIT of the step rolled back");
         return TREATY_EPG;
     }
     return 0;
@@ -85,7 +85,7 @@ static int action_answer(struct pg_core *g, const treaty_step_t *s, const char *
 {
     int rc = g->ops.step_read_action(g->ctx, &s->txid, s->step, reason);
     if (rc < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     g->ops.rollback(g->ctx);
@@ -102,21 +102,21 @@ static int action_answer(struct pg_core *g, const treaty_step_t *s, const char *
         return TREATY_STEP_FAILED;
     case PG_ACTION_GONE:
         /* Deleted between the insert and the read: a purge. Retried. */
-        pgc_note(g, reason, "action barrier row of %s step %u was purged while it was read; retried", ids, s->step);
+        pg_core_note(g, reason, "action barrier row of %s step %u was purged while it was read; retried", ids, s->step);
         return TREATY_ESTATE;
     case PG_ACTION_NONE:
         break;
     }
     /* No result: only an earlier handler that committed by itself leaves
      * that. Unknown: transient. */
-    pgc_note(g, reason,
-             "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
-             "itself); outcome unknown",
-             s->name, ids, s->step);
+    pg_core_note(g, reason,
+                 "action %s of %s step %u: barrier row without a result (an earlier handler ended its transaction "
+                 "itself); outcome unknown",
+                 s->name, ids, s->step);
     return TREATY_ESTATE;
 }
 
-static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason)
+static int action_once(struct pg_core_step *ps, const treaty_step_t *s, char *reason)
 {
     struct pg_core *g = ps->g;
     char ids[TREATY_TXID_STRLEN];
@@ -124,7 +124,7 @@ static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason
 
     int rc = g->ops.step_begin(g->ctx, &s->txid, s->step, PG_STEP_ACTION);
     if (rc < 0 || rc == PG_ROW_HELD) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_ROW_EXISTS)
@@ -133,10 +133,10 @@ static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason
     /* The savepoint, and the purge horizon, read after the insert. */
     long long horizon = -1;
     if (g->ops.step_work_begin(g->ctx, true, &horizon) < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
-    if (pgc_before_horizon(&s->txid, horizon)) {
+    if (pg_core_before_horizon(&s->txid, horizon)) {
         /* No row, but rows of this step may have been purged: its
          * compensation may have come first and blocked it, and running it
          * now would be a hanging action. Refused, and nothing written: a
@@ -145,7 +145,7 @@ static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason
         snprintf(reason, TREATY_REASON_MAX,
                  "step older than the barrier's purge horizon: refused (it may have been compensated already, its "
                  "barrier rows purged since)");
-        pgc_log(g, PCORE_NOTE, "action %s of %s step %u: %s", s->name, ids, s->step, reason);
+        pg_core_log(g, PCORE_NOTE, "action %s of %s step %u: %s", s->name, ids, s->step, reason);
         return TREATY_STEP_FAILED;
     }
 
@@ -177,7 +177,7 @@ static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason
         char why[TREATY_REASON_MAX];
         snprintf(why, sizeof why, "%s", reason);
         if (g->ops.step_undo_work(g->ctx) < 0) {
-            pgc_report(g, reason);
+            pg_core_report(g, reason);
             return TREATY_EPG;
         }
         rc = record_result(g, "action", s, PG_STEP_ACTION, false, why, reason);
@@ -194,7 +194,7 @@ static int action_once(struct pgc_step *ps, const treaty_step_t *s, char *reason
     return rc;
 }
 
-static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *reason)
+static int compensation_once(struct pg_core_step *ps, const treaty_step_t *s, char *reason)
 {
     struct pg_core *g = ps->g;
     char ids[TREATY_TXID_STRLEN];
@@ -202,7 +202,7 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
 
     int rc = g->ops.step_begin(g->ctx, &s->txid, s->step, PG_STEP_COMPENSATION);
     if (rc < 0 || rc == PG_ROW_HELD) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_ROW_EXISTS) {
@@ -213,7 +213,7 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
     /* Block the action: if it never ran here, it never will. */
     rc = g->ops.step_block_action(g->ctx, &s->txid, s->step);
     if (rc < 0 || rc == PG_ROW_HELD) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_ROW_INSERTED) {
@@ -223,15 +223,15 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
          * compensation stays transient (stuck, for an operator). */
         long long horizon = -1;
         if (g->ops.step_horizon(g->ctx, &horizon) < 0) {
-            pgc_report(g, reason);
+            pg_core_report(g, reason);
             return TREATY_EPG;
         }
-        if (pgc_before_horizon(&s->txid, horizon)) {
+        if (pg_core_before_horizon(&s->txid, horizon)) {
             g->ops.rollback(g->ctx);
             snprintf(reason, TREATY_REASON_MAX,
                      "compensation older than the barrier's purge horizon, with its barrier rows gone: whether the "
                      "action ran cannot be told; not run (needs an operator)");
-            pgc_log(g, PCORE_ALERT, "compensation %s of %s step %u: %s", s->name, ids, s->step, reason);
+            pg_core_log(g, PCORE_ALERT, "compensation %s of %s step %u: %s", s->name, ids, s->step, reason);
             return TREATY_ESTATE;
         }
         /* Null compensation: nothing to undo. Durable with the commit; a
@@ -243,12 +243,12 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
     }
     rc = g->ops.step_read_action(g->ctx, &s->txid, s->step, NULL);
     if (rc < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
     if (rc == PG_ACTION_GONE) {
         g->ops.rollback(g->ctx);
-        pgc_note(g, reason, "action barrier row of %s step %u vanished during its compensation", ids, s->step);
+        pg_core_note(g, reason, "action barrier row of %s step %u vanished during its compensation", ids, s->step);
         return TREATY_ESTATE;
     }
     if (rc == PG_ACTION_FAILED || rc == PG_ACTION_BLOCKED) {
@@ -260,7 +260,7 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
     /* 'ok', or no result (an earlier handler committed by itself: the
      * change may be there): undo it. */
     if (g->ops.step_work_begin(g->ctx, false, NULL) < 0) {
-        pgc_report(g, reason);
+        pg_core_report(g, reason);
         return TREATY_EPG;
     }
 
@@ -287,13 +287,13 @@ static int compensation_once(struct pgc_step *ps, const treaty_step_t *s, char *
     return TREATY_STEP_OK;
 }
 
-static int step(struct pgc_step *ps, const treaty_step_t *s, char *reason, bool action)
+static int step(struct pg_core_step *ps, const treaty_step_t *s, char *reason, bool action)
 {
     struct pg_core *g = ps->g;
     for (int attempt = 0;; attempt++) {
         reason[0] = '\0';
         if (g->ops.ready(g->ctx, true) < 0) {
-            pgc_report(g, reason);
+            pg_core_report(g, reason);
             return TREATY_EPG;
         }
         int rc = action ? action_once(ps, s, reason) : compensation_once(ps, s, reason);
@@ -304,12 +304,12 @@ static int step(struct pgc_step *ps, const treaty_step_t *s, char *reason, bool 
     }
 }
 
-int pgc_action(void *arg, const treaty_step_t *s, char *reason)
+int pg_core_action(void *arg, const treaty_step_t *s, char *reason)
 {
     return step(arg, s, reason, true);
 }
 
-int pgc_compensation(void *arg, const treaty_step_t *s, char *reason)
+int pg_core_compensation(void *arg, const treaty_step_t *s, char *reason)
 {
     return step(arg, s, reason, false);
 }
