@@ -29,7 +29,7 @@ CREATE INDEX IF NOT EXISTS treaty_barrier_created ON treaty_barrier (created_at)
 -- in the same transaction as its DELETE: it deletes a row only when the row
 -- and its txid (a UUIDv7) were both created before the horizon, and what then
 -- arrives for a UUIDv7 txid created before the horizon is refused or judged
--- without its rows (see participant-sdk/src/pg.c). Rows of other txids (not
+-- without its rows (see participant-sdk/src/pg_core.h). Rows of other txids (not
 -- UUIDv7: their age is unknown) are never purged, so they still decide.
 -- This part (to the end of the file) also runs by itself on an older table:
 -- it must not lock treaty_barrier, which prepared transactions may hold.
