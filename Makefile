@@ -126,7 +126,7 @@ check-format:
 	@clang-format --dry-run --Werror $(FORMAT_SRC) || { echo "make: run 'make format'" >&2; exit 1; }
 
 test: deps
-	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) check-header check-format release
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) $(BUILD)/bin/treaty-sim check-header check-format release
 	BUILD=$(BUILD) sh tests/run.sh
 
 demo: deps
@@ -137,7 +137,7 @@ asan: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
 
 valgrind: deps
-	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) release
+	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) $(BUILD)/bin/treaty-sim release
 	BUILD=$(BUILD) VALGRIND=1 sh tests/run.sh
 
 FUZZ_SECONDS ?= 60
@@ -216,3 +216,30 @@ $(SCEN_BIN): $(BUILD)/obj/scenarios/runner.o $(LIB_A)
 scenarios: deps
 	$(MAKE) all scenarios-bin
 	BUILD=$(BUILD) sh scenarios/run --seed $(or $(SEED),1) --repeat $(or $(REPEAT),1) $(SCENARIOS)
+
+# ------------------------------------------------------ simulation (issue 11)
+# make sim   build treaty-sim (tests/sim/) and search schedules: the real
+#            protocol cores of the coordinator, participants and clients on a
+#            simulated network, journal, databases and clock, every fault from
+#            one seed. SEED=N replays one seed (TRACE=1 prints its trace);
+#            otherwise SEEDS (20000) seeds from FIRST (1) within BUDGET (290)
+#            seconds. See docs/testing.md.
+SIM_SRC := $(wildcard tests/sim/*.c)
+SIM_OBJ := $(SIM_SRC:%.c=$(BUILD)/obj/%.o)
+SIM_BIN := $(BUILD)/bin/treaty-sim
+.PHONY: sim sim-bin
+sim-bin: $(SIM_BIN)
+
+$(SIM_BIN): $(SIM_OBJ) $(COORD_OBJ) $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL) -lm
+
+sim: deps
+	$(MAKE) $(SIM_BIN)
+	$(SIM_BIN) $(if $(SEED),--seed $(SEED) --seeds 1,--seed $(or $(FIRST),1) --seeds $(or $(SEEDS),20000) --budget-s $(or $(BUDGET),290)) $(if $(TRACE),--trace)
+
+# make sim-planted   every deliberately broken build of tests/sim/planted/
+#                    and the seeds the simulator needs to find each
+.PHONY: sim-planted
+sim-planted: deps
+	sh tests/sim/planted.sh
