@@ -64,6 +64,7 @@ void check_told(struct world *w, struct wtx *t, int status, const char *reason)
     t->answers++;
     if (t->told == 0) {
         t->told = status;
+        t->told_at = w->now;
         sim_trace(w, "check: %s told %s (%s)", id_str(t->txid), treaty_status_name(status), reason ? reason : "");
         return;
     }

@@ -48,9 +48,12 @@ struct wtx {
     int64_t price;
     bool parallel;
     /* what happened at the client */
-    int told;     /* the final status it was told (treaty_status), 0 none */
-    bool gave_up; /* refused for good (TREATY_EEXPIRED): the client cannot learn it */
-    bool started; /* sent at least once */
+    int told;        /* the final status it was told (treaty_status), 0 none */
+    bool gave_up;    /* refused for good (TREATY_EEXPIRED): the client cannot learn it */
+    bool started;    /* sent at least once */
+    bool late;       /* resubmitted again past the journal's retention once answered */
+    bool late_done;  /* ... and that resubmission was answered */
+    int64_t told_at; /* simulated ms of the first final answer */
     int submits, queries, answers;
 };
 

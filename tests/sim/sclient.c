@@ -89,6 +89,10 @@ static void make_txid(struct world *w, struct node *n, uint8_t txid[16])
     txid[8] = (uint8_t)((txid[8] & 0x3f) | 0x80);
 }
 
+/* A late resubmission comes this long after the first answer: past the
+ * journal's retention (60 s), so its records may be collected. */
+#define LATE_MS 75000
+
 static bool final_status(int st)
 {
     return st == TREATY_STATUS_COMMITTED || st == TREATY_STATUS_ABORTED || st == TREATY_STATUS_COMPLETED ||
@@ -104,12 +108,15 @@ static void on_outcome(void *arg, const treaty_outcome_t *o)
     if (ra->tx < sc->cap && sc->inflight[ra->tx] > 0)
         sc->inflight[ra->tx]--;
     req_unlink(sc, ra);
+    bool late = t->late && t->told != 0 && w->now >= t->told_at + LATE_MS;
     if (o->error == TREATY_EEXPIRED) {
         sim_trace(w, "%s: %s refused as expired: gives up", sc->n->name, ra->query ? "query" : "submit");
         if (t->told == 0)
             t->gave_up = true;
+        t->late_done |= late;
     } else if (o->error == 0 && final_status(o->status)) {
         check_told(w, t, o->status, o->reason);
+        t->late_done |= late;
     }
     free(ra);
 }
@@ -203,7 +210,7 @@ void sclient_work(struct world *w, struct node *n)
     ensure_cap(sc);
     /* Candidates: my transactions not yet started, waiting for an answer
      * with nothing in flight, or answered (a late resubmission). */
-    size_t fresh = SIZE_MAX, waiting = SIZE_MAX, answered = SIZE_MAX;
+    size_t fresh = SIZE_MAX, waiting = SIZE_MAX, answered = SIZE_MAX, late = SIZE_MAX;
     size_t nfresh = 0, nwaiting = 0, nanswered = 0;
     for (size_t i = 0; i < ck->ntx; i++) {
         struct wtx *t = &ck->tx[i];
@@ -215,9 +222,19 @@ void sclient_work(struct world *w, struct node *n)
         } else if (t->told == 0 && !t->gave_up) {
             if (sc->inflight[i] == 0 && sim_rng_range(&w->rng, 0, (int64_t)nwaiting++) == 0)
                 waiting = i;
-        } else if (sim_rng_range(&w->rng, 0, (int64_t)nanswered++) == 0) {
-            answered = i;
+        } else {
+            if (t->late && !t->late_done && t->told != 0 && w->now >= t->told_at + LATE_MS && sc->inflight[i] == 0)
+                late = i;
+            if (sim_rng_range(&w->rng, 0, (int64_t)nanswered++) == 0)
+                answered = i;
         }
+    }
+    if (late != SIZE_MAX) {
+        /* a client that comes back to a txid much later: the answer must not change */
+        start_request(sc, late, sim_rng_chance(&w->rng, 0.3));
+        after(sc);
+        world_schedule(w, sim_rng_range(&w->rng, 5, 300), EV_WORK, n->id, 0, NULL);
+        return;
     }
     int64_t r = sim_rng_range(&w->rng, 0, 99);
     if (w->healed) {
@@ -262,11 +279,13 @@ void sclient_work(struct world *w, struct node *n)
         world_schedule(w, sim_rng_range(&w->rng, w->healed ? 50 : 5, w->healed ? 300 : 200), EV_WORK, n->id, 0, NULL);
 }
 
-bool sclient_done(struct world *w, struct node *n)
+bool sclient_done(struct world *w, struct node *n, bool late_too)
 {
     struct check *ck = w->check;
     for (size_t i = 0; i < ck->ntx; i++) {
         const struct wtx *t = &ck->tx[i];
+        if (late_too && t->client == n->id && t->late && t->told != 0 && !t->late_done)
+            return false;
         if (t->client == n->id && t->kind != WTX_PHANTOM && (!t->started || (t->told == 0 && !t->gave_up)))
             return false;
         if (t->client == n->id && t->kind == WTX_PHANTOM && t->told == 0 && !t->gave_up)

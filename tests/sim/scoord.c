@@ -37,6 +37,8 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
                     const struct wire_frame *frames, size_t nframes)
 {
     struct scoord *s = ctx;
+    if (world_dies_here(s->w, s->n))
+        return;
     sim_trace(s->w, "%s -> %.*s: %s branch %u code %u", s->n->name, (int)rid_len, (const char *)rid,
               wire_type_name(h->type), h->branch, h->code);
     world_send(s->w, s->n->id, rid, rid_len, h, frames, nframes);
@@ -45,6 +47,7 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
 static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
 {
     struct scoord *s = ctx;
+    world_dies_here(s->w, s->n); /* then the record stays pending: the crash loses it */
     uint64_t seq = sjournal_append(s->w->journal, r, force);
     sim_trace(s->w, "%s: append %s seq %llu%s", s->n->name, journal_kind_name(r->kind), (unsigned long long)seq,
               force ? " (forced)" : "");
@@ -69,7 +72,7 @@ static bool io_healthy(void *ctx)
  * the poll timeout for the core's next timer. */
 static void after(struct scoord *s)
 {
-    if (s->core == NULL)
+    if (s->core == NULL || s->n->dying)
         return;
     sjournal_flush(s->w, s->w->journal);
     world_tick_at(s->w, s->n->id, core_next_tick(s->core));

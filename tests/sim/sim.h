@@ -103,6 +103,7 @@ struct node {
     size_t rid_len;
     int64_t wall_skew_ms; /* this node's wall clock minus the world's true time */
     int64_t tick_at;      /* the EV_TICK scheduled for the core, or -1 */
+    bool dying;           /* killed in the middle of an event: its effects stop, it crashes once the event ends */
     void *impl;           /* struct scoord / spart / sclient */
     /* participants */
     char service[32];
@@ -142,7 +143,10 @@ struct world_params {
     double db_restart_rate, journal_restart_rate; /* per simulated second */
     double clock_jump_rate;                       /* per node per simulated second */
     double lost_ack_chance;                       /* a journal group in flight at a crash: landed */
-    int n2pc, nsagas;                             /* workload size */
+    double step_crash; /* a process dies at one of its effects (a send, an append): per effect */
+    double long_delay; /* a message is held 1-15 s (a stalled socket, a partition): per message */
+    bool late;         /* clients resubmit some answered txids past the journal's retention */
+    int n2pc, nsagas;  /* workload size */
     int clients;
 };
 
@@ -199,6 +203,11 @@ void world_send(struct world *w, int from, const uint8_t *to_rid, size_t to_rid_
                 const struct wire_frame *frames, size_t nframes);
 /* SIGKILL a node now (it restarts after a while). */
 void world_crash_node(struct world *w, int node);
+/* A process is about to have an effect (send a message, append a record):
+ * true when it dies right here - the effect, and every later one of the
+ * current event, does not happen; the process crashes when the event ends.
+ * Drawn from the world's step_crash during the fault phase. */
+bool world_dies_here(struct world *w, struct node *n);
 /* A node's core has timers due at `due` (monotonic ms, -1: none). */
 void world_tick_at(struct world *w, int node, int64_t due);
 /* Records a violation (the first one wins) and ends the world. */
@@ -233,8 +242,9 @@ void sclient_crash(struct world *w, struct node *n);
 void sclient_msg(struct world *w, struct node *n, const struct wire_msg *m);
 void sclient_tick(struct world *w, struct node *n);
 void sclient_work(struct world *w, struct node *n);
-/* True when every transaction this client started has a final answer. */
-bool sclient_done(struct world *w, struct node *n);
+/* True when every transaction this client started has a final answer (and,
+ * with late_too, its late resubmissions have theirs). */
+bool sclient_done(struct world *w, struct node *n, bool late_too);
 
 /* The journal (sjournal.c) and the databases (sdb.c) outlive processes. */
 struct sjournal *sjournal_new(struct world *w);

@@ -47,7 +47,6 @@ struct spart {
     struct node *n;
     struct pcore *core;
     struct psess *sess; /* owned by the core (ops->destroy) */
-    bool dying;         /* a crash point fired inside the core: crash once it returns */
 };
 
 /* ----------------------------------------------------------------- ops */
@@ -65,7 +64,7 @@ static int fail(struct psess *s, enum sdb_rc rc, const char *what)
 
 static bool dead(struct psess *s)
 {
-    if (s->owner->dying) {
+    if (s->owner->n->dying) {
         snprintf(s->err, sizeof s->err, "the process is being killed");
         s->lost = true;
         return true;
@@ -126,9 +125,9 @@ static void op_crash_point(void *ctx, const char *name)
 {
     struct psess *s = ctx;
     struct world *w = s->w;
-    if (!w->healed && !s->owner->dying && sim_rng_chance(&w->rng, w->p.crash_rate > 0 ? 0.05 : 0)) {
+    if (!w->healed && !s->owner->n->dying && sim_rng_chance(&w->rng, w->p.crash_rate > 0 ? 0.05 : 0)) {
         sim_trace(w, "%s: killed at %s", s->owner->n->name, name);
-        s->owner->dying = true;
+        s->owner->n->dying = true;
     }
 }
 
@@ -487,7 +486,7 @@ static int io_send(void *ctx, const struct wire_hdr *h, const struct wire_frame 
 {
     struct spart *p = ctx;
     (void)why;
-    if (p->dying)
+    if (world_dies_here(p->w, p->n))
         return TREATY_ETRANSPORT; /* killed mid-handler: nothing leaves any more */
     sim_trace(p->w, "%s -> treatyd: %s branch %u code %u", p->n->name, wire_type_name(h->type), h->branch, h->code);
     world_send(p->w, p->n->id, NULL, 0, h, frames, nframes);
@@ -502,11 +501,8 @@ static void io_log(void *ctx, enum pcore_level level, const char *text)
 
 static void after(struct spart *p)
 {
-    if (p->dying) {
-        p->dying = false;
-        world_crash_node(p->w, p->n->id);
-        return;
-    }
+    if (p->n->dying)
+        return; /* the world crashes it once the event ends */
     world_tick_at(p->w, p->n->id, pcore_next_tick(p->core));
 }
 
@@ -518,7 +514,6 @@ void spart_start(struct world *w, struct node *n)
         p->w = w;
         p->n = n;
     }
-    p->dying = false;
     struct psess *s = sim_xcalloc(1, sizeof *s);
     s->w = w;
     s->owner = p;
@@ -567,9 +562,13 @@ void spart_tick(struct world *w, struct node *n)
 {
     struct spart *p = n->impl;
     pcore_on_tick(p->core, w->now);
-    /* housekeeping: now and then purge barrier rows older than 30 s */
+    /* Housekeeping: now and then purge barrier rows older than 60-120 s.
+     * The horizon must exceed the longest a step can still be re-sent (the
+     * SDK's rule): a shorter one makes a compensation whose rows it purged
+     * stuck for an operator, by design - and a world lasts a minute or
+     * two. */
     if (!w->healed && sim_rng_chance(&w->rng, 0.002)) {
-        long k = pg_core_purge(p->core, 30);
+        long k = pg_core_purge(p->core, (unsigned)sim_rng_range(&w->rng, 60, 120));
         sim_trace(w, "%s: barrier purge: %ld", n->name, k);
     }
     after(p);

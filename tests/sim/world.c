@@ -282,7 +282,20 @@ static int64_t net_delay(struct world *w)
 {
     if (w->healed)
         return sim_rng_range(&w->rng, 0, 2);
+    if (sim_rng_chance(&w->rng, w->p.long_delay))
+        return sim_rng_range(&w->rng, 1000, 15000);
     return sim_rng_range(&w->rng, w->p.delay_min_ms, w->p.delay_max_ms);
+}
+
+bool world_dies_here(struct world *w, struct node *n)
+{
+    if (n->dying)
+        return true;
+    if (w->healed || w->p.step_crash <= 0 || !sim_rng_chance(&w->rng, w->p.step_crash))
+        return false;
+    sim_trace(w, "%s: killed here", n->name);
+    n->dying = true;
+    return true;
 }
 
 void world_send(struct world *w, int from, const uint8_t *to_rid, size_t to_rid_len, const struct wire_hdr *h,
@@ -426,6 +439,7 @@ static void node_crash(struct world *w, struct node *n)
         break;
     }
     n->alive = false;
+    n->dying = false;
     n->inc++; /* events of the dead incarnation are stale from now on */
     n->tick_at = -1;
     world_schedule(w, sim_rng_range(&w->rng, w->p.down_min_ms, w->p.down_max_ms), EV_RESTART, n->id, 0, NULL);
@@ -473,7 +487,7 @@ static bool quiescent(struct world *w, char *why, size_t len)
             snprintf(why, len, "%s is down", n->name);
             return false;
         }
-        if (n->kind == NODE_CLIENT && !sclient_done(w, n)) {
+        if (n->kind == NODE_CLIENT && !sclient_done(w, n, false)) {
             snprintf(why, len, "%s waits for answers", n->name);
             return false;
         }
@@ -494,8 +508,18 @@ static bool quiescent(struct world *w, char *why, size_t len)
     return true;
 }
 
-/* Runs one event. */
+static void run_event_(struct world *w, struct event *e);
+
+/* Runs one event; a process killed in the middle of it crashes after it. */
 static void run_event(struct world *w, struct event *e)
+{
+    int target = e->kind == EV_MSG ? ((struct netmsg *)e->data)->to : e->node;
+    run_event_(w, e);
+    if (target >= 0 && w->nodes[target].dying)
+        node_crash(w, &w->nodes[target]);
+}
+
+static void run_event_(struct world *w, struct event *e)
 {
     struct node *n = e->node >= 0 ? &w->nodes[e->node] : NULL;
     bool stale = n != NULL && e->inc != n->inc;
@@ -576,8 +600,17 @@ static void run_event(struct world *w, struct event *e)
     case EV_PROBE: {
         char why[256] = "";
         if (quiescent(w, why, sizeof why)) {
-            sim_trace(w, "quiescent %lld ms after heal", (long long)(w->now - w->healed_at));
-            w->stop = true;
+            bool late = false;
+            for (size_t i = 0; i < w->nnodes; i++)
+                late |= w->nodes[i].kind == NODE_CLIENT && !sclient_done(w, &w->nodes[i], true);
+            if (!late) {
+                sim_trace(w, "quiescent %lld ms after heal", (long long)(w->now - w->healed_at));
+                w->stop = true;
+            } else {
+                /* quiescent; the late resubmissions come later (not a liveness matter) */
+                w->healed_at = w->now;
+                world_schedule(w, 100, EV_PROBE, -1, 0, NULL);
+            }
         } else if (w->now - w->healed_at > w->p.liveness_ms) {
             world_violation(w, "liveness: not quiescent %lld ms after the faults stopped: %s",
                             (long long)(w->now - w->healed_at), why);
@@ -626,6 +659,9 @@ static void draw_params(struct world *w)
     p->journal_restart_rate = maybe(r, 0.08);
     p->clock_jump_rate = maybe(r, 0.05);
     p->lost_ack_chance = 0.5;
+    p->step_crash = p->crash_rate > 0 ? maybe(r, 0.01) : 0;
+    p->long_delay = maybe(r, 0.005);
+    p->late = sim_rng_chance(r, 0.2);
     p->clients = (int)sim_rng_range(r, 1, 3);
     p->n2pc = (int)sim_rng_range(r, 5, 40);
     p->nsagas = (int)sim_rng_range(r, 0, 20);
@@ -697,6 +733,7 @@ struct world *world_new(uint64_t seed, bool trace, bool hash, FILE *out)
             t->price = sim_rng_chance(&w->rng, 0.2) ? 5000 : sim_rng_range(&w->rng, 10, 200);
             t->parallel = sim_rng_chance(&w->rng, 0.3);
         }
+        t->late = w->p.late && sim_rng_chance(&w->rng, 0.15);
     }
     return w;
 }
