@@ -49,6 +49,8 @@ static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
     struct scoord *s = ctx;
     world_dies_here(s->w, s->n); /* then the record stays pending: the crash loses it */
     uint64_t seq = sjournal_append(s->w->journal, r, force);
+    if (force && !s->w->healed && sim_rng_chance(&s->w->rng, s->w->p.crash_in_flight))
+        world_schedule(s->w, sim_rng_range(&s->w->rng, 0, 4), EV_CRASH, s->n->id, 1, NULL);
     sim_trace(s->w, "%s: append %s seq %llu%s", s->n->name, journal_kind_name(r->kind), (unsigned long long)seq,
               force ? " (forced)" : "");
     return seq;

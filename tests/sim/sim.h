@@ -143,10 +143,12 @@ struct world_params {
     double db_restart_rate, journal_restart_rate; /* per simulated second */
     double clock_jump_rate;                       /* per node per simulated second */
     double lost_ack_chance;                       /* a journal group in flight at a crash: landed */
-    double step_crash; /* a process dies at one of its effects (a send, an append): per effect */
-    double long_delay; /* a message is held 1-15 s (a stalled socket, a partition): per message */
-    bool late;         /* clients resubmit some answered txids past the journal's retention */
-    int n2pc, nsagas;  /* workload size */
+    double step_crash;      /* a process dies at one of its effects (a send, an append): per effect */
+    double long_delay;      /* a message is held 1-15 s (a stalled socket, a partition): per message */
+    bool late;              /* clients resubmit some answered txids past the journal's retention */
+    double crash_in_flight; /* a forced journal record appended: the coordinator dies 0-4 ms later */
+    double hold_decision;   /* a COMMIT or ABORT is held 0.2-3 s (it arrives after what follows it) */
+    int n2pc, nsagas;       /* workload size */
     int clients;
 };
 

@@ -343,7 +343,10 @@ void world_send(struct world *w, int from, const uint8_t *to_rid, size_t to_rid_
     }
     if (!w->healed && sim_rng_chance(&w->rng, w->p.msg_dup))
         world_schedule(w, net_delay(w), EV_MSG, -1, 0, netmsg_copy(m));
-    world_schedule(w, net_delay(w), EV_MSG, -1, 0, m);
+    int64_t delay = net_delay(w);
+    if (!w->healed && (h->type == WIRE_COMMIT || h->type == WIRE_ABORT) && sim_rng_chance(&w->rng, w->p.hold_decision))
+        delay = sim_rng_range(&w->rng, 200, 3000);
+    world_schedule(w, delay, EV_MSG, -1, 0, m);
 }
 
 static void deliver(struct world *w, struct netmsg *m)
@@ -550,10 +553,11 @@ static void run_event_(struct world *w, struct event *e)
         e->data = NULL;
         break;
     case EV_CRASH:
-        if (w->healed)
+        if (w->healed || (e->arg == 1 && stale))
             break;
         node_crash(w, n);
-        world_schedule(w, rng_exp_ms(&w->rng, w->p.crash_rate), EV_CRASH, e->node, 0, NULL);
+        if (e->arg == 0) /* the Poisson process goes on; arg 1: a one-off crash */
+            world_schedule(w, rng_exp_ms(&w->rng, w->p.crash_rate), EV_CRASH, e->node, 0, NULL);
         break;
     case EV_RESTART:
         if (!n->alive)
@@ -662,6 +666,8 @@ static void draw_params(struct world *w)
     p->step_crash = p->crash_rate > 0 ? maybe(r, 0.01) : 0;
     p->long_delay = maybe(r, 0.005);
     p->late = sim_rng_chance(r, 0.2);
+    p->crash_in_flight = p->crash_rate > 0 ? maybe(r, 0.02) : 0;
+    p->hold_decision = maybe(r, 0.1);
     p->clients = (int)sim_rng_range(r, 1, 3);
     p->n2pc = (int)sim_rng_range(r, 5, 40);
     p->nsagas = (int)sim_rng_range(r, 0, 20);
