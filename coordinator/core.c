@@ -174,6 +174,16 @@ void core_remember_done(struct core *c, const uint8_t *txid, enum treaty_status 
     outcomes_put(&c->done, txid, st, failed_branch, reason);
 }
 
+bool core_reply_done(struct core *c, const struct core_in *in)
+{
+    const uint8_t *txid = in->msg->hdr.txid;
+    const struct outcome *d = outcomes_get(&c->done, txid);
+    if (d == NULL)
+        return false;
+    core_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+    return true;
+}
+
 int core_check_new_txid(struct core *c, const struct core_in *in)
 {
     const uint8_t *txid = in->msg->hdr.txid;

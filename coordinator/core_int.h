@@ -120,6 +120,9 @@ void core_expect_durable(struct core *c, const struct tx_head *h, uint64_t seq);
 void core_arm_timer(struct core *c, struct tx_head *h, int64_t due_ms);
 /* ms with +-25% jitter, from the core's PRNG. */
 int core_jitter(struct core *c, int ms);
+/* Answers in's client from the outcomes of finished transactions; false
+ * when its txid has none there. */
+bool core_reply_done(struct core *c, const struct core_in *in);
 /* Remembers the outcome of a finished transaction (its deciding record is durable). */
 void core_remember_done(struct core *c, const uint8_t *txid, enum treaty_status st, int failed_branch,
                         const char *reason);

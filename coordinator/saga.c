@@ -13,7 +13,6 @@
 #include "fault.h"
 #include "journal.h"
 #include "log.h"
-#include "outcomes.h"
 #include "registry.h"
 #include "treaty.h"
 #include "txn.h"
@@ -627,11 +626,8 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         add_waiter(s, in->rid, in->rid_len);
         return;
     }
-    const struct outcome *d = outcomes_get(&c->done, txid);
-    if (d != NULL) {
-        core_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+    if (core_reply_done(c, in))
         return;
-    }
     /* A new saga (the dispatcher has asked the journal when it might know
      * it; a txid that is a 2PC transaction here went to twopc.c). */
     if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)

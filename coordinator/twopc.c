@@ -279,11 +279,8 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
             txn_add_waiter(t, in->rid, in->rid_len);
         return;
     }
-    const struct outcome *d = outcomes_get(&c->done, txid);
-    if (d != NULL) {
-        core_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+    if (core_reply_done(c, in))
         return;
-    }
     /* A new transaction (the dispatcher has asked the journal when it might know it). */
     if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
         return;
@@ -371,11 +368,8 @@ void twopc_query(struct core *c, const struct core_in *in, struct txn *t)
         core_reply_outcome(c, in->rid, in->rid_len, txid, st, t->failed_branch, t->reason);
         return;
     }
-    const struct outcome *d = outcomes_get(&c->done, txid);
-    if (d != NULL) {
-        core_reply_outcome(c, in->rid, in->rid_len, txid, d->status, d->failed_branch, d->reason);
+    if (core_reply_done(c, in))
         return;
-    }
     /* Unknown here and (the dispatcher asked) in the journal. "Aborted" is an
      * answer that must hold: record it first. Not for a txid whose records
      * may already be collected (too old) or that no client could have
