@@ -233,16 +233,6 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
     }
 }
 
-/* The core's seed: fresh for every run (backoff jitter, hash keys that
- * clients cannot predict). */
-static uint64_t fresh_seed(void)
-{
-    uint64_t seed;
-    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
-        seed = (uint64_t)util_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)util_mono_ms();
-    return seed;
-}
-
 int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
 {
     int rc;
@@ -262,7 +252,7 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
         .lookup = io_lookup,
         .journal_healthy = io_journal_healthy,
     };
-    l->core = core_new(cfg, &io, fresh_seed());
+    l->core = core_new(cfg, &io, util_fresh_seed()); /* hash keys clients cannot predict */
     if (l->core == NULL) {
         rc = TREATY_ENOMEM;
         goto fail_core;

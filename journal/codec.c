@@ -128,7 +128,7 @@ static void put_bytea(struct journal_buf *b, const void *data, size_t len)
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = data;
     if (len > (SIZE_MAX - 3) / 2)
-        out_of_memory();
+        util_out_of_memory();
     buf_reserve(b, 3 + 2 * len);
     char *w = b->data + b->len;
     *w++ = '\\';
@@ -203,9 +203,9 @@ static void strv_push(struct journal_strv *sv, const char *s)
 {
     if (sv->n == sv->cap) {
         if (sv->cap > UINT_MAX / 2)
-            out_of_memory();
+            util_out_of_memory();
         sv->cap = sv->cap ? sv->cap * 2 : 8;
-        sv->v = xrealloc(sv->v, sv->cap * sizeof sv->v[0]);
+        sv->v = util_xrealloc(sv->v, sv->cap * sizeof sv->v[0]);
     }
     sv->v[sv->n++] = s;
 }

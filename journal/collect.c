@@ -42,7 +42,7 @@ void journal_collect(struct journal *j)
     char why[ERRLEN], sql[1536];
     PGresult *res = NULL;
 
-    w->next_gc = now_ms() + j->gc_interval_ms;
+    w->next_gc = util_mono_ms() + j->gc_interval_ms;
     if (!w->conn) {
         /* One attempt: the write path does the persistent retrying. */
         writer_set_conn(w, journal_pg_connect(j, writer_abandoned, APP_WRITER, why, sizeof why));
@@ -95,7 +95,7 @@ void journal_collect(struct journal *j)
         log_debug("journal: collected %lld finished transactions (%lld records)", ntx, nrows);
     }
     if (nend >= GC_MAX_TXIDS || nends >= GC_MAX_ENDS)
-        w->next_gc = now_ms(); /* more to collect, after whatever batches wait */
+        w->next_gc = util_mono_ms(); /* more to collect, after whatever batches wait */
     return;
 
 fail:

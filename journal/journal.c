@@ -89,8 +89,8 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     if (rc)
         return rc;
 
-    struct journal *j = xcalloc(1, sizeof *j);
-    j->conninfo = xstrdup(cfg->conninfo);
+    struct journal *j = util_xcalloc(1, sizeof *j);
+    j->conninfo = util_xstrdup(cfg->conninfo);
     j->connect_initial_ms = cfg->connect_initial_ms ? cfg->connect_initial_ms : DEFAULT_CONNECT_INITIAL_MS;
     j->connect_max_ms = cfg->connect_max_ms ? cfg->connect_max_ms : DEFAULT_CONNECT_MAX_MS;
     if (j->connect_max_ms < j->connect_initial_ms)
@@ -100,7 +100,7 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     j->gc_interval_ms = cfg->gc_interval_ms ? cfg->gc_interval_ms : DEFAULT_GC_INTERVAL_MS;
     j->attempt_timeout_ms = attempt_ms;
     j->stop = cfg->stop;
-    j->rng = rng_seed(j);
+    util_rng_seed(&j->rng, util_fresh_seed());
     atomic_init(&j->durable, 0);
     atomic_init(&j->healthy, true);
     atomic_init(&j->abandon, false);
@@ -237,8 +237,8 @@ int journal_start(struct journal *j, void *zctx)
     /* The connection journal_connect opened is the writer's from now on. */
     writer_set_conn(&j->w, j->conn);
     j->conn = NULL;
-    j->w.rng = rng_seed(&j->w);
-    j->r.rng = rng_seed(&j->r);
+    util_rng_seed(&j->w.rng, util_fresh_seed());
+    util_rng_seed(&j->r.rng, util_fresh_seed());
 
     /* Signals are for the loop thread: the threads start with all blocked. */
     sigfillset(&all);
@@ -276,7 +276,7 @@ uint64_t journal_append(struct journal *j, const struct journal_rec *r, bool for
     assert(j && r);
     struct batch *b = j->pending;
     if (!b) {
-        b = xcalloc(1, sizeof *b);
+        b = util_xcalloc(1, sizeof *b);
         b->first_seq = j->appended + 1;
         j->pending = b;
     }
@@ -292,12 +292,12 @@ void journal_lookup(struct journal *j, const uint8_t txid[16])
     assert(j && txid);
     struct lookup_batch *l = j->lookups;
     if (!l)
-        l = j->lookups = xcalloc(1, sizeof *l);
+        l = j->lookups = util_xcalloc(1, sizeof *l);
     if (l->n == l->cap) {
         if (l->cap > UINT_MAX / 2)
-            out_of_memory();
+            util_out_of_memory();
         l->cap = l->cap ? l->cap * 2 : 16;
-        l->txid = xrealloc(l->txid, (size_t)l->cap * sizeof l->txid[0]);
+        l->txid = util_xrealloc(l->txid, (size_t)l->cap * sizeof l->txid[0]);
     }
     memcpy(l->txid[l->n++], txid, 16);
 }
@@ -420,9 +420,9 @@ void journal_close(struct journal **jp, int wait_ms)
         zmq_send(j->to_reader, &m, sizeof m, ZMQ_DONTWAIT);
         if (zmq_send(j->to_writer, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m)
             atomic_store(&j->abandon, true);
-        int64_t deadline = now_ms() + (wait_ms > 0 ? wait_ms : 0);
+        int64_t deadline = util_mono_ms() + (wait_ms > 0 ? wait_ms : 0);
         while (atomic_load(&j->durable) < target && !atomic_load(&j->abandon)) {
-            int64_t left = deadline - now_ms();
+            int64_t left = deadline - util_mono_ms();
             if (left <= 0)
                 break;
             zmq_pollitem_t it = {.socket = j->from_both, .events = ZMQ_POLLIN};

@@ -21,8 +21,8 @@
  *   schema.c        applying sql/00*.sql under the advisory lock
  *   pg.c            libpq helpers of every thread: a bounded connection
  *                   attempt, reconnect backoff, errors as one line
- *   journal_util.h  small helpers (out-of-memory, clock, PRNG) that
- *                   participant-sdk/src/util.h is to replace
+ *   (the clocks, out-of-memory and the PRNG are participant-sdk/src/util.h's,
+ *    shared with the coordinator)
  *
  * Three threads share a struct journal:
  *
@@ -67,6 +67,7 @@
 #ifndef TREATY_JOURNAL_PRIV_H
 #define TREATY_JOURNAL_PRIV_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -78,7 +79,13 @@
 
 #include "journal.h"
 #include "journal_int.h"
-#include "journal_util.h"
+#include "util.h"
+
+/* ms as a poll timeout: 0 .. INT_MAX. */
+static inline int journal_clamp_ms(int64_t ms)
+{
+    return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
+}
 
 /* Waits are cut into slices this long to notice a stop request. */
 #define SLICE_MS 20
@@ -196,7 +203,7 @@ struct writer {
     bool stopping;                          /* JMSG_STOP received */
     int backoff_ms;                         /* 0 until a failure; reset by a commit */
     int64_t next_gc;                        /* when the collector runs next (now_ms) */
-    uint64_t rng;                           /* backoff jitter, fallback group ids */
+    struct util_rng rng;                    /* backoff jitter, fallback group ids */
     struct journal_buf cols[INSERT_NCOLS];  /* write_group's parameters, reused */
     struct ends_row ends[ENDS_MAX_DETAILS]; /* write_group's 'ends' rows, reused */
 };
@@ -207,7 +214,7 @@ struct reader {
     PGconn *conn;             /* NULL until the first lookup, and while disconnected */
     int backoff_ms;           /* 0 until a failure; reset by an answered query */
     int64_t next_ms;          /* after a failure: no new connection before this */
-    uint64_t rng;             /* backoff jitter */
+    struct util_rng rng;      /* backoff jitter */
     struct journal_buf param; /* the uuid[] literal of a query, reused */
 };
 
@@ -235,7 +242,7 @@ struct journal {
     void *to_reader;                 /* PUSH */
     void *from_both;                 /* PULL: journal_socket() */
     pthread_t thread, reader_thread; /* the writer, the reader */
-    uint64_t rng;                    /* journal_connect's backoff, journal_close's group id */
+    struct util_rng rng;             /* journal_connect's backoff, journal_close's group id */
 
     /* Used by the writer thread until it is joined. */
     void *writer_in;  /* PULL */
@@ -289,10 +296,10 @@ static void buf_reserve(struct journal_buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap - b->len < extra) {
         if (cap > SIZE_MAX / 2)
-            out_of_memory();
+            util_out_of_memory();
         cap *= 2;
     }
-    b->data = xrealloc(b->data, cap);
+    b->data = util_xrealloc(b->data, cap);
     b->cap = cap;
 }
 
@@ -341,7 +348,7 @@ typedef bool (*journal_stop_fn)(struct journal *j);
  * may simply have closed an idle connection). Returns the delay in ms, drawn
  * from [base/2, base], and doubles the base up to max_ms.
  */
-int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, uint64_t *rng);
+int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, struct util_rng *rng);
 
 /* Sleeps ms, in slices. Returns true when stopped() turned true. */
 bool journal_sleep_unless(struct journal *j, journal_stop_fn stopped, int ms);

@@ -185,7 +185,7 @@ static int wait_not_busy(struct journal *j, PGconn *c, int64_t deadline, char *e
             journal_set_err(err, errlen, "journal closing");
             return TREATY_EPG;
         }
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - util_mono_ms();
         if (left <= 0) {
             journal_set_err(err, errlen, "no answer within %d ms", LOOKUP_TIMEOUT_MS);
             return TREATY_EPG;
@@ -207,7 +207,7 @@ static int wait_not_busy(struct journal *j, PGconn *c, int64_t deadline, char *e
 static int lookup_query(struct journal *j, PGconn *c, const char *param, PGresult **out, char *err, size_t errlen)
 {
     const char *values[1] = {param};
-    int64_t deadline = now_ms() + LOOKUP_TIMEOUT_MS;
+    int64_t deadline = util_mono_ms() + LOOKUP_TIMEOUT_MS;
     if (PQsendQueryParams(c, LOOKUP_SQL, 1, NULL, values, NULL, NULL, 0) != 1) {
         journal_pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
@@ -249,8 +249,8 @@ static int cmp_result(const void *a, const void *b)
 static int lookup_answer(PGresult *res, const uint8_t (*txid)[16], unsigned n, struct journal_lookup_result *out)
 {
     int nrows = PQntuples(res);
-    struct lrow *rows = xcalloc((size_t)nrows, sizeof *rows);
-    struct journal_lookup_result *found = xcalloc((size_t)nrows, sizeof *found);
+    struct lrow *rows = util_xcalloc((size_t)nrows, sizeof *rows);
+    struct journal_lookup_result *found = util_xcalloc((size_t)nrows, sizeof *found);
     size_t nfound = 0;
     int rc = 0;
     for (int i = 0; i < nrows; i++) {
@@ -313,10 +313,10 @@ static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned
 
     for (int attempt = 0;; attempt++) {
         if (!r->conn) {
-            if (now_ms() < r->next_ms) {
+            if (util_mono_ms() < r->next_ms) {
                 /* Backing off after a failure: answered at once. */
                 log_debug("journal: %u lookups answered TREATY_EPG (PostgreSQL unreachable, next attempt in %lld ms)",
-                          n, (long long)(r->next_ms - now_ms()));
+                          n, (long long)(r->next_ms - util_mono_ms()));
                 goto answer_error;
             }
             int limit = j->attempt_timeout_ms < LOOKUP_TIMEOUT_MS ? j->attempt_timeout_ms : LOOKUP_TIMEOUT_MS;
@@ -349,8 +349,8 @@ static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned
     }
 
 fail:
-    r->next_ms =
-        now_ms() + journal_backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
+    r->next_ms = util_mono_ms() +
+                 journal_backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
     if (!reader_stopped(j))
         log_warn("journal: cannot look up %u transactions (answered TREATY_EPG): %s", n, why);
 answer_error:
@@ -370,7 +370,7 @@ static void reader_work(struct journal *j, struct lookup_batch *head)
     for (struct lookup_batch *l = head; l && !reader_stopped(j); l = l->next) {
         for (unsigned at = 0; at < l->n && !reader_stopped(j); at += LOOKUP_CHUNK) {
             unsigned n = l->n - at < LOOKUP_CHUNK ? l->n - at : LOOKUP_CHUNK;
-            struct answers *a = xcalloc(1, sizeof *a + (size_t)n * sizeof a->r[0]);
+            struct answers *a = util_xcalloc(1, sizeof *a + (size_t)n * sizeof a->r[0]);
             reader_answer(j, (const uint8_t(*)[16])l->txid + at, n, a);
             struct note m = {.type = NOTE_ANSWERS, .durable = 0, .a = a};
             if (zmq_send(j->reader_out, &m, sizeof m, ZMQ_DONTWAIT) != (int)sizeof m) {

@@ -76,7 +76,7 @@ bool journal_pg_commit(PGconn *c, char *err, size_t errlen)
     return ok;
 }
 
-int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, uint64_t *rng)
+int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, struct util_rng *rng)
 {
     int base = *b;
     if (base == 0 && !immediate)
@@ -89,16 +89,16 @@ int journal_backoff_delay(int *b, int initial_ms, int max_ms, bool immediate, ui
     if (base > max_ms)
         base = max_ms;
     int half = base / 2;
-    return half + (int)(rng_next(rng) % (uint64_t)(base - half + 1));
+    return half + (int)(util_rng_range(rng, (uint64_t)(base - half + 1)));
 }
 
 bool journal_sleep_unless(struct journal *j, journal_stop_fn stopped, int ms)
 {
-    int64_t until = now_ms() + ms;
+    int64_t until = util_mono_ms() + ms;
     for (;;) {
         if (stopped(j))
             return true;
-        int64_t left = until - now_ms();
+        int64_t left = until - util_mono_ms();
         if (left <= 0)
             return false;
         int slice = left < SLICE_MS ? (int)left : SLICE_MS;
@@ -128,12 +128,12 @@ PGconn *journal_pg_connect_within(struct journal *j, journal_stop_fn stopped, co
     const char *const val[] = {j->conninfo, app, "UTF8", NULL};
     PGconn *c = PQconnectStartParams(kw, val, 1);
     if (!c)
-        out_of_memory();
+        util_out_of_memory();
     PQsetNoticeReceiver(c, notice_receiver, NULL);
     if (PQstatus(c) == CONNECTION_BAD)
         goto fail_libpq;
 
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = util_mono_ms() + timeout_ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     for (;;) {
         if (st == PGRES_POLLING_OK)
@@ -144,7 +144,7 @@ PGconn *journal_pg_connect_within(struct journal *j, journal_stop_fn stopped, co
             journal_set_err(err, errlen, "stopped while connecting");
             goto fail_conn;
         }
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - util_mono_ms();
         if (left <= 0) {
             journal_set_err(err, errlen, "no answer within %d ms", timeout_ms);
             goto fail_conn;

@@ -113,7 +113,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
         }
     }
 
-    int64_t t0 = now_ms();
+    int64_t t0 = util_mono_ms();
     int rc = 0;
     uint64_t nrows = 0, ntx = 0;
     uint8_t last_txid[16] = {0};
@@ -213,7 +213,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
             goto fail_sql;
         PQclear(res);
         log_info("journal: recovery scan read %" PRIu64 " records of %" PRIu64 " unfinished transactions in %lld ms",
-                 nrows, ntx, (long long)(now_ms() - t0));
+                 nrows, ntx, (long long)(util_mono_ms() - t0));
     }
     journal_buf_free(&scratch);
     journal_buf_free(&bytes);

@@ -277,9 +277,9 @@ static void fault_lose_ack(PGconn *c)
      * a start), so at most one journal of a process may have it armed. */
     static unsigned char buf[PEEK];
     int fd = PQsocket(c);
-    int64_t until = now_ms() + 10000;
+    int64_t until = util_mono_ms() + 10000;
     bool seen = false;
-    while (fd >= 0 && now_ms() < until) {
+    while (fd >= 0 && util_mono_ms() < until) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, SLICE_MS) <= 0)
             continue;
@@ -451,12 +451,12 @@ static int write_group(PGconn *c, struct pgsess *sess, const struct batch *head,
 
 /* A fresh id for the group being started: a UUIDv7 (time-ordered, 74 random
  * bits), or from the writer's own generator if the system's fails. */
-static void group_new_id(uint64_t *rng, uint8_t grp[16])
+static void group_new_id(struct util_rng *rng, uint8_t grp[16])
 {
     if (treaty_txid_generate((treaty_txid_t *)grp) == 0)
         return;
     for (int i = 0; i < 16; i += 8) {
-        uint64_t x = rng_next(rng);
+        uint64_t x = util_rng_next(rng);
         memcpy(grp + i, &x, 8);
     }
 }
@@ -468,7 +468,7 @@ static void group_add(struct writer *w, struct batch *b)
         w->tail->next = b;
     else {
         w->head = b;
-        w->first_at = now_ms();
+        w->first_at = util_mono_ms();
         group_new_id(&w->rng, w->grp);
     }
     w->tail = b;
@@ -559,7 +559,7 @@ static bool writer_reconnect(struct journal *j)
 static bool writer_commit_group(struct journal *j)
 {
     struct writer *w = &j->w;
-    int64_t t0 = now_us();
+    int64_t t0 = util_mono_us();
     for (;;) {
         char why[ERRLEN];
         if (writer_abandoned(j))
@@ -594,7 +594,7 @@ static bool writer_commit_group(struct journal *j)
      * resumes their transactions.
      */
     uint64_t seq = w->tail->last_seq;
-    atomic_fetch_add(&j->n_write_us, (uint64_t)(now_us() - t0));
+    atomic_fetch_add(&j->n_write_us, (uint64_t)(util_mono_us() - t0));
     atomic_fetch_add(&j->n_batches, 1);
     atomic_fetch_add(&j->n_records, w->nrecs);
     if (w->forced)
@@ -614,25 +614,25 @@ void *journal_writer_main(void *arg)
 {
     struct journal *j = arg;
     struct writer *w = &j->w;
-    w->next_gc = now_ms() + j->gc_interval_ms;
+    w->next_gc = util_mono_ms() + j->gc_interval_ms;
 
     while (!writer_abandoned(j)) {
         if (!w->head) {
             if (w->stopping)
                 break;
-            int64_t until_gc = w->next_gc - now_ms();
+            int64_t until_gc = w->next_gc - util_mono_ms();
             if (until_gc <= 0) {
                 journal_collect(j);
                 continue;
             }
-            writer_take(j, clamp_ms(until_gc));
+            writer_take(j, journal_clamp_ms(until_gc));
             continue;
         }
         /* Lazy only: gather more for a while, unless the group is full. */
         if (!w->forced && !w->stopping && w->bytes < GROUP_MAX_BYTES) {
-            int64_t left = w->first_at + j->lazy_delay_ms - now_ms();
+            int64_t left = w->first_at + j->lazy_delay_ms - util_mono_ms();
             if (left > 0) {
-                writer_take(j, clamp_ms(left));
+                writer_take(j, journal_clamp_ms(left));
                 continue;
             }
         }

@@ -6,13 +6,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t util_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+uint64_t util_fresh_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+        seed = (uint64_t)util_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)util_mono_us();
+    return seed;
 }
 
 int64_t util_wall_ms(void)
@@ -96,6 +113,12 @@ void util_rng_bytes(struct util_rng *r, uint8_t *buf, size_t len)
 static _Noreturn void out_of_memory(size_t size)
 {
     fprintf(stderr, "treatyd: out of memory (allocating %zu bytes)\n", size);
+    abort();
+}
+
+_Noreturn void util_out_of_memory(void)
+{
+    fprintf(stderr, "treatyd: out of memory\n");
     abort();
 }
 

@@ -30,6 +30,8 @@
 int64_t util_mono_ms(void);
 /* Milliseconds since the Unix epoch on CLOCK_REALTIME. */
 int64_t util_wall_ms(void);
+/* Microseconds on CLOCK_MONOTONIC (for measuring, not for deciding). */
+int64_t util_mono_us(void);
 
 struct util_rng {
     uint64_t s[4];
@@ -46,10 +48,15 @@ uint64_t util_rng_range(struct util_rng *r, uint64_t n);
 int util_rng_jitter(struct util_rng *r, int ms);
 /* Fills buf with len random bytes. */
 void util_rng_bytes(struct util_rng *r, uint8_t *buf, size_t len);
+/* A fresh seed from the kernel (getrandom), or from the clocks and the pid
+ * when that fails. For shells; a core takes its seed as an argument. */
+uint64_t util_fresh_seed(void);
 
 /* Daemon only (see above): never return NULL; abort with a message on
  * out-of-memory. A zero size allocates one byte. util_xstrdup(NULL) is NULL. */
 void *util_xmalloc(size_t size);
+/* Writes "treatyd: out of memory" and aborts. */
+_Noreturn void util_out_of_memory(void);
 void *util_xcalloc(size_t n, size_t size);
 void *util_xrealloc(void *p, size_t size);
 char *util_xstrdup(const char *s);
