@@ -199,6 +199,17 @@ bench: deps
 	$(MAKE) all bench-bin
 	BUILD=$(BUILD) sh bench/run.sh
 
+# make bench-ab BASE=<rev>   the change against the tree at <rev>, in one
+#                            invocation: bench/ab.sh (rounds alternate)
+.PHONY: bench-ab
+bench-ab: deps
+	@test -n "$(BASE)" || { echo "make bench-ab: say BASE=<git revision>" >&2; exit 2; }
+	$(MAKE) all bench-bin
+	rm -rf /tmp/treaty-ab-base && git worktree add --force --detach /tmp/treaty-ab-base $(BASE)
+	$(MAKE) -C /tmp/treaty-ab-base all bench-bin
+	BENCH_AB_BASE=/tmp/treaty-ab-base/$(BUILD)/bin BENCH_AB_NEW=$(CURDIR)/$(BUILD)/bin sh bench/ab.sh; \
+	  rc=$$?; git worktree remove --force /tmp/treaty-ab-base; exit $$rc
+
 # ------------------------------------------------------- scenarios (issue 4)
 # make scenarios   build treaty-scenario (scenarios/runner.c) and run every
 #                  scenarios/*.conf through scenarios/run on a throwaway
