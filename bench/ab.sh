@@ -17,7 +17,7 @@
 # the median of the per-round ratios new/base. Not part of make test.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
-BASE_BIN=${BENCH_AB_BASE:?set BENCH_AB_BASE to the base tree's bin directory}
+BASE_BIN=${BENCH_AB_BASE:?set BENCH_AB_BASE to the bin directory of the base tree}
 NEW_BIN=${BENCH_AB_NEW:-$TOP/build/bin}
 ROUNDS=${BENCH_AB_ROUNDS:-5}
 T=${BENCH_SECONDS:-10}
