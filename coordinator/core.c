@@ -257,6 +257,7 @@ struct core *core_new(const struct config *cfg, const struct core_io *io, uint64
     }
     c->cfg = cfg;
     c->io = *io;
+    c->newest_ms = -2; /* unknown until core_recover_newest */
     util_rng_seed(&c->rng, seed);
     /* The maps' hash keys come from the seed too: one seed, one layout. */
     uint8_t key[TXMAP_KEY_BYTES];

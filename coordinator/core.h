@@ -105,6 +105,13 @@ void core_destroy(struct core **c);
 /* Recovery, step 2. The signature is journal_scan_fn's, with the core as
  * arg: journal_scan(j, core_recover_record, core). Returns 0. */
 int core_recover_record(void *core, const struct journal_rec *r, long long finished_at_unix);
+/* Optional, before core_recover_done: the creation time of the newest txid
+ * the journal holds records of among those made by now.wall_ms +
+ * txid.max_future_s (journal_newest_txid; -1: none). A txid made later is
+ * known to be new: no journal lookup before it runs. Without it, every txid
+ * made up to now + txid.max_future_s is looked up when nothing in memory
+ * knows it (a previous run may have accepted it). */
+void core_recover_newest(struct core *c, int64_t newest_ms);
 /* Ends recovery; returns the number of transactions and sagas resumed. */
 size_t core_recover_done(struct core *c, struct core_time now);
 

@@ -88,6 +88,7 @@ struct core {
     struct recovery *rec;          /* from the first core_recover_record to core_recover_done */
     bool stopping;
     int64_t started_ms;    /* monotonic time serving started (core_recover_done) */
+    int64_t newest_ms;     /* core_recover_newest's answer; -2: not given */
     int64_t next_sweep_ms; /* next registry sweep; -1 before core_recover_done */
     struct core_stats st;  /* counters; core_get_stats fills the gauges */
 };

@@ -280,6 +280,11 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
         goto fail_recover;
     }
     int64_t scan_ms = util_mono_ms() - t0;
+    /* The newest txid on record: fresh txids made after it need no lookup
+     * (without it, every txid of the next txid.max_future_s would). */
+    int64_t newest = -1;
+    if (journal_newest_txid(l->journal, util_wall_ms() + (int64_t)cfg->txid_max_future_s * 1000, &newest) == 0)
+        core_recover_newest(l->core, newest);
     l->zctx = zmq_ctx_new();
     if (l->zctx == NULL) {
         rc = TREATY_ETRANSPORT;

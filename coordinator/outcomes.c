@@ -17,9 +17,11 @@ void outcomes_init(struct outcomes *o, size_t capacity, const uint8_t key[TXMAP_
     o->horizon_ms = INT64_MAX;
 }
 
-void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms)
+void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms, int64_t newest_ms)
 {
     o->horizon_ms = start_ms + max_future_ms;
+    if (newest_ms >= -1 && newest_ms < o->horizon_ms)
+        o->horizon_ms = newest_ms;
 }
 
 static void outcome_free(struct outcome *x)

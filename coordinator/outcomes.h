@@ -13,7 +13,9 @@
  * txid carries its creation time (UUIDv7). The previous incarnations of the
  * coordinator accepted no txid made later than their own clock plus
  * max_future_ms, so a txid made after start_ms + max_future_ms was never
- * seen before this process started; and of the txids this process finished,
+ * seen before this process started - and, sharper, one made after the newest
+ * txid the journal holds records of has none (outcomes_start's newest_ms,
+ * from journal_newest_txid); and of the txids this process finished,
  * only the evicted ones are not in the cache: if the txid is younger than
  * every evicted one, the cache is complete for it. Txids without a time
  * (not UUIDv7) always need the lookup.
@@ -51,8 +53,10 @@ struct outcomes {
  * the journal. */
 void outcomes_init(struct outcomes *o, size_t capacity, const uint8_t key[TXMAP_KEY_BYTES]);
 /* The process serves from start_ms on (wall clock, Unix ms): the horizon
- * becomes start_ms + max_future_ms (see above). Once, before the first put. */
-void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms);
+ * becomes start_ms + max_future_ms, or newest_ms when that is known (>= -2
+ * means known; -1: the journal holds no txid at all). Once, before the first
+ * put. */
+void outcomes_start(struct outcomes *o, int64_t start_ms, int64_t max_future_ms, int64_t newest_ms);
 /* Frees every outcome. */
 void outcomes_free(struct outcomes *o);
 

@@ -183,6 +183,11 @@ int core_recover_record(void *arg, const struct journal_rec *rec, long long fini
     return 0;
 }
 
+void core_recover_newest(struct core *c, int64_t newest_ms)
+{
+    c->newest_ms = newest_ms < -1 ? -1 : newest_ms;
+}
+
 size_t core_recover_done(struct core *c, struct core_time now)
 {
     c->now = now;
@@ -204,6 +209,6 @@ size_t core_recover_done(struct core *c, struct core_time now)
      * never seen by an earlier run (outcomes.h). */
     c->started_ms = now.mono_ms;
     c->next_sweep_ms = now.mono_ms + c->cfg->heartbeat_ms;
-    outcomes_start(&c->done, now.wall_ms, (int64_t)c->cfg->txid_max_future_s * 1000);
+    outcomes_start(&c->done, now.wall_ms, (int64_t)c->cfg->txid_max_future_s * 1000, c->newest_ms);
     return resumed;
 }

@@ -115,6 +115,19 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
 typedef int (*journal_scan_fn)(void *arg, const struct journal_rec *r, long long finished_at_unix);
 int journal_scan(struct journal *j, journal_scan_fn cb, void *arg);
 
+/*
+ * Step 2b. The creation time (Unix ms, the txid's first 48 bits) of the
+ * newest txid with a record in the journal among those made no later than
+ * below_ms, into *out_ms; -1 when there is none. One indexed read (the txid
+ * index, backwards from below_ms). The coordinator uses it at start-up: a
+ * txid made later than that has no record, so it needs no journal lookup
+ * before it may run. (A UUIDv4 txid of an old journal that sorts below
+ * below_ms reads as a time too: never less than the newest UUIDv7's, so the
+ * answer only errs towards more lookups.) Before journal_start; 0,
+ * TREATY_EINVAL, TREATY_ESTATE (started) or TREATY_EPG.
+ */
+int journal_newest_txid(struct journal *j, int64_t below_ms, int64_t *out_ms);
+
 /* Step 3. zctx is the coordinator's ZeroMQ context (inproc transport). */
 int journal_start(struct journal *j, void *zctx);
 

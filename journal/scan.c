@@ -231,3 +231,39 @@ fail_row:
     journal_strv_free(&sv);
     return TREATY_EPG;
 }
+
+int journal_newest_txid(struct journal *j, int64_t below_ms, int64_t *out_ms)
+{
+    if (!j || !out_ms || below_ms < 0)
+        return TREATY_EINVAL;
+    if (j->started || !j->conn)
+        return TREATY_ESTATE;
+    /* The smallest UUID made after below_ms: every txid made up to below_ms
+     * sorts before it (a UUIDv7's bytes begin with its time, big-endian). */
+    uint8_t bound[16] = {0};
+    uint64_t t = (uint64_t)below_ms + 1;
+    for (int i = 0; i < 6; i++)
+        bound[i] = (uint8_t)(t >> (40 - 8 * i));
+    char bound_text[37];
+    journal_txid_format(bound, bound_text);
+    const char *params[1] = {bound_text};
+    PGresult *res = PQexecParams(j->conn,
+                                 "SELECT txid::text FROM treaty_journal WHERE txid < $1::uuid "
+                                 "ORDER BY txid DESC LIMIT 1",
+                                 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        scan_fail(j->conn, res, "newest txid");
+        PQclear(res);
+        return TREATY_EPG;
+    }
+    *out_ms = -1;
+    uint8_t id[16];
+    if (PQntuples(res) == 1 && journal_txid_parse(PQgetvalue(res, 0, 0), id) == 0) {
+        uint64_t ms = 0;
+        for (int i = 0; i < 6; i++)
+            ms = ms << 8 | id[i];
+        *out_ms = (int64_t)ms;
+    }
+    PQclear(res);
+    return 0;
+}

@@ -486,6 +486,46 @@ Test(core_2pc, a_txid_the_journal_may_know_is_looked_up_before_it_is_answered_or
     rig_free(&r);
 }
 
+Test(core_2pc, txids_made_after_the_newest_on_record_run_without_a_lookup, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 14);
+    /* The journal's newest txid was made 30 s before this run started. */
+    core_recover_newest(r.core, T0_WALL - 30000);
+    cr_assert_eq(core_recover_done(r.core, at(&r)), 0);
+    advance(&r, 1);
+    two_participants(&r);
+    fake_since(&r.fake);
+
+    uint8_t fresh[16], before_start[16], at_newest[16];
+    fresh_txid(&r, fresh, 1);                  /* right after the start */
+    txid_at(before_start, T0_WALL - 20000, 2); /* made after the newest, before the start */
+    txid_at(at_newest, T0_WALL - 30000, 3);    /* as old as the newest: may be it */
+    submit(&r, "c1", fresh, 0, AB, 2);
+    submit(&r, "c2", before_start, 0, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "lookup"), 0, "%s", s);
+    cr_assert_eq(count(s, "PREPARE"), 4, "both run at once: %s", s);
+    submit(&r, "c3", at_newest, 0, AB, 2);
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "lookup"), 1, "%s", s);
+    cr_assert_eq(count(s, "PREPARE"), 0, "%s", s);
+    rig_free(&r);
+
+    /* Without the newest txid, everything made up to txid.max_future_s
+     * after the start is looked up. */
+    rig_start(&r, 15);
+    cr_assert_eq(core_recover_done(r.core, at(&r)), 0);
+    advance(&r, 1);
+    two_participants(&r);
+    fake_since(&r.fake);
+    fresh_txid(&r, fresh, 1);
+    submit(&r, "c1", fresh, 0, AB, 2);
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "lookup"), 1, "%s", s);
+    rig_free(&r);
+}
+
 Test(core_2pc, txids_outside_the_window_are_refused, .init = quiet_logs)
 {
     struct rig r;

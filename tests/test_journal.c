@@ -1656,6 +1656,58 @@ static const char *outcome_name(enum journal_outcome o)
         cr_assert_str_eq(r_.detail, det, "%s: detail", #id);                                                           \
     } while (0)
 
+/* A txid whose UUIDv7 time is ms (the rest of it from a fresh txid). */
+static void txid_made_at(uint8_t id[16], int64_t ms)
+{
+    new_txid(id);
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8_t)((uint64_t)ms >> (40 - 8 * i));
+}
+
+Test(journal, newest_txid_is_the_latest_made_up_to_the_bound)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false);
+    int64_t newest = 0;
+    cr_assert_eq(journal_newest_txid(J, 2000000000000LL, &newest), 0);
+    cr_assert_eq(newest, -1, "an empty journal has no newest txid, got %lld", (long long)newest);
+    journal_close(&J, WAIT_MS);
+
+    /* Three runs made at t, t + 5 s and t + 60 s; the bound is t + 10 s. */
+    const int64_t t = 1900000000000LL;
+    uint8_t a[16], b[16], later[16];
+    txid_made_at(a, t);
+    txid_made_at(b, t + 5000);
+    txid_made_at(later, t + 60000);
+    J = open_journal(&cfg, true);
+    struct journal_rec r = rec(a, JOURNAL_COMMIT, NULL);
+    journal_append(J, &r, true);
+    r = rec(later, JOURNAL_ABORT, NULL);
+    journal_append(J, &r, true);
+    r = rec(b, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    r = rec(b, JOURNAL_END, NULL);
+    append_durable(J, &r, false);
+    journal_close(&J, WAIT_MS);
+
+    J = open_journal(&cfg, false);
+    cr_assert_eq(journal_newest_txid(J, t + 10000, &newest), 0);
+    cr_assert_eq(newest, t + 5000, "newest below t + 10 s: %lld, want %lld (ended runs count too)", (long long)newest,
+                 (long long)(t + 5000));
+    cr_assert_eq(journal_newest_txid(J, t + 5000, &newest), 0);
+    cr_assert_eq(newest, t + 5000, "the bound is inclusive");
+    cr_assert_eq(journal_newest_txid(J, t + 4999, &newest), 0);
+    cr_assert_eq(newest, t);
+    cr_assert_eq(journal_newest_txid(J, t - 1, &newest), 0);
+    cr_assert_eq(newest, -1);
+    cr_assert_eq(journal_newest_txid(J, t + 3600000, &newest), 0);
+    cr_assert_eq(newest, t + 60000);
+    cr_assert_eq(journal_newest_txid(J, -1, &newest), TREATY_EINVAL);
+    cr_assert_eq(journal_start(J, zctx), 0);
+    cr_assert_eq(journal_newest_txid(J, t, &newest), TREATY_ESTATE, "after journal_start");
+    journal_close(&J, WAIT_MS);
+}
+
 Test(journal, lookup_outcomes_of_2pc_transactions)
 {
     struct journal_config cfg = test_cfg();

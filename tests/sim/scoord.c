@@ -116,6 +116,8 @@ static void try_start(struct scoord *s)
     sjournal_attach(w, w->journal, s->n);
     s->core = core_new(&s->cfg, &io, sim_rng_next(&w->rng));
     sjournal_scan(w->journal, recover_cb, s);
+    core_recover_newest(
+        s->core, sjournal_newest_txid(w->journal, world_wall_ms(w, s->n) + (int64_t)s->cfg.txid_max_future_s * 1000));
     size_t n = core_recover_done(s->core, now_of(w, s->n));
     sim_trace(w, "%s: recovered %zu unfinished transactions; serving", s->n->name, n);
     after(s);

@@ -380,6 +380,22 @@ int sjournal_scan(const struct sjournal *j, journal_scan_fn cb, void *arg)
     return rc;
 }
 
+int64_t sjournal_newest_txid(const struct sjournal *j, int64_t below_ms)
+{
+    int64_t newest = -1;
+    for (size_t i = 0; i < j->nrecs; i++) {
+        const struct srec *r = &j->recs[i];
+        if (r->deleted)
+            continue;
+        int64_t t = 0;
+        for (int k = 0; k < 6; k++)
+            t = t << 8 | r->txid[k];
+        if (t <= below_ms && t > newest)
+            newest = t;
+    }
+    return newest;
+}
+
 size_t sjournal_unfinished(const struct sjournal *j)
 {
     size_t n, count = 0;

@@ -32,6 +32,9 @@ void sjournal_lookup(struct world *w, struct sjournal *j, const uint8_t txid[16]
 void sjournal_lookup_answer(const struct sjournal *j, const uint8_t txid[16], struct journal_lookup_result *out);
 /* journal_scan: the unfinished runs. */
 int sjournal_scan(const struct sjournal *j, journal_scan_fn cb, void *arg);
+/* journal_newest_txid: the creation time of the newest txid with a record,
+ * among those made up to below_ms (-1: none). */
+int64_t sjournal_newest_txid(const struct sjournal *j, int64_t below_ms);
 /* For the checks: whether a COMMIT / ABORT record of txid was ever durable. */
 int sjournal_decision(const struct sjournal *j, const uint8_t txid[16], bool *committed, bool *aborted);
 
