@@ -169,7 +169,8 @@ static void log_stats(struct loop *l)
              (unsigned long long)cs.lookup_errors);
 }
 
-static void serve(struct loop *l, volatile sig_atomic_t *stop)
+/* Serves until stopped (0) or deposed from the journal (TREATY_ESTATE). */
+static int serve(struct loop *l, volatile sig_atomic_t *stop)
 {
     int64_t next_stats = util_mono_ms() + 60000;
     l->stats_at_ms = util_mono_ms();
@@ -178,6 +179,14 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
 
     for (;;) {
         int64_t now = util_mono_ms();
+        if (journal_deposed(l->journal)) {
+            /* Nothing appended any more becomes durable, so nothing waiting
+             * on it is told: stopping loses no promise. */
+            log_error("stopping: another coordinator has taken the journal; %zu transactions unfinished here are "
+                      "its to finish",
+                      core_unfinished(l->core));
+            return TREATY_ESTATE;
+        }
         if (*stop && !stopping) {
             struct core_stats cs;
             core_get_stats(l->core, &cs);
@@ -194,7 +203,7 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
                 log_warn("stopping with %zu transactions and %zu sagas unfinished; recovery resumes them at next "
                          "start",
                          cs.inflight_2pc, cs.inflight_sagas);
-            break;
+            return 0;
         }
         long timeout = 1000;
         int64_t nt = core_next_tick(l->core);
@@ -211,7 +220,7 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
         int n = zmq_poll(items, 2, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("zmq_poll: %s", zmq_strerror(errno));
-            break;
+            return TREATY_ETRANSPORT;
         }
         if (n > 0 && (items[1].revents & ZMQ_POLLIN))
             journal_news(l);
@@ -301,10 +310,8 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
     size_t resumed = core_recover_done(l->core, now_time());
     log_info("recovery: %zu unfinished transactions resumed (%lld ms)", resumed, (long long)scan_ms);
     log_info("treatyd serving on %s", cfg->listen);
-    serve(l, stop);
+    rc = serve(l, stop);
     log_stats(l);
-    rc = 0;
-
     zmq_close(l->router);
 fail_start:
     journal_close(&l->journal, cfg->shutdown_deadline_ms > 0 ? cfg->shutdown_deadline_ms : 1000);

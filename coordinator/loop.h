@@ -4,7 +4,8 @@
  * event loop on the calling thread.
  *
  *   loop_run():
- *     1. connect the journal (retrying while Postgres is unreachable)
+ *     1. connect the journal (retrying while Postgres is unreachable; waiting
+ *        while another coordinator holds it)
  *     2. recovery: the journal's unfinished runs fed to the core
  *     3. bind the ROUTER and serve until *stop becomes non-zero
  *     4. on stop: the core refuses new transactions; in-flight ones may
@@ -21,8 +22,9 @@
 
 #include "config.h"
 
-/* Returns 0 after a clean stop, or a negative TREATY_E* when start-up failed
- * (message already logged). */
+/* Returns 0 after a clean stop, or a negative TREATY_E* (message already
+ * logged) when start-up failed, the transport failed, or another coordinator
+ * took the journal (TREATY_ESTATE, journal_deposed). */
 int loop_run(const struct config *cfg, volatile sig_atomic_t *stop);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * main.c - treatyd: arguments, configuration, signals, run, exit codes.
  *
- * Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 start-up failure (bad
- * configuration, cannot listen, journal refused), 2 usage error.
+ * Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 failure (at start-up: cannot
+ * listen, journal refused; later: another coordinator took the journal, the
+ * transport failed), 2 usage or configuration error.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -51,7 +52,7 @@ int main(int argc, char **argv)
              cfg.listen);
     rc = loop_run(&cfg, &stop_requested);
     if (rc < 0) {
-        log_error("treatyd: start-up failed: %s", treaty_strerror(rc));
+        log_error("treatyd: stopped on an error: %s", treaty_strerror(rc));
         return 1;
     }
     log_info("treatyd stopped");
