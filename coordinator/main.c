@@ -38,6 +38,15 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)cfg.log_level);
+    if (cfg.curve) {
+        /* Never run in plaintext when the file asks for CURVE. */
+        fprintf(stderr, "treatyd: configuration error: security.curve: not supported by this build yet\n");
+        return 2;
+    }
+    if (cfg.allow_insecure && !config_endpoint_is_local(cfg.listen))
+        log_warn("listening on %s without CURVE (security.allow_insecure = true): anyone who can connect is trusted "
+                 "with everything - registering as any participant, voting, acknowledging, reading payloads",
+                 cfg.listen);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
