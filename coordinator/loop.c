@@ -111,7 +111,7 @@ static bool handle_message(struct loop *l)
         core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
         return true;
     }
-    core_on_message(l->core, l->in->rid, l->in->rid_len, &l->in->msg, now_time());
+    core_on_message(l->core, l->in->rid, l->in->rid_len, NULL, &l->in->msg, now_time());
     wire_in_close(l->in);
     return true;
 }
@@ -157,7 +157,8 @@ static void log_stats(struct loop *l)
              "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
              "forced_batches=%llu journal_busy=%.0f%% instances=%zu sagas=%llu sagas_completed=%llu "
              "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu presumed_aborts=%llu "
-             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu",
+             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu denied_role=%llu "
+             "denied_service=%llu denied_instance=%llu denied_sender=%llu denied_limit=%llu",
              (unsigned long long)cs.submitted, (unsigned long long)cs.committed, (unsigned long long)cs.aborted,
              cs.inflight_2pc, (unsigned long long)cs.refused, (unsigned long long)cs.malformed,
              (unsigned long long)cs.late_votes, (unsigned long long)cs.inquiries, (unsigned long long)cs.recovered,
@@ -166,7 +167,9 @@ static void log_stats(struct loop *l)
              (unsigned long long)cs.sagas_compensated, (unsigned long long)cs.sagas_stuck, cs.inflight_sagas,
              (unsigned long long)cs.step_retries, (unsigned long long)cs.presumed_aborts, cs.outcomes_cached,
              (unsigned long long)cs.outcomes_evicted, (unsigned long long)cs.lookups,
-             (unsigned long long)cs.lookup_errors);
+             (unsigned long long)cs.lookup_errors, (unsigned long long)cs.denied_role,
+             (unsigned long long)cs.denied_service, (unsigned long long)cs.denied_instance,
+             (unsigned long long)cs.denied_sender, (unsigned long long)cs.denied_limit);
 }
 
 static void serve(struct loop *l, volatile sig_atomic_t *stop)

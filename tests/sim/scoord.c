@@ -148,7 +148,7 @@ void scoord_msg(struct world *w, struct node *n, const uint8_t *rid, size_t rid_
         return; /* still connecting to the journal: not listening yet */
     sim_trace(w, "%.*s -> %s: %s branch %u code %u", (int)rid_len, (const char *)rid, n->name,
               wire_type_name(m->hdr.type), m->hdr.branch, m->hdr.code);
-    core_on_message(s->core, rid, rid_len, m, now_of(w, n));
+    core_on_message(s->core, rid, rid_len, NULL, m, now_of(w, n));
     after(s);
 }
 
