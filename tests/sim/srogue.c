@@ -31,8 +31,8 @@
 static const struct {
     const char *service, *instance;
 } names[] = {
-    {"bank-a", "a1"}, {"bank-a", "a2"}, {"bank-b", "b1"}, {"orders", "o1"}, {"inventory", "i1"}, {"payment", "p1"},
-    {"bank-a", "rogue"}, {"bank-b", "rogue"}, {"payment", "x"},
+    {"bank-a", "a1"},  {"bank-a", "a2"},    {"bank-b", "b1"},    {"orders", "o1"}, {"inventory", "i1"},
+    {"payment", "p1"}, {"bank-a", "rogue"}, {"bank-b", "rogue"}, {"payment", "x"},
 };
 
 static void next_tick(struct world *w, struct node *n)
@@ -48,8 +48,8 @@ void srogue_start(struct world *w, struct node *n)
     next_tick(w, n);
 }
 
-static void send(struct world *w, struct node *n, uint8_t type, const uint8_t *txid, unsigned branch,
-                 unsigned attempt, unsigned code, const struct wire_frame *f, size_t nf)
+static void send(struct world *w, struct node *n, uint8_t type, const uint8_t *txid, unsigned branch, unsigned attempt,
+                 unsigned code, const struct wire_frame *f, size_t nf)
 {
     struct wire_hdr h;
     memset(&h, 0, sizeof h);
@@ -81,8 +81,8 @@ void srogue_tick(struct world *w, struct node *n)
             if (pick == 2)
                 send(w, n, WIRE_INQUIRE, sn->txid, sn->branch, 0, 0, NULL, 0);
             else
-                send(w, n, WIRE_VOTE, sn->txid, sn->branch, 0, pick == 0 ? TREATY_VOTE_YES : TREATY_VOTE_NO,
-                     &reason, 1);
+                send(w, n, WIRE_VOTE, sn->txid, sn->branch, 0, pick == 0 ? TREATY_VOTE_YES : TREATY_VOTE_NO, &reason,
+                     1);
             break;
         case WIRE_COMMIT:
         case WIRE_ABORT:
@@ -90,8 +90,8 @@ void srogue_tick(struct world *w, struct node *n)
                 send(w, n, WIRE_VOTE, sn->txid, sn->branch, 0, TREATY_VOTE_YES, &reason, 1);
             else
                 send(w, n, WIRE_ACK, sn->txid, sn->branch, 0,
-                     (sn->type == WIRE_COMMIT) == (pick == 0) ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED,
-                     NULL, 0);
+                     (sn->type == WIRE_COMMIT) == (pick == 0) ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, NULL,
+                     0);
             break;
         case WIRE_STEP: {
             static const unsigned results[] = {WIRE_RESULT_OK, WIRE_RESULT_FAILED, WIRE_RESULT_TRANSIENT};
