@@ -3,7 +3,9 @@
  * benchmarks that measure the coordinator alone (workload 2pc-noop).
  *
  *   noop_participant --endpoint EP --service NAME --instance ID [--hold]
+ *                    [--server-key FILE --key BASE]
  *
+ * --server-key / --key: CURVE with the coordinator (examples/example_keys.h).
  * prepare votes YES at once, commit and abort return 0 (ACK); the saga
  * action "noop" and compensation "undo" return TREATY_STEP_OK (workload
  * saga-noop). With --hold prepare sends no vote at all (it returns
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../examples/example_keys.h"
 #include "treaty.h"
 
 /* Counters; touched only by the participant's thread until it is stopped. */
@@ -80,16 +83,22 @@ static int on_abort(void *arg, const treaty_branch_t *b)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: noop_participant --endpoint EP --service NAME --instance ID [--hold]\n");
+    fprintf(f, "usage: noop_participant --endpoint EP --service NAME --instance ID [--hold] " EXAMPLE_KEYS_USAGE "\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"endpoint", required_argument, NULL, 'e'}, {"service", required_argument, NULL, 's'},
-        {"instance", required_argument, NULL, 'i'}, {"hold", no_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"endpoint", required_argument, NULL, 'e'},
+        {"service", required_argument, NULL, 's'},
+        {"instance", required_argument, NULL, 'i'},
+        {"hold", no_argument, NULL, 'H'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
+    struct example_keys keys = {0};
     const char *endpoint = NULL, *service = NULL, *instance = NULL;
     bool hold = false;
     int ch;
@@ -107,6 +116,12 @@ int main(int argc, char **argv)
         case 'H':
             hold = true;
             break;
+        case 'K':
+            keys.server_key_file = optarg;
+            break;
+        case 'k':
+            keys.key_base = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -119,6 +134,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    int keys_failed;
+    const treaty_security_t *security = example_keys_load(&keys, "noop_participant", &keys_failed);
+    if (keys_failed)
+        return 2;
 
     /* Block the stop signals before the SDK's thread exists so that it
      * inherits the mask and sigwait() below receives them. */
@@ -131,7 +150,7 @@ int main(int argc, char **argv)
     struct noop counts = {0, 0, 0, 0, 0, hold};
     treaty_handlers_t h = {on_prepare, on_commit, on_abort, &counts};
     treaty_participant_t *p = NULL;
-    int rc = treaty_participant_new(endpoint, service, instance, &h, &p);
+    int rc = treaty_participant_new_secure(endpoint, service, instance, &h, security, &p);
     if (rc != 0) {
         fprintf(stderr, "noop_participant %s/%s: cannot create the participant: %s (%s)\n", service, instance,
                 treaty_strerror(rc), p != NULL ? treaty_participant_errmsg(p) : "no detail");

@@ -15,7 +15,12 @@
 #        pgbench single-row INSERT @ 1              vs  2pc-noop @ 1 (latency)
 #        direct-bank @ BANK_CLIENTS                 vs  2pc-bank @ BANK_CLIENTS
 #      and saga-noop (3 steps over the noop services) @ NOOP_CLIENTS right
-#      after 2pc-noop, compared with that repetition's pgbench;
+#      after 2pc-noop, compared with that repetition's pgbench; and, unless
+#      BENCH_CURVE=0, 2pc-noop @ NOOP_CLIENTS with CURVE right next to the
+#      plaintext 2pc-noop (order flipped too), against a second treatyd with
+#      security.curve on (keys from treatyd --keygen, an allow-list naming the
+#      bench's client key and the noop participants' key, its own journal
+#      database); skipped with a message by a treatyd without --keygen;
 #   3b. unless BENCH_MEMREC=0, the memory and recovery measurements, each on a
 #      treatyd of its own (so the closed-loop runs' state does not count):
 #        memory: 2pc-hold holds BENCH_HOLD (100000) transactions in flight
@@ -37,7 +42,7 @@
 # Knobs (environment): BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_REPS (3),
 # BENCH_NOOP_CLIENTS (64), BENCH_BANK_CLIENTS (16), BENCH_PARTICIPANTS (2),
 # BENCH_BANK_INSTANCES (= BENCH_BANK_CLIENTS), BENCH_SAGA_STEPS (3),
-# BENCH_MEMREC (1), BENCH_HOLD (100000), BENCH_SOAK (300; 0 skips it),
+# BENCH_MEMREC (1), BENCH_HOLD (100000), BENCH_SOAK (300; 0 skips it), BENCH_CURVE (1),
 # BENCH_KEEP=1 keeps the logs.
 set -u
 BUILD=${BUILD:-build}
@@ -62,6 +67,7 @@ SAGA_STEPS=${BENCH_SAGA_STEPS:-3}
 MEMREC=${BENCH_MEMREC:-1}
 HOLD=${BENCH_HOLD:-100000}
 SOAK=${BENCH_SOAK:-300}
+CURVE=${BENCH_CURVE:-1}
 
 WORK=$(mktemp -d /tmp/treaty-bench.XXXXXX)
 PGDIR=""
@@ -120,7 +126,7 @@ PGDIR=$(mktemp -d /tmp/treaty-bench-pg.XXXXXX)
 say "throwaway PostgreSQL in $PGDIR (fsync = on, synchronous_commit = on)"
 BASE=$(sh scripts/pgtmp.sh start "$PGDIR") || fail "could not start PostgreSQL"
 PGVERSION=$("$PSQL" "$BASE dbname=postgres" -Atqc "SHOW server_version")
-for db in treaty_journal bank_a bank_b bench treaty_hold treaty_recover treaty_soak; do
+for db in treaty_journal treaty_journal_curve bank_a bank_b bench treaty_hold treaty_recover treaty_soak; do
     "$PSQL" "$BASE dbname=postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null ||
         fail "cannot create database $db"
 done
@@ -177,6 +183,60 @@ while :; do
     n=$((n + 1))
 done
 sleep 1 # a heartbeat, so that every bank instance is registered
+
+# --------------------------------------- the CURVE treatyd (BENCH_CURVE)
+# Keys by treatyd --keygen: the coordinator's, one for treaty-bench (role
+# client) and one for the noop participants (participant of noop-1..noop-K).
+# A treatyd without --keygen (before the coordinator side of issue 12) skips
+# the CURVE runs, saying so.
+if [ "$CURVE" = 1 ]; then
+    KEYS="$WORK/keys"
+    mkdir -p "$KEYS"
+    if "$BIN/treatyd" --keygen "$KEYS/coord" >"$WORK/keygen.log" 2>&1 && [ -s "$KEYS/coord.pub" ] &&
+        "$BIN/treatyd" --keygen "$KEYS/client" >>"$WORK/keygen.log" 2>&1 &&
+        "$BIN/treatyd" --keygen "$KEYS/noop" >>"$WORK/keygen.log" 2>&1; then
+        services=$(i=1; while [ $i -le "$K" ]; do [ $i -gt 1 ] && printf ','; printf 'noop-%d' $i; i=$((i + 1)); done)
+        {
+            echo "# written by bench/run.sh"
+            echo "$(cat "$KEYS/client.pub") client"
+            echo "$(cat "$KEYS/noop.pub") participant $services"
+        } >"$KEYS/allow.list"
+        pc=$((p + 300 + $$ % 89))
+        while ss -Hltn "sport = :$pc" 2>/dev/null | grep -q .; do pc=$((pc + 1)); done
+        EPC="tcp://127.0.0.1:$pc"
+        cat >"$WORK/treatyd-curve.conf" <<EOF
+# written by bench/run.sh: as treatyd.conf, with CURVE
+listen = "$EPC";
+log_level = "warn";
+journal = { conninfo = "$BASE dbname=treaty_journal_curve"; retention_s = 86400; gc_interval_ms = 600000; };
+security = { curve = true; secret_key_file = "$KEYS/coord.key"; public_key_file = "$KEYS/coord.pub";
+             allow_list = "$KEYS/allow.list"; };
+EOF
+        say "CURVE: a second treatyd at $EPC with security.curve on, $K noop participants with keys"
+        "$BIN/treatyd" -c "$WORK/treatyd-curve.conf" >"$WORK/treatyd-curve.log" 2>&1 &
+        TREATYD_C=$!
+        PIDS="$PIDS $TREATYD_C"
+        i=1
+        while [ $i -le "$K" ]; do
+            "$BIN/noop_participant" --endpoint "$EPC" --service "noop-$i" --instance n1 \
+                --server-key "$KEYS/coord.pub" --key "$KEYS/noop" >"$WORK/curve-noop-$i.log" 2>&1 &
+            PIDS="$PIDS $!"
+            i=$((i + 1))
+        done
+        n=0
+        while [ "$(cat "$WORK"/curve-noop-*.log 2>/dev/null | grep -c ready)" -lt "$K" ]; do
+            kill -0 "$TREATYD_C" 2>/dev/null || fail "the CURVE treatyd ended during start-up (see treatyd-curve.log)"
+            [ $n -lt 300 ] || fail "the CURVE noop participants did not start within 30 s"
+            sleep 0.1
+            n=$((n + 1))
+        done
+        sleep 1 # registered by a heartbeat
+    else
+        say "CURVE: $BIN/treatyd has no --keygen (the coordinator side of issue 12 is not in this tree): CURVE runs skipped"
+        sed 's/^/   /' "$WORK/keygen.log" | head -n 3 >&2
+        CURVE=0
+    fi
+fi
 
 # ------------------------------------------------------------ the runs
 RUNS="$WORK/runs"
@@ -236,14 +296,22 @@ pgbench_run() {
         "$(jget "$RUNS/$name.json" tps)" "$(jget "$RUNS/$name.json" lat_p50_us)" >&2
 }
 
-# bench_run WORKLOAD CLIENTS NAME [extra treaty-bench flags]
+# bench_run WORKLOAD CLIENTS NAME [extra treaty-bench flags]: against the
+# plaintext treatyd, or with B_CURVE=1 against the CURVE one with its keys
 bench_run() {
     wl=$1
     c=$2
     name=$3
     shift 3
-    "$BIN/treaty-bench" --endpoint "$EP" --workload "$wl" --clients "$c" --seconds "$T" --warmup "$W" \
-        --journal "$BASE dbname=treaty_journal" --coord-pid "$TREATYD" "$@" --json \
+    if [ "${B_CURVE:-0}" = 1 ]; then
+        set -- --endpoint "$EPC" --journal "$BASE dbname=treaty_journal_curve" --coord-pid "$TREATYD_C" \
+            --server-key "$KEYS/coord.pub" --key "$KEYS/client" "$@"
+        tpid=$TREATYD_C
+    else
+        set -- --endpoint "$EP" --journal "$BASE dbname=treaty_journal" --coord-pid "$TREATYD" "$@"
+        tpid=$TREATYD
+    fi
+    "$BIN/treaty-bench" --workload "$wl" --clients "$c" --seconds "$T" --warmup "$W" "$@" --json \
         >"$RUNS/$name.json" 2>"$WORK/$name.log"
     rc=$?
     grep -v NOTICE "$WORK/$name.log" | tail -n 9 >&2
@@ -251,7 +319,7 @@ bench_run() {
         printf 'bench: treaty-bench %s failed (status %d)\n' "$wl" "$rc" >&2
         FAILED=1
     fi
-    kill -0 "$TREATYD" 2>/dev/null || fail "treatyd died during $name"
+    kill -0 "$tpid" 2>/dev/null || fail "treatyd died during $name"
 }
 
 rep=1
@@ -264,7 +332,14 @@ while [ $rep -le "$REPS" ]; do
             case "$pair.$who" in
             noop.base) pgbench_run "$NOOP_CLIENTS" "pgbench-c$NOOP_CLIENTS-r$rep" ;;
             noop.treaty)
+                # CURVE right next to plaintext; which goes first flips like the rest
+                if [ "$CURVE" = 1 ] && [ "$first" = treaty ]; then
+                    B_CURVE=1 bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-curve-c$NOOP_CLIENTS-r$rep" --participants "$K"
+                fi
                 bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-c$NOOP_CLIENTS-r$rep" --participants "$K"
+                if [ "$CURVE" = 1 ] && [ "$first" = base ]; then
+                    B_CURVE=1 bench_run 2pc-noop "$NOOP_CLIENTS" "2pc-noop-curve-c$NOOP_CLIENTS-r$rep" --participants "$K"
+                fi
                 bench_run saga-noop "$NOOP_CLIENTS" "saga-noop-c$NOOP_CLIENTS-r$rep" --participants "$K" \
                     --steps "$SAGA_STEPS" ;;
             lat.base) pgbench_run 1 "pgbench-c1-r$rep" ;;
@@ -473,6 +548,12 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     line_of "pgbench-c$NC" tps 1 "pgbench single-row INSERT, $NC clients"
     ratio_line "  ratio 2pc-noop / pgbench" "2pc-noop-c$NC" tps "pgbench-c$NC" tps
     R_NOOP=$RATIO_MEDIAN
+    R_CURVE=null
+    if [ "$CURVE" = 1 ]; then
+        line_of "2pc-noop-curve-c$NC" tps 1 "2pc-noop with CURVE, $K participants, $NC clients"
+        ratio_line "  ratio 2pc-noop CURVE / plaintext" "2pc-noop-curve-c$NC" tps "2pc-noop-c$NC" tps
+        R_CURVE=$RATIO_MEDIAN
+    fi
     line_of "saga-noop-c$NC" tps 1 "saga-noop, $SAGA_STEPS steps, $NC clients"
     ratio_line "  ratio saga-noop / pgbench" "saga-noop-c$NC" tps "pgbench-c$NC" tps
     R_SAGA=$RATIO_MEDIAN
@@ -483,7 +564,9 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     line_of "2pc-noop-c1" tps 1 "2pc-noop, 1 client"
     line_of "pgbench-c1" tps 1 "pgbench single-row INSERT, 1 client"
     printf '\n  %-44s%s\n' "latency p50 / p99 (ms)" "$hdr"
-    for n in "2pc-noop-c1" "pgbench-c1" "2pc-noop-c$NC" "pgbench-c$NC" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+    for n in "2pc-noop-c1" "pgbench-c1" "2pc-noop-c$NC" "2pc-noop-curve-c$NC" "pgbench-c$NC" "saga-noop-c$NC" \
+        "2pc-bank-c$BC" "direct-bank-c$BC"; do
+        [ -n "$(vals "$n" lat_p50_us)" ] || continue
         v=$(vals "$n" lat_p50_us | awk '{ printf "%s ", $1 / 1000 }')
         m=$(vals "$n" lat_p50_us | median | awk '{ print ($1 == "null") ? "null" : $1 / 1000 }')
         # shellcheck disable=SC2086,SC2046
@@ -496,7 +579,9 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
     ratio_line "  ratio p50 2pc-noop@1 / pgbench@1" "2pc-noop-c1" lat_p50_us "pgbench-c1" lat_p50_us
     R_LAT=$RATIO_MEDIAN
     printf '\n  %-44s%s\n' "per committed transaction" "$hdr"
-    for n in "2pc-noop-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC" "pgbench-c$NC"; do
+    for n in "2pc-noop-c$NC" "2pc-noop-curve-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC" \
+        "pgbench-c$NC"; do
+        [ -n "$(vals "$n" tps)" ] || continue
         line_of "$n" pg_commits_per_txn 3 "$n: Postgres commits"
         line_of "$n" pg_write_xacts_per_txn 3 "$n: writing Postgres xacts"
         case $n in
@@ -512,7 +597,8 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
         esac
     done
     printf '\n  %-44s%s\n' "outcomes (aborted + unknown + refused + failed)" "$hdr"
-    for n in "2pc-noop-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+    for n in "2pc-noop-c$NC" "2pc-noop-curve-c$NC" "2pc-noop-c1" "saga-noop-c$NC" "2pc-bank-c$BC" "direct-bank-c$BC"; do
+        [ -n "$(vals "$n" tps)" ] || continue
         v=$(r=1; while [ $r -le "$REPS" ]; do f="$RUNS/$n-r$r.json"; [ -f "$f" ] &&
             awk -v a="$(jget "$f" aborted)" -v u="$(jget "$f" unknown)" -v x="$(jget "$f" refused)" \
                 -v y="$(jget "$f" failed)" 'BEGIN { print a + u + x + y }'; r=$((r + 1)); done | tr '\n' ' ')
@@ -545,6 +631,7 @@ hdr=$(r=1; while [ $r -le "$REPS" ]; do printf '%10s' "run $r"; r=$((r + 1)); do
 
     printf '\ntargets (medians over the repetitions)\n'
     verdict "2pc-noop@$NC ($K participants) / pgbench INSERT@$NC throughput" "$R_NOOP" ">=" 2.0
+    verdict "2pc-noop@$NC with CURVE / plaintext throughput" "$R_CURVE" ">=" 0.85
     verdict "saga-noop@$NC ($SAGA_STEPS steps) / pgbench INSERT@$NC throughput" "$R_SAGA" ">=" 1.0
     verdict "2pc-bank@$BC / direct-bank@$BC throughput" "$R_BANK" ">=" 0.8
     verdict "p50 latency 2pc-noop@1 / pgbench INSERT@1" "$R_LAT" "<=" 2.0
@@ -564,8 +651,8 @@ cat "$WORK/summary.txt"
         "$NPROC" "$CPU_MODEL" "$MEM_TOTAL" "$KERNEL" "$PGVERSION"
     printf '  "config": {"seconds": %s, "warmup": %s, "reps": %s, "noop_clients": %s, "bank_clients": %s, "participants": %s, "bank_instances": %s},\n' \
         "$T" "$W" "$REPS" "$NOOP_CLIENTS" "$BANK_CLIENTS" "$K" "$BANK_INSTANCES"
-    printf '  "medians": {"ratio_2pc_noop_vs_pgbench_tps": %s, "ratio_saga_noop_vs_pgbench_tps": %s, "ratio_2pc_bank_vs_direct_tps": %s, "ratio_p50_2pc_noop_vs_pgbench_1client": %s, "coord_cpu_us_per_noop_txn": %s, "forced_commits_per_noop_txn": %s, "coord_bytes_per_inflight_txn": %s, "recovery_serving_after_s": %s},\n' \
-        "$R_NOOP" "$R_SAGA" "$R_BANK" "$R_LAT" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" \
+    printf '  "medians": {"ratio_2pc_noop_vs_pgbench_tps": %s, "ratio_2pc_noop_curve_vs_plaintext_tps": %s, "ratio_saga_noop_vs_pgbench_tps": %s, "ratio_2pc_bank_vs_direct_tps": %s, "ratio_p50_2pc_noop_vs_pgbench_1client": %s, "coord_cpu_us_per_noop_txn": %s, "forced_commits_per_noop_txn": %s, "coord_bytes_per_inflight_txn": %s, "recovery_serving_after_s": %s},\n' \
+        "$R_NOOP" "$R_CURVE" "$R_SAGA" "$R_BANK" "$R_LAT" "$(vals "2pc-noop-c$NC" coord_cpu_us_per_txn | median)" \
         "$(vals "2pc-noop-c$NC" journal_forced_per_txn | median)" "$MEM_B" "$REC_S"
     printf '  "runs": {'
     sep=""

@@ -7,6 +7,7 @@
  *                [--journal CONNINFO] [--coord-pid PID] [--threads M]
  *                [--accounts-per-client A] [--bank-services A,B]
  *                [--timeout-ms MS] [--json] [--quiet]
+ *                [--server-key FILE --key BASE]
  *
  * Workloads
  *   2pc-noop     2PC transactions with one branch for each of the services
@@ -93,6 +94,7 @@
 
 #include <libpq-fe.h>
 
+#include "../examples/example_keys.h"
 #include "treaty.h"
 
 #define MAX_CLIENTS 4096
@@ -137,6 +139,8 @@ struct options {
     char bank_service[2][NAME_MAX_LEN + 1];
     bool json;
     bool quiet;
+    struct example_keys keys;          /* --server-key, --key */
+    const treaty_security_t *security; /* the keys loaded, or NULL: plaintext */
 };
 
 /* Samples of one worker: latencies in microseconds of committed transactions. */
@@ -616,7 +620,7 @@ static void *twopc_worker(void *arg)
 {
     struct worker *w = arg;
     treaty_client_t *c = NULL;
-    int rc = treaty_client_new(opt.endpoint, &c);
+    int rc = treaty_client_new_secure(opt.endpoint, opt.security, &c);
     if (rc != 0) {
         w->fatal = rc;
         snprintf(w->fatal_msg, sizeof w->fatal_msg, "treaty_client_new: %s", treaty_strerror(rc));
@@ -679,7 +683,7 @@ out:
 static void wait_ready(void)
 {
     treaty_client_t *c = NULL;
-    int rc = treaty_client_new(opt.endpoint, &c);
+    int rc = treaty_client_new_secure(opt.endpoint, opt.security, &c);
     if (rc != 0)
         die("cannot create a client for %s: %s", opt.endpoint, treaty_strerror(rc));
     struct worker w;
@@ -971,6 +975,8 @@ static void print_json(const struct result *r)
     unsigned long long c = r->committed;
     jstr("tool", "treaty-bench");
     jstr("workload", workload_names[opt.workload]);
+    jkey("curve");
+    fputs(opt.security != NULL ? "true" : "false", stdout);
     jkey("available");
     fputs("true", stdout);
     jint("clients", opt.clients);
@@ -1099,7 +1105,7 @@ static int run_hold(void)
     int64_t t0 = now_ns();
     int submitted = 0;
     for (int i = 0; i < nc; i++) {
-        int rc = treaty_client_new(opt.endpoint, &cs[i]);
+        int rc = treaty_client_new_secure(opt.endpoint, opt.security, &cs[i]);
         if (rc != 0)
             die("treaty_client_new: %s", treaty_strerror(rc));
         for (int k = 0; k < HOLD_PER_CLIENT && submitted < opt.hold; k++, submitted++) {
@@ -1163,7 +1169,7 @@ static int run_hold(void)
 static int run_probe(void)
 {
     treaty_client_t *c = NULL;
-    int rc = treaty_client_new(opt.endpoint, &c);
+    int rc = treaty_client_new_secure(opt.endpoint, opt.security, &c);
     if (rc != 0)
         die("treaty_client_new: %s", treaty_strerror(rc));
     int64_t give_up = now_ns() + (int64_t)opt.seconds * 1000000000LL;
@@ -1218,6 +1224,8 @@ static void usage(FILE *f)
                "  --timeout-ms MS          per-transaction timeout (default 30000)\n"
                "  --steps S                saga-noop: steps per saga over noop-1..noop-K (default 3)\n"
                "  --hold N                 2pc-hold: transactions to hold in flight (default 100000)\n"
+               "  --server-key FILE        CURVE: the coordinator's public key file (treatyd --keygen's .pub)\n"
+               "  --key BASE               CURVE: this client's key pair BASE.pub / BASE.key (with --server-key)\n"
                "  --json                   JSON on stdout (the table goes to stderr)\n"
                "  --quiet                  no progress line\n");
 }
@@ -1243,6 +1251,8 @@ static void parse_args(int argc, char **argv)
         {"hold", required_argument, NULL, 'H'},
         {"json", no_argument, NULL, 'J'},
         {"quiet", no_argument, NULL, 'q'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'Y'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1325,6 +1335,12 @@ static void parse_args(int argc, char **argv)
         case 'q':
             opt.quiet = true;
             break;
+        case 'K':
+            opt.keys.server_key_file = optarg;
+            break;
+        case 'Y':
+            opt.keys.key_base = optarg;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1355,6 +1371,10 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "treaty-bench: --workload %s needs --db-a and --db-b\n", workload);
         exit(2);
     }
+    int keys_failed;
+    opt.security = example_keys_load(&opt.keys, "treaty-bench", &keys_failed);
+    if (keys_failed)
+        exit(2);
     if (opt.threads == 0)
         opt.threads = opt.clients < 2 ? opt.clients : 2;
     if (opt.threads > opt.clients)
