@@ -485,19 +485,21 @@ void twopc_ack(struct core *c, const struct core_in *in, struct txn *t)
     bool want_commit = t->state == TXN_COMMITTING;
     if (t->state != TXN_COMMITTING && t->state != TXN_ABORTING)
         return;
-    if ((m->hdr.code == TREATY_STATUS_COMMITTED) != want_commit) {
-        char id[TREATY_TXID_STRLEN];
-        log_warn("txn %s: branch %u acknowledged %s but the decision is %s; ignored", core_fmt_txid(t->h.txid, id),
-                 m->hdr.branch, treaty_status_name(m->hdr.code), want_commit ? "commit" : "abort");
-        return;
-    }
     struct branch *b = &t->branches[m->hdr.branch];
     if (b->acked)
         return;
+    /* The sender first: a forged ACK is refused (core_deny logs at most a
+     * line a second), never logged line by line below. */
     if (!core_from(&b->to, in)) {
         char id[TREATY_TXID_STRLEN];
         core_deny(c, DENY_SENDER, in, "ACK for txn %s branch %u: the decision went to another instance",
                   core_fmt_txid(t->h.txid, id), m->hdr.branch);
+        return;
+    }
+    if ((m->hdr.code == TREATY_STATUS_COMMITTED) != want_commit) {
+        char id[TREATY_TXID_STRLEN];
+        log_warn("txn %s: branch %u acknowledged %s but the decision is %s; ignored", core_fmt_txid(t->h.txid, id),
+                 m->hdr.branch, treaty_status_name(m->hdr.code), want_commit ? "commit" : "abort");
         return;
     }
     b->acked = true;
