@@ -31,6 +31,20 @@
  *      coordinator; balances, stock and the saga applied tables read back;
  *   8. table printed; everything stopped (SIGTERM, then SIGKILL).
  *
+ * With security.curve (issue 12) every process talks CURVE: the runner makes
+ * key pairs with treatyd --keygen (the coordinator's, one for its clients,
+ * one per service) and an allow-list naming them, and treatyd runs with
+ * security.curve on. With security.rogue_rate > 0 a hostile peer (the
+ * rogue_* functions) runs during the fault window: a fake bank-a/a1 (or
+ * orders/o1 without 2PC) under three keys - one not on the allow-list, one
+ * listed as a client, one listed as a participant of another service - that
+ * says HELLO as that instance and floods the coordinator with forged VOTE,
+ * ACK, INQUIRE and RESULT messages for the workload's real txids. Checked
+ * (row "hostile peer"): each key sent its messages, none was ever sent
+ * WELCOME, PREPARE or STEP (it was never registered or chosen), and
+ * treatyd's log shows each kind of refusal; the other invariants must hold
+ * as in any scenario (the forgeries have no effect on balances or outcomes).
+ *
  * Exit status: 0 when every run of every scenario passed, 1 when one failed
  * (an invariant violated or the run could not be carried out), 2 on usage.
  */
@@ -58,6 +72,7 @@
 #include <libpq-fe.h>
 
 #include "treaty.h"
+#include "wire.h"
 
 #define MAXPROCS 64
 #define MAXEVENTS 256
@@ -196,6 +211,9 @@ struct scenario {
     /* workload */
     int twopc, sagas, concurrency, timeout_ms, saga_fail_pct, resubmit_pct;
     int bank_prepare_delay_ms;
+    /* security */
+    bool curve;
+    int rogue_rate; /* forged messages a second of the hostile peer; 0: none */
     /* faults */
     int duration_ms, quiesce_ms, pg_restarts;
     struct crash_rule crashes[MAXFAULTRULES];
@@ -253,6 +271,9 @@ static int scenario_load(const char *path, struct scenario *sc, char *err, size_
     sc->duration_ms = cfg_int(&c, "faults.duration_ms", 5000);
     sc->pg_restarts = cfg_int(&c, "faults.pg_restarts", 0);
     sc->quiesce_ms = cfg_int(&c, "quiesce_ms", 60000);
+    int curve = 0;
+    sc->curve = config_lookup_bool(&c, "security.curve", &curve) == CONFIG_TRUE && curve;
+    sc->rogue_rate = cfg_int(&c, "security.rogue_rate", 0);
 
     int rc = 0;
     if (sc->banks < 0 || sc->banks > MAXBANKS || (sc->twopc > 0 && sc->banks < 2)) {
@@ -266,6 +287,9 @@ static int scenario_load(const char *path, struct scenario *sc, char *err, size_
     } else if (sc->concurrency < 1 || sc->concurrency > 64 || sc->twopc < 0 || sc->sagas < 0 ||
                sc->twopc + sc->sagas == 0) {
         snprintf(err, errcap, "%s: workload: want concurrency 1..64 and at least one transaction", path);
+        rc = -1;
+    } else if (sc->rogue_rate < 0 || sc->rogue_rate > 100000 || (sc->rogue_rate > 0 && !sc->curve)) {
+        snprintf(err, errcap, "%s: security.rogue_rate: want 0..100000, and security.curve = true with it", path);
         rc = -1;
     }
 
@@ -352,6 +376,9 @@ struct tx {
     enum treaty_status final_status;
     unsigned tries;
     bool unknown_seen;
+    /* what the hostile peer may know of it: 0 nothing yet, 1 being
+     * submitted, 2 the client had a first answer (the coordinator knows it) */
+    atomic_int phase;
 };
 
 /* One run. */
@@ -372,6 +399,15 @@ struct run {
     int ntx;
     atomic_int next_tx;
     atomic_int workers_done;
+    /* security.curve: key files in keydir, the clients' keys */
+    char keydir[600];
+    char coord_pub[640];
+    char client_pub[TREATY_KEY_LEN + 1], client_sec[TREATY_KEY_LEN + 1], coord_key[TREATY_KEY_LEN + 1];
+    treaty_security_t client_security;
+    /* the hostile peer (rogue_*): per key, forged messages sent, messages
+     * got back, and those it must never get (WELCOME, PREPARE, STEP) */
+    atomic_long rogue_sent[3], rogue_got[3], rogue_bad[3];
+    char rogue_bad_what[3][64];
     atomic_long client_retries;
     long long t0, heal_at, deadline;
     atomic_bool healed;
@@ -453,7 +489,7 @@ static bool target_matches(const char *target, const struct proc *p)
 static int proc_spawn(struct run *r, struct proc *p)
 {
     char arg[8][640];
-    char *argv[16];
+    char *argv[24];
     int n = 0;
     char conn[512];
     char path[600];
@@ -498,6 +534,14 @@ static int proc_spawn(struct run *r, struct proc *p)
         argv[n++] = (char *)"--db";
         snprintf(arg[0], sizeof arg[0], "%s", conn);
         argv[n++] = arg[0];
+    }
+    if (p->kind != P_COORD && r->sc->curve) {
+        /* CURVE: the coordinator's public key, the service's key pair */
+        argv[n++] = (char *)"--server-key";
+        argv[n++] = r->coord_pub;
+        argv[n++] = (char *)"--key";
+        snprintf(arg[2], sizeof arg[2], "%s/%s", r->keydir, p->service);
+        argv[n++] = arg[2];
     }
     argv[n] = NULL;
 
@@ -650,6 +694,12 @@ static void count_net_faults(struct run *r)
 
 /* ------------------------------------------------------------- workload */
 
+/* A client of the run: with security.curve, under the clients' key. */
+static int client_new(const struct run *r, treaty_client_t **c)
+{
+    return treaty_client_new_secure(r->endpoint, r->sc->curve ? &r->client_security : NULL, c);
+}
+
 static bool final_2pc(enum treaty_status s)
 {
     return s == TREATY_STATUS_COMMITTED || s == TREATY_STATUS_ABORTED;
@@ -704,10 +754,12 @@ static int build_and_submit(struct run *r, treaty_client_t *c, struct tx *t, tre
 /* Runs t until a final answer or the run's deadline. */
 static void run_tx(struct run *r, treaty_client_t *c, struct tx *t)
 {
+    atomic_store(&t->phase, 1);
     for (;;) {
         treaty_outcome_t out;
         memset(&out, 0, sizeof out);
         int rc = build_and_submit(r, c, t, &out);
+        atomic_store(&t->phase, 2);
         t->tries++;
         enum treaty_status s = TREATY_STATUS_UNKNOWN;
         if (rc == 0 && out.error == 0)
@@ -738,7 +790,7 @@ static void *worker(void *arg)
 {
     struct run *r = arg;
     treaty_client_t *c = NULL;
-    if (treaty_client_new(r->endpoint, &c) == 0) {
+    if (client_new(r, &c) == 0) {
         for (;;) {
             int i = atomic_fetch_add(&r->next_tx, 1);
             if (i >= r->ntx)
@@ -965,7 +1017,7 @@ static int wait_ready(struct run *r, int timeout_ms)
 {
     long long until = now_ms() + timeout_ms;
     treaty_client_t *c = NULL;
-    if (treaty_client_new(r->endpoint, &c) != 0)
+    if (client_new(r, &c) != 0)
         return -1;
     char services[MAXBANKS + 3][16];
     int ns = 0;
@@ -1022,7 +1074,7 @@ struct inv {
 static void query_finals(struct run *r, struct report *rep)
 {
     treaty_client_t *c = NULL;
-    if (treaty_client_new(r->endpoint, &c) != 0) {
+    if (client_new(r, &c) != 0) {
         violation(rep, "cannot create a client to query outcomes");
         return;
     }
@@ -1199,6 +1251,322 @@ static void check_sagas(struct run *r, struct report *complete, struct report *o
     free(counts);
 }
 
+/* ------------------------------------------------------------- security */
+
+/* The hostile peer's keys: not on the allow-list, a client, a participant of
+ * another service than the one it impersonates. */
+#define ROGUE_KEYS 3
+static const char *const rogue_key_names[ROGUE_KEYS] = {"rogue-unknown", "rogue-client", "rogue-other"};
+static const char *const rogue_key_what[ROGUE_KEYS] = {"key not on the allow-list", "key listed as a client",
+                                                       "key listed as a participant of another service"};
+
+/* Whom the hostile peer impersonates, and the other service its third key
+ * may register (a real one: a stolen key of one bank must not make it another). */
+static void rogue_names(const struct run *r, const char **svc, const char **inst, const char **other)
+{
+    bool banks = r->sc->twopc > 0;
+    *svc = banks ? "bank-a" : "orders";
+    *inst = banks ? "a1" : "o1";
+    *other = banks ? "bank-b" : "payment";
+}
+
+/* treatyd --keygen keydir/name (the tool an operator uses). */
+static int keygen(const struct run *r, const char *name)
+{
+    char cmd[2200];
+    snprintf(cmd, sizeof cmd, "'%s/treatyd' --keygen '%s/%s' >/dev/null 2>>'%s/keygen.log'", r->bindir, r->keydir, name,
+             r->dir);
+    int st = system(cmd);
+    return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static int key_pub(const struct run *r, const char *name, char z85[TREATY_KEY_LEN + 1])
+{
+    char path[700], err[256];
+    snprintf(path, sizeof path, "%s/%s.pub", r->keydir, name);
+    if (treaty_key_load(path, TREATY_KEY_PUBLIC, z85, err, sizeof err) != 0) {
+        fprintf(stderr, "treaty-scenario: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* security.curve: keys for the coordinator, the clients, every service and
+ * the hostile peer; the allow-list; the security group of treatyd.conf (f). */
+static int setup_security(struct run *r, FILE *f)
+{
+    const struct scenario *sc = r->sc;
+    snprintf(r->keydir, sizeof r->keydir, "%s/keys", r->dir);
+    if (mkdir(r->keydir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    char services[MAXBANKS + 3][16];
+    int ns = 0;
+    if (sc->twopc > 0)
+        for (int i = 0; i < sc->banks; i++)
+            bank_name(i, services[ns++], sizeof services[0]);
+    if (sc->sagas > 0) {
+        strcpy(services[ns++], "orders");
+        strcpy(services[ns++], "inventory");
+        strcpy(services[ns++], "payment");
+    }
+    if (keygen(r, "coordinator") != 0 || keygen(r, "clients") != 0)
+        return -1;
+    for (int i = 0; i < ns; i++)
+        if (keygen(r, services[i]) != 0)
+            return -1;
+    for (int k = 0; k < ROGUE_KEYS; k++)
+        if (keygen(r, rogue_key_names[k]) != 0)
+            return -1;
+    char path[700], err[256], z[TREATY_KEY_LEN + 1];
+    snprintf(r->coord_pub, sizeof r->coord_pub, "%s/coordinator.pub", r->keydir);
+    snprintf(path, sizeof path, "%s/clients.key", r->keydir);
+    if (key_pub(r, "coordinator", r->coord_key) != 0 || key_pub(r, "clients", r->client_pub) != 0 ||
+        treaty_key_load(path, TREATY_KEY_SECRET, r->client_sec, err, sizeof err) != 0)
+        return -1;
+    r->client_security.server_public_key = r->coord_key;
+    r->client_security.public_key = r->client_pub;
+    r->client_security.secret_key = r->client_sec;
+
+    snprintf(path, sizeof path, "%s/allow.list", r->keydir);
+    FILE *a = fopen(path, "w");
+    if (a == NULL)
+        return -1;
+    fprintf(a, "# written by treaty-scenario\n%s client\n", r->client_pub);
+    int rc = 0;
+    for (int i = 0; i < ns && rc == 0; i++) {
+        rc = key_pub(r, services[i], z);
+        fprintf(a, "%s participant %s\n", z, services[i]);
+    }
+    const char *svc, *inst, *other;
+    rogue_names(r, &svc, &inst, &other);
+    /* the hostile peer: rogue-unknown is not listed */
+    if (rc == 0 && (rc = key_pub(r, "rogue-client", z)) == 0)
+        fprintf(a, "%s client\n", z);
+    if (rc == 0 && (rc = key_pub(r, "rogue-other", z)) == 0)
+        fprintf(a, "%s participant %s\n", z, other);
+    if (fclose(a) != 0 || rc != 0)
+        return -1;
+    fprintf(f,
+            "security = { curve = true; secret_key_file = \"%s/coordinator.key\"; public_key_file = \"%s\";"
+            " allow_list = \"%s\"; };\n",
+            r->keydir, r->coord_pub, path);
+    return 0;
+}
+
+/* Sends one forged message from key k. */
+static void rogue_send(struct run *r, void *sock, int k, uint8_t type, const uint8_t *txid, unsigned branch,
+                       unsigned attempt, unsigned code, const struct wire_frame *f, size_t nf)
+{
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = type;
+    if (txid != NULL)
+        memcpy(h.txid, txid, 16);
+    h.branch = (uint16_t)branch;
+    h.attempt = (uint16_t)attempt;
+    h.code = (uint16_t)code;
+    (void)wire_send(sock, NULL, 0, &h, f, nf); /* dropped when the queue is full: counted anyway */
+    atomic_fetch_add(&r->rogue_sent[k], 1);
+}
+
+/* Takes whatever the coordinator sent key k. */
+static void rogue_drain(struct run *r, void *sock, int k)
+{
+    for (;;) {
+        struct wire_in in;
+        int rc = wire_recv(sock, false, 1u << 20, &in);
+        if (rc == TREATY_ETIMEDOUT || rc == TREATY_ETRANSPORT)
+            return;
+        atomic_fetch_add(&r->rogue_got[k], 1);
+        if (rc != 0)
+            continue;
+        uint8_t t = in.msg.hdr.type;
+        if (t == WIRE_WELCOME || t == WIRE_PREPARE || t == WIRE_STEP) {
+            if (atomic_fetch_add(&r->rogue_bad[k], 1) == 0) {
+                char id[TREATY_TXID_STRLEN];
+                treaty_txid_t x;
+                memcpy(x.b, in.msg.hdr.txid, 16);
+                treaty_txid_format(&x, id);
+                snprintf(r->rogue_bad_what[k], sizeof r->rogue_bad_what[k], "%s %s", wire_type_name(t), id);
+            }
+        }
+        wire_in_close(&in);
+    }
+}
+
+/* The hostile peer, from the workload's start to the heal: security.rogue_rate
+ * forged messages a second, spread over its three keys. */
+static void *rogue(void *arg)
+{
+    struct run *r = arg;
+    const char *svc, *inst, *other;
+    rogue_names(r, &svc, &inst, &other);
+    void *ctx = zmq_ctx_new();
+    void *socks[ROGUE_KEYS] = {NULL};
+    for (int k = 0; ctx != NULL && k < ROGUE_KEYS; k++) {
+        char path[700], err[256], pub[TREATY_KEY_LEN + 1], sec[TREATY_KEY_LEN + 1];
+        snprintf(path, sizeof path, "%s/%s.key", r->keydir, rogue_key_names[k]);
+        if (key_pub(r, rogue_key_names[k], pub) != 0 ||
+            treaty_key_load(path, TREATY_KEY_SECRET, sec, err, sizeof err) != 0)
+            continue;
+        void *s = zmq_socket(ctx, ZMQ_DEALER);
+        int zero = 0;
+        if (s == NULL || zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+            zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, r->coord_key, TREATY_KEY_LEN + 1) != 0 ||
+            zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, TREATY_KEY_LEN + 1) != 0 ||
+            zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, TREATY_KEY_LEN + 1) != 0 || zmq_connect(s, r->endpoint) != 0) {
+            if (s != NULL)
+                zmq_close(s);
+            continue;
+        }
+        socks[k] = s;
+    }
+    struct rng g = {mix64(r->seed * 31337 + 5)};
+    struct wire_frame hello[2] = {wire_str(svc), wire_str(inst)};
+    struct wire_frame reason = wire_str("forged");
+    for (int k = 0; k < ROGUE_KEYS; k++)
+        if (socks[k] != NULL)
+            rogue_send(r, socks[k], k, WIRE_HELLO, NULL, 0, 0, 0, hello, 2);
+    int batch = r->sc->rogue_rate / 100 > 0 ? r->sc->rogue_rate / 100 : 1;
+    long long every = r->sc->rogue_rate >= 100 ? 10 : 1000 / r->sc->rogue_rate;
+    unsigned long n = 0;
+    while (now_ms() < r->heal_at && !atomic_load(&r->healed)) {
+        for (int j = 0; j < batch; j++, n++) {
+            int k = (int)(n % ROGUE_KEYS);
+            void *s = socks[k];
+            if (s == NULL)
+                continue;
+            int started = atomic_load(&r->next_tx);
+            if (started > r->ntx)
+                started = r->ntx;
+            if (rng_range(&g, 0, 99) < 5 || started == 0) {
+                rogue_send(r, s, k, WIRE_HELLO, NULL, 0, 0, 0, hello, 2);
+                continue;
+            }
+            const struct tx *t = &r->txs[rng_range(&g, 0, started - 1)];
+            int phase = atomic_load(&t->phase);
+            if (phase == 0) {
+                rogue_send(r, s, k, WIRE_HELLO, NULL, 0, 0, 0, hello, 2);
+                continue;
+            }
+            /* An INQUIRE or VOTE YES about a txid the coordinator does not
+             * know yet is presumed aborted, from any participant key
+             * (docs/security.md): the listed key keeps to txids answered
+             * once, as one that overheard them would. */
+            bool may_presume = k != 2 || phase == 2;
+            int pick = (int)rng_range(&g, 0, 4);
+            if (t->kind == TX_2PC) {
+                unsigned branch = (unsigned)rng_range(&g, 0, 1);
+                char svc0[16];
+                /* the third key speaks for another service than its own:
+                 * what it may say for its own is its service's to say */
+                if (k == 2 && strcmp(bank_name(branch ? t->to_bank : t->from_bank, svc0, sizeof svc0), other) == 0)
+                    branch = !branch;
+                if (!may_presume && (pick == 0 || pick == 4))
+                    pick = 1;
+                switch (pick) {
+                case 0:
+                case 1:
+                    rogue_send(r, s, k, WIRE_VOTE, t->id.b, branch, 0, pick ? TREATY_VOTE_NO : TREATY_VOTE_YES, &reason,
+                               1);
+                    break;
+                case 2:
+                case 3:
+                    rogue_send(r, s, k, WIRE_ACK, t->id.b, branch, 0,
+                               pick == 2 ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED, NULL, 0);
+                    break;
+                default:
+                    rogue_send(r, s, k, WIRE_INQUIRE, t->id.b, branch, 0, 0, NULL, 0);
+                    break;
+                }
+            } else {
+                static const unsigned results[] = {WIRE_RESULT_OK, WIRE_RESULT_FAILED, WIRE_RESULT_TRANSIENT};
+                static const char *const step_svc[3] = {"orders", "inventory", "payment"};
+                unsigned step = (unsigned)rng_range(&g, 0, 2), attempt = (unsigned)rng_range(&g, 0, 2);
+                if (k == 2 && strcmp(step_svc[step], other) == 0)
+                    step = (step + 1) % 3;
+                unsigned kind = pick == 4 ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION;
+                rogue_send(r, s, k, WIRE_RESULT, t->id.b, step, attempt, WIRE_RESULT(kind, results[pick % 3]), &reason,
+                           1);
+            }
+        }
+        for (int k = 0; k < ROGUE_KEYS; k++)
+            if (socks[k] != NULL)
+                rogue_drain(r, socks[k], k);
+        sleep_ms((int)every);
+    }
+    for (int k = 0; k < ROGUE_KEYS; k++)
+        if (socks[k] != NULL) {
+            rogue_drain(r, socks[k], k);
+            zmq_close(socks[k]);
+        }
+    if (ctx != NULL)
+        zmq_ctx_term(ctx);
+    return NULL;
+}
+
+/* Lines of path containing both a and b (b may be NULL). */
+static int log_count(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, a) != NULL && (b == NULL || strstr(line, b) != NULL))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* The hostile peer had no way in, and treatyd said so. */
+static void check_rogue(struct run *r, struct report *rep)
+{
+    const char *svc, *inst, *other;
+    rogue_names(r, &svc, &inst, &other);
+    const char *log = r->procs[0].log; /* treatyd */
+    char z[ROGUE_KEYS][TREATY_KEY_LEN + 1];
+    for (int k = 0; k < ROGUE_KEYS; k++) {
+        if (key_pub(r, rogue_key_names[k], z[k]) != 0)
+            violation(rep, "cannot read the hostile peer's key %s", rogue_key_names[k]);
+        if (atomic_load(&r->rogue_sent[k]) == 0)
+            violation(rep, "the hostile peer (%s) forged nothing: nothing was tested", rogue_key_what[k]);
+        if (atomic_load(&r->rogue_bad[k]) > 0)
+            violation(rep,
+                      "the hostile peer (%s) was sent %ld WELCOME/PREPARE/STEP, first %s: it was registered "
+                      "or chosen for a request",
+                      rogue_key_what[k], (long)atomic_load(&r->rogue_bad[k]), r->rogue_bad_what[k]);
+    }
+    if (rep->count > 0)
+        return;
+    char hello[160];
+    snprintf(hello, sizeof hello, "refused (service) HELLO as %s/%s", svc, inst);
+    const struct {
+        const char *a, *b, *what;
+    } want[] = {
+        {"security: refused a connection", z[0], "the handshake of the key not on the allow-list refused"},
+        {"refused (role) ", z[1], "a message of the client key refused for its role"},
+        {hello, z[2], "the HELLO of the other service's participant key refused"},
+        {"refused (sender) ", z[2],
+         "forged answers of the other service's participant key refused as not from the "
+         "instance asked"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (log_count(log, want[i].a, want[i].b) <= 0)
+            violation(rep, "treatyd's log (%s) has no line with \"%s\" and the key %s: %s", log, want[i].a, want[i].b,
+                      want[i].what);
+    /* The real participants acknowledge what they were told: a contradicting
+     * ACK is forged, and a forgery must be refused as such (one log line a
+     * second at most), not logged line by line. */
+    int acks = log_count(log, "acknowledged", "but the decision is");
+    if (acks > 0)
+        violation(rep,
+                  "treatyd logged %d forged ACKs one line each (\"acknowledged ... but the decision is\") "
+                  "instead of refusing them by their sender",
+                  acks);
+}
+
 /* -------------------------------------------------------------- one run */
 
 struct result {
@@ -1246,7 +1614,9 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
     snprintf(r->endpoint, sizeof r->endpoint, "tcp://127.0.0.1:%d", port);
     snprintf(r->coord_conf, sizeof r->coord_conf, "%s/treatyd.conf", r->dir);
     struct report rep_setup = {0}, rep_atom = {0}, rep_money = {0}, rep_complete = {0}, rep_once = {0},
-                  rep_outcome = {0}, rep_live = {0};
+                  rep_outcome = {0}, rep_live = {0}, rep_rogue = {0};
+    pthread_t rogue_th;
+    bool rogue_started = false;
     long long quiesce_ms_taken = -1;
     long long prepared = -1, unfinished = -1;
     printf("\n== %s (seed %" PRIu64 ")%s%s\n", sc->name, seed, sc->description[0] ? ": " : "", sc->description);
@@ -1267,6 +1637,11 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
             " resend_max_ms = 1000; };\nsaga = { stuck_after_attempts = 50; stuck_retry_ms = 1000; };\n"
             "registry = { heartbeat_ms = 200; dead_after_ms = 1500; };\n",
             r->endpoint, jci);
+    if (sc->curve && setup_security(r, f) != 0) {
+        fclose(f);
+        violation(&rep_setup, "security set-up failed (keys, allow-list in %s/keys; see keygen.log)", r->dir);
+        goto report;
+    }
     fclose(f);
 
     add_proc(r, P_COORD, "coordinator", "c1");
@@ -1314,6 +1689,8 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
     int nth = sc->concurrency;
     for (int i = 0; i < nth; i++)
         pthread_create(&th[i], NULL, worker, r);
+    if (sc->rogue_rate > 0)
+        rogue_started = pthread_create(&rogue_th, NULL, rogue, r) == 0;
     int next_event = 0;
     bool healed = false;
     long long quiet_at = -1;
@@ -1417,6 +1794,8 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
     }
     for (int i = 0; i < nth; i++)
         pthread_join(th[i], NULL); /* workers stop at r->deadline at the latest */
+    if (rogue_started)
+        pthread_join(rogue_th, NULL); /* it stops at the heal */
 
     /* 7: checks */
     query_finals(r, &rep_outcome);
@@ -1435,6 +1814,10 @@ static int run_once(const struct scenario *sc, uint64_t seed, int runno, const c
 stop:
     stop_all(r);
     count_net_faults(r);
+    if (rogue_started)
+        check_rogue(r, &rep_rogue); /* treatyd's log is complete now */
+    else if (sc->rogue_rate > 0)
+        violation(&rep_rogue, "the hostile peer did not run");
 
 report:;
     int n[8] = {0};
@@ -1473,6 +1856,7 @@ report:;
         {"saga step applied at most once", &rep_once, sc->sagas == 0},
         {"reported outcome = final outcome", &rep_outcome, false},
         {"liveness (quiescent, no prepared, journal empty)", &rep_live, false},
+        {"hostile peer: never registered, refusals logged", &rep_rogue, sc->rogue_rate == 0},
     };
     bool ok = true;
     printf("   transactions     2PC committed %d, aborted %d | sagas completed %d, compensated %d | not final %d\n",
@@ -1485,6 +1869,12 @@ report:;
         printf("   messages         %lu matched the filter: dropped %lu, duplicated %lu, delayed %lu"
                " (from processes that exited cleanly)\n",
                r->net_matched, r->net_dropped, r->net_dup, r->net_delayed);
+    if (sc->rogue_rate > 0)
+        printf("   hostile peer     forged %ld (%s), %ld (%s), %ld (%s); got back %ld, %ld, %ld messages\n",
+               (long)atomic_load(&r->rogue_sent[0]), rogue_key_what[0], (long)atomic_load(&r->rogue_sent[1]),
+               rogue_key_what[1], (long)atomic_load(&r->rogue_sent[2]), rogue_key_what[2],
+               (long)atomic_load(&r->rogue_got[0]), (long)atomic_load(&r->rogue_got[1]),
+               (long)atomic_load(&r->rogue_got[2]));
     printf("   %-50s %s\n", "invariant", "result");
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         if (i == 0 && rows[i].rp->count == 0)
@@ -1520,6 +1910,7 @@ report:;
     free(rep_once.text);
     free(rep_outcome.text);
     free(rep_live.text);
+    free(rep_rogue.text);
     free(r->txs);
     free(r);
     return ok ? 0 : 1;

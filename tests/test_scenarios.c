@@ -1,8 +1,9 @@
 /*
  * test_scenarios.c - the fast subset of the failure-injection scenarios
  * (scenarios/, issue 4) inside `make test`: treaty-scenario runs one 2PC
- * coordinator crash point and one message-loss scenario, scaled down, against
- * the suite's throwaway cluster, and must exit 0. The full set: make scenarios.
+ * coordinator crash point, one message-loss scenario and the hostile peer
+ * with CURVE on (issue 12), scaled down, against the suite's throwaway
+ * cluster, and must exit 0. The full set: make scenarios.
  */
 #include <criterion/criterion.h>
 
@@ -31,4 +32,13 @@ Test(scenarios, coordinator_crash_before_decision, .timeout = 60)
 Test(scenarios, message_loss, .timeout = 60)
 {
     run_scenario("fast_net_drop");
+}
+
+/* CURVE on; a fake bank-a/a1 (a key not on the allow-list, a client key, a
+ * participant key of bank-b) says HELLO and forges VOTE, ACK, INQUIRE and
+ * RESULT for the real txids: no effect on balances or outcomes, never
+ * registered, every kind of refusal in treatyd's log. */
+Test(scenarios, hostile_peer_has_no_effect_with_curve, .timeout = 90)
+{
+    run_scenario("fast_hostile_peer");
 }
