@@ -145,11 +145,17 @@ valgrind: deps
 #   fuzz_allowlist  the coordinator's allow-list parser (tests/fuzz_allowlist.c),
 #                   corpus tests/fuzz-corpus/allowlist; skipped, saying so, in a
 #                   tree without coordinator/allowlist.c
-# New inputs found are added to the corpus directories. The long runs and
-# their counts: docs/fuzzing.md.
+# New inputs found are added to the corpus directories. FUZZ_RUNS=N runs N
+# inputs instead of FUZZ_SECONDS; FUZZ_SAN (address,undefined) and FUZZ_OPT
+# (-O1) choose the build: FUZZ_SAN=undefined FUZZ_OPT=-O2 is several times
+# faster, for long runs. The long runs and their counts: docs/testing.md
+# ("Fuzzing").
 FUZZ_SECONDS ?= 60
-FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iparticipant-sdk/include \
-          -Iparticipant-sdk/src -Icoordinator $(PKG_CFLAGS)
+FUZZ_SAN ?= address,undefined
+FUZZ_OPT ?= -O1
+FUZZ_LIMIT = $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(FUZZ_SECONDS))
+FUZZ_CC = clang -g $(FUZZ_OPT) -fsanitize=fuzzer,$(FUZZ_SAN) -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+          -Iparticipant-sdk/include -Iparticipant-sdk/src -Icoordinator $(PKG_CFLAGS)
 .PHONY: fuzz-wire fuzz-allowlist
 fuzz: deps
 	$(MAKE) fuzz-wire fuzz-allowlist
@@ -158,14 +164,14 @@ fuzz-wire:
 	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/wire
 	$(FUZZ_CC) tests/fuzz_wire.c participant-sdk/src/wire.c participant-sdk/src/common.c \
 	  -o $(BUILD)/fuzz/fuzz_wire $(PKG_LIBS)
-	$(BUILD)/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/wire
+	$(BUILD)/fuzz/fuzz_wire $(FUZZ_LIMIT) -max_len=4096 -print_final_stats=1 tests/fuzz-corpus/wire
 
 ifneq ($(wildcard coordinator/allowlist.c),)
 fuzz-allowlist:
 	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/allowlist
 	$(FUZZ_CC) tests/fuzz_allowlist.c coordinator/allowlist.c participant-sdk/src/common.c \
 	  -o $(BUILD)/fuzz/fuzz_allowlist $(PKG_LIBS)
-	$(BUILD)/fuzz/fuzz_allowlist -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/allowlist
+	$(BUILD)/fuzz/fuzz_allowlist $(FUZZ_LIMIT) -max_len=4096 -print_final_stats=1 tests/fuzz-corpus/allowlist
 else
 fuzz-allowlist:
 	@echo "make fuzz: no coordinator/allowlist.c in this tree yet: fuzz_allowlist skipped"
