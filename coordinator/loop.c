@@ -55,9 +55,11 @@ static struct core_time now_time(void)
 static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
                     const struct wire_frame *frames, size_t nframes)
 {
+    static const uint8_t none[16];
     struct loop *l = ctx;
     if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
-        log_debug("send %s failed: %s (peer gone?)", wire_type_name(h->type), zmq_strerror(errno));
+        log_txn(LOG_LEVEL_DEBUG, memcmp(h->txid, none, 16) != 0 ? h->txid : NULL, "send %s failed: %s (peer gone?)",
+                wire_type_name(h->type), zmq_strerror(errno));
 }
 
 static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
