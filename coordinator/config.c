@@ -734,6 +734,7 @@ static const char *const reloadable[] = {
     "registry.dead_after_ms",
     "limits.max_branches",
     "limits.max_inflight",
+    "limits.max_inflight_per_client",
 };
 
 /* Keys whose values are not shown in logs: a conninfo may hold a password. */

@@ -160,14 +160,16 @@ bool config_endpoint_is_local(const char *endpoint);
  *   twopc.* (default_timeout_ms, max_timeout_ms, resend_initial_ms, resend_max_ms),
  *   saga.* (every key), registry.heartbeat_ms (participants adopt it at
  *   their next HELLO), registry.dead_after_ms, limits.max_branches,
- *   limits.max_inflight.
+ *   limits.max_inflight, limits.max_inflight_per_client.
  *
  * The others need a restart and keep their values until then: listen (the
  * socket is bound), journal.* (the journal's connections and threads were
  * set up with them), txid.max_future_s (the start-up's horizon of txids
  * the journal may know was derived from it, outcomes.h), limits.max_payload_bytes
  * (the socket's message size limit), limits.outcome_cache (the cache was
- * sized with it).
+ * sized with it), security.* (the key pair and the ZAP handler were set up
+ * with them; the allow-list file they name is read again on SIGHUP, but by
+ * the item of its own, security.h).
  */
 
 /* True when the key ("twopc.default_timeout_ms", "log_level") is reloadable. */

@@ -846,6 +846,11 @@ static bool still_allowed(void *arg, const struct instance *i)
     return e != NULL && allow_entry_has_service(e, i->service);
 }
 
+void core_config_changed(struct core *c)
+{
+    registry_set_dead_after(c->reg, c->cfg->dead_after_ms);
+}
+
 void core_on_allowlist(struct core *c, const struct allowlist *a, struct core_time now)
 {
     c->now = now;

@@ -52,7 +52,8 @@ int reload_run(struct reload *r)
         int rc = r->items[i].ops->prepare(r->items[i].arg, err, sizeof err);
         if (rc == 0)
             continue;
-        log_error("reload: %s refused, nothing changed: %s", r->items[i].name, err[0] ? err : treaty_strerror(rc));
+        log_error("SIGHUP: the %s was not reloaded, the previous one stays, and nothing else changed either: %s",
+                  r->items[i].name, err[0] ? err : treaty_strerror(rc));
         for (size_t k = 0; k < i; k++)
             if (r->items[k].ops->abort != NULL)
                 r->items[k].ops->abort(r->items[k].arg);
@@ -96,6 +97,8 @@ static void config_commit(void *arg)
     enum log_level after = (enum log_level)rc->file.log_level;
     if (after > log_get_level())
         log_set_level(after);
+    /* They are written in the new format already. */
+    log_set_format((enum log_format)rc->file.log_format);
     size_t applied = 0, kept = 0;
     for (size_t i = 0; i < n; i++) {
         if (ch[i].reloadable) {

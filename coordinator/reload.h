@@ -49,8 +49,9 @@ void reload_destroy(struct reload **r);
  * and arg (both borrowed). Aborts on out-of-memory. */
 void reload_add(struct reload *r, const char *name, const struct reload_ops *ops, void *arg);
 /* One reload, all or nothing (above). Returns 0, or the error of the first
- * prepare that failed (already logged: "reload: <name> refused, nothing
- * changed: <problem>"). */
+ * prepare that failed (already logged: "SIGHUP: the <name> was not
+ * reloaded, the previous one stays, and nothing else changed either:
+ * <problem>"). */
 int reload_run(struct reload *r);
 
 /*
@@ -60,7 +61,9 @@ int reload_run(struct reload *r);
  * reload. commit logs every key whose value differs - "reload: key: old ->
  * new" for a reloadable key, a warning naming each key that needs a restart
  * (it keeps its old value) - then copies the reloadable keys into *live
- * (config_apply_reloadable) and sets the log level and format.
+ * (config_apply_reloadable) and sets the log level. The lines about the
+ * reload are written in the new log format, at the more verbose of the old
+ * and the new level.
  */
 struct reload_config {
     struct config *live; /* what the core and the loop read (borrowed) */
