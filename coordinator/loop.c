@@ -16,7 +16,7 @@
  * core's PRNG is seeded here from getrandom.
  *
  * systemd (sd_notify, a no-op without NOTIFY_SOCKET): STATUS= while the
- * journal is connected and every second of recovery (with
+ * journal is being connected and every second of recovery (with
  * EXTEND_TIMEOUT_USEC, so that a long recovery that progresses is not
  * killed by TimeoutStartSec), READY=1 once recovery is done and the socket
  * is bound, STOPPING=1 when SIGTERM starts the drain.
