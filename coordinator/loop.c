@@ -380,6 +380,7 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
         rc = TREATY_ENOMEM;
         goto fail_in;
     }
+    l->in->want_user_id = l->sec != NULL;
     struct core_io io = {
         .ctx = l,
         .send = io_send,
