@@ -67,8 +67,11 @@ $(BUILD)/gen/sql_batched_end.h: sql/003_batched_end.sql scripts/sql2c.sh
 $(BUILD)/gen/sql_runs_and_lookups.h: sql/004_runs_and_lookups.sql scripts/sql2c.sh
 	@mkdir -p $(@D)
 	sh scripts/sql2c.sh sql_runs_and_lookups $< > $@
+$(BUILD)/gen/sql_audit.h: sql/005_audit.sql scripts/sql2c.sh
+	@mkdir -p $(@D)
+	sh scripts/sql2c.sh sql_audit $< > $@
 GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_saga.h $(BUILD)/gen/sql_batched_end.h \
-       $(BUILD)/gen/sql_runs_and_lookups.h $(BUILD)/gen/sql_barrier.h
+       $(BUILD)/gen/sql_runs_and_lookups.h $(BUILD)/gen/sql_audit.h $(BUILD)/gen/sql_barrier.h
 
 # Objects depend on the flags they were compiled with, so that `make
 # RELEASE=1` after `make` (or the reverse) in one build directory recompiles
