@@ -45,4 +45,8 @@ size_t registry_sweep(struct registry *r, int64_t now_ms);
 
 size_t registry_count(const struct registry *r);
 
+/* Calls cb for every live instance, service by service (operators'
+ * listings). cb must not change the registry. */
+void registry_each(const struct registry *r, void (*cb)(void *arg, const struct instance *in), void *arg);
+
 #endif

@@ -71,6 +71,9 @@ struct saga_step {
     int backoff_ms;
     int64_t due_ms; /* retry or try-timeout time, -1 none */
     char *last_error;
+    uint8_t rid[BRANCH_RID_MAX]; /* the instance its last STEP went to (rid_len 0: none yet), for operators */
+    uint8_t rid_len;
+    uint64_t given_up_seq; /* an operator gave its stuck compensation up: that STEP record is awaited (0 none) */
 };
 
 struct saga {
@@ -424,6 +427,8 @@ static void send_step(struct core *c, struct saga *s, unsigned i, bool compensat
         f[1] = st->payload;
         st->started = true;
     }
+    st->rid_len = in->rid_len <= BRANCH_RID_MAX ? (uint8_t)in->rid_len : 0;
+    memcpy(st->rid, in->rid, st->rid_len);
     core_send(c, in->rid, in->rid_len, WIRE_STEP, s->h.txid, i, attempt & 0xffff,
               compensation ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION, f, 2);
     st->waiting_retry = false;
@@ -552,8 +557,15 @@ static void start_compensation_group(struct core *c, struct saga *s)
     rearm(c, s);
 }
 
+static void given_up_durable(struct core *c, struct saga *s, unsigned i);
+
 void saga_on_durable(struct core *c, struct saga *s, uint64_t seq)
 {
+    for (unsigned i = 0; i < s->nsteps; i++)
+        if (s->steps[i].given_up_seq == seq) {
+            given_up_durable(c, s, i);
+            return;
+        }
     if (seq != s->record_seq)
         return;
     if (s->state == SAGA_LOGGING_DEF) {
@@ -801,6 +813,8 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
     /* compensation */
     if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
         return;
+    if (st->given_up_seq != 0 && r != WIRE_RESULT_OK)
+        return; /* an operator gave it up: no more tries (an OK still counts) */
     if (r == WIRE_RESULT_OK) {
         step_set_state(s, i, STEP_COMPENSATED);
         st->due_ms = -1;
@@ -903,4 +917,93 @@ struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, 
     s->resume_pending = true;
     c->st.recovered++;
     return s;
+}
+
+/* ------------------------------------------------------------ operators (core_admin.h) */
+
+void saga_view(const struct saga *s, struct saga_view *v)
+{
+    static const enum saga_phase phases[SAGA_STATE_COUNT_] = {
+        [SAGA_LOGGING_DEF] = SAGA_PHASE_STARTING,  [SAGA_FORWARD] = SAGA_PHASE_FORWARD,
+        [SAGA_LOGGING_TURN] = SAGA_PHASE_TURNING,  [SAGA_COMPENSATING] = SAGA_PHASE_COMPENSATING,
+        [SAGA_LOGGING_END] = SAGA_PHASE_FINISHING, [SAGA_DONE] = SAGA_PHASE_FINISHING,
+    };
+    v->phase = phases[s->state];
+    v->stuck = s->stuck;
+    v->failed_step = s->failed_step;
+    v->reason = s->reason;
+    v->nsteps = s->nsteps;
+}
+
+void saga_step_view(const struct core *c, const struct saga *s, unsigned i, struct saga_step_view *v)
+{
+    const struct saga_step *st = &s->steps[i];
+    v->service = st->service;
+    v->action = st->action;
+    v->compensation = st->comp;
+    v->state = (enum saga_step_state)st->state;
+    v->group = st->pol.group;
+    v->started = st->started;
+    v->stuck = st->state == STEP_COMPENSATING && st->comp_attempts >= (uint32_t)c->cfg->stuck_after_attempts;
+    v->given_up = st->given_up_seq != 0;
+    v->attempts = st->attempts;
+    v->comp_attempts = st->comp_attempts;
+    v->last_error = st->last_error;
+    v->rid = st->rid;
+    v->rid_len = st->rid_len;
+}
+
+uint64_t saga_admin_turn(struct core *c, struct saga *s, const char *reason)
+{
+    if (s->state != SAGA_FORWARD)
+        return 0;
+    /* As a failed step or the deadline would: the TURN record is forced,
+     * and nothing is compensated before it is durable. */
+    turn_around(c, s, -1, reason);
+    return s->record_seq;
+}
+
+uint64_t saga_admin_give_up(struct core *c, struct saga *s, unsigned i)
+{
+    struct saga_step *st = &s->steps[i];
+    if (s->state != SAGA_COMPENSATING || i >= s->nsteps || st->state != STEP_COMPENSATING || st->given_up_seq != 0)
+        return 0;
+    /* No more tries from now on; the step counts as compensated once its
+     * STEP record is durable (given_up_durable), and only then does the
+     * compensation of the earlier groups go on: a crash before that resumes
+     * with the step still to compensate (the operator was not answered).
+     * The record is the one a compensation that succeeded leaves, so
+     * recovery counts the step compensated like any other. */
+    st->due_ms = -1;
+    st->waiting_retry = false;
+    st->given_up_seq = append(c, s, JOURNAL_STEP, (int)i, "compensation", true);
+    core_expect_durable(c, &s->h, st->given_up_seq);
+    rearm(c, s);
+    return st->given_up_seq;
+}
+
+/* The record of a compensation given up is durable: the step counts as
+ * compensated, the saga's compensation goes on. */
+static void given_up_durable(struct core *c, struct saga *s, unsigned i)
+{
+    char id[TREATY_TXID_STRLEN];
+    struct saga_step *st = &s->steps[i];
+    st->given_up_seq = 0;
+    if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
+        return; /* its compensation succeeded meanwhile */
+    step_set_state(s, i, STEP_COMPENSATED);
+    st->due_ms = -1;
+    log_warn("saga %s: compensation of step %u (%s.%s) given up by an operator, counted as done by hand",
+             core_fmt_txid(s->h.txid, id), i, st->service, st->comp);
+    s->stuck = false;
+    for (unsigned k = 0; k < s->nsteps; k++)
+        if (s->steps[k].state == STEP_COMPENSATING &&
+            s->steps[k].comp_attempts >= (uint32_t)c->cfg->stuck_after_attempts)
+            s->stuck = true;
+    if (group_done(s, false)) {
+        s->group--;
+        start_compensation_group(c, s);
+    } else {
+        rearm(c, s);
+    }
 }

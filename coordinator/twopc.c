@@ -547,3 +547,15 @@ struct txn *twopc_resume(struct core *c, const uint8_t txid[16], bool commit, un
     c->st.recovered++;
     return t;
 }
+
+/* ------------------------------------------------------------ operators */
+
+uint64_t twopc_admin_abort(struct core *c, struct txn *t, const char *reason)
+{
+    if (t->state != TXN_PREPARING)
+        return 0;
+    /* Exactly as the prepare deadline would: the ABORT record is forced, and
+     * nothing is sent or told before it is durable (decide_abort). */
+    decide_abort(c, t, -1, reason);
+    return t->record_seq;
+}
