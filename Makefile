@@ -13,11 +13,11 @@ PREFIX ?= /usr/local
 BUILD ?= build
 CC ?= cc
 
-PKGS := libzmq libconfig libpq libsodium
+PKGS := libzmq libconfig libpq libsodium jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-PKG_LIBS := -lzmq -lconfig -lpq -lsodium
+PKG_LIBS := -lzmq -lconfig -lpq -lsodium -ljansson
 PKG_CFLAGS := -I/usr/include/postgresql
 endif
 
@@ -47,9 +47,10 @@ EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/bin/%)
 LIB_A := $(BUILD)/lib/libtreaty.a
 LIB_SO := $(BUILD)/lib/libtreaty.so
 TREATYD := $(BUILD)/bin/treatyd
+TREATYCTL := $(BUILD)/bin/treatyctl
 
 .PHONY: all test demo asan valgrind fuzz install deps clean check-header scenarios format check-format
-all: $(TREATYD) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
+all: $(TREATYD) $(TREATYCTL) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
 
 # SQL files become C strings so the binaries carry their schema.
 $(BUILD)/gen/sql_journal.h: sql/001_journal.sql scripts/sql2c.sh
@@ -97,6 +98,11 @@ $(LIB_SO): $(SDK_OBJ)
 	$(CC) -shared -Wl,-soname,libtreaty.so.0 -o $@ $^ $(LDLIBS_ALL)
 
 $(TREATYD): $(BUILD)/obj/coordinator/main.o $(COORD_OBJ) $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# treatyctl: the operator's CLI (docs/treatyctl.md); talks to treatyd's admin endpoint only.
+$(TREATYCTL): $(BUILD)/obj/coordinator/treatyctl.o
 	@mkdir -p $(@D)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
@@ -180,7 +186,7 @@ endif
 # scenarios keep their fault-enabled build; tests/test_install.c checks that
 # the installed files carry none of it (make test builds the release first).
 RELEASE_BUILD ?= build-release
-RELEASE_TARGETS := $(RELEASE_BUILD)/bin/treatyd $(RELEASE_BUILD)/lib/libtreaty.a $(RELEASE_BUILD)/lib/libtreaty.so \
+RELEASE_TARGETS := $(RELEASE_BUILD)/bin/treatyd $(RELEASE_BUILD)/bin/treatyctl $(RELEASE_BUILD)/lib/libtreaty.a $(RELEASE_BUILD)/lib/libtreaty.so \
                    $(RELEASE_BUILD)/treaty.pc
 .PHONY: release
 release:
@@ -189,6 +195,7 @@ release:
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/treaty/sql
 	install -m 755 $(RELEASE_BUILD)/bin/treatyd $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(RELEASE_BUILD)/bin/treatyctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(RELEASE_BUILD)/lib/libtreaty.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(RELEASE_BUILD)/lib/libtreaty.so $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
 	ln -sf libtreaty.so.0 $(DESTDIR)$(PREFIX)/lib/libtreaty.so

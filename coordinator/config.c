@@ -97,11 +97,15 @@ static const struct key keys[] = {
     STR_KEY("security", "public_key_file", public_key_file),
     STR_KEY("security", "allow_list", allow_list),
     BOOL_KEY("security", "allow_insecure", allow_insecure),
+
+    STR_KEY("admin", "listen", admin_listen),
+    INT_KEY("admin", "max_list", admin_max_list, 1, 100000),
+    INT_KEY("admin", "max_pending", admin_max_pending, 1, 1024),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "security"};
+static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "security", "admin"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -145,6 +149,10 @@ void config_defaults(struct config *c)
 
     c->curve = false;
     c->allow_insecure = false;
+
+    snprintf(c->admin_listen, sizeof c->admin_listen, "%s", "ipc:///tmp/treatyd-admin.sock");
+    c->admin_max_list = 1000;
+    c->admin_max_pending = 16;
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -652,6 +660,11 @@ int config_validate(const struct config *c, char *err, size_t errlen)
                     "address, or set security.allow_insecure = true to accept that risk",
                     c->listen);
     }
+    if (c->admin_listen[0] != '\0' && strncmp(c->admin_listen, "ipc://", 6) != 0)
+        return fail(err, errlen,
+                    "admin.listen = \"%s\": must be an ipc:// path (its socket file is made 0600: only treatyd's "
+                    "user and root may connect), or \"\" for none",
+                    c->admin_listen);
     if (c->journal_connect_initial_ms > c->journal_connect_max_ms)
         return fail(err, errlen, "journal.connect_initial_ms (%d) must not exceed journal.connect_max_ms (%d)",
                     c->journal_connect_initial_ms, c->journal_connect_max_ms);

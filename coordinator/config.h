@@ -57,6 +57,12 @@
  *     allow_insecure              = false           without curve, listen on a non-loopback address
  *                                                   anyway (anyone who reaches it is trusted)
  *   }
+ *   admin: {                                        treatyctl's endpoint (docs/treatyctl.md)
+ *     listen                      = "ipc:///tmp/treatyd-admin.sock"   ipc:// only: the socket file is made
+ *                                                   0600 (owner only); "" = no admin endpoint
+ *     max_list                    = 1000            cap on a list request's --limit              [1, 100000]
+ *     max_pending                 = 16              admin requests being answered at once        [1, 1024]
+ *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
  * --log-level LEVEL, --help. (treatyd --keygen PATH is a mode of its own,
@@ -112,6 +118,10 @@ struct config {
     char public_key_file[CONFIG_PATH_MAX];
     char allow_list[CONFIG_PATH_MAX];
     bool allow_insecure;
+
+    char admin_listen[256];
+    int admin_max_list;
+    int admin_max_pending;
 };
 
 /* Fills c with every default. */

@@ -466,6 +466,7 @@ void core_destroy(struct core **cp)
             lookup_free((struct lookup *)h);
     }
     txmap_free(&c->txs);
+    admin_free(c);
     for (size_t i = 0; i < c->clients.cap; i++)
         free(c->clients.slots[i].val);
     txmap_free(&c->clients);
@@ -817,6 +818,7 @@ void core_on_durable(struct core *c, uint64_t seq, struct core_time now)
         else if (h->kind == TX_SAGA)
             saga_on_durable(c, (struct saga *)h, w.seq);
     }
+    admin_on_durable(c);
 }
 
 /* ------------------------------------------------------------ time */

@@ -96,6 +96,13 @@ struct core_io {
     void (*lookup)(void *ctx, const uint8_t txid[16]);
     /* False while the journal cannot write: new work is refused (EBUSY). */
     bool (*journal_healthy)(void *ctx);
+    /* Operators (core_admin.h); either may be NULL in a shell without an
+     * admin endpoint. admin_reply: the answer (JSON, borrowed for the call)
+     * to the admin request the shell handed in with token. read_records:
+     * asks for one txid's records (journal_read_records), answered later by
+     * core_on_records with token. */
+    void (*admin_reply)(void *ctx, uint64_t token, const char *json, size_t len);
+    void (*read_records)(void *ctx, const uint8_t txid[16], uint64_t token);
 };
 
 /* Counters for logs and (later) metrics. Monotonic except the gauges. */

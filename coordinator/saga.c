@@ -72,8 +72,6 @@ struct saga_step {
     int backoff_ms;
     int64_t due_ms; /* retry or try-timeout time, -1 none */
     char *last_error;
-    uint8_t rid[BRANCH_RID_MAX]; /* the instance its last STEP went to (rid_len 0: none yet), for operators */
-    uint8_t rid_len;
     uint64_t given_up_seq; /* an operator gave its stuck compensation up: that STEP record is awaited (0 none) */
 };
 
@@ -429,8 +427,6 @@ static void send_step(struct core *c, struct saga *s, unsigned i, bool compensat
         f[1] = st->payload;
         st->started = true;
     }
-    st->rid_len = in->rid_len <= BRANCH_RID_MAX ? (uint8_t)in->rid_len : 0;
-    memcpy(st->rid, in->rid, st->rid_len);
     core_send(c, in->rid, in->rid_len, WIRE_STEP, s->h.txid, i, attempt & 0xffff,
               compensation ? WIRE_STEP_COMPENSATION : WIRE_STEP_ACTION, f, 2);
     st->waiting_retry = false;
@@ -958,8 +954,8 @@ void saga_step_view(const struct core *c, const struct saga *s, unsigned i, stru
     v->attempts = st->attempts;
     v->comp_attempts = st->comp_attempts;
     v->last_error = st->last_error;
-    v->rid = st->rid;
-    v->rid_len = st->rid_len;
+    v->rid = st->to.rid;
+    v->rid_len = st->to.rid_len;
 }
 
 uint64_t saga_admin_turn(struct core *c, struct saga *s, const char *reason)
