@@ -76,7 +76,9 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->saga_max_deadline_ms == b->saga_max_deadline_ms && a->outcome_cache == b->outcome_cache &&
            a->max_inflight_per_client == b->max_inflight_per_client && a->curve == b->curve &&
            strcmp(a->secret_key_file, b->secret_key_file) == 0 && strcmp(a->public_key_file, b->public_key_file) == 0 &&
-           strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure;
+           strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure &&
+           strcmp(a->admin_listen, b->admin_listen) == 0 && a->admin_max_list == b->admin_max_list &&
+           a->admin_max_pending == b->admin_max_pending;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -177,7 +179,8 @@ Test(config, every_key_is_read)
                        "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; max_attempts = 19;\n"
                        "  max_backoff_ms = 20; max_try_timeout_ms = 21; max_deadline_ms = 22; };\n"
                        "security: { curve = true; secret_key_file = \"/k/s.key\"; public_key_file = \"/k/s.pub\";\n"
-                       "  allow_list = \"/k/allow\"; allow_insecure = true; };\n";
+                       "  allow_list = \"/k/allow\"; allow_insecure = true; };\n"
+                       "admin: { listen = \"ipc:///run/t/admin.sock\"; max_list = 27; max_pending = 28; };\n";
     struct config c;
     char path[64], err[256];
     cr_assert_eq(load_text(text, &c, path, err, sizeof err), 0, "%s", err);
@@ -215,6 +218,24 @@ Test(config, every_key_is_read)
     cr_assert_str_eq(c.public_key_file, "/k/s.pub");
     cr_assert_str_eq(c.allow_list, "/k/allow");
     cr_assert_eq(c.allow_insecure, true);
+    cr_assert_str_eq(c.admin_listen, "ipc:///run/t/admin.sock");
+    cr_assert_eq(c.admin_max_list, 27);
+    cr_assert_eq(c.admin_max_pending, 28);
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+}
+
+/* The admin endpoint is protected by its socket file's permissions only:
+ * nothing but ipc:// may serve it. */
+Test(config, admin_listen_must_be_an_ipc_path_or_empty)
+{
+    struct config c;
+    char err[512];
+    config_defaults(&c);
+    cr_assert_str_eq(c.admin_listen, "ipc:///tmp/treatyd-admin.sock");
+    snprintf(c.admin_listen, sizeof c.admin_listen, "tcp://127.0.0.1:7601");
+    cr_assert_eq(config_validate(&c, err, sizeof err), TREATY_ECONFIG);
+    assert_contains(err, "admin.listen");
+    c.admin_listen[0] = '\0';
     cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
 }
 
