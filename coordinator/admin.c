@@ -24,6 +24,8 @@
 
 static void reply(struct core *c, uint64_t token, json_t *o)
 {
+    if (o == NULL) /* a json_pack that failed: a bug, not the operator's */
+        o = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", "internal", "message", "the answer could not be built");
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (s == NULL)
@@ -50,6 +52,25 @@ __attribute__((format(printf, 4, 5))) static void reply_error(struct core *c, ui
         reply_error(__VA_ARGS__);                                                                                      \
         return;                                                                                                        \
     } while (0)
+
+/* A JSON string of text from peers or the journal (reasons, errors, details:
+ * maybe not UTF-8, maybe cut in a character): bytes that are not valid UTF-8
+ * become '?'. NULL gives null. */
+static json_t *jstr(const char *s)
+{
+    if (s == NULL)
+        return json_null();
+    json_t *v = json_string(s);
+    if (v != NULL)
+        return v;
+    size_t n = strlen(s);
+    char *t = util_xmalloc(n + 1);
+    for (size_t i = 0; i <= n; i++)
+        t[i] = (unsigned char)s[i] >= 0x80 ? '?' : s[i];
+    v = json_string(t);
+    free(t);
+    return v;
+}
 
 static json_t *txid_json(const uint8_t *txid)
 {
@@ -170,7 +191,7 @@ static json_t *tx_json(const struct core *c, const struct tx_head *h, bool detai
         if (detail) {
             json_object_set_new(o, "decision_durable", json_boolean(t->decision_durable));
             json_object_set_new(o, "failed_branch", json_integer(t->failed_branch));
-            json_object_set_new(o, "reason", t->reason ? json_string(t->reason) : json_null());
+            json_object_set_new(o, "reason", jstr(t->reason));
             json_object_set_new(o, "branches", parts);
         }
     } else {
@@ -183,17 +204,17 @@ static json_t *tx_json(const struct core *c, const struct tx_head *h, bool detai
             json_array_append_new(svcs, json_string(sv.service));
             if (parts)
                 json_array_append_new(
-                    parts, json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:o, s:b, s:b, s:I, s:I, s:o}", "step",
-                                     (json_int_t)i, "service", sv.service, "action", sv.action, "compensation",
-                                     sv.compensation, "state", saga_step_state_name(sv.state), "group",
-                                     (json_int_t)sv.group, "instance", instance_json(c, sv.rid, sv.rid_len), "stuck",
-                                     sv.stuck, "given_up", sv.given_up, "attempts", (json_int_t)sv.attempts,
-                                     "compensation_attempts", (json_int_t)sv.comp_attempts, "last_error",
-                                     sv.last_error ? json_string(sv.last_error) : json_null()));
+                    parts,
+                    json_pack("{s:I, s:s, s:s, s:s, s:s, s:I, s:o, s:b, s:b, s:I, s:I, s:o}", "step", (json_int_t)i,
+                              "service", sv.service, "action", sv.action, "compensation", sv.compensation, "state",
+                              saga_step_state_name(sv.state), "group", (json_int_t)sv.group, "instance",
+                              instance_json(c, sv.rid, sv.rid_len), "stuck", sv.stuck, "given_up", sv.given_up,
+                              "attempts", (json_int_t)sv.attempts, "compensation_attempts",
+                              (json_int_t)sv.comp_attempts, "last_error", jstr(sv.last_error)));
         }
         if (detail) {
             json_object_set_new(o, "failed_step", json_integer(v.failed_step));
-            json_object_set_new(o, "reason", v.reason ? json_string(v.reason) : json_null());
+            json_object_set_new(o, "reason", jstr(v.reason));
             json_object_set_new(o, "steps", parts);
         }
     }
@@ -410,9 +431,9 @@ void core_on_records(struct core *c, const struct journal_records *r, struct cor
     json_t *recs = json_array();
     for (unsigned i = 0; i < r->n; i++) {
         const struct journal_record_row *w2 = &r->rows[i];
-        json_array_append_new(recs, json_pack("{s:I, s:s, s:I, s:s, s:s, s:I, s:I}", "seq", (json_int_t)w2->seq, "kind",
+        json_array_append_new(recs, json_pack("{s:I, s:s, s:I, s:o, s:o, s:I, s:I}", "seq", (json_int_t)w2->seq, "kind",
                                               journal_kind_name(w2->kind), "written_ms", (json_int_t)w2->written_ms,
-                                              "services", w2->services, "detail", w2->detail, "failed",
+                                              "services", jstr(w2->services), "detail", jstr(w2->detail), "failed",
                                               (json_int_t)w2->failed_branch, "step", (json_int_t)w2->step));
     }
     json_object_set_new(o, "records", recs);
