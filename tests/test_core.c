@@ -1391,3 +1391,27 @@ Test(core_admin, requests_over_their_caps_are_answered_invalid, .init = quiet_lo
     cr_assert(strstr(fake_since(&r.fake), "\"error\":\"invalid\"") != NULL);
     rig_free(&r);
 }
+
+Test(core_admin, show_answers_json_even_when_a_reason_is_not_utf8, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t id[16];
+    char sid[TREATY_TXID_STRLEN], req[256];
+    fresh_txid(&r, id, 1);
+    treaty_txid_format((const treaty_txid_t *)id, sid);
+    submit(&r, "c1", id, 60000, AB, 2);
+    struct wire_frame f = wire_str("bad \xff\xfe bytes");
+    deliver(&r, "p1", WIRE_VOTE, id, 0, TREATY_VOTE_NO, &f, 1);
+    durable(&r, 1); /* the ABORT: aborting, waiting for p2's ACK */
+    fake_since(&r.fake);
+    snprintf(req, sizeof req, "{\"cmd\":\"show\",\"txid\":\"%s\"}", sid);
+    admin(&r, 3, req);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "admin-reply token=3 {") != NULL && strstr(s, "\"ok\":true") != NULL, "%s", s);
+    cr_assert(strstr(s, "bad ?? bytes") != NULL, "the reason's bad bytes not replaced:\n%s", s);
+    cr_assert(strstr(s, "\"state\":\"aborting\"") != NULL, "%s", s);
+    rig_free(&r);
+}
