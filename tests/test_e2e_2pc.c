@@ -1140,9 +1140,11 @@ static void ignore_outcome(void *arg, const treaty_outcome_t *o)
 
 Test(e2e, treatyctl_resolve_aborts_an_undecided_2pc_and_show_has_its_audit_record, .init = e2e_setup_shared)
 {
-    /* bank-b never votes within the test: the transaction stays undecided. */
+    /* bank-b never votes within the test: the transaction stays undecided.
+     * Asleep in its PREPARE handler it sends no HELLO either, so treatyd must
+     * not drop it meanwhile (else show names its instance "(gone)"). */
     struct world w;
-    struct world_opts o = {.bank_b_delay_ms = 600000};
+    struct world_opts o = {.bank_b_delay_ms = 600000, .coord = {.dead_after_ms = 600000}};
     world_start(&w, &o);
     treaty_client_t *c = client(&w);
     treaty_txn_t *t = NULL;
