@@ -87,10 +87,11 @@ struct core {
     struct wire_frame *def_frames; /* likewise, WIRE_MAX_FRAMES */
     struct recovery *rec;          /* from the first core_recover_record to core_recover_done */
     bool stopping;
-    int64_t started_ms;    /* monotonic time serving started (core_recover_done) */
-    int64_t newest_ms;     /* core_recover_newest's answer; -2: not given */
-    int64_t next_sweep_ms; /* next registry sweep; -1 before core_recover_done */
-    struct core_stats st;  /* counters; core_get_stats fills the gauges */
+    int64_t started_ms;                    /* monotonic time serving started (core_recover_done) */
+    int64_t newest_ms;                     /* core_recover_newest's answer; -2: not given */
+    int64_t next_sweep_ms;                 /* next registry sweep; -1 before core_recover_done */
+    struct core_stats st;                  /* counters; core_get_stats fills the gauges */
+    struct metrics_hist dur_2pc, dur_saga; /* submit -> outcome told, ms (core_observe_duration) */
 };
 
 /* ------------------------------------------------------------ the map */
@@ -136,5 +137,13 @@ int core_check_new_txid(struct core *c, const struct core_in *in);
 int core_admit(struct core *c, const struct core_in *in);
 /* False while the journal cannot write (io->journal_healthy). */
 bool core_journal_healthy(struct core *c);
+/* Counts a refusal (stats) of a request of message type `type` (a SUBMIT
+ * counts as a refused 2PC transaction, a SAGA as a refused saga) for reason
+ * why. The caller sends the ERROR. */
+void core_count_refusal(struct core *c, uint8_t type, enum core_refusal why);
+/* The outcome of a transaction (kind TX_2PC or TX_SAGA) submitted at
+ * monotonic time submitted_ms is being told: counts its duration in the
+ * histogram. submitted_ms < 0 (recovered, presumed) counts nothing. */
+void core_observe_duration(struct core *c, uint8_t kind, int64_t submitted_ms);
 
 #endif

@@ -143,3 +143,14 @@ size_t registry_count(const struct registry *r)
         n += r->svc[i].ninst;
     return n;
 }
+
+size_t registry_nservices(const struct registry *r)
+{
+    return r->nsvc;
+}
+
+const char *registry_service_at(const struct registry *r, size_t i, size_t *live)
+{
+    *live = r->svc[i].ninst;
+    return r->svc[i].name;
+}

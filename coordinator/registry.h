@@ -45,4 +45,11 @@ size_t registry_sweep(struct registry *r, int64_t now_ms);
 
 size_t registry_count(const struct registry *r);
 
+/* Services known (ever said HELLO; a service is kept when its last instance
+ * is dropped), and the i-th of them (i < registry_nservices) in the order
+ * they first said HELLO, with its number of live instances in *live. The
+ * name is valid until the next registry_hello. */
+size_t registry_nservices(const struct registry *r);
+const char *registry_service_at(const struct registry *r, size_t i, size_t *live);
+
 #endif
