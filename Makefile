@@ -13,11 +13,11 @@ PREFIX ?= /usr/local
 BUILD ?= build
 CC ?= cc
 
-PKGS := libzmq libconfig libpq libsodium
+PKGS := libzmq libconfig libpq libsodium libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-PKG_LIBS := -lzmq -lconfig -lpq -lsodium
+PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lmicrohttpd
 PKG_CFLAGS := -I/usr/include/postgresql
 endif
 

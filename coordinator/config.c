@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "treaty.h"
 
 enum key_kind {
@@ -84,11 +85,16 @@ static const struct key keys[] = {
     INT_KEY("limits", "max_branches", max_branches, 1, 128),
     INT_KEY("limits", "max_inflight", max_inflight, 1, 10000000),
     INT_KEY("limits", "outcome_cache", outcome_cache, 1, 100000000),
+
+    STR_KEY("metrics", "listen", metrics_listen),
+    INT_KEY("metrics", "max_services", metrics_max_services, 1, 100000),
+    INT_KEY("metrics", "max_connections", metrics_max_connections, 1, 1024),
+    INT_KEY("metrics", "connection_timeout_s", metrics_connection_timeout_s, 1, 3600),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits"};
+static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "metrics"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -128,6 +134,10 @@ void config_defaults(struct config *c)
     c->max_branches = 16;
     c->max_inflight = 100000;
     c->outcome_cache = 100000;
+
+    c->metrics_max_services = 256;
+    c->metrics_max_connections = 8;
+    c->metrics_connection_timeout_s = 10;
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -574,6 +584,9 @@ int config_validate(const struct config *c, char *err, size_t errlen)
 {
     if (c->listen[0] == '\0')
         return fail(err, errlen, "listen: must not be empty");
+    char why[160];
+    if (c->metrics_listen[0] != '\0' && metrics_parse_listen(c->metrics_listen, NULL, why, sizeof why) < 0)
+        return fail(err, errlen, "metrics.listen: %s", why);
     if (c->journal_connect_initial_ms > c->journal_connect_max_ms)
         return fail(err, errlen, "journal.connect_initial_ms (%d) must not exceed journal.connect_max_ms (%d)",
                     c->journal_connect_initial_ms, c->journal_connect_max_ms);

@@ -44,6 +44,12 @@
  *     max_inflight                = 100000          transactions in flight                       [1, 10000000]
  *     outcome_cache               = 100000          finished outcomes kept in memory             [1, 100000000]
  *   }
+ *   metrics: {                                      Prometheus /metrics over HTTP (docs/metrics.md)
+ *     listen                      = ""              "IP:PORT" ("127.0.0.1:9464", "[::1]:9464"); "" = off
+ *     max_services                = 256             services given a treaty_service_instances series [1, 100000]
+ *     max_connections             = 8               concurrent HTTP connections                  [1, 1024]
+ *     connection_timeout_s        = 10              an idle HTTP connection is closed after this [1, 3600]
+ *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
  * --log-level LEVEL, --help.
@@ -88,6 +94,11 @@ struct config {
     int max_branches;
     int max_inflight;
     int outcome_cache;
+
+    char metrics_listen[256];
+    int metrics_max_services;
+    int metrics_max_connections;
+    int metrics_connection_timeout_s;
 };
 
 /* Fills c with every default. */

@@ -26,6 +26,8 @@
 #include "core.h"
 #include "journal.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "treaty.h"
 #include "util.h"
 #include "wire.h"
@@ -39,9 +41,11 @@ struct loop {
     struct journal *journal;
     struct core *core;
     struct wire_in *in;
-    uint64_t durable_seq;    /* the watermark last handed to the core */
-    int64_t stats_at_ms;     /* when log_stats last ran */
-    uint64_t stats_write_us; /* journal write time it saw then */
+    uint64_t durable_seq;         /* the watermark last handed to the core */
+    int64_t stats_at_ms;          /* when log_stats last ran */
+    uint64_t stats_write_us;      /* journal write time it saw then */
+    struct metrics_msgs msgs;     /* messages in and out, by type */
+    struct metrics_http *metrics; /* GET /metrics; NULL: metrics.listen is off */
 };
 
 static struct core_time now_time(void)
@@ -58,6 +62,8 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
     struct loop *l = ctx;
     if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
         log_debug("send %s failed: %s (peer gone?)", wire_type_name(h->type), zmq_strerror(errno));
+    else
+        metrics_count_msg(&l->msgs, METRICS_OUT, h->type);
 }
 
 static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
@@ -107,6 +113,7 @@ static bool handle_message(struct loop *l)
     int rc = wire_recv(l->router, true, limit, l->in);
     if (rc == TREATY_ETIMEDOUT)
         return false;
+    metrics_count_msg(&l->msgs, METRICS_IN, rc < 0 ? 0 : l->in->msg.hdr.type);
     if (rc < 0) {
         core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
         return true;
@@ -204,11 +211,15 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
             timeout = 100;
         if (timeout > 1000)
             timeout = 1000;
-        zmq_pollitem_t items[2] = {
+        long mt = metrics_http_timeout_ms(l->metrics, now);
+        if (mt >= 0 && mt < timeout)
+            timeout = mt;
+        zmq_pollitem_t items[3] = {
             {l->router, 0, ZMQ_POLLIN, 0},
             {journal_socket(l->journal), 0, ZMQ_POLLIN, 0},
+            {NULL, l->metrics ? metrics_http_fd(l->metrics) : -1, ZMQ_POLLIN, 0},
         };
-        int n = zmq_poll(items, 2, timeout);
+        int n = zmq_poll(items, l->metrics ? 3 : 2, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("zmq_poll: %s", zmq_strerror(errno));
             break;
@@ -221,6 +232,8 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
             for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(l); k++)
                 ;
         }
+        if (l->metrics)
+            metrics_http_run(l->metrics, n > 0 && (items[2].revents & ZMQ_POLLIN), util_mono_ms());
         core_on_tick(l->core, now_time());
         now = util_mono_ms();
         if (now >= next_stats) {
@@ -298,6 +311,14 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
     rc = open_router(l);
     if (rc < 0)
         goto fail_start;
+    if (cfg->metrics_listen[0] != '\0') {
+        struct metrics_src src = {cfg, l->core, l->journal, &l->msgs};
+        rc = metrics_http_start(cfg, &src, &l->metrics);
+        if (rc < 0) {
+            zmq_close(l->router);
+            goto fail_start;
+        }
+    }
     size_t resumed = core_recover_done(l->core, now_time());
     log_info("recovery: %zu unfinished transactions resumed (%lld ms)", resumed, (long long)scan_ms);
     log_info("treatyd serving on %s", cfg->listen);
@@ -305,6 +326,7 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
     log_stats(l);
     rc = 0;
 
+    metrics_http_stop(&l->metrics);
     zmq_close(l->router);
 fail_start:
     journal_close(&l->journal, cfg->shutdown_deadline_ms > 0 ? cfg->shutdown_deadline_ms : 1000);
