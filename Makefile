@@ -5,7 +5,7 @@
 #   make demo       the bank demo (throwaway PostgreSQL unless TREATY_PG is set)
 #   make asan       build and test with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make valgrind   run the unit suites under valgrind
-#   make fuzz       libFuzzer target for the wire decoder (clang); FUZZ_SECONDS=60
+#   make fuzz       libFuzzer targets: wire decoder, allow-list parser (clang); FUZZ_SECONDS=60 each
 #   make install PREFIX=/usr/local   installs the release build (build-release/, see "release")
 #   make RELEASE=1  without fault points, -O2
 
@@ -140,13 +140,36 @@ valgrind: deps
 	$(MAKE) all $(TEST_BIN) $(SCEN_BIN) $(BUILD)/bin/treaty-sim release
 	BUILD=$(BUILD) VALGRIND=1 sh tests/run.sh
 
+# make fuzz   both libFuzzer targets, FUZZ_SECONDS (60) each, in turn:
+#   fuzz_wire       the wire decoder (tests/fuzz_wire.c), corpus tests/fuzz-corpus/wire
+#   fuzz_allowlist  the coordinator's allow-list parser (tests/fuzz_allowlist.c),
+#                   corpus tests/fuzz-corpus/allowlist; skipped, saying so, in a
+#                   tree without coordinator/allowlist.c
+# New inputs found are added to the corpus directories. The long runs and
+# their counts: docs/fuzzing.md.
 FUZZ_SECONDS ?= 60
+FUZZ_CC = clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iparticipant-sdk/include \
+          -Iparticipant-sdk/src -Icoordinator $(PKG_CFLAGS)
+.PHONY: fuzz-wire fuzz-allowlist
 fuzz: deps
+	$(MAKE) fuzz-wire fuzz-allowlist
+
+fuzz-wire:
 	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/wire
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iparticipant-sdk/include -Iparticipant-sdk/src \
-	  $(PKG_CFLAGS) tests/fuzz_wire.c participant-sdk/src/wire.c participant-sdk/src/common.c \
+	$(FUZZ_CC) tests/fuzz_wire.c participant-sdk/src/wire.c participant-sdk/src/common.c \
 	  -o $(BUILD)/fuzz/fuzz_wire $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_wire -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/wire
+
+ifneq ($(wildcard coordinator/allowlist.c),)
+fuzz-allowlist:
+	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/allowlist
+	$(FUZZ_CC) tests/fuzz_allowlist.c coordinator/allowlist.c participant-sdk/src/common.c \
+	  -o $(BUILD)/fuzz/fuzz_allowlist $(PKG_LIBS)
+	$(BUILD)/fuzz/fuzz_allowlist -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz-corpus/allowlist
+else
+fuzz-allowlist:
+	@echo "make fuzz: no coordinator/allowlist.c in this tree yet: fuzz_allowlist skipped"
+endif
 
 # What make install ships: a release build (RELEASE=1: no fault points, no
 # transport fault filter, no journal fault hook) in a build directory of its

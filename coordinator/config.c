@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -30,6 +31,7 @@ enum key_kind {
     KEY_INT,      /* int field, [min, max] */
     KEY_STRING,   /* char[] field of size cap */
     KEY_LOGLEVEL, /* string in the file, enum log_level in the struct */
+    KEY_BOOL,     /* bool field */
 };
 
 struct key {
@@ -44,6 +46,10 @@ struct key {
 #define INT_KEY(g, n, field, lo, hi)                                                                                   \
     {                                                                                                                  \
         g, n, KEY_INT, offsetof(struct config, field), 0, lo, hi                                                       \
+    }
+#define BOOL_KEY(g, n, field)                                                                                          \
+    {                                                                                                                  \
+        g, n, KEY_BOOL, offsetof(struct config, field), 0, 0, 1                                                        \
     }
 #define STR_KEY(g, n, field)                                                                                           \
     {                                                                                                                  \
@@ -85,6 +91,13 @@ static const struct key keys[] = {
     INT_KEY("limits", "max_branches", max_branches, 1, 128),
     INT_KEY("limits", "max_inflight", max_inflight, 1, 10000000),
     INT_KEY("limits", "outcome_cache", outcome_cache, 1, 100000000),
+    INT_KEY("limits", "max_inflight_per_client", max_inflight_per_client, 1, 10000000),
+
+    BOOL_KEY("security", "curve", curve),
+    STR_KEY("security", "secret_key_file", secret_key_file),
+    STR_KEY("security", "public_key_file", public_key_file),
+    STR_KEY("security", "allow_list", allow_list),
+    BOOL_KEY("security", "allow_insecure", allow_insecure),
 
     STR_KEY("metrics", "listen", metrics_listen),
     INT_KEY("metrics", "max_services", metrics_max_services, 1, 100000),
@@ -94,7 +107,7 @@ static const struct key keys[] = {
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "metrics"};
+static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "security", "metrics"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -134,6 +147,10 @@ void config_defaults(struct config *c)
     c->max_branches = 16;
     c->max_inflight = 100000;
     c->outcome_cache = 100000;
+    c->max_inflight_per_client = 10000;
+
+    c->curve = false;
+    c->allow_insecure = false;
 
     c->metrics_max_services = 256;
     c->metrics_max_connections = 8;
@@ -207,6 +224,14 @@ static int apply_setting(struct config *c, const struct key *k, const config_set
             return fail(err, errlen, "%s:%u: %s%s%s: must be between %lld and %lld, got %lld", w.file, w.line, g, dot,
                         k->name, k->min, k->max, v);
         *(int *)(void *)((char *)c + k->off) = (int)v;
+        return 0;
+    }
+
+    if (k->kind == KEY_BOOL) {
+        if (type != CONFIG_TYPE_BOOL)
+            return fail(err, errlen, "%s:%u: %s%s%s: expected true or false, got %s", w.file, w.line, g, dot, k->name,
+                        type_name(type));
+        *(bool *)(void *)((char *)c + k->off) = config_setting_get_bool(s) != 0;
         return 0;
     }
 
@@ -500,8 +525,12 @@ static void usage(const char *prog)
            "      --log-level LEVEL   error, warn, info or debug (default info)\n"
            "      --help              print this help and exit\n"
            "\n"
-           "Flags override the file, whatever their order.\n",
-           prog);
+           "Flags override the file, whatever their order.\n"
+           "\n"
+           "       %s --keygen PATH\n"
+           "  writes a new CURVE key pair to PATH.key (the secret key, mode 0600) and\n"
+           "  PATH.pub (the public key), prints the public key, and exits (docs/security.md)\n",
+           prog, prog);
     fflush(stdout);
 }
 
@@ -580,6 +609,40 @@ int config_from_args(struct config *c, int argc, char **argv, char *err, size_t 
 
 /* ------------------------------------------------------------ cross-key */
 
+bool config_endpoint_is_local(const char *ep)
+{
+    if (strncmp(ep, "inproc://", 9) == 0 || strncmp(ep, "ipc://", 6) == 0)
+        return true;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return false; /* pgm, epgm, ws, tipc, vmci, udp: networks */
+    const char *host = ep + 6, *end;
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (*host == '[') {
+        end = strchr(host, ']');
+        if (end == NULL || end[1] != ':')
+            return false;
+        host++;
+    } else {
+        end = strrchr(host, ':');
+        if (end == NULL)
+            return false;
+    }
+    size_t n = (size_t)(end - host);
+    if (n == 0 || n >= sizeof buf)
+        return false;
+    memcpy(buf, host, n);
+    buf[n] = '\0';
+    if (strcmp(buf, "localhost") == 0)
+        return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, buf, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, buf, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false; /* "*", an interface or host name: maybe reachable from anywhere */
+}
+
 int config_validate(const struct config *c, char *err, size_t errlen)
 {
     if (c->listen[0] == '\0')
@@ -587,6 +650,21 @@ int config_validate(const struct config *c, char *err, size_t errlen)
     char why[160];
     if (c->metrics_listen[0] != '\0' && metrics_parse_listen(c->metrics_listen, NULL, why, sizeof why) < 0)
         return fail(err, errlen, "metrics.listen: %s", why);
+    if (c->curve) {
+        const char *missing = c->secret_key_file[0] == '\0'   ? "secret_key_file"
+                              : c->public_key_file[0] == '\0' ? "public_key_file"
+                              : c->allow_list[0] == '\0'      ? "allow_list"
+                                                              : NULL;
+        if (missing != NULL)
+            return fail(err, errlen, "security.%s: required when security.curve = true (docs/security.md)", missing);
+    } else if (!c->allow_insecure && !config_endpoint_is_local(c->listen)) {
+        return fail(err, errlen,
+                    "listen = \"%s\" can be reached from other hosts, and security.curve is off: anyone who can "
+                    "connect could register as any participant, vote and acknowledge for it, decide transactions "
+                    "and read their payloads. Turn security.curve on (docs/security.md), listen on a loopback "
+                    "address, or set security.allow_insecure = true to accept that risk",
+                    c->listen);
+    }
     if (c->journal_connect_initial_ms > c->journal_connect_max_ms)
         return fail(err, errlen, "journal.connect_initial_ms (%d) must not exceed journal.connect_max_ms (%d)",
                     c->journal_connect_initial_ms, c->journal_connect_max_ms);

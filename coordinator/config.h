@@ -43,6 +43,19 @@
  *     max_branches                = 16              branches per transaction                     [1, 128]
  *     max_inflight                = 100000          transactions in flight                       [1, 10000000]
  *     outcome_cache               = 100000          finished outcomes kept in memory             [1, 100000000]
+ *     max_inflight_per_client     = 10000           transactions in flight per client key (per   [1, 10000000]
+ *                                                   routing id without CURVE)
+ *   }
+ *   security: {                                     docs/security.md
+ *     curve                       = false           CURVE on the ROUTER: encryption, and only keys
+ *                                                   on the allow-list may connect
+ *     secret_key_file             = ""              the coordinator's secret key (Z85, treatyd --keygen
+ *                                                   PATH writes PATH.key); required with curve
+ *     public_key_file             = ""              its public key (PATH.pub); required with curve
+ *     allow_list                  = ""              public key -> roles (allowlist.h); required with
+ *                                                   curve; read again on SIGHUP
+ *     allow_insecure              = false           without curve, listen on a non-loopback address
+ *                                                   anyway (anyone who reaches it is trusted)
  *   }
  *   metrics: {                                      Prometheus /metrics over HTTP (docs/metrics.md)
  *     listen                      = ""              "IP:PORT" ("127.0.0.1:9464", "[::1]:9464"); "" = off
@@ -52,12 +65,16 @@
  *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
- * --log-level LEVEL, --help.
+ * --log-level LEVEL, --help. (treatyd --keygen PATH is a mode of its own,
+ * handled by main.c before any configuration is read.)
  */
 #ifndef TREATY_CONFIG_H
 #define TREATY_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+#define CONFIG_PATH_MAX 1024
 
 struct config {
     char listen[256];
@@ -94,6 +111,13 @@ struct config {
     int max_branches;
     int max_inflight;
     int outcome_cache;
+    int max_inflight_per_client;
+
+    bool curve;
+    char secret_key_file[CONFIG_PATH_MAX];
+    char public_key_file[CONFIG_PATH_MAX];
+    char allow_list[CONFIG_PATH_MAX];
+    bool allow_insecure;
 
     char metrics_listen[256];
     int metrics_max_services;
@@ -117,7 +141,14 @@ int config_load_file(struct config *c, const char *path, char *err, size_t errle
  */
 int config_from_args(struct config *c, int argc, char **argv, char *err, size_t errlen);
 
-/* Cross-key checks (resend_initial_ms <= resend_max_ms, ...). 0 or TREATY_ECONFIG. */
+/* Cross-key checks (resend_initial_ms <= resend_max_ms, ...; with
+ * security.curve the three files named; without it, listen on a loopback
+ * address - 127.0.0.0/8, ::1, localhost - or ipc:// or inproc://, unless
+ * security.allow_insecure). 0 or TREATY_ECONFIG. */
 int config_validate(const struct config *c, char *err, size_t errlen);
+
+/* True when endpoint (a ZeroMQ bind endpoint) cannot be reached from other
+ * hosts: tcp:// on 127.0.0.0/8, [::1] or localhost; ipc://; inproc://. */
+bool config_endpoint_is_local(const char *endpoint);
 
 #endif /* TREATY_CONFIG_H */

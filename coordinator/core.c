@@ -6,7 +6,13 @@
  * contract.
  *
  * Events:
- *   message  -> the txid is looked up once in the transaction map (2PC,
+ *   message  -> first authorization (core.h): a role that may not send the
+ *               type, or a key no longer listed, is dropped here; HELLO's
+ *               service and instance binding are checked in handle_hello,
+ *               the sender of a VOTE, ACK, INQUIRE or RESULT in twopc.c and
+ *               saga.c (core_from, core_may_serve), the client's share of
+ *               transactions in flight in core_admit. Then
+ *               the txid is looked up once in the transaction map (2PC,
  *               saga, or a journal lookup in flight); a request whose answer
  *               depends on what the journal knows of a txid held nowhere in
  *               memory is parked on a lookup (below); anything else goes to
@@ -39,6 +45,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
+#include "allowlist.h"
 #include "log.h"
 #include "outcomes.h"
 #include "registry.h"
@@ -79,6 +88,7 @@ void core_put(struct core *c, struct tx_head *h)
 
 void core_forget(struct core *c, struct tx_head *h)
 {
+    core_client_done(c, h);
     if (txmap_del(&c->txs, h->txid) != NULL)
         (*kind_count(c, h->kind))--;
 }
@@ -232,6 +242,49 @@ int core_check_new_txid(struct core *c, const struct core_in *in)
     return 0;
 }
 
+/* ------------------------------------------------------------ clients' shares */
+
+/* The digest of in's sender's identity: its CURVE key, or its routing id
+ * (tagged apart), under the core's hash key. */
+static void client_id(const struct core *c, const struct core_in *in, uint8_t id[16])
+{
+    crypto_generichash_state st;
+    uint8_t tag = in->peer != NULL ? 'K' : 'R';
+    crypto_generichash_init(&st, c->client_hkey, sizeof c->client_hkey, 16);
+    crypto_generichash_update(&st, &tag, 1);
+    if (in->peer != NULL)
+        crypto_generichash_update(&st, in->peer->key, sizeof in->peer->key);
+    else
+        crypto_generichash_update(&st, in->rid, in->rid_len);
+    crypto_generichash_final(&st, id, 16);
+}
+
+void core_client_charge(struct core *c, struct tx_head *h, const struct core_in *in)
+{
+    uint8_t id[16];
+    client_id(c, in, id);
+    struct client_load *l = txmap_get(&c->clients, id);
+    if (l == NULL) {
+        l = util_xcalloc(1, sizeof *l);
+        memcpy(l->id, id, 16);
+        txmap_put(&c->clients, id, l);
+    }
+    l->n++;
+    h->client = l;
+}
+
+void core_client_done(struct core *c, struct tx_head *h)
+{
+    struct client_load *l = h->client;
+    if (l == NULL)
+        return;
+    h->client = NULL;
+    if (--l->n == 0) {
+        txmap_del(&c->clients, l->id);
+        free(l);
+    }
+}
+
 int core_admit(struct core *c, const struct core_in *in)
 {
     const uint8_t *txid = in->msg->hdr.txid;
@@ -251,7 +304,112 @@ int core_admit(struct core *c, const struct core_in *in)
                          c->cfg->max_inflight);
         return TREATY_EBUSY;
     }
+    uint8_t id[16];
+    client_id(c, in, id);
+    const struct client_load *l = txmap_get(&c->clients, id);
+    if (l != NULL && l->n >= (uint32_t)c->cfg->max_inflight_per_client) {
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_CLIENT_LIMIT);
+        core_deny(c, DENY_LIMIT, in, "%s: %u of its transactions in flight already", wire_type_name(in->msg->hdr.type),
+                  l->n);
+        core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY,
+                         "too many transactions in flight from this client (limits.max_inflight_per_client = %d): "
+                         "wait for answers, then retry",
+                         c->cfg->max_inflight_per_client);
+        return TREATY_EBUSY;
+    }
     return 0;
+}
+
+/* ------------------------------------------------------------ authorization */
+
+static const char *const deny_names[DENY_COUNT_] = {"role", "service", "instance", "sender", "client limit"};
+
+const char *core_fmt_peer(const struct core_in *in, char *buf, size_t len)
+{
+    if (in->peer != NULL) {
+        char z[ALLOW_KEY_TEXT_LEN + 1];
+        if (zmq_z85_encode(z, in->peer->key, ALLOW_KEY_LEN) == NULL)
+            snprintf(z, sizeof z, "?");
+        snprintf(buf, len, "key %s (%s)", z, allow_roles_name(in->peer->roles));
+        return buf;
+    }
+    size_t n = snprintf(buf, len, "routing id ");
+    for (size_t i = 0; i < in->rid_len && i < 16 && n + 3 < len; i++)
+        n += (size_t)snprintf(buf + n, len - n, "%02x", in->rid[i]);
+    if (in->rid_len > 16 && n + 4 < len)
+        snprintf(buf + n, len - n, "...");
+    return buf;
+}
+
+void core_deny(struct core *c, enum core_deny why, const struct core_in *in, const char *fmt, ...)
+{
+    switch (why) {
+    case DENY_ROLE:
+        c->st.denied_role++;
+        break;
+    case DENY_SERVICE:
+        c->st.denied_service++;
+        break;
+    case DENY_INSTANCE:
+        c->st.denied_instance++;
+        break;
+    case DENY_SENDER:
+        c->st.denied_sender++;
+        break;
+    case DENY_LIMIT:
+    case DENY_COUNT_:
+        c->st.denied_limit++;
+        break;
+    }
+    /* At most one line a second per reason: a hostile peer must not flood
+     * the log (the counters see everything). */
+    if (c->now.mono_ms < c->deny_log[why].next_ms) {
+        c->deny_log[why].suppressed++;
+        return;
+    }
+    char text[384], who[96], more[96] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (c->deny_log[why].suppressed > 0)
+        snprintf(more, sizeof more, " (and %llu more refused for this reason in the last second)",
+                 (unsigned long long)c->deny_log[why].suppressed);
+    log_warn("refused (%s) %s, from %s%s", deny_names[why], text, core_fmt_peer(in, who, sizeof who), more);
+    c->deny_log[why].next_ms = c->now.mono_ms + 1000;
+    c->deny_log[why].suppressed = 0;
+}
+
+void core_sent_to(struct sent_to *to, const struct instance *i)
+{
+    to->rid_len = i->rid_len <= BRANCH_RID_MAX ? (uint8_t)i->rid_len : 0;
+    memcpy(to->rid, i->rid, to->rid_len);
+    to->keyed = i->keyed;
+    memcpy(to->key, i->key, sizeof to->key);
+}
+
+void core_sent_to_sender(struct sent_to *to, const struct core_in *in)
+{
+    to->rid_len = in->rid_len <= BRANCH_RID_MAX ? (uint8_t)in->rid_len : 0;
+    memcpy(to->rid, in->rid, to->rid_len);
+    to->keyed = in->peer != NULL;
+    if (in->peer != NULL)
+        memcpy(to->key, in->peer->key, sizeof to->key);
+}
+
+bool core_from(const struct sent_to *to, const struct core_in *in)
+{
+    if (to->keyed)
+        return in->peer != NULL && memcmp(to->key, in->peer->key, sizeof to->key) == 0;
+    return in->peer == NULL && to->rid_len > 0 && to->rid_len == in->rid_len &&
+           memcmp(to->rid, in->rid, in->rid_len) == 0;
+}
+
+bool core_may_serve(const struct core *c, const struct core_in *in, const char *service)
+{
+    if (in->peer != NULL)
+        return allow_entry_has_service(in->peer, service);
+    return registry_is_live(c->reg, service, in->rid, in->rid_len);
 }
 
 /* ------------------------------------------------------------ new, destroy */
@@ -288,6 +446,9 @@ struct core *core_new(const struct config *cfg, const struct core_io *io, uint64
     txmap_init(&c->txs, key);
     util_rng_bytes(&c->rng, key, sizeof key);
     outcomes_init(&c->done, (size_t)cfg->outcome_cache, key);
+    util_rng_bytes(&c->rng, key, sizeof key);
+    txmap_init(&c->clients, key);
+    util_rng_bytes(&c->rng, c->client_hkey, sizeof c->client_hkey);
     timers_init(&c->timers);
     c->next_sweep_ms = -1;
     metrics_hist_init(&c->dur_2pc, duration_bounds_ms, DURATION_BUCKETS);
@@ -297,6 +458,7 @@ struct core *core_new(const struct config *cfg, const struct core_io *io, uint64
 
 static void parked_free(struct parked *p)
 {
+    free(p->peer);
     free(p->lens);
     free(p->data);
     free(p);
@@ -329,6 +491,9 @@ void core_destroy(struct core **cp)
             lookup_free((struct lookup *)h);
     }
     txmap_free(&c->txs);
+    for (size_t i = 0; i < c->clients.cap; i++)
+        free(c->clients.slots[i].val);
+    txmap_free(&c->clients);
     outcomes_free(&c->done);
     timers_free(&c->timers);
     registry_destroy(&c->reg);
@@ -343,10 +508,40 @@ void core_destroy(struct core **cp)
 
 /* ------------------------------------------------------------ dispatch */
 
+/* HELLO: the peer may register only services it is listed for, and only a
+ * name nobody else holds while it lives (registry.h). A refused HELLO is
+ * answered with ERROR (so that a misconfigured participant says why in its
+ * log) and changes nothing. */
 static void handle_hello(struct core *c, const struct core_in *in)
 {
     const struct wire_msg *m = in->msg;
-    registry_hello(c->reg, &m->frames[0], &m->frames[1], in->rid, in->rid_len, c->now.mono_ms);
+    char svc[WIRE_NAME_MAX + 1], name[WIRE_NAME_MAX + 1];
+    wire_copy_text(&m->frames[0], svc, sizeof svc);
+    wire_copy_text(&m->frames[1], name, sizeof name);
+    if (in->peer != NULL && !allow_entry_has_service(in->peer, svc)) {
+        core_deny(c, DENY_SERVICE, in, "HELLO as %s/%s: the key is a participant of \"%s\" only", svc, name,
+                  in->peer->services);
+        core_reply_error(c, in->rid, in->rid_len, NULL, TREATY_EINVAL,
+                         "this key may not register service %s (see the coordinator's allow-list)", svc);
+        return;
+    }
+    if (in->rid_len > BRANCH_RID_MAX) {
+        core_deny(c, DENY_INSTANCE, in, "HELLO as %s/%s: a routing id of %zu bytes", svc, name, in->rid_len);
+        core_reply_error(c, in->rid, in->rid_len, NULL, TREATY_EINVAL,
+                         "a participant's routing id may have at most %d bytes (set a shorter ZMQ_ROUTING_ID, or none)",
+                         BRANCH_RID_MAX);
+        return;
+    }
+    enum registry_hello_result res = registry_hello(c->reg, svc, name, in->rid, in->rid_len,
+                                                    in->peer != NULL ? in->peer->key : NULL, c->now.mono_ms);
+    if (res == REGISTRY_TAKEN) {
+        core_deny(c, DENY_INSTANCE, in, "HELLO as %s/%s: the name is registered by another peer", svc, name);
+        core_reply_error(c, in->rid, in->rid_len, NULL, TREATY_EBUSY,
+                         "instance %s/%s is registered by another peer; it is free once that one has been silent for "
+                         "registry.dead_after_ms (%d ms)",
+                         svc, name, c->cfg->dead_after_ms);
+        return;
+    }
     uint8_t hb[4];
     wire_put_u32(hb, (uint32_t)c->cfg->heartbeat_ms);
     struct wire_frame f = {hb, 4};
@@ -414,6 +609,26 @@ static bool from_client(uint8_t type)
     return type == WIRE_SUBMIT || type == WIRE_SAGA || type == WIRE_QUERY;
 }
 
+/* The roles that may send a message of type; 0 for the types nobody sends
+ * to the coordinator (answered with ERROR EPROTO by handle()). */
+static unsigned roles_for(uint8_t type)
+{
+    switch (type) {
+    case WIRE_SUBMIT:
+    case WIRE_SAGA:
+    case WIRE_QUERY:
+        return ALLOW_CLIENT;
+    case WIRE_HELLO:
+    case WIRE_VOTE:
+    case WIRE_ACK:
+    case WIRE_INQUIRE:
+    case WIRE_RESULT:
+        return ALLOW_PARTICIPANT;
+    default:
+        return 0;
+    }
+}
+
 /* True when the answer to in depends on what the journal knows of its txid:
  * a request that may start a transaction, or be answered "aborted" by
  * presumption, about a txid no transaction in memory and no cached outcome
@@ -466,6 +681,10 @@ static void park(struct core *c, const struct core_in *in, struct lookup *l)
             memcmp(q->rid, in->rid, in->rid_len) == 0)
             return;
     struct parked *p = util_xcalloc(1, sizeof *p);
+    if (in->peer != NULL) {
+        p->peer = util_xmalloc(sizeof *p->peer);
+        *p->peer = *in->peer;
+    }
     size_t total = 0;
     for (size_t i = 0; i < m->nframes; i++)
         total += m->frames[i].len;
@@ -489,10 +708,21 @@ static void park(struct core *c, const struct core_in *in, struct lookup *l)
     l->tail = p;
 }
 
-void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_msg *m, struct core_time now)
+void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct allow_entry *peer,
+                     const struct wire_msg *m, struct core_time now)
 {
     c->now = now;
-    struct core_in in = {rid, rid_len, m};
+    struct core_in in = {rid, rid_len, peer, m};
+    unsigned need = roles_for(m->hdr.type);
+    if (peer != NULL && (peer->roles == 0 || (need != 0 && (peer->roles & need) == 0))) {
+        char id[TREATY_TXID_STRLEN];
+        core_deny(c, DENY_ROLE, &in, "%s about txid %s: %s", wire_type_name(m->hdr.type),
+                  core_fmt_txid(m->hdr.txid, id),
+                  peer->roles == 0       ? "the key is not on the allow-list (any more)"
+                  : need == ALLOW_CLIENT ? "only clients may send it"
+                                         : "only participants may send it");
+        return;
+    }
     struct tx_head *h = m->hdr.type == WIRE_HELLO ? NULL : core_get(c, m->hdr.txid);
     if (needs_lookup(c, &in, h)) {
         park(c, &in, (struct lookup *)h);
@@ -531,7 +761,7 @@ static void replay(struct core *c, const struct parked *p)
         m->frames[i].len = p->lens[i];
         off += p->lens[i];
     }
-    struct core_in in = {p->rid, p->rid_len, m};
+    struct core_in in = {p->rid, p->rid_len, p->peer, m};
     handle(c, &in, core_get(c, m->hdr.txid));
 }
 
@@ -639,6 +869,20 @@ void core_on_tick(struct core *c, struct core_time now)
     }
 }
 
+static bool still_allowed(void *arg, const struct instance *i)
+{
+    const struct allow_entry *e = allowlist_find(arg, i->key);
+    return e != NULL && allow_entry_has_service(e, i->service);
+}
+
+void core_on_allowlist(struct core *c, const struct allowlist *a, struct core_time now)
+{
+    c->now = now;
+    size_t n = registry_drop_if(c->reg, still_allowed, (void *)a);
+    if (n > 0)
+        log_info("allow-list: %zu instances dropped from the registry (their keys were revoked)", n);
+}
+
 int64_t core_next_tick(const struct core *c)
 {
     int64_t t = timers_next(&c->timers);
@@ -660,10 +904,15 @@ size_t core_unfinished(const struct core *c)
 }
 
 static const char *const refusal_names[CORE_REFUSAL_COUNT_] = {
-    [CORE_REFUSED_STOPPING] = "stopping",       [CORE_REFUSED_JOURNAL] = "journal_unavailable",
-    [CORE_REFUSED_INFLIGHT] = "inflight_limit", [CORE_REFUSED_TXID] = "txid_invalid",
-    [CORE_REFUSED_EXPIRED] = "txid_expired",    [CORE_REFUSED_LIMIT] = "over_limit",
-    [CORE_REFUSED_INVALID] = "invalid_request", [CORE_REFUSED_UNEXPLAINED] = "journal_unexplained",
+    [CORE_REFUSED_STOPPING] = "stopping",
+    [CORE_REFUSED_JOURNAL] = "journal_unavailable",
+    [CORE_REFUSED_INFLIGHT] = "inflight_limit",
+    [CORE_REFUSED_TXID] = "txid_invalid",
+    [CORE_REFUSED_EXPIRED] = "txid_expired",
+    [CORE_REFUSED_LIMIT] = "over_limit",
+    [CORE_REFUSED_INVALID] = "invalid_request",
+    [CORE_REFUSED_CLIENT_LIMIT] = "client_limit",
+    [CORE_REFUSED_UNEXPLAINED] = "journal_unexplained",
 };
 
 const char *core_refusal_name(enum core_refusal r)

@@ -23,7 +23,8 @@
  *      made after now.wall_ms + txid.max_future_s are known to be new (no
  *      earlier run could have accepted them), older ones are looked up.
  *   3. serving: core_on_message / core_on_malformed / core_on_durable /
- *      core_on_lookup / core_on_tick, in any order, as they happen. The shell
+ *      core_on_lookup / core_on_tick / core_on_allowlist, in any order, as
+ *      they happen. The shell
  *      calls core_on_tick() when core_next_tick() is due (and may call it
  *      more often: it is idempotent for a given time).
  *   4. stopping: core_stop() refuses new transactions; the shell waits
@@ -35,6 +36,19 @@
  * record deciding it was reported durable by core_on_durable(); a txid
  * unknown in memory whose outcome the journal might hold is looked up
  * (io->lookup) before it is answered or run.
+ *
+ * Authorization (docs/security.md, docs/protocol.md §5a): every message
+ * comes with its sender as the shell knows it (struct core_peer below). A
+ * message counts only from a role allowed to send it (SUBMIT, SAGA, QUERY:
+ * client; HELLO, VOTE, ACK, INQUIRE, RESULT: participant); a HELLO only for
+ * a service the peer is listed for, and never for an instance name another
+ * peer holds while it lives; a VOTE, ACK or RESULT only from the instance
+ * the request went to, for that txid and branch; an INQUIRE counts as a
+ * vote only from an instance of the branch's service. Anything else is
+ * dropped with no effect, counted by reason (core_stats.denied_*) and
+ * logged at most once a second per reason. A client's transactions in
+ * flight are limited (limits.max_inflight_per_client). Each check is O(1)
+ * per message (a HELLO's is O(length of the peer's service list)).
  *
  * The core calls io only from inside the core_* calls above, and io must not
  * call back into the core: a record appended becomes durable later, by a
@@ -52,6 +66,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "allowlist.h"
 #include "config.h"
 #include "journal.h"
 #include "metrics_hist.h"
@@ -95,6 +110,7 @@ enum core_refusal {
     CORE_REFUSED_LIMIT,        /* over a configured cap: branches, steps, payload, deadline, retry policy */
     CORE_REFUSED_INVALID,      /* a saga definition that does not decode */
     CORE_REFUSED_UNEXPLAINED,  /* the journal holds unfinished records of the txid that nobody holds */
+    CORE_REFUSED_CLIENT_LIMIT, /* limits.max_inflight_per_client (also counted in denied_limit) */
     CORE_REFUSAL_COUNT_
 };
 
@@ -106,6 +122,12 @@ struct core_stats {
     uint64_t submitted, committed, aborted, refused, malformed, late_votes, inquiries, recovered;
     uint64_t presumed_aborts, lookups, lookup_errors;
     uint64_t sagas, sagas_completed, sagas_compensated, sagas_stuck, step_retries;
+    /* messages dropped (or refused) by authorization, by reason */
+    uint64_t denied_role;     /* a type the sender's role may not send; a key no longer listed */
+    uint64_t denied_service;  /* HELLO for a service the key is not listed for */
+    uint64_t denied_instance; /* HELLO for a live instance name another peer holds (or an unusable routing id) */
+    uint64_t denied_sender;   /* VOTE, ACK, RESULT, INQUIRE not from the instance the request went to */
+    uint64_t denied_limit;    /* SUBMIT, SAGA, QUERY beyond limits.max_inflight_per_client */
     size_t inflight_2pc, inflight_sagas; /* gauges */
     size_t outcomes_cached, instances;   /* gauges */
     uint64_t outcomes_evicted;
@@ -136,9 +158,22 @@ void core_recover_newest(struct core *c, int64_t newest_ms);
 /* Ends recovery; returns the number of transactions and sagas resumed. */
 size_t core_recover_done(struct core *c, struct core_time now);
 
-/* A decoded message from the peer with routing id rid. */
-void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct wire_msg *m,
-                     struct core_time now);
+/*
+ * A decoded message from the peer with routing id rid. peer: who sent it,
+ * as the shell authenticated it - the allow-list entry (allowlist.h) of the
+ * CURVE public key of the sender's connection, looked up in the allow-list
+ * as it is now, for every message (roles 0 when the key is no longer
+ * listed: revoked since the connection was made). Instance names and a
+ * client's share of transactions in flight are bound to the key. NULL when
+ * the shell does not authenticate peers (no CURVE): every role and service,
+ * and the routing id is the identity. Borrowed for the call.
+ */
+void core_on_message(struct core *c, const uint8_t *rid, size_t rid_len, const struct allow_entry *peer,
+                     const struct wire_msg *m, struct core_time now);
+/* The shell's allow-list was replaced by a (SIGHUP): instances registered
+ * by a key no longer listed for their service are dropped now (their
+ * messages are refused from now on anyway, by the per-message roles). */
+void core_on_allowlist(struct core *c, const struct allowlist *a, struct core_time now);
 /* A message from rid that did not decode (err: wire_decode's error; h: the
  * header as far as it decoded, for the reply's txid, or NULL). Answered with
  * ERROR; counted and logged only when rid_len is 0 (nobody to answer). */

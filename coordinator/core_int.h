@@ -30,6 +30,7 @@
 #include "treaty.h"
 #include "txhead.h"
 #include "txmap.h"
+#include "txn.h"
 #include "util.h"
 #include "wire.h"
 
@@ -37,7 +38,19 @@
 struct core_in {
     const uint8_t *rid;
     size_t rid_len;
+    const struct allow_entry *peer; /* the sender (core.h, core_on_message); NULL: not authenticated */
     const struct wire_msg *msg;
+};
+
+/* Why a message was dropped or refused (core_stats.denied_*). */
+enum core_deny { DENY_ROLE, DENY_SERVICE, DENY_INSTANCE, DENY_SENDER, DENY_LIMIT, DENY_COUNT_ };
+
+/* One client's share of limits.max_inflight_per_client: its transactions
+ * and sagas in memory that it has not been answered about yet. Keyed in
+ * core.clients by a digest of its identity (CURVE key, or routing id). */
+struct client_load {
+    uint8_t id[16];
+    uint32_t n;
 };
 
 /* A request held until the journal says what it knows of its txid
@@ -47,6 +60,7 @@ struct parked {
     struct parked *next;
     uint8_t rid[WIRE_ROUTING_ID_MAX];
     size_t rid_len;
+    struct allow_entry *peer; /* a copy of the sender's entry (owned), or NULL */
     struct wire_hdr hdr;
     size_t nframes;
     size_t *lens; /* nframes lengths, then the bytes in data */
@@ -92,6 +106,12 @@ struct core {
     int64_t next_sweep_ms;                 /* next registry sweep; -1 before core_recover_done */
     struct core_stats st;                  /* counters; core_get_stats fills the gauges */
     struct metrics_hist dur_2pc, dur_saga; /* submit -> outcome told, ms (core_observe_duration) */
+    struct txmap clients;                  /* client identity digest -> struct client_load (owned) */
+    uint8_t client_hkey[16];
+    struct {
+        int64_t next_ms;     /* the next line about this reason may be logged then */
+        uint64_t suppressed; /* dropped since the last line */
+    } deny_log[DENY_COUNT_];
 };
 
 /* ------------------------------------------------------------ the map */
@@ -133,8 +153,38 @@ void core_remember_done(struct core *c, const uint8_t *txid, enum treaty_status 
  * txid.max_future_s ahead of our clock (TREATY_EINVAL) or more than
  * txid.max_age_s ago (TREATY_EEXPIRED). 0 when it may. */
 int core_check_new_txid(struct core *c, const struct core_in *in);
-/* Common admission checks for new work (stopping, journal health, limits.max_inflight): 0, or an ERROR was sent. */
+/* Common admission checks for new work (stopping, journal health,
+ * limits.max_inflight, and the client's limits.max_inflight_per_client): 0,
+ * or an ERROR was sent. */
 int core_admit(struct core *c, const struct core_in *in);
+/* h (just put in the map) counts against in's sender's share of
+ * limits.max_inflight_per_client until core_client_done (or core_forget). */
+void core_client_charge(struct core *c, struct tx_head *h, const struct core_in *in);
+/* h's client has been answered (its outcome is durable): its share comes
+ * back. Idempotent. */
+void core_client_done(struct core *c, struct tx_head *h);
+
+/* ------------------------------------------------------------ authorization */
+
+/* Counts a message dropped or refused for why, with no other effect, and
+ * logs "refused <what>" with the sender - at most one line a second per
+ * reason, which says how many more there were since the last. */
+void core_deny(struct core *c, enum core_deny why, const struct core_in *in, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Records that a request (PREPARE, a decision, STEP) went to instance i: its
+ * answers count from it from now on. */
+void core_sent_to(struct sent_to *to, const struct instance *i);
+/* Records that a decision goes to in's sender (an INQUIRE from an instance
+ * of the service, core_may_serve), whose ACK counts from now on. */
+void core_sent_to_sender(struct sent_to *to, const struct core_in *in);
+/* True when in's sender is the instance the request went to. */
+bool core_from(const struct sent_to *to, const struct core_in *in);
+/* True when in's sender may answer for service: with authentication, its
+ * key is listed for the service; without, its routing id is a live
+ * instance of it. */
+bool core_may_serve(const struct core *c, const struct core_in *in, const char *service);
+/* "key <Z85>" or "routing id <hex>" of in's sender, into buf. */
+const char *core_fmt_peer(const struct core_in *in, char *buf, size_t len);
 /* False while the journal cannot write (io->journal_healthy). */
 bool core_journal_healthy(struct core *c);
 /* Counts a refusal (stats) of a request of message type `type` (a SUBMIT

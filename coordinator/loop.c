@@ -2,12 +2,14 @@
  * loop.c - treatyd's event loop: the shell around the core (see loop.h).
  *
  * One thread. zmq_poll() waits on the ROUTER socket (clients and
- * participants) and the journal's notification socket, at most until the
- * core's next tick. Each turn: the journal's news (durable watermark, lookup
- * answers) to the core; every waiting message to the core; the core's tick;
- * then every journal record appended during the turn is handed to the
- * journal writer, which commits them together (group commit), and the news
- * is read again.
+ * participants), the journal's notification socket and, with CURVE, the ZAP
+ * handler's socket (security.h), at most until the core's next tick. Each
+ * turn: a reload of the allow-list if SIGHUP asked for one; ZAP requests
+ * answered; the journal's news (durable watermark, lookup answers) to the
+ * core; every waiting message to the core, with its sender's allow-list
+ * entry looked up by the key of its connection; the core's tick; then every
+ * journal record appended during the turn is handed to the journal writer,
+ * which commits them together (group commit), and the news is read again.
  *
  * The clocks are read here, once per event, and handed to the core; the
  * core's PRNG is seeded here from getrandom.
@@ -28,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "metrics_http.h"
+#include "security.h"
 #include "treaty.h"
 #include "util.h"
 #include "wire.h"
@@ -40,6 +43,7 @@ struct loop {
     void *router;
     struct journal *journal;
     struct core *core;
+    struct security *sec; /* with security.curve; NULL without */
     struct wire_in *in;
     uint64_t durable_seq;         /* the watermark last handed to the core */
     int64_t stats_at_ms;          /* when log_stats last ran */
@@ -118,7 +122,10 @@ static bool handle_message(struct loop *l)
         core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
         return true;
     }
-    core_on_message(l->core, l->in->rid, l->in->rid_len, &l->in->msg, now_time());
+    /* The roles of the key as the allow-list says now: a key revoked since
+     * its connection was made is refused from the next message on. */
+    const struct allow_entry *peer = l->sec != NULL ? security_peer(l->sec, l->in->user_id) : NULL;
+    core_on_message(l->core, l->in->rid, l->in->rid_len, peer, &l->in->msg, now_time());
     wire_in_close(l->in);
     return true;
 }
@@ -137,6 +144,13 @@ static int open_router(struct loop *l)
     zmq_setsockopt(l->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(l->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(l->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    /* The ZAP handler before the bind: a CURVE server with no handler in
+     * its context would admit every key. */
+    if (l->sec != NULL && security_bind(l->sec, l->zctx, l->router) < 0) {
+        zmq_close(l->router);
+        l->router = NULL;
+        return TREATY_ETRANSPORT;
+    }
     if (zmq_bind(l->router, l->cfg->listen) != 0) {
         log_error("cannot listen on %s: %s", l->cfg->listen, zmq_strerror(errno));
         zmq_close(l->router);
@@ -164,7 +178,8 @@ static void log_stats(struct loop *l)
              "late_votes=%llu inquiries=%llu recovered=%llu journal_batches=%llu journal_records=%llu "
              "forced_batches=%llu journal_busy=%.0f%% instances=%zu sagas=%llu sagas_completed=%llu "
              "sagas_compensated=%llu sagas_stuck=%llu sagas_in_flight=%zu step_retries=%llu presumed_aborts=%llu "
-             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu",
+             "outcomes_cached=%zu outcomes_evicted=%llu lookups=%llu lookup_errors=%llu denied_role=%llu "
+             "denied_service=%llu denied_instance=%llu denied_sender=%llu denied_limit=%llu",
              (unsigned long long)cs.submitted, (unsigned long long)cs.committed, (unsigned long long)cs.aborted,
              cs.inflight_2pc, (unsigned long long)cs.refused, (unsigned long long)cs.malformed,
              (unsigned long long)cs.late_votes, (unsigned long long)cs.inquiries, (unsigned long long)cs.recovered,
@@ -173,10 +188,31 @@ static void log_stats(struct loop *l)
              (unsigned long long)cs.sagas_compensated, (unsigned long long)cs.sagas_stuck, cs.inflight_sagas,
              (unsigned long long)cs.step_retries, (unsigned long long)cs.presumed_aborts, cs.outcomes_cached,
              (unsigned long long)cs.outcomes_evicted, (unsigned long long)cs.lookups,
-             (unsigned long long)cs.lookup_errors);
+             (unsigned long long)cs.lookup_errors, (unsigned long long)cs.denied_role,
+             (unsigned long long)cs.denied_service, (unsigned long long)cs.denied_instance,
+             (unsigned long long)cs.denied_sender, (unsigned long long)cs.denied_limit);
 }
 
-static void serve(struct loop *l, volatile sig_atomic_t *stop)
+/* SIGHUP: the allow-list again (issue 13 adds the rest of a reload). */
+static void reload(struct loop *l)
+{
+    if (l->sec == NULL) {
+        log_info("SIGHUP: nothing to reload (security.curve is off)");
+        return;
+    }
+    char err[512];
+    if (security_reload(l->sec, err, sizeof err) < 0) {
+        log_error("SIGHUP: the allow-list was not reloaded, the previous one stays: %s", err);
+        return;
+    }
+    const struct allowlist *a = security_allowlist(l->sec);
+    log_info("SIGHUP: allow-list reloaded: %zu keys; new connections and every message are judged by it from now on",
+             allowlist_count(a));
+    core_on_allowlist(l->core, a, now_time());
+}
+
+/* Serves until stopped (0) or deposed from the journal (TREATY_ESTATE). */
+static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomic_t *reload_requested)
 {
     int64_t next_stats = util_mono_ms() + 60000;
     l->stats_at_ms = util_mono_ms();
@@ -185,6 +221,18 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
 
     for (;;) {
         int64_t now = util_mono_ms();
+        if (journal_deposed(l->journal)) {
+            /* Nothing appended any more becomes durable, so nothing waiting
+             * on it is told: stopping loses no promise. */
+            log_error("stopping: another coordinator has taken the journal; %zu transactions unfinished here are "
+                      "its to finish",
+                      core_unfinished(l->core));
+            return TREATY_ESTATE;
+        }
+        if (*reload_requested) {
+            *reload_requested = 0;
+            reload(l);
+        }
         if (*stop && !stopping) {
             struct core_stats cs;
             core_get_stats(l->core, &cs);
@@ -201,7 +249,7 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
                 log_warn("stopping with %zu transactions and %zu sagas unfinished; recovery resumes them at next "
                          "start",
                          cs.inflight_2pc, cs.inflight_sagas);
-            break;
+            return 0;
         }
         long timeout = 1000;
         int64_t nt = core_next_tick(l->core);
@@ -214,16 +262,28 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
         long mt = metrics_http_timeout_ms(l->metrics, now);
         if (mt >= 0 && mt < timeout)
             timeout = mt;
-        zmq_pollitem_t items[3] = {
+        /* The router and the journal always; then ZAP (security.curve) and
+         * MHD's epoll descriptor (metrics.listen) when they are on. */
+        zmq_pollitem_t items[4] = {
             {l->router, 0, ZMQ_POLLIN, 0},
             {journal_socket(l->journal), 0, ZMQ_POLLIN, 0},
-            {NULL, l->metrics ? metrics_http_fd(l->metrics) : -1, ZMQ_POLLIN, 0},
         };
-        int n = zmq_poll(items, l->metrics ? 3 : 2, timeout);
+        int nitems = 2, zap = -1, mhd = -1;
+        if (l->sec != NULL) {
+            zap = nitems++;
+            items[zap] = (zmq_pollitem_t){security_zap_socket(l->sec), 0, ZMQ_POLLIN, 0};
+        }
+        if (l->metrics != NULL) {
+            mhd = nitems++;
+            items[mhd] = (zmq_pollitem_t){NULL, metrics_http_fd(l->metrics), ZMQ_POLLIN, 0};
+        }
+        int n = zmq_poll(items, nitems, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("zmq_poll: %s", zmq_strerror(errno));
-            break;
+            return TREATY_ETRANSPORT;
         }
+        if (n > 0 && zap >= 0 && (items[zap].revents & ZMQ_POLLIN))
+            security_serve_zap(l->sec);
         if (n > 0 && (items[1].revents & ZMQ_POLLIN))
             journal_news(l);
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
@@ -233,7 +293,7 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
                 ;
         }
         if (l->metrics)
-            metrics_http_run(l->metrics, n > 0 && (items[2].revents & ZMQ_POLLIN), util_mono_ms());
+            metrics_http_run(l->metrics, n > 0 && (items[mhd].revents & ZMQ_POLLIN), util_mono_ms());
         core_on_tick(l->core, now_time());
         now = util_mono_ms();
         if (now >= next_stats) {
@@ -246,13 +306,26 @@ static void serve(struct loop *l, volatile sig_atomic_t *stop)
     }
 }
 
-int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
+int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig_atomic_t *reload_requested)
 {
     int rc;
+    char err[512];
     struct loop *l = calloc(1, sizeof *l);
     if (l == NULL)
         return TREATY_ENOMEM;
     l->cfg = cfg;
+    if (cfg->curve) {
+        rc = security_new(cfg, &l->sec, err, sizeof err);
+        if (rc < 0) {
+            log_error("%s", err);
+            goto fail_in;
+        }
+        log_info("security: CURVE on, public key %s, %zu keys on the allow-list %s", security_public_key(l->sec),
+                 allowlist_count(security_allowlist(l->sec)), cfg->allow_list);
+    } else {
+        log_info("security: CURVE off: every peer that connects to %s is trusted with every role (docs/security.md)",
+                 cfg->listen);
+    }
     l->in = malloc(sizeof *l->in);
     if (l->in == NULL) {
         rc = TREATY_ENOMEM;
@@ -280,7 +353,6 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
         .gc_interval_ms = cfg->journal_gc_interval_ms,
         .stop = (volatile int *)stop,
     };
-    char err[512];
     rc = journal_connect(&jc, &l->journal, err, sizeof err);
     if (rc < 0) {
         log_error("journal: %s", err);
@@ -322,13 +394,13 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop)
     size_t resumed = core_recover_done(l->core, now_time());
     log_info("recovery: %zu unfinished transactions resumed (%lld ms)", resumed, (long long)scan_ms);
     log_info("treatyd serving on %s", cfg->listen);
-    serve(l, stop);
+    rc = serve(l, stop, reload_requested);
     log_stats(l);
-    rc = 0;
 
     metrics_http_stop(&l->metrics);
     zmq_close(l->router);
 fail_start:
+    security_destroy(&l->sec); /* its ZAP socket, before the context ends */
     journal_close(&l->journal, cfg->shutdown_deadline_ms > 0 ? cfg->shutdown_deadline_ms : 1000);
     zmq_ctx_term(l->zctx);
     goto fail_journal;
@@ -339,6 +411,7 @@ fail_journal:
 fail_core:
     free(l->in);
 fail_in:
+    security_destroy(&l->sec);
     free(l);
     return rc;
 }

@@ -4,15 +4,21 @@
  * event loop on the calling thread.
  *
  *   loop_run():
- *     1. connect the journal (retrying while Postgres is unreachable)
- *     2. recovery: the journal's unfinished runs fed to the core
- *     3. bind the ROUTER and serve until *stop becomes non-zero
- *     4. on stop: the core refuses new transactions; in-flight ones may
+ *     1. with security.curve: read the key pair and the allow-list
+ *        (security.h); a problem stops start-up
+ *     2. connect the journal (retrying while Postgres is unreachable; waiting
+ *        while another coordinator holds it)
+ *     3. recovery: the journal's unfinished runs fed to the core
+ *     4. bind the ZAP handler (with CURVE), then the ROUTER, and serve until
+ *        *stop becomes non-zero; each time *reload becomes non-zero (SIGHUP)
+ *        the allow-list is read again
+ *     5. on stop: the core refuses new transactions; in-flight ones may
  *        finish until shutdown_deadline_ms; flush the journal, return
  *
- * The loop makes no protocol decision: it hands the core every message,
- * every advance of the journal's durable watermark, every lookup answer and
- * the time, and carries out what the core asks through struct core_io.
+ * The loop makes no protocol decision: it hands the core every message
+ * (with its sender's allow-list entry when CURVE is on), every advance of
+ * the journal's durable watermark, every lookup answer and the time, and
+ * carries out what the core asks through struct core_io.
  */
 #ifndef TREATY_LOOP_H
 #define TREATY_LOOP_H
@@ -21,8 +27,10 @@
 
 #include "config.h"
 
-/* Returns 0 after a clean stop, or a negative TREATY_E* when start-up failed
- * (message already logged). */
-int loop_run(const struct config *cfg, volatile sig_atomic_t *stop);
+/* Returns 0 after a clean stop, or a negative TREATY_E* (message already
+ * logged) when start-up failed, the transport failed, or another coordinator
+ * took the journal (TREATY_ESTATE, journal_deposed). The loop sets *reload
+ * back to 0 when it acts on it. */
+int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig_atomic_t *reload);
 
 #endif

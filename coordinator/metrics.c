@@ -170,10 +170,17 @@ static void render_core(struct metrics_text *t, const struct metrics_src *src, s
             "Aborts recorded for txids nobody holds (a QUERY, INQUIRE or late YES about an unknown txid).",
             st.presumed_aborts);
 
-    family(t, "treaty_refusals_total", "counter", "Requests refused with an ERROR, by reason.");
+    family(t, "treaty_refusals_total", "counter",
+           "Requests refused with an ERROR, by reason; reasons denied_*: messages dropped by authorization "
+           "(docs/security.md) with no answer.");
     for (int r = 0; r < CORE_REFUSAL_COUNT_; r++)
         put(t, "treaty_refusals_total{reason=\"%s\"} %llu\n", core_refusal_name((enum core_refusal)r),
             (unsigned long long)st.refusals[r]);
+    /* denied_limit is the client_limit above (refused with an ERROR), not repeated. */
+    put(t, "treaty_refusals_total{reason=\"denied_role\"} %llu\n", (unsigned long long)st.denied_role);
+    put(t, "treaty_refusals_total{reason=\"denied_service\"} %llu\n", (unsigned long long)st.denied_service);
+    put(t, "treaty_refusals_total{reason=\"denied_instance\"} %llu\n", (unsigned long long)st.denied_instance);
+    put(t, "treaty_refusals_total{reason=\"denied_sender\"} %llu\n", (unsigned long long)st.denied_sender);
 
     counter(t, "treaty_malformed_messages_total",
             "Messages that did not decode or are not accepted by the coordinator.", st.malformed);

@@ -4,6 +4,7 @@
  */
 #include "registry.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,15 +51,27 @@ static struct service *find_service(const struct registry *r, const char *name)
     return NULL;
 }
 
-bool registry_hello(struct registry *r, const struct wire_frame *service, const struct wire_frame *instance,
-                    const uint8_t *rid, size_t rid_len, int64_t now_ms)
+static bool same_owner(const struct instance *in, const uint8_t *rid, size_t rid_len, const uint8_t *key)
 {
-    char sname[WIRE_NAME_MAX + 1], iname[WIRE_NAME_MAX + 1];
-    memcpy(sname, service->data, service->len);
-    sname[service->len] = '\0';
-    memcpy(iname, instance->data, instance->len);
-    iname[instance->len] = '\0';
+    if (in->keyed || key != NULL)
+        return in->keyed && key != NULL && memcmp(in->key, key, REGISTRY_KEY_LEN) == 0;
+    return in->rid_len == rid_len && memcmp(in->rid, rid, rid_len) == 0;
+}
 
+static void bind_to(struct instance *in, const uint8_t *rid, size_t rid_len, const uint8_t *key)
+{
+    memcpy(in->rid, rid, rid_len);
+    in->rid_len = rid_len;
+    in->keyed = key != NULL;
+    if (key != NULL)
+        memcpy(in->key, key, REGISTRY_KEY_LEN);
+    else
+        memset(in->key, 0, sizeof in->key);
+}
+
+enum registry_hello_result registry_hello(struct registry *r, const char *sname, const char *iname, const uint8_t *rid,
+                                          size_t rid_len, const uint8_t *key, int64_t now_ms)
+{
     struct service *s = find_service(r, sname);
     if (s == NULL) {
         if (r->nsvc == r->cap) {
@@ -67,19 +80,27 @@ bool registry_hello(struct registry *r, const struct wire_frame *service, const 
         }
         s = &r->svc[r->nsvc++];
         memset(s, 0, sizeof *s);
-        memcpy(s->name, sname, sizeof sname);
+        snprintf(s->name, sizeof s->name, "%s", sname);
     }
     for (size_t i = 0; i < s->ninst; i++) {
         struct instance *in = &s->inst[i];
         if (strcmp(in->name, iname) != 0)
             continue;
+        if (!same_owner(in, rid, rid_len, key)) {
+            if (now_ms - in->last_seen_ms <= r->dead_after_ms)
+                return REGISTRY_TAKEN;
+            /* its owner is gone (the sweep has not run yet): a new registration */
+            bind_to(in, rid, rid_len, key);
+            in->last_seen_ms = now_ms;
+            log_info("registry: instance %s/%s joined again from another peer (the last one was silent)", sname, iname);
+            return REGISTRY_JOINED;
+        }
         in->last_seen_ms = now_ms;
         if (in->rid_len == rid_len && memcmp(in->rid, rid, rid_len) == 0)
-            return false;
-        memcpy(in->rid, rid, rid_len);
-        in->rid_len = rid_len;
+            return REGISTRY_REFRESHED;
+        bind_to(in, rid, rid_len, key);
         log_info("registry: instance %s/%s reconnected", sname, iname);
-        return true;
+        return REGISTRY_MOVED;
     }
     if (s->ninst == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 4;
@@ -87,13 +108,12 @@ bool registry_hello(struct registry *r, const struct wire_frame *service, const 
     }
     struct instance *in = &s->inst[s->ninst++];
     memset(in, 0, sizeof *in);
-    memcpy(in->service, sname, sizeof sname);
-    memcpy(in->name, iname, sizeof iname);
-    memcpy(in->rid, rid, rid_len);
-    in->rid_len = rid_len;
+    snprintf(in->service, sizeof in->service, "%s", sname);
+    snprintf(in->name, sizeof in->name, "%s", iname);
+    bind_to(in, rid, rid_len, key);
     in->last_seen_ms = now_ms;
     log_info("registry: instance %s/%s joined (%zu live)", sname, iname, s->ninst);
-    return true;
+    return REGISTRY_JOINED;
 }
 
 const struct instance *registry_pick(struct registry *r, const char *service)
@@ -126,6 +146,25 @@ size_t registry_sweep(struct registry *r, int64_t now_ms)
             if (now_ms - s->inst[k].last_seen_ms > r->dead_after_ms) {
                 log_warn("registry: instance %s/%s silent for %lld ms, dropped", s->name, s->inst[k].name,
                          (long long)(now_ms - s->inst[k].last_seen_ms));
+                s->inst[k] = s->inst[--s->ninst];
+                dropped++;
+                continue;
+            }
+            k++;
+        }
+    }
+    return dropped;
+}
+
+size_t registry_drop_if(struct registry *r, bool (*keep)(void *arg, const struct instance *in), void *arg)
+{
+    size_t dropped = 0;
+    for (size_t i = 0; i < r->nsvc; i++) {
+        struct service *s = &r->svc[i];
+        for (size_t k = 0; k < s->ninst;) {
+            if (s->inst[k].keyed && !keep(arg, &s->inst[k])) {
+                log_warn("registry: instance %s/%s dropped: its key may no longer register it", s->name,
+                         s->inst[k].name);
                 s->inst[k] = s->inst[--s->ninst];
                 dropped++;
                 continue;

@@ -1,10 +1,20 @@
 /*
  * registry.h - live participant instances by service, from HELLO heartbeats.
  *
- * An instance is (service, instance id) with the ZeroMQ routing id it last
+ * An instance is (service, instance name) with the ZeroMQ routing id it last
  * spoke from. HELLO registers or refreshes it; an instance silent for longer
- * than dead_after_ms is dropped by registry_sweep(). registry_pick() chooses a
- * live instance of a service round-robin. Not thread-safe (loop thread only).
+ * than dead_after_ms is dropped by registry_sweep() (and counts as gone at
+ * once for a HELLO that wants its name). registry_pick() chooses a live
+ * instance of a service round-robin.
+ *
+ * While it lives, a name is bound to the peer that registered it: to its
+ * CURVE public key when the coordinator authenticates peers (the same key
+ * may come back from a new connection and keep the name), else to its
+ * routing id (a restarted participant, on a new connection, gets the name
+ * once the old registration is silent for dead_after_ms). A HELLO for a live
+ * name from another peer changes nothing: never a takeover.
+ *
+ * Not thread-safe (one thread drives the core that owns it).
  */
 #ifndef TREATY_REGISTRY_H
 #define TREATY_REGISTRY_H
@@ -15,12 +25,23 @@
 
 #include "wire.h"
 
+#define REGISTRY_KEY_LEN 32
+
 struct instance {
     char service[WIRE_NAME_MAX + 1];
     char name[WIRE_NAME_MAX + 1];
     uint8_t rid[WIRE_ROUTING_ID_MAX];
     size_t rid_len;
+    bool keyed;                    /* bound to key (authenticated), else to rid */
+    uint8_t key[REGISTRY_KEY_LEN]; /* the CURVE public key that registered it, when keyed */
     int64_t last_seen_ms;
+};
+
+enum registry_hello_result {
+    REGISTRY_JOINED,    /* a new instance (or a name whose old owner was silent past dead_after_ms) */
+    REGISTRY_REFRESHED, /* a heartbeat of the owner */
+    REGISTRY_MOVED,     /* the owner's key from a new connection: the instance follows it */
+    REGISTRY_TAKEN,     /* the name is bound to another peer while it lives: refused, nothing changed */
 };
 
 struct registry;
@@ -28,13 +49,15 @@ struct registry;
 struct registry *registry_new(int dead_after_ms);
 void registry_destroy(struct registry **r);
 
-/* HELLO from rid. Returns true when this instance is new (or came back with a
- * new routing id). */
-bool registry_hello(struct registry *r, const struct wire_frame *service, const struct wire_frame *instance,
-                    const uint8_t *rid, size_t rid_len, int64_t now_ms);
+/* HELLO as service/instance (NUL-terminated names) from rid, authenticated
+ * by key (REGISTRY_KEY_LEN bytes), or key NULL when peers are not
+ * authenticated. */
+enum registry_hello_result registry_hello(struct registry *r, const char *service, const char *instance,
+                                          const uint8_t *rid, size_t rid_len, const uint8_t *key, int64_t now_ms);
 
 /* A live instance of service (NUL-terminated), round-robin; NULL when none.
- * The pointer is valid until the next registry_hello/registry_sweep. */
+ * The pointer is valid until the next registry_hello/registry_sweep/
+ * registry_drop_if. */
 const struct instance *registry_pick(struct registry *r, const char *service);
 
 /* True when rid belongs to a live instance of service. */
@@ -42,6 +65,10 @@ bool registry_is_live(const struct registry *r, const char *service, const uint8
 
 /* Drops instances not heard from for dead_after_ms; returns how many. */
 size_t registry_sweep(struct registry *r, int64_t now_ms);
+
+/* Drops every keyed instance for which keep(arg, instance) is false (its key
+ * was revoked); returns how many. */
+size_t registry_drop_if(struct registry *r, bool (*keep)(void *arg, const struct instance *in), void *arg);
 
 size_t registry_count(const struct registry *r);
 

@@ -63,6 +63,7 @@ struct saga_step {
     char comp[WIRE_NAME_MAX + 1];
     struct wire_frame payload, comp_payload; /* point into saga->def */
     struct wire_policy pol;
+    struct sent_to to;  /* the instance its last STEP went to: the one whose RESULT counts */
     uint8_t state;      /* enum saga_step_state: change it with step_set_state */
     bool started;       /* an action was (maybe) sent: it must be compensated on turn-around */
     bool waiting_retry; /* due_ms is a retry, not a try timeout */
@@ -428,6 +429,7 @@ static void send_step(struct core *c, struct saga *s, unsigned i, bool compensat
         step_failed_try(c, s, i, why);
         return;
     }
+    core_sent_to(&st->to, in); /* its RESULT counts from this instance only */
     struct wire_frame f[2];
     if (compensation) {
         f[0] = wire_str(st->comp);
@@ -676,6 +678,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         return;
     }
     core_put(c, &s->h);
+    core_client_charge(c, &s->h, in); /* until END is durable and the client told (core_forget) */
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
     s->submitted_ms = c->now.mono_ms;
@@ -781,6 +784,12 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
     unsigned i = m->hdr.branch;
     struct saga_step *st = &s->steps[i];
     unsigned kind = WIRE_RESULT_KIND(m->hdr.code), r = WIRE_RESULT_VALUE(m->hdr.code);
+    if (!core_from(&st->to, in)) {
+        char id[TREATY_TXID_STRLEN];
+        core_deny(c, DENY_SENDER, in, "RESULT for saga %s step %u: its STEP went to another instance (or none)",
+                  core_fmt_txid(s->h.txid, id), i);
+        return;
+    }
     char reason[TREATY_REASON_MAX];
     wire_copy_text(&m->frames[0], reason, sizeof reason);
 

@@ -95,28 +95,23 @@ static void tell_inquirers(struct core *c, struct txn *t)
     t->inquirers = NULL;
 }
 
-/* Sends the decision to branch i: to the instance that prepared it when that
- * one is still live, else to any live instance of the service (they share the
- * database that holds the prepared transaction). */
+/* Sends the decision to branch i: to the instance it went to last (the one
+ * that prepared it, or asked about it) when that one is still live, else to
+ * any live instance of the service (they share the database that holds the
+ * prepared transaction) - whose ACK is then the one that counts. */
 static void send_decision(struct core *c, struct txn *t, unsigned i)
 {
     struct branch *b = &t->branches[i];
     uint8_t type = t->state == TXN_COMMITTING ? WIRE_COMMIT : WIRE_ABORT;
-    const uint8_t *rid = NULL;
-    size_t rid_len = 0;
-    if (b->rid_len > 0 && registry_is_live(c->reg, b->service, b->rid, b->rid_len)) {
-        rid = b->rid;
-        rid_len = b->rid_len;
-    } else {
+    if (b->to.rid_len == 0 || !registry_is_live(c->reg, b->service, b->to.rid, b->to.rid_len)) {
         const struct instance *in = registry_pick(c->reg, b->service);
         if (in == NULL)
             return; /* nobody to tell now; the re-send timer tries again */
-        rid = in->rid;
-        rid_len = in->rid_len;
+        core_sent_to(&b->to, in);
     }
     if (b->attempt > 0)
         c->st.decision_resends++;
-    core_send(c, rid, rid_len, type, t->h.txid, i, b->attempt++, 0, NULL, 0);
+    core_send(c, b->to.rid, b->to.rid_len, type, t->h.txid, i, b->attempt++, 0, NULL, 0);
 }
 
 static void send_decisions(struct core *c, struct txn *t)
@@ -243,6 +238,7 @@ void twopc_on_durable(struct core *c, struct txn *t, uint64_t seq)
     if (t->record_seq != seq || t->decision_durable)
         return; /* not the record t awaits, or already handled */
     t->decision_durable = true;
+    core_client_done(c, &t->h); /* the client hears the outcome now: its share comes back */
     if (t->state == TXN_LOGGING_COMMIT) {
         FAULT_POINT("coord.after_commit_durable");
         txn_set_state(t, TXN_COMMITTING);
@@ -321,6 +317,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
 
     t = txn_new(txid, (unsigned)nb);
     core_put(c, &t->h);
+    core_client_charge(c, &t->h, in);
     txn_add_waiter(t, in->rid, in->rid_len);
     c->st.submitted++;
     t->submitted_ms = c->now.mono_ms;
@@ -346,10 +343,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
     log_debug("txn %s: prepare %zu branches", core_fmt_txid(txid, id), nb);
     for (size_t i = 0; i < nb; i++) {
         struct branch *b = &t->branches[i];
-        if (chosen[i]->rid_len <= BRANCH_RID_MAX) {
-            memcpy(b->rid, chosen[i]->rid, chosen[i]->rid_len);
-            b->rid_len = (uint8_t)chosen[i]->rid_len;
-        }
+        core_sent_to(&b->to, chosen[i]); /* its VOTE counts from this instance only */
         b->prepared = true;
         core_send(c, chosen[i]->rid, chosen[i]->rid_len, WIRE_PREPARE, txid, (unsigned)i, 0, 0, &m->frames[2 + 2 * i],
                   1);
@@ -384,23 +378,49 @@ void twopc_query(struct core *c, const struct core_in *in, struct txn *t)
     if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
         return;
     t = presume_abort(c, txid, "queried");
+    core_client_charge(c, &t->h, in);
     txn_add_waiter(t, in->rid, in->rid_len);
 }
 
 /* ------------------------------------------------------------ participant messages */
 
+/* True when in's sender may ask about (or answer for) branch of t: an
+ * instance of the branch's service (core_may_serve). A transaction with no
+ * branches (a presumed abort, or an abort recorded before any PREPARE) has
+ * none to check: any participant may hear "abort". Dropped and counted
+ * otherwise. */
+static bool may_ask(struct core *c, const struct core_in *in, const struct txn *t)
+{
+    unsigned branch = in->msg->hdr.branch;
+    if (t->nbranches == 0)
+        return true;
+    if (branch < t->nbranches && core_may_serve(c, in, t->branches[branch].service))
+        return true;
+    char id[TREATY_TXID_STRLEN];
+    core_deny(c, DENY_SENDER, in, "%s for txn %s branch %u (%s): not an instance of that service",
+              wire_type_name(in->msg->hdr.type), core_fmt_txid(t->h.txid, id), branch,
+              branch < t->nbranches ? t->branches[branch].service : "no such branch");
+    return false;
+}
+
 /* Tells one participant the decision on (txid, branch), in answer to a late
  * YES vote or an INQUIRE: at once when it is durable, else once it is. A txid
  * we hold nowhere (the dispatcher asked the journal) gets an abort recorded
  * first (presumed abort). A transaction still undecided gets no answer: its
- * decision will be sent. */
+ * decision will be sent. For a transaction we hold, only an instance of the
+ * branch's service is answered, and its ACK is the one that counts from now
+ * on (the decision went to it). */
 static void answer_decision(struct core *c, const struct core_in *in, struct txn *t)
 {
     const uint8_t *txid = in->msg->hdr.txid;
     unsigned branch = in->msg->hdr.branch;
     if (t != NULL) {
+        if (!may_ask(c, in, t))
+            return;
         if (t->state == TXN_LOGGING_COMMIT || t->state == TXN_PREPARING)
             return; /* not decided yet: the decision will be sent */
+        if (branch < t->nbranches && !t->branches[branch].acked)
+            core_sent_to_sender(&t->branches[branch].to, in);
         if (!t->decision_durable) {
             txn_add_inquirer(t, in->rid, in->rid_len, branch);
             return;
@@ -451,6 +471,14 @@ void twopc_vote(struct core *c, const struct core_in *in, struct txn *t)
             answer_decision(c, in, t);
         return;
     }
+    if (t->branches[m->hdr.branch].vote != VOTE_NONE)
+        return; /* a duplicate (or the INQUIRE that counted as its vote came first) */
+    if (!core_from(&t->branches[m->hdr.branch].to, in)) {
+        char id[TREATY_TXID_STRLEN];
+        core_deny(c, DENY_SENDER, in, "VOTE %s for txn %s branch %u: PREPARE went to another instance",
+                  yes ? "YES" : "NO", core_fmt_txid(t->h.txid, id), m->hdr.branch);
+        return;
+    }
     char reason[TREATY_REASON_MAX];
     wire_copy_text(&m->frames[0], reason, sizeof reason);
     record_vote(c, t, m->hdr.branch, yes, reason);
@@ -473,6 +501,12 @@ void twopc_ack(struct core *c, const struct core_in *in, struct txn *t)
     struct branch *b = &t->branches[m->hdr.branch];
     if (b->acked)
         return;
+    if (!core_from(&b->to, in)) {
+        char id[TREATY_TXID_STRLEN];
+        core_deny(c, DENY_SENDER, in, "ACK for txn %s branch %u: the decision went to another instance",
+                  core_fmt_txid(t->h.txid, id), m->hdr.branch);
+        return;
+    }
     b->acked = true;
     t->nacked++;
     if (t->nacked == t->nbranches && t->decision_durable)
@@ -485,13 +519,12 @@ void twopc_inquire(struct core *c, const struct core_in *in, struct txn *t)
     c->st.inquiries++;
     if (t != NULL && t->state == TXN_PREPARING) {
         /* The participant holds a prepared transaction for this branch: that
-         * is a YES vote whose message was lost (or it restarted before voting). */
-        if (m->hdr.branch < t->nbranches) {
+         * is a YES vote whose message was lost (or it restarted before
+         * voting) - when it comes from an instance of the branch's service,
+         * which shares the database the branch was prepared in. */
+        if (may_ask(c, in, t)) {
             struct branch *b = &t->branches[m->hdr.branch];
-            if (in->rid_len <= BRANCH_RID_MAX) {
-                memcpy(b->rid, in->rid, in->rid_len);
-                b->rid_len = (uint8_t)in->rid_len;
-            }
+            core_sent_to_sender(&b->to, in);
             record_vote(c, t, m->hdr.branch, true, NULL);
         }
         return;

@@ -19,11 +19,15 @@ enum tx_kind {
     TX_LOOKUP = 3, /* struct lookup (core_int.h): a journal lookup in flight, requests parked */
 };
 
+struct client_load;
+
 struct tx_head {
     uint8_t txid[16];
-    uint8_t kind;         /* enum tx_kind */
-    int64_t timer_due_ms; /* the one timer the owner expects (monotonic ms), -1 none; the heap
-                             may hold older entries of it, which no longer match and are skipped */
+    uint8_t kind;               /* enum tx_kind */
+    int64_t timer_due_ms;       /* the one timer the owner expects (monotonic ms), -1 none; the heap
+                                   may hold older entries of it, which no longer match and are skipped */
+    struct client_load *client; /* the client whose share of limits.max_inflight_per_client this
+                                   holds until it is answered (core.c), or NULL */
 };
 
 #endif

@@ -41,17 +41,27 @@ const char *txn_state_name(enum txn_state s);
 /* True when from -> to is in the transition table. */
 bool txn_transition_ok(enum txn_state from, enum txn_state to);
 
-#define BRANCH_RID_MAX 32
+#define BRANCH_RID_MAX 32 /* a participant's routing id is at most this long (core.c refuses longer ones) */
+#define SENT_TO_KEY_LEN 32
+
+/* The instance a request of a branch or saga step went to last: where its
+ * decision goes, and the one peer whose answer (VOTE, ACK, RESULT) counts
+ * (core_from in core_int.h). */
+struct sent_to {
+    uint8_t rid[BRANCH_RID_MAX]; /* its routing id (rid_len 0: none yet, or not one we can send to) */
+    uint8_t rid_len;
+    bool keyed;                   /* authenticated: answers count from key, whatever the connection */
+    uint8_t key[SENT_TO_KEY_LEN]; /* its CURVE public key when keyed; else answers count from rid */
+};
 
 enum branch_vote { VOTE_NONE = 0, VOTE_YES = 1, VOTE_NO = 2 };
 
 struct branch {
     char service[WIRE_NAME_MAX + 1];
-    uint8_t rid[BRANCH_RID_MAX]; /* instance PREPARE went to (rid_len 0: none, unknown or too long) */
-    uint8_t rid_len;
-    uint8_t vote;  /* enum branch_vote */
-    bool acked;    /* decision applied at the participant */
-    bool prepared; /* PREPARE was sent (so a decision must reach it) */
+    struct sent_to to; /* the instance PREPARE, then the decision, went to */
+    uint8_t vote;      /* enum branch_vote */
+    bool acked;        /* decision applied at the participant */
+    bool prepared;     /* PREPARE was sent (so a decision must reach it) */
     uint16_t attempt;
 };
 

@@ -3,7 +3,10 @@
  * bank_service with its own PostgreSQL database, in two-phase-commit
  * transfers.
  *
- *   bank_demo --endpoint EP --db-a CONNINFO --db-b CONNINFO
+ *   bank_demo --endpoint EP --db-a CONNINFO --db-b CONNINFO [--server-key FILE --key BASE]
+ *
+ * --server-key / --key: CURVE (example_keys.h); the allow-list names BASE.pub
+ * as a client.
  *
  * Service "bank-a" holds account alice, "bank-b" account bob. A transfer is
  * one global transaction of two branches: branch 0 debits the payer's bank
@@ -29,6 +32,7 @@
 
 #include <libpq-fe.h>
 
+#include "example_keys.h"
 #include "treaty.h"
 
 #define SUBMIT_TIMEOUT_MS 10000
@@ -156,7 +160,7 @@ static int transfer(treaty_client_t *c, const struct bank *payer, const struct b
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: bank_demo --endpoint EP --db-a CONNINFO --db-b CONNINFO\n");
+    fprintf(f, "usage: bank_demo --endpoint EP --db-a CONNINFO --db-b CONNINFO " EXAMPLE_KEYS_USAGE "\n");
 }
 
 int main(int argc, char **argv)
@@ -165,11 +169,14 @@ int main(int argc, char **argv)
         {"endpoint", required_argument, NULL, 'e'},
         {"db-a", required_argument, NULL, 'a'},
         {"db-b", required_argument, NULL, 'b'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *endpoint = NULL;
     struct bank a = {"bank-a", "alice", NULL}, b = {"bank-b", "bob", NULL};
+    struct example_keys keys = {0};
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -181,6 +188,12 @@ int main(int argc, char **argv)
             break;
         case 'b':
             b.conninfo = optarg;
+            break;
+        case 'K':
+            keys.server_key_file = optarg;
+            break;
+        case 'k':
+            keys.key_base = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -194,10 +207,14 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    int keys_failed;
+    const treaty_security_t *security = example_keys_load(&keys, "bank_demo", &keys_failed);
+    if (keys_failed)
+        return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     treaty_client_t *c = NULL;
-    int rc = treaty_client_new(endpoint, &c);
+    int rc = treaty_client_new_secure(endpoint, security, &c);
     if (rc != 0) {
         fprintf(stderr, "bank_demo: cannot create a client for %s: %s\n", endpoint, treaty_strerror(rc));
         return 1;

@@ -4,6 +4,11 @@
  *
  *   bank_service --endpoint EP --service NAME --instance ID --db CONNINFO
  *                [--create-accounts "alice=100,bob=50"] [--prepare-delay-ms N]
+ *                [--server-key FILE --key BASE]
+ *
+ * --server-key / --key: CURVE with the coordinator (example_keys.h): its
+ * public key file, and this service's key pair BASE.pub / BASE.key, whose
+ * public key the coordinator's allow-list names as a participant of NAME.
  *
  * Table (created if missing):
  *   accounts(id text primary key, balance bigint not null check (balance >= 0))
@@ -42,6 +47,7 @@
 
 #include <libpq-fe.h>
 
+#include "example_keys.h"
 #include "treaty.h"
 
 #define ACCOUNT_MAX 64
@@ -246,7 +252,8 @@ static int setup_db(const struct bank *bk, const char *conninfo, const char *acc
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bank_service --endpoint EP --service NAME --instance ID --db CONNINFO\n"
-               "                    [--create-accounts \"alice=100,bob=50\"] [--prepare-delay-ms N]\n");
+               "                    [--create-accounts \"alice=100,bob=50\"] [--prepare-delay-ms N]\n"
+               "                    " EXAMPLE_KEYS_USAGE "\n");
 }
 
 int main(int argc, char **argv)
@@ -258,11 +265,14 @@ int main(int argc, char **argv)
         {"db", required_argument, NULL, 'd'},
         {"create-accounts", required_argument, NULL, 'a'},
         {"prepare-delay-ms", required_argument, NULL, 'p'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *endpoint = NULL, *db = NULL, *accounts = NULL;
     struct bank bk = {0};
+    struct example_keys keys = {0};
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -284,6 +294,12 @@ int main(int argc, char **argv)
         case 'p':
             bk.prepare_delay_ms = atoi(optarg);
             break;
+        case 'K':
+            keys.server_key_file = optarg;
+            break;
+        case 'k':
+            keys.key_base = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -297,6 +313,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    int keys_failed;
+    const treaty_security_t *security = example_keys_load(&keys, "bank_service", &keys_failed);
+    if (keys_failed)
+        return 2;
 
     /* Signals are taken by sigwait() below; block them before any thread
      * (the SDK's) exists so that every thread inherits the mask. */
@@ -310,7 +330,7 @@ int main(int argc, char **argv)
         return 1;
 
     treaty_participant_t *p = NULL;
-    int rc = treaty_pg_participant_new(endpoint, bk.service, bk.instance, db, work, &bk, &p);
+    int rc = treaty_pg_participant_new_secure(endpoint, bk.service, bk.instance, db, work, &bk, security, &p);
     if (rc != 0) {
         say(&bk, "cannot create the participant: %s (%s)", treaty_strerror(rc),
             p != NULL ? treaty_participant_errmsg(p) : "no detail");

@@ -3,6 +3,7 @@
  * three services, each a shop_service with its own PostgreSQL database.
  *
  *   saga_demo --endpoint EP --db-orders CONNINFO --db-inventory CONNINFO --db-payment CONNINFO
+ *             [--server-key FILE --key BASE] (CURVE: see example_keys.h; a client key)
  *
  * An order is a saga of three steps, each with its compensation:
  *   0  orders.create_order  (ORDER)           undone by cancel_order
@@ -38,6 +39,7 @@
 
 #include <libpq-fe.h>
 
+#include "example_keys.h"
 #include "treaty.h"
 
 #define SAGA_TIMEOUT_MS 30000
@@ -232,7 +234,8 @@ static bool check_applied(const struct service *sv, const struct order *o, const
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: saga_demo --endpoint EP --db-orders CONNINFO --db-inventory CONNINFO --db-payment CONNINFO\n");
+    fprintf(f, "usage: saga_demo --endpoint EP --db-orders CONNINFO --db-inventory CONNINFO --db-payment CONNINFO\n"
+               "                 " EXAMPLE_KEYS_USAGE "\n");
 }
 
 int main(int argc, char **argv)
@@ -242,6 +245,8 @@ int main(int argc, char **argv)
         {"db-orders", required_argument, NULL, 'o'},
         {"db-inventory", required_argument, NULL, 'i'},
         {"db-payment", required_argument, NULL, 'p'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -253,6 +258,7 @@ int main(int argc, char **argv)
         "payment", "SELECT string_agg(customer || '=' || balance, ', ' ORDER BY customer COLLATE \"C\") FROM wallet",
         NULL};
     const char *endpoint = NULL;
+    struct example_keys keys = {0};
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -268,6 +274,12 @@ int main(int argc, char **argv)
         case 'p':
             payment.conninfo = optarg;
             break;
+        case 'K':
+            keys.server_key_file = optarg;
+            break;
+        case 'k':
+            keys.key_base = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -281,10 +293,14 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    int keys_failed;
+    const treaty_security_t *security = example_keys_load(&keys, "saga_demo", &keys_failed);
+    if (keys_failed)
+        return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     treaty_client_t *c = NULL;
-    int rc = treaty_client_new(endpoint, &c);
+    int rc = treaty_client_new_secure(endpoint, security, &c);
     if (rc != 0) {
         fprintf(stderr, "saga_demo: cannot create a client for %s: %s\n", endpoint, treaty_strerror(rc));
         return 1;

@@ -4,6 +4,7 @@
  * database, whose steps run through the SDK's barrier.
  *
  *   shop_service --endpoint EP --role orders|inventory|payment --instance ID --db CONNINFO
+ *                [--server-key FILE --key BASE] (CURVE: see example_keys.h)
  *                [--setup "widget=10,gadget=1"] [--transient-failures N]
  *                [--compensation-failures N] [--step-delay-ms N]
  *
@@ -63,6 +64,7 @@
 
 #include <libpq-fe.h>
 
+#include "example_keys.h"
 #include "treaty.h"
 
 #define NAME_MAX_LEN 64
@@ -451,7 +453,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: shop_service --endpoint EP --role orders|inventory|payment --instance ID --db CONNINFO\n"
                "                    [--setup \"KEY=VALUE,...\"] [--transient-failures N]\n"
-               "                    [--compensation-failures N] [--step-delay-ms N]\n");
+               "                    [--compensation-failures N] [--step-delay-ms N]\n"
+               "                    " EXAMPLE_KEYS_USAGE "\n");
 }
 
 static bool parse_count(const char *s, unsigned long *out)
@@ -476,6 +479,8 @@ int main(int argc, char **argv)
         {"transient-failures", required_argument, NULL, 't'},
         {"compensation-failures", required_argument, NULL, 'c'},
         {"step-delay-ms", required_argument, NULL, 'w'},
+        {"server-key", required_argument, NULL, 'K'},
+        {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -483,6 +488,7 @@ int main(int argc, char **argv)
     struct shop sh = {.service = "shop", .instance = "?"};
     unsigned long delay = 0;
     bool ok = true;
+    struct example_keys keys = {0};
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -510,6 +516,12 @@ int main(int argc, char **argv)
         case 'w':
             ok = ok && parse_count(optarg, &delay) && delay <= 600000;
             break;
+        case 'K':
+            keys.server_key_file = optarg;
+            break;
+        case 'k':
+            keys.key_base = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -530,6 +542,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    int keys_failed;
+    const treaty_security_t *security = example_keys_load(&keys, "shop_service", &keys_failed);
+    if (keys_failed)
+        return 2;
     sh.service = role;
     sh.step_delay_ms = (int)delay;
 
@@ -545,7 +561,7 @@ int main(int argc, char **argv)
         return 1;
 
     treaty_participant_t *p = NULL;
-    int rc = treaty_pg_participant_new(endpoint, sh.service, sh.instance, db, work, &sh, &p);
+    int rc = treaty_pg_participant_new_secure(endpoint, sh.service, sh.instance, db, work, &sh, security, &p);
     if (rc != 0) {
         say(&sh, "cannot create the participant: %s (%s)", treaty_strerror(rc),
             p != NULL ? treaty_participant_errmsg(p) : "no detail");

@@ -45,7 +45,7 @@ void journal_collect(struct journal *j)
     w->next_gc = util_mono_ms() + j->gc_interval_ms;
     if (!w->conn) {
         /* One attempt: the write path does the persistent retrying. */
-        writer_set_conn(w, journal_pg_connect(j, writer_abandoned, APP_WRITER, why, sizeof why));
+        writer_set_conn(w, journal_writer_connect(j, why, sizeof why));
         if (!w->conn) {
             log_warn("journal: collector cannot connect to PostgreSQL: %s", why);
             return;

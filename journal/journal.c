@@ -53,6 +53,33 @@ static bool connect_stopped(struct journal *j)
     return j->stop && *j->stop;
 }
 
+/* Takes the owner lock on c (journal_pg_take_owner), waiting while another
+ * session holds it: another coordinator, or the backend of one that died
+ * and has not gone yet. 0: taken; TREATY_EBUSY: stopped while waiting;
+ * TREATY_EPG: c failed (why says how). */
+static int wait_for_owner_lock(struct journal *j, PGconn *c, char *why, size_t whylen)
+{
+    int backoff = 0;
+    int64_t next_log = 0;
+    for (;;) {
+        int rc = journal_pg_take_owner(c, why, whylen);
+        if (rc != TREATY_EBUSY)
+            return rc;
+        int64_t now = util_mono_ms();
+        if (now >= next_log) {
+            log_warn("journal: waiting: %s; a coordinator that died lets go as soon as PostgreSQL sees its "
+                     "connection closed",
+                     why);
+            next_log = now + 10000;
+        }
+        if (connect_stopped(j))
+            return TREATY_EBUSY;
+        int delay = journal_backoff_delay(&backoff, j->connect_initial_ms, j->connect_max_ms, false, &j->rng);
+        if (journal_sleep_unless(j, connect_stopped, delay))
+            return TREATY_EBUSY;
+    }
+}
+
 static int attempt_timeout_from(const char *conninfo, int *out, char *err, size_t errlen)
 {
     char *perr = NULL;
@@ -112,6 +139,7 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->durable, 0);
     atomic_init(&j->healthy, true);
     atomic_init(&j->abandon, false);
+    atomic_init(&j->deposed, false);
     atomic_init(&j->n_batches, 0);
     atomic_init(&j->n_records, 0);
     atomic_init(&j->n_forced, 0);
@@ -132,6 +160,13 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
         if (c) {
             rc = journal_apply_schema(c, &version, why, sizeof why);
             if (rc == 0) {
+                rc = wait_for_owner_lock(j, c, why, sizeof why);
+                if (rc == TREATY_EBUSY) {
+                    PQfinish(c);
+                    goto fail_stopped;
+                }
+            }
+            if (rc == 0) {
                 const char *enc = PQparameterStatus(c, "server_encoding");
                 j->ascii_only = enc && strcmp(enc, "UTF8") != 0 && strcmp(enc, "SQL_ASCII") != 0;
                 if (j->ascii_only)
@@ -141,14 +176,14 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
                 *out = j;
                 return 0;
             }
-            if (rc == TREATY_EVERSION || PQstatus(c) == CONNECTION_OK) {
+            if (rc == TREATY_EVERSION || (rc != TREATY_EPG && PQstatus(c) == CONNECTION_OK)) {
                 /* Not a lost connection: retrying will not help. */
                 journal_set_err(errbuf, errlen, "%s", why);
                 log_error("%s", why);
                 PQfinish(c);
                 goto fail_journal;
             }
-            PQfinish(c); /* the connection broke while applying the schema */
+            PQfinish(c); /* the connection broke while applying the schema or taking the lock */
         }
         if (connect_stopped(j))
             goto fail_stopped;
@@ -391,6 +426,11 @@ static void answers_free(struct answers *a)
 bool journal_healthy(const struct journal *j)
 {
     return j && atomic_load(&j->healthy);
+}
+
+bool journal_deposed(const struct journal *j)
+{
+    return j && atomic_load(&j->deposed);
 }
 
 uint64_t journal_backlog(const struct journal *j)

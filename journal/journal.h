@@ -5,7 +5,13 @@
  * keyed by txid. Lifecycle:
  *
  *   1. journal_connect()   blocking: connect (retrying with backoff, logging each
- *                          try), apply the schema, refuse a newer schema version.
+ *                          try), apply the schema, refuse a newer schema version,
+ *                          take the owner lock: a session-level advisory lock
+ *                          this connection - the writer's - holds for its life
+ *                          (and every reconnect takes again; journal_deposed).
+ *                          While another session holds it, wait: one coordinator
+ *                          per journal, and a dead coordinator's backend that is
+ *                          still finishing a commit finishes before the scan.
  *   2. journal_scan()      blocking: read back every record of unfinished
  *                          transactions (runs of a txid without an END), for
  *                          recovery. Finished ones are not read: their
@@ -94,11 +100,12 @@ struct journal_config {
 
 struct journal;
 
-/* Step 1. On success *out is owned by the caller (journal_close). Returns 0,
+/* Step 1. Waits, logging every 10 s, while another session holds the owner
+ * lock. On success *out is owned by the caller (journal_close). Returns 0,
  * TREATY_EPG (schema failure, message in errbuf), TREATY_EVERSION (the database
  * holds a newer schema than JOURNAL_SCHEMA_VERSION), TREATY_EINVAL (a NULL
  * argument, a negative field, retention_s < 1, an unparsable conninfo), or
- * TREATY_EBUSY when *stop became set while retrying. errbuf gets a one-line
+ * TREATY_EBUSY when *stop became set while retrying or waiting for the lock. errbuf gets a one-line
  * message on error. */
 int journal_connect(const struct journal_config *cfg, struct journal **out, char *errbuf, size_t errlen);
 
@@ -203,6 +210,12 @@ void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg);
 /* False while the writer cannot reach Postgres (new work should be refused). */
 bool journal_healthy(const struct journal *j);
 
+/* True once the writer, reconnecting, found the owner lock held by another
+ * session (journal_connect says what it is): another coordinator took the
+ * journal while this one was cut off. The writer has stopped for good;
+ * nothing appended since will become durable. The coordinator must stop.
+ * Any thread. */
+bool journal_deposed(const struct journal *j);
 /* Number of records appended but not yet durable. */
 uint64_t journal_backlog(const struct journal *j);
 

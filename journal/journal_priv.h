@@ -259,6 +259,7 @@ struct journal {
     _Atomic uint64_t durable; /* the watermark: set by the writer (never started: by journal_close) */
     atomic_bool healthy;      /* set by the writer */
     atomic_bool abandon;      /* journal_close gave up waiting: the writer exits */
+    atomic_bool deposed;      /* another session took the owner lock while the writer was disconnected */
     atomic_bool reader_stop;  /* journal_close: the reader exits, unanswered lookups are dropped */
     /* journal_stats, counted by the writer thread (the collector's among
      * them: n_reconnects, n_gc_deleted). */
@@ -369,7 +370,22 @@ PGconn *journal_pg_connect_within(struct journal *j, journal_stop_fn stopped, co
 
 /* One attempt within j->attempt_timeout_ms (connect_timeout, or 10 s). */
 PGconn *journal_pg_connect(struct journal *j, journal_stop_fn stopped, const char *app, char *err, size_t errlen);
-
+/*
+ * The journal's owner lock: a session-level advisory lock that the writer's
+ * connection holds for as long as it lives, taken before the recovery scan
+ * (journal_connect) and again on every reconnect. One coordinator per
+ * journal: a second one waits at journal_connect. And a coordinator that died
+ * mid-commit still has a PostgreSQL backend finishing that commit; the lock
+ * is only free once that backend has gone, so the next incarnation's scan
+ * cannot miss a record the dead one's commit is still writing. 0: taken (or
+ * already held by this session); TREATY_EBUSY: another session holds it, err
+ * says which; TREATY_EPG: the query failed (err says why).
+ */
+int journal_pg_take_owner(PGconn *c, char *err, size_t errlen);
+/* Writer thread: a new connection for the writer, holding the owner lock.
+ * NULL when it cannot connect (why says so), or when another session holds
+ * the lock: then j->deposed is set (once, logged) and healthy cleared. */
+PGconn *journal_writer_connect(struct journal *j, char *why, size_t whylen);
 /* --------------------------------------------------------------- schema.c */
 
 /*

@@ -174,3 +174,42 @@ PGconn *journal_pg_connect(struct journal *j, journal_stop_fn stopped, const cha
 {
     return journal_pg_connect_within(j, stopped, app, j->attempt_timeout_ms, err, errlen);
 }
+
+/* The owner lock's key pair: "TREA", 2 (the schema's is "TREA", 1). */
+#define OWNER_LOCK_CLASS 1414677825
+#define OWNER_LOCK_OBJ 2
+
+int journal_pg_take_owner(PGconn *c, char *err, size_t errlen)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", OWNER_LOCK_CLASS, OWNER_LOCK_OBJ);
+    PGresult *res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        journal_pg_error(c, res, err, errlen);
+        PQclear(res);
+        return TREATY_EPG;
+    }
+    bool taken = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (taken)
+        return 0;
+    /* Who holds it, for the operator (pg_stat_activity shows the address
+     * and application only to a role allowed to see them). */
+    snprintf(sql, sizeof sql,
+             "SELECT l.pid, coalesce(host(a.client_addr), 'local'), coalesce(a.application_name, ''), "
+             "       coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS'), '') "
+             "  FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+             " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %d AND l.objid = %d "
+             "   AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+             OWNER_LOCK_CLASS, OWNER_LOCK_OBJ);
+    res = PQexec(c, sql);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        journal_set_err(err, errlen,
+                        "the journal is held by another coordinator's connection (PostgreSQL backend pid %s, "
+                        "from %s, application '%s', since %s)",
+                        PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3));
+    else
+        journal_set_err(err, errlen, "the journal is held by another coordinator's connection");
+    PQclear(res);
+    return PQstatus(c) == CONNECTION_OK ? TREATY_EBUSY : TREATY_EPG;
+}

@@ -529,22 +529,41 @@ static void writer_take(struct journal *j, int timeout_ms)
     }
 }
 
-/* Connects until it works. Returns false only when abandoned. */
+/* journal_priv.h */
+PGconn *journal_writer_connect(struct journal *j, char *why, size_t whylen)
+{
+    PGconn *c = journal_pg_connect(j, writer_abandoned, APP_WRITER, why, whylen);
+    if (!c)
+        return NULL;
+    int rc = journal_pg_take_owner(c, why, whylen);
+    if (rc == 0)
+        return c;
+    PQfinish(c);
+    if (rc == TREATY_EBUSY && !atomic_exchange(&j->deposed, true)) {
+        atomic_store(&j->healthy, false);
+        log_error("journal: another coordinator took the journal while this one was disconnected from "
+                  "PostgreSQL (%s): this one writes nothing more and must stop",
+                  why);
+    }
+    return NULL;
+}
+
+/* Connects until it works. Returns false only when abandoned or deposed. */
 static bool writer_reconnect(struct journal *j)
 {
     struct writer *w = &j->w;
     for (;;) {
         char why[ERRLEN];
-        if (writer_abandoned(j))
+        if (writer_abandoned(j) || atomic_load(&j->deposed))
             return false;
-        PGconn *c = journal_pg_connect(j, writer_abandoned, APP_WRITER, why, sizeof why);
+        PGconn *c = journal_writer_connect(j, why, sizeof why);
         if (c) {
             writer_set_conn(w, c);
             atomic_fetch_add(&j->n_reconnects, 1);
             log_info("journal: reconnected to PostgreSQL");
             return true;
         }
-        if (writer_abandoned(j))
+        if (writer_abandoned(j) || atomic_load(&j->deposed))
             return false;
         atomic_store(&j->healthy, false);
         int delay = journal_backoff_delay(&w->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &w->rng);
@@ -555,7 +574,7 @@ static bool writer_reconnect(struct journal *j)
 }
 
 /* Writes the group until it commits, then publishes the watermark. Returns
- * false only when abandoned (the group is then left unwritten). */
+ * false only when abandoned or deposed (the group is then left unwritten). */
 static bool writer_commit_group(struct journal *j)
 {
     struct writer *w = &j->w;
@@ -619,7 +638,7 @@ void *journal_writer_main(void *arg)
     struct writer *w = &j->w;
     w->next_gc = util_mono_ms() + j->gc_interval_ms;
 
-    while (!writer_abandoned(j)) {
+    while (!writer_abandoned(j) && !atomic_load(&j->deposed)) {
         if (!w->head) {
             if (w->stopping)
                 break;

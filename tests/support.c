@@ -690,8 +690,27 @@ bool support_file_contains(const char *path, const char *needle)
     return found;
 }
 
+static void wait_logged(struct support_treatyd *d)
+{
+    long long deadline = support_now_ms() + SUPPORT_DEADLINE_MS;
+    while (!support_file_contains(d->proc->log, "treatyd serving on")) {
+        char st[64];
+        if (!support_proc_running(d->proc)) {
+            support_proc_dump_log(d->proc, 40);
+            cr_assert_fail("treatyd ended before serving: %s (log %s)", support_proc_status_str(d->proc, st, sizeof st),
+                           d->proc->log);
+        }
+        if (support_now_ms() >= deadline) {
+            support_proc_dump_log(d->proc, 40);
+            cr_assert_fail("treatyd does not say it serves after %d ms (log %s)", SUPPORT_DEADLINE_MS, d->proc->log);
+        }
+        support_sleep_ms(20);
+    }
+}
+
 static void treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
-                          const struct support_treatyd_opts *opts, const char *extra_config, const char *const env[])
+                          const struct support_treatyd_opts *opts, const char *extra_config, const char *const env[],
+                          bool query)
 {
     struct support_treatyd_opts o = {0};
     if (opts != NULL)
@@ -737,20 +756,30 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
             continue;
         break;
     }
-    support_treatyd_wait_serving(d);
+    if (query)
+        support_treatyd_wait_serving(d);
+    else
+        wait_logged(d);
 }
 
 void support_treatyd_start(struct support_treatyd *d, const char *journal_conninfo,
                            const struct support_treatyd_opts *opts, const char *const env[])
 {
-    treatyd_start(d, journal_conninfo, opts, NULL, env);
+    treatyd_start(d, journal_conninfo, opts, NULL, env, true);
 }
 
 void support_treatyd_start_with(struct support_treatyd *d, const char *journal_conninfo,
                                 const struct support_treatyd_opts *opts, const char *extra_config,
                                 const char *const env[])
 {
-    treatyd_start(d, journal_conninfo, opts, extra_config, env);
+    treatyd_start(d, journal_conninfo, opts, extra_config, env, true);
+}
+
+void support_treatyd_start_logged(struct support_treatyd *d, const char *journal_conninfo,
+                                  const struct support_treatyd_opts *opts, const char *extra_config,
+                                  const char *const env[])
+{
+    treatyd_start(d, journal_conninfo, opts, extra_config, env, false);
 }
 
 void support_treatyd_restart(struct support_treatyd *d, const char *const env[], bool wait)

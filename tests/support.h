@@ -184,6 +184,12 @@ void support_treatyd_start(struct support_treatyd *d, const char *journal_connin
 void support_treatyd_start_with(struct support_treatyd *d, const char *journal_conninfo,
                                 const struct support_treatyd_opts *opts, const char *extra_config,
                                 const char *const env[]);
+/* The same, but waits until treatyd's log says it serves instead of asking
+ * it a question (a plaintext client cannot reach a treatyd with
+ * security.curve). */
+void support_treatyd_start_logged(struct support_treatyd *d, const char *journal_conninfo,
+                                  const struct support_treatyd_opts *opts, const char *extra_config,
+                                  const char *const env[]);
 /* Starts treatyd again with the same config (same endpoint) after it died or
  * was stopped; waits until it serves unless env makes it crash (pass
  * wait = false then). */

@@ -73,7 +73,10 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->txid_max_age_s == b->txid_max_age_s && a->txid_max_future_s == b->txid_max_future_s &&
            a->saga_max_attempts == b->saga_max_attempts && a->saga_max_backoff_ms == b->saga_max_backoff_ms &&
            a->saga_max_try_timeout_ms == b->saga_max_try_timeout_ms &&
-           a->saga_max_deadline_ms == b->saga_max_deadline_ms && a->outcome_cache == b->outcome_cache;
+           a->saga_max_deadline_ms == b->saga_max_deadline_ms && a->outcome_cache == b->outcome_cache &&
+           a->max_inflight_per_client == b->max_inflight_per_client && a->curve == b->curve &&
+           strcmp(a->secret_key_file, b->secret_key_file) == 0 && strcmp(a->public_key_file, b->public_key_file) == 0 &&
+           strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -108,6 +111,12 @@ Test(config, defaults)
     cr_assert_eq(c.saga_max_try_timeout_ms, 300000);
     cr_assert_eq(c.saga_max_deadline_ms, 86400000);
     cr_assert_eq(c.outcome_cache, 100000);
+    cr_assert_eq(c.max_inflight_per_client, 10000);
+    cr_assert_eq(c.curve, false);
+    cr_assert_str_eq(c.secret_key_file, "");
+    cr_assert_str_eq(c.public_key_file, "");
+    cr_assert_str_eq(c.allow_list, "");
+    cr_assert_eq(c.allow_insecure, false);
 
     char err[256] = "";
     cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
@@ -137,6 +146,11 @@ Test(config, example_file_equals_defaults)
     memset(&c, 0x11, sizeof c);
     c.listen[sizeof c.listen - 1] = '\0';
     c.journal_conninfo[sizeof c.journal_conninfo - 1] = '\0';
+    c.secret_key_file[sizeof c.secret_key_file - 1] = '\0';
+    c.public_key_file[sizeof c.public_key_file - 1] = '\0';
+    c.allow_list[sizeof c.allow_list - 1] = '\0';
+    c.curve = true;
+    c.allow_insecure = true;
     c.log_level = LOG_LEVEL_DEBUG;
 
     char err[512] = "";
@@ -149,19 +163,21 @@ Test(config, example_file_equals_defaults)
 
 Test(config, every_key_is_read)
 {
-    const char *text =
-        "listen = \"tcp://10.0.0.1:9000\";\n"
-        "log_level = \"debug\";\n"
-        "shutdown_deadline_ms = 1;\n"
-        "journal: { conninfo = \"dbname=j\"; connect_initial_ms = 2; connect_max_ms = 3;\n"
-        "  lazy_delay_ms = 4; retention_s = 65; gc_interval_ms = 600; };\n"
-        "txid = { max_age_s = 23; max_future_s = 24; };\n"
-        "twopc = { default_timeout_ms = 7; max_timeout_ms = 8; resend_initial_ms = 9;\n"
-        "  resend_max_ms = 0xA; };\n"
-        "registry: { heartbeat_ms = 11; dead_after_ms = 22; };\n"
-        "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; outcome_cache = 25; };\n"
-        "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; max_attempts = 19;\n"
-        "  max_backoff_ms = 20; max_try_timeout_ms = 21; max_deadline_ms = 22; };\n";
+    const char *text = "listen = \"tcp://10.0.0.1:9000\";\n"
+                       "log_level = \"debug\";\n"
+                       "shutdown_deadline_ms = 1;\n"
+                       "journal: { conninfo = \"dbname=j\"; connect_initial_ms = 2; connect_max_ms = 3;\n"
+                       "  lazy_delay_ms = 4; retention_s = 65; gc_interval_ms = 600; };\n"
+                       "txid = { max_age_s = 23; max_future_s = 24; };\n"
+                       "twopc = { default_timeout_ms = 7; max_timeout_ms = 8; resend_initial_ms = 9;\n"
+                       "  resend_max_ms = 0xA; };\n"
+                       "registry: { heartbeat_ms = 11; dead_after_ms = 22; };\n"
+                       "limits: { max_payload_bytes = 13L; max_branches = 14; max_inflight = 15; outcome_cache = 25;\n"
+                       "  max_inflight_per_client = 26; };\n"
+                       "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; max_attempts = 19;\n"
+                       "  max_backoff_ms = 20; max_try_timeout_ms = 21; max_deadline_ms = 22; };\n"
+                       "security: { curve = true; secret_key_file = \"/k/s.key\"; public_key_file = \"/k/s.pub\";\n"
+                       "  allow_list = \"/k/allow\"; allow_insecure = true; };\n";
     struct config c;
     char path[64], err[256];
     cr_assert_eq(load_text(text, &c, path, err, sizeof err), 0, "%s", err);
@@ -193,6 +209,13 @@ Test(config, every_key_is_read)
     cr_assert_eq(c.stuck_after_attempts, 17);
     cr_assert_eq(c.stuck_retry_ms, 18);
     cr_assert_eq(c.max_inflight, 15);
+    cr_assert_eq(c.max_inflight_per_client, 26);
+    cr_assert_eq(c.curve, true);
+    cr_assert_str_eq(c.secret_key_file, "/k/s.key");
+    cr_assert_str_eq(c.public_key_file, "/k/s.pub");
+    cr_assert_str_eq(c.allow_list, "/k/allow");
+    cr_assert_eq(c.allow_insecure, true);
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
 }
 
 Test(config, missing_file)
@@ -254,6 +277,13 @@ Test(config, wrong_type)
     expect_file_error("log_level = 3;\n", 1, "log_level: expected a string, got an integer");
     expect_file_error("journal = \"dbname=x\";\n", 1, "journal: expected a group, got a string");
     expect_file_error("\n\nregistry = 5;\n", 3, "registry: expected a group, got an integer");
+    expect_file_error("security: { curve = 1; };\n", 1, "security.curve: expected true or false, got an integer");
+    expect_file_error("security: {\n allow_insecure = \"yes\"; };\n", 2,
+                      "security.allow_insecure: expected true or false, got a string");
+    expect_file_error("security: { allow_list = true; };\n", 1,
+                      "security.allow_list: expected a string, got a boolean");
+    expect_file_error("security = \"on\";\n", 1, "security: expected a group, got a string");
+    expect_file_error("security: { curv = true; };\n", 1, "security.curv: unknown key");
 }
 
 Test(config, bad_log_level)
@@ -287,6 +317,8 @@ Test(config, out_of_range)
                       "registry.heartbeat_ms: must be between 10 and 60000, got 60001");
     expect_file_error("limits: { max_payload_bytes = 16777217L; };\n", 1,
                       "limits.max_payload_bytes: must be between 0 and 16777216, got 16777217");
+    expect_file_error("limits: { max_inflight_per_client = 0; };\n", 1,
+                      "limits.max_inflight_per_client: must be between 1 and 10000000, got 0");
 }
 
 /* libconfig 1.5 reads 4294967297 (no L) as 1: the value must still be refused. */
@@ -569,6 +601,61 @@ Test(config, cross_key_validation)
     config_defaults(&c);
     c.listen[0] = '\0';
     expect_invalid(&c, "listen: must not be empty");
+
+    config_defaults(&c);
+    c.curve = true;
+    expect_invalid(&c, "security.secret_key_file: required when security.curve = true");
+    snprintf(c.secret_key_file, sizeof c.secret_key_file, "s.key");
+    expect_invalid(&c, "security.public_key_file: required when security.curve = true");
+    snprintf(c.public_key_file, sizeof c.public_key_file, "s.pub");
+    expect_invalid(&c, "security.allow_list: required when security.curve = true");
+    snprintf(c.allow_list, sizeof c.allow_list, "allow");
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+}
+
+/* Without CURVE anyone who reaches the port is trusted with everything:
+ * such a coordinator listens where only this host reaches it, unless the
+ * operator says in so many words that the risk is accepted. */
+Test(config, a_reachable_listen_address_without_curve_is_refused)
+{
+    const char *refused[] = {
+        "tcp://*:7600",       "tcp://0.0.0.0:7600", "tcp://10.1.2.3:7600",    "tcp://eth0:7600",    "tcp://[::]:7600",
+        "tcp://db.example:1", "tcp://128.0.0.1:1",  "pgm://eth0;239.1.1.1:5", "ws://127.0.0.1:1/x", "tcp://127.0.0.1",
+        "tcp://:7600",        "tcp://[::1]7600",    "tcp://[::2]:1",          "tcp://localhost.x:1"};
+    const char *local[] = {"tcp://127.0.0.1:7600", "tcp://127.9.8.7:1", "tcp://localhost:7600",
+                           "tcp://[::1]:7600",     "ipc:///tmp/t.sock", "inproc://treaty-test"};
+    struct config c;
+    char err[1024];
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        config_defaults(&c);
+        snprintf(c.listen, sizeof c.listen, "%s", refused[i]);
+        cr_assert_not(config_endpoint_is_local(refused[i]), "%s", refused[i]);
+        cr_assert_eq(config_validate(&c, err, sizeof err), TREATY_ECONFIG, "%s accepted", refused[i]);
+        assert_contains(err, refused[i]);
+        assert_contains(err, "security.curve is off: anyone who can connect could register as any participant");
+        assert_contains(err, "security.allow_insecure = true");
+        c.allow_insecure = true;
+        cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+        c.allow_insecure = false;
+        c.curve = true;
+        snprintf(c.secret_key_file, sizeof c.secret_key_file, "s.key");
+        snprintf(c.public_key_file, sizeof c.public_key_file, "s.pub");
+        snprintf(c.allow_list, sizeof c.allow_list, "allow");
+        cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+    }
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
+        config_defaults(&c);
+        snprintf(c.listen, sizeof c.listen, "%s", local[i]);
+        cr_assert(config_endpoint_is_local(local[i]), "%s", local[i]);
+        cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s: %s", local[i], err);
+    }
+    /* from the file and the flag alike */
+    char path[64];
+    cr_assert_eq(load_text("listen = \"tcp://*:7600\";\n", &c, path, err, sizeof err), 0, "%s", err);
+    expect_invalid(&c, "listen = \"tcp://*:7600\" can be reached from other hosts");
+    char *argv[] = {S("treatyd"), S("--listen"), S("tcp://0.0.0.0:7600")};
+    cr_assert_eq(config_from_args(&c, ARGC(argv), argv, err, sizeof err), 0, "%s", err);
+    expect_invalid(&c, "listen = \"tcp://0.0.0.0:7600\" can be reached");
 }
 
 /* Seen: journal.retention_s = 0 was accepted; the journal read it as "the

@@ -173,19 +173,14 @@ Test(txn, waiters_are_deduplicated_by_routing_id)
     txn_free(t);
 }
 
-static struct wire_frame fr(const char *s)
-{
-    return wire_str(s);
-}
-
 Test(registry, round_robin_over_live_instances_and_sweep_drops_silent_ones)
 {
     struct registry *r = registry_new(1000);
-    struct wire_frame svc = fr("bank"), i1 = fr("a"), i2 = fr("b");
     uint8_t rid1[] = {1}, rid2[] = {2};
-    cr_assert(registry_hello(r, &svc, &i1, rid1, 1, 0));
-    cr_assert(registry_hello(r, &svc, &i2, rid2, 1, 500));
-    cr_assert_not(registry_hello(r, &svc, &i1, rid1, 1, 600), "a heartbeat is not a new instance");
+    cr_assert_eq(registry_hello(r, "bank", "a", rid1, 1, NULL, 0), REGISTRY_JOINED);
+    cr_assert_eq(registry_hello(r, "bank", "b", rid2, 1, NULL, 500), REGISTRY_JOINED);
+    cr_assert_eq(registry_hello(r, "bank", "a", rid1, 1, NULL, 600), REGISTRY_REFRESHED,
+                 "a heartbeat is not a new instance");
     const struct instance *a = registry_pick(r, "bank");
     const struct instance *b = registry_pick(r, "bank");
     cr_assert_neq(a->rid[0], b->rid[0], "round-robin alternates");
@@ -194,11 +189,60 @@ Test(registry, round_robin_over_live_instances_and_sweep_drops_silent_ones)
     cr_assert_eq(registry_sweep(r, 1550), 1, "b was silent for 1050 ms");
     cr_assert_not(registry_is_live(r, "bank", rid2, 1));
     cr_assert_eq(registry_count(r), 1);
-    uint8_t rid3[] = {3};
-    cr_assert(registry_hello(r, &svc, &i1, rid3, 1, 1600), "a new routing id for a known instance counts as new");
-    cr_assert(registry_is_live(r, "bank", rid3, 1));
     registry_destroy(&r);
     cr_assert_null(r);
+}
+
+/* Without authentication a name belongs to the routing id that registered
+ * it while that one lives; with it, to the key, from any connection. */
+Test(registry, a_live_name_is_bound_to_its_peer)
+{
+    struct registry *r = registry_new(1000);
+    uint8_t rid1[] = {1}, rid2[] = {2}, rid3[] = {3};
+    cr_assert_eq(registry_hello(r, "bank", "a", rid1, 1, NULL, 0), REGISTRY_JOINED);
+    cr_assert_eq(registry_hello(r, "bank", "a", rid2, 1, NULL, 1000), REGISTRY_TAKEN, "another connection");
+    cr_assert(registry_is_live(r, "bank", rid1, 1), "nothing changed");
+    cr_assert_not(registry_is_live(r, "bank", rid2, 1));
+    cr_assert_eq(registry_hello(r, "bank", "a", rid2, 1, NULL, 1001), REGISTRY_JOINED,
+                 "silent for more than dead_after_ms: the name is free, swept or not");
+    cr_assert_not(registry_is_live(r, "bank", rid1, 1));
+    cr_assert_eq(registry_count(r), 1);
+
+    uint8_t k1[REGISTRY_KEY_LEN], k2[REGISTRY_KEY_LEN];
+    memset(k1, 0x11, sizeof k1);
+    memset(k2, 0x22, sizeof k2);
+    cr_assert_eq(registry_hello(r, "shop", "s1", rid1, 1, k1, 2000), REGISTRY_JOINED);
+    cr_assert_eq(registry_hello(r, "shop", "s1", rid3, 1, k1, 2001), REGISTRY_MOVED,
+                 "the same key from a new connection: at once");
+    cr_assert(registry_is_live(r, "shop", rid3, 1));
+    cr_assert_not(registry_is_live(r, "shop", rid1, 1));
+    cr_assert_eq(registry_hello(r, "shop", "s1", rid3, 1, k2, 2002), REGISTRY_TAKEN,
+                 "another key, even from the same routing id");
+    cr_assert_eq(registry_hello(r, "shop", "s1", rid2, 1, NULL, 2003), REGISTRY_TAKEN, "no key at all");
+    const struct instance *s1 = registry_pick(r, "shop");
+    cr_assert(s1->keyed && memcmp(s1->key, k1, sizeof k1) == 0);
+    registry_destroy(&r);
+}
+
+static bool keep_not_k2(void *arg, const struct instance *in)
+{
+    (void)arg;
+    return in->key[0] != 0x22;
+}
+
+Test(registry, instances_of_a_revoked_key_are_dropped)
+{
+    struct registry *r = registry_new(1000);
+    uint8_t k1[REGISTRY_KEY_LEN], k2[REGISTRY_KEY_LEN], rid1[] = {1}, rid2[] = {2}, rid3[] = {3};
+    memset(k1, 0x11, sizeof k1);
+    memset(k2, 0x22, sizeof k2);
+    registry_hello(r, "bank", "a", rid1, 1, k1, 0);
+    registry_hello(r, "bank", "b", rid2, 1, k2, 0);
+    registry_hello(r, "shop", "c", rid3, 1, k2, 0);
+    cr_assert_eq(registry_drop_if(r, keep_not_k2, NULL), 2);
+    cr_assert_eq(registry_count(r), 1);
+    cr_assert(registry_is_live(r, "bank", rid1, 1));
+    registry_destroy(&r);
 }
 
 struct captured {

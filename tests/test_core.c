@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zmq.h>
+
+#include "allowlist.h"
 #include "config.h"
 #include "core.h"
 #include "journal.h"
@@ -219,7 +222,7 @@ static void deliver_try(struct rig *r, const char *rid, uint8_t type, const uint
     static struct wire_msg m; /* the test's, not the core's */
     int rc = wire_decode(&hf, frames, n, 1 << 20, &m);
     cr_assert_eq(rc, 0, "test message does not decode: %s", treaty_strerror(rc));
-    core_on_message(r->core, (const uint8_t *)rid, strlen(rid), &m, at(r));
+    core_on_message(r->core, (const uint8_t *)rid, strlen(rid), NULL, &m, at(r));
 }
 
 static void deliver(struct rig *r, const char *rid, uint8_t type, const uint8_t *txid, unsigned branch, unsigned code,
@@ -861,4 +864,419 @@ Test(core, cores_in_one_process_share_nothing, .init = quiet_logs)
     rig_free(&alone);
     rig_free(&x);
     rig_free(&y);
+}
+
+/* ------------------------------------------------------------ authorization (no authentication) */
+
+static void hello_as(struct rig *r, const char *rid, const char *service, const char *instance)
+{
+    struct wire_frame f[2] = {wire_str(service), wire_str(instance)};
+    deliver(r, rid, WIRE_HELLO, NULL, 0, 0, f, 2);
+}
+
+/* Seen: a fake participant said HELLO as bank-a/a1 and took over its
+ * routing. Without authentication the name is bound to the connection that
+ * registered it until that one is silent for registry.dead_after_ms. */
+Test(core_auth, a_live_instance_name_is_not_taken_over_by_another_connection, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 21);
+    rig_serve(&r);
+    hello_as(&r, "p1", "svc-a", "a1");
+    fake_since(&r.fake);
+    hello_as(&r, "evil", "svc-a", "a1");
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send evil ERROR") && strstr(s, "code=9"), "refused (EBUSY): %s", s);
+    cr_assert_eq(count(s, "WELCOME"), 0, "%s", s);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit(&r, "c1", tx, 5000, AB, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 PREPARE") && !strstr(s, "send evil"), "the branch goes to a1's owner: %s", s);
+
+    /* Once a1's owner has been silent for dead_after_ms, the name is free. */
+    advance(&r, r.cfg.dead_after_ms + 1);
+    hello_as(&r, "p1-restarted", "svc-a", "a1");
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1-restarted WELCOME"), "%s", s);
+    rig_free(&r);
+}
+
+/* Seen: VOTE, ACK, INQUIRE and RESULT were accepted from any sender. */
+Test(core_auth, a_vote_counts_only_from_the_instance_prepare_went_to, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 22);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit(&r, "c1", tx, 5000, AB, 2);
+    fake_since(&r.fake);
+    vote(&r, "c1", tx, 0, true);   /* a client */
+    vote(&r, "evil", tx, 1, true); /* a stranger */
+    vote(&r, "p2", tx, 0, true);   /* the wrong participant */
+    vote(&r, "p2", tx, 0, false);  /* ... saying NO */
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "append"), 0, "no decision from votes of others: %s", s);
+    vote(&r, "p1", tx, 0, true);
+    vote(&r, "p2", tx, 1, true);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 commit forced"), "%s", s);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.denied_sender, 4);
+    rig_free(&r);
+}
+
+Test(core_auth, an_ack_counts_only_from_the_instance_the_decision_went_to, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 23);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit(&r, "c1", tx, 5000, AB, 2);
+    vote(&r, "p1", tx, 0, true);
+    vote(&r, "p2", tx, 1, true);
+    durable(&r, 1);
+    fake_since(&r.fake);
+    ack(&r, "evil", tx, 0, TREATY_STATUS_COMMITTED);
+    ack(&r, "p2", tx, 0, TREATY_STATUS_COMMITTED);
+    ack(&r, "p2", tx, 1, TREATY_STATUS_COMMITTED);
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "append"), 0, "branch 0 is not acknowledged by others: %s", s);
+    cr_assert_eq(core_unfinished(r.core), 1);
+    ack(&r, "p1", tx, 0, TREATY_STATUS_COMMITTED);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=2 end lazy"), "%s", s);
+    rig_free(&r);
+}
+
+/* A decision goes to another live instance of the service when the one that
+ * prepared is gone; that one may acknowledge it. */
+Test(core_auth, a_decision_resent_to_another_instance_may_be_acknowledged_by_it, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 24);
+    rig_serve(&r);
+    hello_as(&r, "p1", "svc-a", "a1");
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit(&r, "c1", tx, 5000, AB, 1);
+    vote(&r, "p1", tx, 0, true);
+    durable(&r, 1);
+    fake_since(&r.fake);
+    /* a1 falls silent; a2 of the same service (same database) lives */
+    for (int i = 0; i < 12; i++) {
+        advance(&r, 1000);
+        hello_as(&r, "p1b", "svc-a", "a2");
+    }
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1b COMMIT"), "%s", s);
+    ack(&r, "p1", tx, 0, TREATY_STATUS_COMMITTED); /* the one it no longer goes to */
+    cr_assert_eq(core_unfinished(r.core), 1);
+    ack(&r, "p1b", tx, 0, TREATY_STATUS_COMMITTED);
+    cr_assert_eq(core_unfinished(r.core), 0);
+    rig_free(&r);
+}
+
+Test(core_auth, an_inquiry_counts_as_a_vote_only_from_an_instance_of_the_branch_service, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 25);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit(&r, "c1", tx, 5000, AB, 2);
+    vote(&r, "p2", tx, 1, true);
+    fake_since(&r.fake);
+    deliver(&r, "p2", WIRE_INQUIRE, tx, 0, 0, NULL, 0);   /* svc-b asks about svc-a's branch */
+    deliver(&r, "evil", WIRE_INQUIRE, tx, 0, 0, NULL, 0); /* not registered at all */
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "append"), 0, "%s", s);
+    hello_as(&r, "p1b", "svc-a", "a2");
+    deliver(&r, "p1b", WIRE_INQUIRE, tx, 0, 0, NULL, 0); /* another instance of svc-a: counts, as ever */
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 commit forced"), "%s", s);
+    rig_free(&r);
+}
+
+Test(core_auth, a_result_counts_only_from_the_instance_the_step_went_to, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 26);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    saga(&r, "c1", tx, AB, 2);
+    durable(&r, 1);
+    fake_since(&r.fake);
+    result(&r, "evil", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    result(&r, "p2", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    result(&r, "c1", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_FAILED);
+    const char *s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "append") + count(s, "STEP"), 0, "step 0 runs on: %s", s);
+    result(&r, "p1", tx, 0, WIRE_STEP_ACTION, WIRE_RESULT_OK);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p2 STEP"), "%s", s);
+    rig_free(&r);
+}
+
+/* One client cannot take all of limits.max_inflight. */
+Test(core_auth, a_client_beyond_its_share_of_transactions_in_flight_is_refused, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 27);
+    r.cfg.max_inflight_per_client = 2;
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t tx[4][16];
+    for (unsigned i = 0; i < 4; i++)
+        fresh_txid(&r, tx[i], i + 1);
+    submit(&r, "c1", tx[0], 5000, AB, 2);
+    saga(&r, "c1", tx[1], AB, 1);
+    fake_since(&r.fake);
+    submit(&r, "c1", tx[2], 5000, AB, 2);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 ERROR") && strstr(s, "code=9") && strstr(s, "limits.max_inflight_per_client = 2"),
+              "%s", s);
+    cr_assert_eq(count(s, "PREPARE"), 0, "%s", s);
+    submit(&r, "c1", tx[0], 5000, AB, 2); /* a resubmission is not a new one */
+    submit(&r, "c2", tx[2], 5000, AB, 2); /* another client has its own share */
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "ERROR"), 0, "%s", s);
+    cr_assert_eq(count(s, "PREPARE"), 2, "%s", s);
+    /* c1's transaction ends: its share comes back */
+    vote(&r, "p1", tx[0], 0, false);
+    durable(&r, r.fake.seq);
+    submit(&r, "c1", tx[3], 5000, AB, 2);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1 OUTCOME") && count(s, "PREPARE") == 2 && !strstr(s, "ERROR"), "%s", s);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.denied_limit, 1);
+    rig_free(&r);
+}
+
+/* ------------------------------------------------------------ authorization (authenticated peers) */
+
+/* The same as deliver, from an authenticated peer. */
+static void deliver_as(struct rig *r, const char *rid, const struct allow_entry *peer, uint8_t type,
+                       const uint8_t *txid, unsigned branch, unsigned code, const struct wire_frame *frames, size_t n)
+{
+    struct wire_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = type;
+    if (txid)
+        memcpy(h.txid, txid, 16);
+    h.branch = (uint16_t)branch;
+    h.code = (uint16_t)code;
+    uint8_t hb[WIRE_HDR_LEN];
+    wire_encode_hdr(&h, hb);
+    struct wire_frame hf = {hb, sizeof hb};
+    static struct wire_msg m;
+    cr_assert_eq(wire_decode(&hf, frames, n, 1 << 20, &m), 0);
+    core_on_message(r->core, (const uint8_t *)rid, strlen(rid), peer, &m, at(r));
+}
+
+static struct allow_entry key_of_peer(uint8_t fill, unsigned roles, const char *services)
+{
+    struct allow_entry e;
+    memset(&e, 0, sizeof e);
+    memset(e.key, fill, sizeof e.key);
+    e.roles = roles;
+    snprintf(e.services, sizeof e.services, "%s", services ? services : "");
+    return e;
+}
+
+static void hello_key(struct rig *r, const char *rid, const struct allow_entry *k, const char *svc, const char *inst)
+{
+    struct wire_frame f[2] = {wire_str(svc), wire_str(inst)};
+    deliver_as(r, rid, k, WIRE_HELLO, NULL, 0, 0, f, 2);
+}
+
+static void submit_as(struct rig *r, const char *rid, const struct allow_entry *k, const uint8_t *tx, size_t nb)
+{
+    uint8_t tb[4];
+    wire_put_u32(tb, 5000);
+    struct wire_frame f[5] = {{tb, 4}, wire_str("svc-a"), wire_str("pay0"), wire_str("svc-b"), wire_str("pay1")};
+    deliver_as(r, rid, k, WIRE_SUBMIT, tx, 0, 0, f, 1 + 2 * nb);
+}
+
+static void vote_as(struct rig *r, const char *rid, const struct allow_entry *k, const uint8_t *tx, unsigned branch)
+{
+    struct wire_frame f = wire_str("");
+    deliver_as(r, rid, k, WIRE_VOTE, tx, branch, TREATY_VOTE_YES, &f, 1);
+}
+
+Test(core_auth, a_message_counts_only_from_a_role_allowed_to_send_it, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 31);
+    rig_serve(&r);
+    struct allow_entry cli = key_of_peer(1, ALLOW_CLIENT, NULL), pa = key_of_peer(2, ALLOW_PARTICIPANT, "svc-a"),
+                       pb = key_of_peer(3, ALLOW_PARTICIPANT, "svc-b"), adm = key_of_peer(4, ALLOW_ADMIN, NULL),
+                       gone = key_of_peer(5, 0, NULL);
+    hello_key(&r, "cli", &cli, "svc-a", "x");   /* a client key */
+    hello_key(&r, "adm", &adm, "svc-a", "x");   /* an admin key */
+    hello_key(&r, "gone", &gone, "svc-a", "x"); /* a key revoked since it connected */
+    const char *s = fake_since(&r.fake);
+    cr_assert_str_empty(s, "dropped, no reply: %s", s);
+    hello_key(&r, "p1", &pa, "svc-a", "a1");
+    hello_key(&r, "p2", &pb, "svc-b", "b1");
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "WELCOME"), 2, "%s", s);
+
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    submit_as(&r, "p1", &pa, tx, 2); /* a participant key submits */
+    submit_as(&r, "gone", &gone, tx, 2);
+    s = fake_since(&r.fake);
+    cr_assert_str_empty(s, "%s", s);
+    submit_as(&r, "cli", &cli, tx, 2);
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "PREPARE"), 2, "%s", s);
+
+    vote_as(&r, "cli", &cli, tx, 0); /* the client votes for a branch */
+    vote_as(&r, "cli", &cli, tx, 1);
+    vote_as(&r, "p2", &pb, tx, 0);   /* svc-b votes for svc-a's branch */
+    vote_as(&r, "p1", &gone, tx, 0); /* a1's routing id, another (revoked) key */
+    deliver_as(&r, "cli", &cli, WIRE_INQUIRE, tx, 0, 0, NULL, 0);
+    s = fake_since(&r.fake);
+    cr_assert_str_empty(s, "no vote counted, nothing answered: %s", s);
+    vote_as(&r, "p1", &pa, tx, 0);
+    vote_as(&r, "p2", &pb, tx, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "append seq=1 commit forced"), "%s", s);
+
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.denied_role, 9, "%llu", (unsigned long long)st.denied_role);
+    cr_assert_eq(st.denied_sender, 1, "%llu", (unsigned long long)st.denied_sender);
+    rig_free(&r);
+}
+
+Test(core_auth, a_participant_key_registers_only_its_services, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 32);
+    rig_serve(&r);
+    struct allow_entry pa = key_of_peer(2, ALLOW_PARTICIPANT, "svc-a,svc-c");
+    hello_key(&r, "p1", &pa, "svc-b", "b1");
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 ERROR") && strstr(s, "code=1") && strstr(s, "may not register service svc-b"), "%s",
+              s);
+    cr_assert_eq(count(s, "WELCOME"), 0, "%s", s);
+    hello_key(&r, "p1", &pa, "svc-c", "c1");
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 WELCOME"), "%s", s);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.denied_service, 1);
+    cr_assert_eq(st.instances, 1);
+    rig_free(&r);
+}
+
+/* With CURVE the name belongs to the key: a restarted participant (a new
+ * connection, the same key) has it back at once; another key never while
+ * it lives, and the routing id does not matter. */
+Test(core_auth, an_instance_name_is_bound_to_the_key_that_registered_it, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 33);
+    rig_serve(&r);
+    struct allow_entry k1 = key_of_peer(2, ALLOW_PARTICIPANT, "svc-a"), k2 = key_of_peer(3, ALLOW_PARTICIPANT, "svc-a");
+    hello_key(&r, "p1", &k1, "svc-a", "a1");
+    hello_key(&r, "p1-new", &k1, "svc-a", "a1");
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1-new WELCOME"), "the same key from a new connection, at once: %s", s);
+    hello_key(&r, "p2", &k2, "svc-a", "a1");
+    hello_key(&r, "p1-new", &k2, "svc-a", "a1"); /* even from the owner's routing id */
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "ERROR"), 2, "%s", s);
+    cr_assert(strstr(s, "code=9") && strstr(s, "registered by another peer"), "%s", s);
+
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    struct allow_entry cli = key_of_peer(1, ALLOW_CLIENT, NULL);
+    submit_as(&r, "c1", &cli, tx, 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1-new PREPARE"), "%s", s);
+    /* A vote from a1's key counts from any of its connections: the
+     * participant restarted between PREPARE and VOTE. */
+    vote_as(&r, "p1-newer", &k1, tx, 0);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "commit forced"), "%s", s);
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.denied_instance, 2);
+    rig_free(&r);
+}
+
+/* The share of limits.max_inflight_per_client belongs to the key, whatever
+ * connection the client uses. */
+Test(core_auth, a_client_key_has_one_share_on_every_connection, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 34);
+    r.cfg.max_inflight_per_client = 1;
+    rig_serve(&r);
+    struct allow_entry pa = key_of_peer(2, ALLOW_PARTICIPANT, "svc-a"), c1 = key_of_peer(7, ALLOW_CLIENT, NULL),
+                       c2 = key_of_peer(8, ALLOW_CLIENT, NULL);
+    hello_key(&r, "p1", &pa, "svc-a", "a1");
+    uint8_t tx[3][16];
+    for (unsigned i = 0; i < 3; i++)
+        fresh_txid(&r, tx[i], i + 1);
+    submit_as(&r, "c1-conn1", &c1, tx[0], 1);
+    fake_since(&r.fake);
+    submit_as(&r, "c1-conn2", &c1, tx[1], 1);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send c1-conn2 ERROR") && strstr(s, "max_inflight_per_client = 1"), "%s", s);
+    submit_as(&r, "c1-conn1", &c2, tx[1], 1); /* another key on that routing id */
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "PREPARE") && !strstr(s, "ERROR"), "%s", s);
+    vote_as(&r, "p1", &pa, tx[0], 0);
+    durable(&r, r.fake.seq);
+    fake_since(&r.fake);
+    submit_as(&r, "c1-conn2", &c1, tx[2], 1);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "PREPARE") && !strstr(s, "ERROR"), "the first was answered: %s", s);
+    rig_free(&r);
+}
+
+/* A reload of the allow-list drops the instances of revoked keys at once
+ * (their messages are refused anyway: roles come with every message). */
+Test(core_auth, a_reloaded_allow_list_drops_instances_of_revoked_keys, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 35);
+    rig_serve(&r);
+    char z1[41], z2[41], text[256];
+    struct allow_entry k1 = key_of_peer(2, ALLOW_PARTICIPANT, "svc-a"), k2 = key_of_peer(3, ALLOW_PARTICIPANT, "svc-a");
+    hello_key(&r, "p1", &k1, "svc-a", "a1");
+    hello_key(&r, "p2", &k2, "svc-a", "a2");
+    cr_assert_not_null(zmq_z85_encode(z1, k1.key, 32));
+    cr_assert_not_null(zmq_z85_encode(z2, k2.key, 32));
+    snprintf(text, sizeof text, "%s participant svc-a\n%s participant svc-b\n", z1, z2);
+    struct allowlist *a = NULL;
+    char err[128];
+    cr_assert_eq(allowlist_parse(text, strlen(text), &a, err, sizeof err), 0, "%s", err);
+    core_on_allowlist(r.core, a, at(&r));
+    struct core_stats st;
+    core_get_stats(r.core, &st);
+    cr_assert_eq(st.instances, 1, "k2 may no longer register svc-a");
+    uint8_t tx[16];
+    fresh_txid(&r, tx, 1);
+    struct allow_entry cli = key_of_peer(1, ALLOW_CLIENT, NULL);
+    fake_since(&r.fake);
+    submit_as(&r, "c1", &cli, tx, 1);
+    submit_as(&r, "c1", &cli, tx, 1);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "send p1 PREPARE") && !strstr(s, "send p2"), "%s", s);
+    allowlist_free(&a);
+    rig_free(&r);
 }

@@ -23,6 +23,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -898,6 +899,8 @@ static void *connect_thread(void *p)
     struct connect_arg *a = p;
     char err[256];
     a->rc = journal_connect(&a->cfg, &a->j, err, sizeof err);
+    /* Each holds the owner lock until it closes: the others wait for it. */
+    journal_close(&a->j, 0);
     return NULL;
 }
 
@@ -914,7 +917,6 @@ Test(journal, concurrent_connects_apply_the_schema_once)
         pthread_join(th[i], NULL);
     for (int i = 0; i < N; i++) {
         cr_expect_eq(a[i].rc, 0, "connect %d: %s", i, treaty_err_name(a[i].rc));
-        journal_close(&a[i].j, 0);
     }
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 1"), 1);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 2"), 1);
@@ -1162,6 +1164,129 @@ static uint64_t reconnects(struct journal *j)
     struct journal_stats st;
     journal_get_stats(j, &st);
     return st.reconnects;
+}
+
+/* ------------------------------------------------------ the owner lock */
+
+#define OWNER_LOCK "pg_advisory_lock(1414677825, 2)"
+
+struct connect_scan {
+    struct journal_config cfg;
+    struct journal *j;
+    struct seen_list seen;
+    int rc;
+    atomic_bool done;
+};
+
+static void *connect_and_scan(void *p)
+{
+    struct connect_scan *a = p;
+    char err[256];
+    a->rc = journal_connect(&a->cfg, &a->j, err, sizeof err);
+    if (a->rc == 0)
+        a->rc = journal_scan(a->j, collect, &a->seen);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* A coordinator killed while its COMMIT is on the way: its PostgreSQL
+ * backend finishes that commit after the process is gone. The next
+ * incarnation's scan must see the record, or it would abort the transaction
+ * while the journal says committed. The test plays the dead coordinator's
+ * backend with a session holding the owner lock and an open transaction. */
+Test(journal, scan_waits_for_a_dead_coordinators_commit_still_in_flight)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, false); /* the schema */
+    journal_close(&J, WAIT_MS);
+
+    uint8_t tx[16];
+    new_txid(tx);
+    char uuid[37], sql[512];
+    txid_sql(tx, uuid);
+    PGconn *dead = pg_open(db_conninfo);
+    PQclear(pg_must(dead, "SELECT " OWNER_LOCK));
+    PQclear(pg_must(dead, "BEGIN"));
+    snprintf(sql, sizeof sql,
+             "INSERT INTO treaty_journal (txid, kind, services) VALUES ('%s', 'commit', ARRAY['svc-a','svc-b'])", uuid);
+    PQclear(pg_must(dead, sql));
+
+    struct connect_scan a = {.cfg = test_cfg()};
+    atomic_init(&a.done, false);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, connect_and_scan, &a), 0);
+    sleep_ms(500);
+    cr_expect(!atomic_load(&a.done), "the scan ran while the previous owner's session was still there");
+    PQclear(pg_must(dead, "COMMIT"));
+    PQfinish(dead);
+    pthread_join(th, NULL);
+    cr_assert_eq(a.rc, 0, "%s", treaty_err_name(a.rc));
+    J = a.j;
+    size_t found = 0;
+    for (size_t i = 0; i < a.seen.n; i++)
+        if (memcmp(a.seen.v[i].txid, tx, 16) == 0 && a.seen.v[i].kind == JOURNAL_COMMIT)
+            found++;
+    cr_assert_eq(found, 1, "the scan missed the COMMIT the dead coordinator's backend committed late (%zu records)",
+                 a.seen.n);
+    seen_list_free(&a.seen);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, second_coordinator_waits_while_the_first_holds_the_journal)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    volatile int stop = 0;
+    struct journal_config cfg2 = test_cfg();
+    cfg2.stop = &stop;
+    struct stopper s = {.flag = &stop, .after_ms = 500};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, stop_later, &s), 0);
+    char err[256];
+    int rc = journal_connect(&cfg2, &J2, err, sizeof err);
+    pthread_join(th, NULL);
+    cr_assert_eq(rc, TREATY_EBUSY, "a second coordinator got the journal: %s", treaty_err_name(rc));
+    cr_assert_null(J2);
+
+    /* Once the first is gone, the next one gets it. */
+    journal_close(&J, WAIT_MS);
+    J2 = open_journal(&cfg, true);
+    journal_close(&J2, WAIT_MS);
+}
+
+/* PostgreSQL drops the writer's connection; before it reconnects another
+ * coordinator takes the journal. The first must write nothing more. */
+Test(journal, writer_that_finds_the_journal_taken_is_deposed_and_writes_nothing)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t a[16], b[16];
+    new_txid(a);
+    new_txid(b);
+    struct journal_rec r = rec(a, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    cr_assert(!journal_deposed(J));
+
+    PGconn *other = pg_open(db_conninfo);
+    PQclear(pg_must(other, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND application_name = 'treatyd-journal'"));
+    PQclear(pg_must(other, "SELECT " OWNER_LOCK)); /* waits until the terminated backend has gone */
+
+    r = rec(b, JOURNAL_COMMIT, NULL);
+    uint64_t seq = journal_append(J, &r, true);
+    journal_flush(J);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (!journal_deposed(J) && mono_ms() < until) {
+        zmq_pollitem_t it = {.socket = journal_socket(J), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+        journal_durable(J);
+    }
+    cr_assert(journal_deposed(J), "the writer did not notice the journal was taken");
+    cr_assert(!journal_healthy(J));
+    cr_assert_lt(journal_durable(J), seq, "a record was reported durable after the journal was taken");
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_records WHERE txid = 'TXID'", b), 0);
+    journal_close(&J, 0);
+    PQfinish(other);
 }
 
 Test(journal, group_whose_acknowledgement_is_lost_is_stored_once)

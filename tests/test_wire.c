@@ -1194,10 +1194,11 @@ Test(errors, strerror_and_name_for_every_code)
     cr_assert_eq(TREATY_ECONFIG, -12);
     cr_assert_eq(TREATY_EIO, -14);
     cr_assert_eq(TREATY_EEXPIRED, -15);
+    cr_assert_eq(TREATY_EAUTH, -16);
 
     cr_assert_str_eq(treaty_strerror(0), "success");
     cr_assert_str_eq(treaty_err_name(0), "TREATY_OK");
-    const int unknown[] = {1, 4, -16, -99, -1000, 0x7fffffff, -0x7fffffff - 1};
+    const int unknown[] = {1, 4, -17, -99, -1000, 0x7fffffff, -0x7fffffff - 1};
     for (size_t i = 0; i < NELEM(unknown); i++) {
         cr_assert_str_eq(treaty_strerror(unknown[i]), "unknown error");
         cr_assert_str_eq(treaty_err_name(unknown[i]), "TREATY_E?");

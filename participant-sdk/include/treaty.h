@@ -8,6 +8,8 @@
  *   - participant:  serve PREPARE / COMMIT / ABORT for one service
  *   - Postgres:     a participant whose branch work runs in a local Postgres
  *                   transaction ended by PREPARE TRANSACTION (needs libpq)
+ *   - security:     CURVE keys for the *_new_secure constructors (encryption
+ *                   and authentication of every connection to the coordinator)
  *
  * Conventions
  *   - Functions returning int return 0 on success or a negative TREATY_E* code.
@@ -59,7 +61,8 @@ extern "C" {
     X(ECONFIG, -12, "invalid configuration")                                                                           \
     X(ENOSERVICE, -13, "no live instance of a service")                                                                \
     X(EIO, -14, "system call failed")                                                                                  \
-    X(EEXPIRED, -15, "transaction id outside the coordinator's time window")
+    X(EEXPIRED, -15, "transaction id outside the coordinator's time window")                                           \
+    X(EAUTH, -16, "the coordinator refused the security handshake (CURVE keys or allow-list)")
 
 enum treaty_errno {
 #define TREATY_X_ENUM(name, value, msg) TREATY_##name = (value),
@@ -123,12 +126,86 @@ typedef struct treaty_outcome {
     treaty_txid_t txid;
     enum treaty_status status;
     unsigned failed_branch;         /* branch (2PC) or step (saga) that caused an abort, or TREATY_NO_BRANCH */
-    int error;                      /* TREATY_E* when the coordinator refused the request, else 0 */
+    int error;                      /* TREATY_E* when the coordinator refused the request, else 0;
+                                       TREATY_EAUTH (status UNKNOWN): it refused this client's
+                                       security handshake, reason says how */
     char reason[TREATY_REASON_MAX]; /* NUL-terminated; "" when none */
 } treaty_outcome_t;
 
 /* "committed", "aborted", ... Never NULL. */
 TREATY_EXPORT const char *treaty_status_name(enum treaty_status s);
+
+/* --------------------------------------------------------------- security */
+
+/*
+ * CURVE (ZeroMQ's CurveZMQ: Curve25519 keys, every message encrypted and
+ * authenticated, done by libzmq) between this peer and the coordinator. The
+ * coordinator has a key pair (treatyd --keygen PATH writes PATH.pub and
+ * PATH.key) and an allow-list of the public keys it accepts, each with a
+ * role: a client, or a participant of named services. This peer needs the
+ * coordinator's public key and a key pair of its own whose public key is on
+ * that list.
+ *
+ * Keys are Z85 text (ZeroMQ RFC 32): exactly TREATY_KEY_LEN characters of
+ * the Z85 alphabet for 32 bytes. treaty_key_load reads them from files;
+ * zmq_curve_keypair() makes a pair in memory.
+ */
+#define TREATY_KEY_LEN 40 /* Z85 characters of a CURVE key; a buffer holds TREATY_KEY_LEN + 1 */
+
+/* The keys of one connection; every string is borrowed for the call that takes
+ * the struct (libzmq keeps its own copy; the SDK keeps none). */
+typedef struct treaty_security {
+    const char *server_public_key; /* the coordinator's public key; NULL: no CURVE (plaintext, as
+                                      without _secure), and then the two below must be NULL too */
+    const char *public_key;        /* this peer's public key; NULL: derived from secret_key */
+    const char *secret_key;        /* this peer's secret key; required with server_public_key */
+} treaty_security_t;
+
+/* Checks sec as the *_new_secure constructors do, saying what is wrong in
+ * err[errlen] (NUL-terminated when errlen > 0; err may be NULL): a key that
+ * is not TREATY_KEY_LEN characters of the Z85 alphabet, a secret key
+ * missing, keys given without server_public_key, a public_key that is not
+ * the public key of secret_key. sec NULL is fine (plaintext). Returns 0,
+ * TREATY_EINVAL, or TREATY_ETRANSPORT when this libzmq has no CURVE. */
+TREATY_EXPORT int treaty_security_check(const treaty_security_t *sec, char *err, size_t errlen);
+
+enum treaty_key_kind {
+    TREATY_KEY_PUBLIC = 1, /* a .pub file: any permissions */
+    TREATY_KEY_SECRET = 2  /* a .key file: no permission for group or others (like chmod 600) */
+};
+
+/* Reads a key file written by treatyd --keygen: one line of TREATY_KEY_LEN
+ * Z85 characters; blank lines, lines starting with '#' and spaces around the
+ * key are ignored. Writes the key, NUL-terminated, to z85 (TREATY_KEY_LEN + 1
+ * bytes; untouched on failure). Returns 0; TREATY_EINVAL for a NULL argument
+ * or an unknown kind; TREATY_ECONFIG when the file cannot be read, a
+ * TREATY_KEY_SECRET file is accessible by group or others (mode & 077), or
+ * its content is not exactly one valid key - err[errlen] (as in
+ * treaty_security_check) then names the file and the problem. */
+TREATY_EXPORT int treaty_key_load(const char *path, enum treaty_key_kind kind, char z85[TREATY_KEY_LEN + 1], char *err,
+                                  size_t errlen);
+
+/*
+ * A refused handshake. The *_new_secure constructors check the keys (as
+ * treaty_security_check; TREATY_EINVAL, *out NULL) and connect in the
+ * background like the others: a coordinator that refuses this peer is seen
+ * once a handshake was tried. The SDK watches the handshakes (a ZeroMQ socket
+ * monitor) and, when the coordinator refuses (its allow-list does not have
+ * this public key, or it does not speak CURVE, or the other way round), or
+ * closes every handshake at once (server_public_key is not its key):
+ *   - a client completes every request waiting at that moment with
+ *     TREATY_STATUS_UNKNOWN and outcome.error = TREATY_EAUTH, the reason
+ *     saying what happened; a blocking call returns TREATY_EAUTH (the
+ *     request may still have reached the coordinator over an earlier
+ *     connection: ask by txid once it accepts this client again). Each new
+ *     request tries a handshake again at once.
+ *   - a participant writes the reason to its errmsg and to stderr (once per
+ *     streak of refusals) and tries again, every 0.5 s at first, backing off
+ *     to every 30 s, so that it comes back by itself once the coordinator's
+ *     allow-list has its key.
+ * The same holds for the plaintext constructors against a coordinator that
+ * requires CURVE.
+ */
 
 /* ----------------------------------------------------------------- client */
 
@@ -138,6 +215,10 @@ typedef struct treaty_txn treaty_txn_t;
 /* A client connected (asynchronously, ZeroMQ style) to the coordinator at
  * endpoint, e.g. "tcp://127.0.0.1:7600". Caller owns *out. */
 TREATY_EXPORT int treaty_client_new(const char *endpoint, treaty_client_t **out);
+/* The same over CURVE with the keys in sec (see "security"; sec NULL or
+ * sec->server_public_key NULL: plaintext, as treaty_client_new). TREATY_EINVAL
+ * for a bad endpoint or bad keys (treaty_security_check says which). */
+TREATY_EXPORT int treaty_client_new_secure(const char *endpoint, const treaty_security_t *sec, treaty_client_t **out);
 TREATY_EXPORT void treaty_client_destroy(treaty_client_t **c);
 /* Text describing the last error on this handle; never NULL. */
 TREATY_EXPORT const char *treaty_client_errmsg(const treaty_client_t *c);
@@ -305,6 +386,13 @@ typedef int (*treaty_step_fn)(void *arg, const treaty_step_t *s, char *reason);
  * and says HELLO, repeated every heartbeat. Caller owns *out. */
 TREATY_EXPORT int treaty_participant_new(const char *endpoint, const char *service, const char *instance,
                                          const treaty_handlers_t *h, treaty_participant_t **out);
+/* The same over CURVE with the keys in sec (see "security"; NULL: plaintext).
+ * The coordinator's allow-list must name this key as a participant of
+ * service. TREATY_EINVAL for bad keys too (treaty_security_check says
+ * which). */
+TREATY_EXPORT int treaty_participant_new_secure(const char *endpoint, const char *service, const char *instance,
+                                                const treaty_handlers_t *h, const treaty_security_t *sec,
+                                                treaty_participant_t **out);
 /* Stops (if started) and frees. */
 TREATY_EXPORT void treaty_participant_destroy(treaty_participant_t **p);
 TREATY_EXPORT const char *treaty_participant_errmsg(const treaty_participant_t *p);
@@ -378,6 +466,12 @@ typedef int (*treaty_pg_work_fn)(void *arg, struct pg_conn *conn, const treaty_b
 TREATY_EXPORT int treaty_pg_participant_new(const char *endpoint, const char *service, const char *instance,
                                             const char *conninfo, treaty_pg_work_fn work, void *arg,
                                             treaty_participant_t **out);
+/* The same over CURVE with the keys in sec (see "security"; NULL:
+ * plaintext). Bad keys are TREATY_EINVAL with *out NULL, checked before the
+ * database is connected. */
+TREATY_EXPORT int treaty_pg_participant_new_secure(const char *endpoint, const char *service, const char *instance,
+                                                   const char *conninfo, treaty_pg_work_fn work, void *arg,
+                                                   const treaty_security_t *sec, treaty_participant_t **out);
 
 /*
  * Saga steps on Postgres, through the barrier (table treaty_barrier in the

@@ -16,6 +16,17 @@
  * once and then runs the callbacks of completed asynchronous requests
  * (ccore_run_callbacks).
  *
+ * The connection is link.c's: the DEALER socket, CURVE keys when given, and
+ * the watch over its handshakes. When the coordinator refuses the handshake
+ * (link_poll says LINK_REFUSED) every request waiting then completes at once
+ * with TREATY_EAUTH (ccore_fail_all) instead of waiting for its timeout, and
+ * errmsg says why. Monitor events are read at every turn and before a
+ * request starts (so a refusal older than the request does not fail it);
+ * a request started while the coordinator refuses also makes the link try
+ * a handshake again at once (link_retry_now). The blocking calls poll the
+ * monitor next to the socket; an asynchronous user sees a refusal at the
+ * next treaty_client_process (at most a re-send interval later).
+ *
  * The re-send jitter's PRNG is seeded from the random half of a fresh txid
  * (the kernel's CSPRNG), so that clients started together do not re-send in
  * step.
@@ -35,6 +46,7 @@
 #include <zmq.h>
 
 #include "client_core.h"
+#include "link.h"
 #include "treaty.h"
 #include "wire.h"
 
@@ -43,8 +55,8 @@
 
 struct treaty_client {
     struct ccore *core;
-    void *ctx;
-    void *sock;
+    struct link *link;
+    void *sock; /* link_socket(link) */
     int fd;
     struct wire_in in;
     char errmsg[CLIENT_ERRMSG_MAX];
@@ -87,15 +99,17 @@ static void shell_log(void *ctx, const char *text)
     snprintf(c->errmsg, sizeof c->errmsg, "%s", text);
 }
 
-int treaty_client_new(const char *endpoint, treaty_client_t **out)
+int treaty_client_new_secure(const char *endpoint, const treaty_security_t *sec, treaty_client_t **out)
 {
-    int zero = 0;
-    int err = TREATY_ETRANSPORT;
+    int err;
     if (out == NULL)
         return TREATY_EINVAL;
     *out = NULL;
     if (endpoint == NULL || *endpoint == '\0')
         return TREATY_EINVAL;
+    err = treaty_security_check(sec, NULL, 0);
+    if (err < 0)
+        return err;
 
     struct treaty_client *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -112,38 +126,32 @@ int treaty_client_new(const char *endpoint, treaty_client_t **out)
         err = TREATY_ENOMEM;
         goto fail_core;
     }
-
-    c->ctx = zmq_ctx_new();
-    if (c->ctx == NULL)
-        goto fail_ctx;
-    c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
-    if (c->sock == NULL)
-        goto fail_socket;
-    if (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
-        zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &zero, sizeof zero) != 0)
-        goto fail_setup;
+    /* ZMQ_IMMEDIATE 0: requests wait in the pipe for the connection. */
+    err = link_open(endpoint, false, sec, &c->link, c->errmsg, sizeof c->errmsg);
+    if (err < 0)
+        goto fail_link;
+    c->sock = link_socket(c->link);
     size_t fdlen = sizeof c->fd;
-    if (zmq_getsockopt(c->sock, ZMQ_FD, &c->fd, &fdlen) != 0)
-        goto fail_setup;
-    if (zmq_connect(c->sock, endpoint) != 0) {
-        /* a malformed endpoint or an unknown transport is the caller's error */
-        if (errno == EINVAL || errno == EPROTONOSUPPORT || errno == ENOCOMPATPROTO)
-            err = TREATY_EINVAL;
-        goto fail_setup;
+    if (zmq_getsockopt(c->sock, ZMQ_FD, &c->fd, &fdlen) != 0) {
+        err = TREATY_ETRANSPORT;
+        goto fail_fd;
     }
     snprintf(c->errmsg, sizeof c->errmsg, "no error");
     *out = c;
     return 0;
 
-fail_setup:
-    zmq_close(c->sock);
-fail_socket:
-    zmq_ctx_term(c->ctx);
-fail_ctx:
+fail_fd:
+    link_close(&c->link);
+fail_link:
     ccore_destroy(&c->core);
 fail_core:
     free(c);
     return err;
+}
+
+int treaty_client_new(const char *endpoint, treaty_client_t **out)
+{
+    return treaty_client_new_secure(endpoint, NULL, out);
 }
 
 void treaty_client_destroy(treaty_client_t **cp)
@@ -152,8 +160,7 @@ void treaty_client_destroy(treaty_client_t **cp)
         return;
     struct treaty_client *c = *cp;
     ccore_destroy(&c->core); /* every request, without callbacks */
-    zmq_close(c->sock);      /* ZMQ_LINGER 0: queued requests are dropped */
-    zmq_ctx_term(c->ctx);
+    link_close(&c->link);    /* ZMQ_LINGER 0: queued requests are dropped */
     free(c);
     *cp = NULL;
 }
@@ -201,9 +208,28 @@ static bool readable(struct treaty_client *c)
     return (ev & ZMQ_POLLIN) != 0;
 }
 
-/* One non-blocking turn: replies, re-sends, timeouts. Callbacks are not run. */
+/* The link's news: a refused handshake fails every waiting request. */
+static void watch_link(struct treaty_client *c)
+{
+    if (link_poll(c->link, now_ms()) != LINK_REFUSED)
+        return;
+    client_errorf(c, "%s", link_why(c->link));
+    ccore_fail_all(c->core, TREATY_EAUTH, link_why(c->link));
+}
+
+/* Before a request starts: older news first (not for the new request), and
+ * a link the coordinator refused tries again now. */
+static void before_start(struct treaty_client *c)
+{
+    watch_link(c);
+    link_retry_now(c->link);
+}
+
+/* One non-blocking turn: replies, re-sends, timeouts, the link's news.
+ * Callbacks are not run. */
 static int turn(struct treaty_client *c)
 {
+    watch_link(c);
     int rc = drain(c);
     if (rc < 0)
         return rc;
@@ -226,6 +252,9 @@ int treaty_client_next_timeout(const treaty_client_t *c)
         return 0; /* a callback is waiting to run */
     int64_t now = now_ms();
     int64_t next = ccore_next_tick(c->core);
+    int64_t retry = link_next_due(c->link);
+    if (retry >= 0 && (next < 0 || retry < next))
+        next = retry;
     if (readable((struct treaty_client *)c))
         return 0;
     if (next < 0)
@@ -247,9 +276,12 @@ static int wait_for(struct treaty_client *c, struct ccore_req *r)
             return 0;
         int64_t now = now_ms();
         int64_t due = ccore_next_tick(c->core);
+        int64_t retry = link_next_due(c->link);
+        if (retry >= 0 && retry < due)
+            due = retry;
         long wait = due > now ? (long)(due - now) : 0;
-        zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, wait) < 0 && errno != EINTR) {
+        zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {link_monitor(c->link), 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, wait) < 0 && errno != EINTR) {
             client_errorf(c, "poll failed: %s", zmq_strerror(errno));
             return TREATY_ETRANSPORT;
         }
@@ -288,6 +320,7 @@ int treaty_client_submit(treaty_client_t *c, const treaty_txn_t *t, int timeout_
     if (c == NULL || t == NULL || out == NULL || timeout_ms <= 0)
         return TREATY_EINVAL;
     struct ccore_req *r;
+    before_start(c);
     int rc = ccore_submit(c->core, t, timeout_ms, NULL, NULL, now_ms(), &r);
     return finish_blocking(c, rc, r, out);
 }
@@ -299,6 +332,7 @@ int treaty_client_query(treaty_client_t *c, const treaty_txid_t *id, int timeout
     if (c == NULL || id == NULL || out == NULL || timeout_ms <= 0)
         return TREATY_EINVAL;
     struct ccore_req *r;
+    before_start(c);
     int rc = ccore_query(c->core, id, timeout_ms, NULL, NULL, now_ms(), &r);
     return finish_blocking(c, rc, r, out);
 }
@@ -310,6 +344,7 @@ int treaty_client_run_saga(treaty_client_t *c, const treaty_saga_t *s, int timeo
     if (c == NULL || s == NULL || out == NULL || timeout_ms <= 0)
         return TREATY_EINVAL;
     struct ccore_req *r;
+    before_start(c);
     int rc = ccore_run_saga(c->core, s, timeout_ms, NULL, NULL, now_ms(), &r);
     return finish_blocking(c, rc, r, out);
 }
@@ -319,6 +354,7 @@ int treaty_client_submit_async(treaty_client_t *c, const treaty_txn_t *t, int ti
 {
     if (c == NULL || t == NULL || cb == NULL || timeout_ms <= 0)
         return TREATY_EINVAL;
+    before_start(c);
     return ccore_submit(c->core, t, timeout_ms, cb, arg, now_ms(), NULL);
 }
 
@@ -327,6 +363,7 @@ int treaty_client_run_saga_async(treaty_client_t *c, const treaty_saga_t *s, int
 {
     if (c == NULL || s == NULL || cb == NULL || timeout_ms <= 0)
         return TREATY_EINVAL;
+    before_start(c);
     return ccore_run_saga(c->core, s, timeout_ms, cb, arg, now_ms(), NULL);
 }
 

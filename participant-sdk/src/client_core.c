@@ -37,7 +37,7 @@ struct ccore_req {
     int timeout_ms;
     uint8_t timeout_buf[4]; /* SUBMIT: the prepare deadline; SAGA: deadline_ms */
     bool done;
-    int rc; /* 0 answered, TREATY_ETIMEDOUT */
+    int rc; /* 0 answered, TREATY_ETIMEDOUT, or ccore_fail_all's error */
     treaty_outcome_t out;
     size_t nframes;
     struct wire_frame frames[]; /* then the bytes they point to */
@@ -542,6 +542,22 @@ void ccore_on_tick(struct ccore *c, int64_t now)
         }
         req_send(c, r, now); /* moves r down the heap */
     }
+}
+
+int ccore_fail_all(struct ccore *c, int err, const char *reason)
+{
+    int n = 0;
+    while (c->heap_len > 0) { /* the heap holds exactly the requests not done */
+        struct ccore_req *r = c->heap[0];
+        outcome_init(&r->out, &r->txid);
+        r->out.status = TREATY_STATUS_UNKNOWN;
+        r->out.error = err;
+        snprintf(r->out.reason, sizeof r->out.reason, "%s", reason != NULL ? reason : treaty_strerror(err));
+        r->rc = err;
+        req_done(c, r); /* out of the heap */
+        n++;
+    }
+    return n;
 }
 
 int64_t ccore_next_tick(const struct ccore *c)

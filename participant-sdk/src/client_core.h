@@ -31,7 +31,9 @@
  *   4. timed out: at its deadline without an answer the request completes
  *      with TREATY_STATUS_UNKNOWN and rc TREATY_ETIMEDOUT ("no answer from
  *      the coordinator within N ms"). The transaction may still commit: the
- *      caller asks again by txid or resubmits the same txid.
+ *      caller asks again by txid or resubmits the same txid. Or failed
+ *      early, the same way but with the shell's error (ccore_fail_all: the
+ *      coordinator refused the security handshake).
  *   5. delivered: an asynchronous request (cb given) waits, completed, in a
  *      FIFO until ccore_run_callbacks() runs its callback and frees it; a
  *      blocking one (cb NULL) until its owner takes it (ccore_take). A
@@ -125,6 +127,13 @@ void ccore_on_tick(struct ccore *c, int64_t now);
  * request is waiting. */
 int64_t ccore_next_tick(const struct ccore *c);
 
+/* The coordinator cannot be reached for a reason that waiting will not
+ * mend (the shell saw it refuse the security handshake): completes every
+ * request still waiting, with TREATY_STATUS_UNKNOWN, outcome.error = err,
+ * reason (borrowed; truncated to TREATY_REASON_MAX) and rc err, as a timeout
+ * would (runs no callback). Returns the number completed. */
+int ccore_fail_all(struct ccore *c, int err, const char *reason);
+
 /* True when a completed asynchronous request waits for its callback. */
 bool ccore_has_callbacks(const struct ccore *c);
 /* Runs the callbacks of completed asynchronous requests in completion order
@@ -139,8 +148,8 @@ bool ccore_req_done(const struct ccore_req *r);
 /*
  * Ends the blocking request *r, done or not: frees it and sets *r to NULL.
  * When it was done, copies its outcome to *out (when out is not NULL) and
- * returns its rc: 0 (answered: see out->status, out->error) or
- * TREATY_ETIMEDOUT (out->status UNKNOWN). When it was not done it is
+ * returns its rc: 0 (answered: see out->status, out->error),
+ * TREATY_ETIMEDOUT (out->status UNKNOWN) or ccore_fail_all's err. When it was not done it is
  * abandoned: returns TREATY_ESTATE, *out untouched.
  */
 int ccore_take(struct ccore *c, struct ccore_req **r, treaty_outcome_t *out);

@@ -7,9 +7,12 @@
  * the crash windows around them - is the core's; read participant_core.h.
  *
  * Lifecycle of a participant
- *   1. new: a DEALER socket (own ZeroMQ context) connects to the coordinator,
- *      and a core is made with the handlers. Nothing is sent yet.
- *   2. every turn (process, or the SDK thread after start): the core's timers
+ *   1. new: a DEALER socket (own ZeroMQ context; link.c: CURVE keys when
+ *      given, a monitor on its handshakes) connects to the coordinator, and
+ *      a core is made with the handlers. Nothing is sent yet.
+ *   2. every turn (process, or the SDK thread after start): the link's
+ *      handshake news (a refusal is written to errmsg and stderr once per
+ *      streak; link.c connects again with backoff), the core's timers
  *      (pcore_on_tick: HELLO when due, the sweep), then up to
  *      PARTICIPANT_BATCH received messages, each handed to the core
  *      (pcore_on_message, or pcore_on_malformed when it did not decode) with
@@ -51,6 +54,7 @@
 
 #include <zmq.h>
 
+#include "link.h"
 #include "participant_core.h"
 #include "participant_int.h"
 #include "treaty.h"
@@ -64,9 +68,10 @@
 struct treaty_participant {
     struct pcore *core;
 
-    void *ctx;
-    void *sock;
+    struct link *link;
+    void *sock; /* link_socket(link) */
     int fd;
+    bool refused_told; /* the current streak of refused handshakes was reported */
 
     pthread_t thread;
     atomic_bool running; /* written by the caller's thread only */
@@ -149,17 +154,19 @@ static bool name_ok(const char *s)
     return s != NULL && wire_name_ok((const uint8_t *)s, strnlen(s, WIRE_NAME_MAX + 1));
 }
 
-int treaty_participant_new(const char *endpoint, const char *service, const char *instance, const treaty_handlers_t *h,
-                           treaty_participant_t **out)
+int treaty_participant_new_secure(const char *endpoint, const char *service, const char *instance,
+                                  const treaty_handlers_t *h, const treaty_security_t *sec, treaty_participant_t **out)
 {
-    int zero = 0, one = 1;
-    int err = TREATY_ETRANSPORT;
+    int err;
     if (out == NULL)
         return TREATY_EINVAL;
     *out = NULL;
     if (endpoint == NULL || *endpoint == '\0' || !name_ok(service) || !name_ok(instance) ||
         (h != NULL && (h->prepare == NULL || h->commit == NULL || h->abort == NULL)))
         return TREATY_EINVAL;
+    err = treaty_security_check(sec, NULL, 0);
+    if (err < 0)
+        return err;
 
     struct treaty_participant *p = calloc(1, sizeof *p);
     if (p == NULL)
@@ -177,40 +184,36 @@ int treaty_participant_new(const char *endpoint, const char *service, const char
     err = pcore_new(service, instance, h, &io, participant_now_ms(), &p->core); /* the first HELLO is due now */
     if (err < 0)
         goto fail_core;
-    err = TREATY_ETRANSPORT;
 
-    p->ctx = zmq_ctx_new();
-    if (p->ctx == NULL)
-        goto fail_ctx;
-    p->sock = zmq_socket(p->ctx, ZMQ_DEALER);
-    if (p->sock == NULL)
-        goto fail_socket;
     /* ZMQ_IMMEDIATE 1: see the file's header. */
-    if (zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
-        zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof one) != 0)
-        goto fail_setup;
+    char why[PARTICIPANT_ERRMSG_MAX];
+    err = link_open(endpoint, true, sec, &p->link, why, sizeof why);
+    if (err < 0)
+        goto fail_link;
+    p->sock = link_socket(p->link);
     size_t fdlen = sizeof p->fd;
-    if (zmq_getsockopt(p->sock, ZMQ_FD, &p->fd, &fdlen) != 0)
-        goto fail_setup;
-    if (zmq_connect(p->sock, endpoint) != 0) {
-        if (errno == EINVAL || errno == EPROTONOSUPPORT || errno == ENOCOMPATPROTO)
-            err = TREATY_EINVAL;
-        goto fail_setup;
+    if (zmq_getsockopt(p->sock, ZMQ_FD, &p->fd, &fdlen) != 0) {
+        err = TREATY_ETRANSPORT;
+        goto fail_fd;
     }
     *out = p;
     return 0;
 
-fail_setup:
-    zmq_close(p->sock);
-fail_socket:
-    zmq_ctx_term(p->ctx);
-fail_ctx:
+fail_fd:
+    link_close(&p->link);
+fail_link:
     pcore_destroy(&p->core);
 fail_core:
     pthread_mutex_destroy(&p->err_lock);
 fail_mutex:
     free(p);
     return err;
+}
+
+int treaty_participant_new(const char *endpoint, const char *service, const char *instance, const treaty_handlers_t *h,
+                           treaty_participant_t **out)
+{
+    return treaty_participant_new_secure(endpoint, service, instance, h, NULL, out);
 }
 
 void treaty_participant_destroy(treaty_participant_t **pp)
@@ -220,8 +223,7 @@ void treaty_participant_destroy(treaty_participant_t **pp)
     struct treaty_participant *p = *pp;
     if (atomic_load(&p->running))
         treaty_participant_stop(p);
-    zmq_close(p->sock); /* ZMQ_LINGER 0: unsent replies are dropped; the coordinator re-sends */
-    zmq_ctx_term(p->ctx);
+    link_close(&p->link);    /* ZMQ_LINGER 0: unsent replies are dropped; the coordinator re-sends */
     pcore_destroy(&p->core); /* step handlers' args, then the extension */
     pthread_mutex_destroy(&p->err_lock);
     free(p);
@@ -260,10 +262,33 @@ static bool readable(const struct treaty_participant *p)
     return (ev & ZMQ_POLLIN) != 0;
 }
 
-/* One turn: timers first, then up to PARTICIPANT_BATCH messages. Returns the
- * number of messages read (malformed ones included) or TREATY_ETRANSPORT. */
+/* The link's news: a refused handshake is told once per streak, to errmsg
+ * and stderr (an operator must fix keys or the allow-list); link.c tries
+ * again by itself. */
+static void watch_link(struct treaty_participant *p)
+{
+    switch (link_poll(p->link, participant_now_ms())) {
+    case LINK_REFUSED:
+        if (!p->refused_told)
+            pcore_log(p->core, PCORE_ALERT, "%s", link_why(p->link));
+        p->refused_told = true;
+        break;
+    case LINK_UP:
+        if (p->refused_told)
+            pcore_log(p->core, PCORE_NOTE, "the coordinator accepted the handshake again");
+        p->refused_told = false;
+        break;
+    case LINK_NONE:
+        break;
+    }
+}
+
+/* One turn: the link's news and the timers first, then up to
+ * PARTICIPANT_BATCH messages. Returns the number of messages read (malformed
+ * ones included) or TREATY_ETRANSPORT. */
 static int turn(struct treaty_participant *p)
 {
+    watch_link(p);
     pcore_on_tick(p->core, participant_now_ms());
 
     int n = 0;
@@ -315,7 +340,11 @@ int treaty_participant_next_timeout(const treaty_participant_t *p)
         return TREATY_ESTATE;
     if (readable(p))
         return 0;
-    int64_t wait = pcore_next_tick(p->core) - participant_now_ms();
+    int64_t due = pcore_next_tick(p->core);
+    int64_t retry = link_next_due(p->link);
+    if (retry >= 0 && retry < due)
+        due = retry;
+    int64_t wait = due - participant_now_ms();
     if (wait <= 0)
         return 0;
     return wait > INT32_MAX ? INT32_MAX : (int)wait;
@@ -344,7 +373,7 @@ int treaty_participant_inquire(treaty_participant_t *p, const treaty_txid_t *id,
 static void *participant_thread(void *arg)
 {
     struct treaty_participant *p = arg;
-    zmq_pollitem_t item = {p->sock, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t items[2] = {{p->sock, 0, ZMQ_POLLIN, 0}, {link_monitor(p->link), 0, ZMQ_POLLIN, 0}};
 
     current = p;
     while (!atomic_load(&p->stop)) {
@@ -357,7 +386,7 @@ static void *participant_thread(void *arg)
             wait = until > 0 ? (long)until : 0;
         if (n < 0)
             wait = PARTICIPANT_POLL_MS; /* transport trouble: do not spin */
-        if (zmq_poll(&item, 1, wait) < 0 && errno != EINTR) {
+        if (zmq_poll(items, 2, wait) < 0 && errno != EINTR) {
             participant_errorf(p, "poll failed: %s", zmq_strerror(errno));
             struct timespec ts = {0, PARTICIPANT_POLL_MS * 1000000L};
             nanosleep(&ts, NULL);

@@ -940,6 +940,13 @@ static int check_server(struct lp *g)
 int treaty_pg_participant_new(const char *endpoint, const char *service, const char *instance, const char *conninfo,
                               treaty_pg_work_fn work, void *arg, treaty_participant_t **out)
 {
+    return treaty_pg_participant_new_secure(endpoint, service, instance, conninfo, work, arg, NULL, out);
+}
+
+int treaty_pg_participant_new_secure(const char *endpoint, const char *service, const char *instance,
+                                     const char *conninfo, treaty_pg_work_fn work, void *arg,
+                                     const treaty_security_t *sec, treaty_participant_t **out)
+{
     if (out == NULL)
         return TREATY_EINVAL;
     *out = NULL;
@@ -955,7 +962,7 @@ int treaty_pg_participant_new(const char *endpoint, const char *service, const c
     treaty_handlers_t h;
     pg_core_handlers(core, &h);
     treaty_participant_t *p;
-    int rc = treaty_participant_new(endpoint, service, instance, &h, &p);
+    int rc = treaty_participant_new_secure(endpoint, service, instance, &h, sec, &p);
     if (rc < 0)
         goto fail_participant;
     pg_core_install(core, participant_core(p)); /* p owns core (and g) from here on */

@@ -239,6 +239,7 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
 
     in->nparts = 0;
     in->rid_len = 0;
+    in->user_id[0] = '\0';
     memset(&in->msg.hdr, 0, sizeof in->msg.hdr);
     if (netfault_on())
         netfault_release(sock);
@@ -279,6 +280,14 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
         memcpy(in->rid, zmq_msg_data(&in->parts[0]), l);
         in->rid_len = l;
         first = 1;
+        /* Every part of a message from a connection carries its properties;
+         * read them from the first part the peer sent. */
+        const char *uid = zmq_msg_gets(&in->parts[in->nparts > 1 ? 1 : 0], "User-Id");
+        if (uid != NULL) {
+            size_t n = strnlen(uid, WIRE_USER_ID_MAX);
+            memcpy(in->user_id, uid, n);
+            in->user_id[n] = '\0';
+        }
     }
     if (overflow) {
         close_parts(in);

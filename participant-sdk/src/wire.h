@@ -152,10 +152,16 @@ bool wire_name_ok(const uint8_t *s, size_t len);
 
 /* ------------------------------------------------------------ socket I/O */
 
+#define WIRE_USER_ID_MAX 255 /* ZAP's limit */
+
 /* One received message with its storage. */
 struct wire_in {
     uint8_t rid[WIRE_ROUTING_ID_MAX]; /* ROUTER only: the sender's routing id */
     size_t rid_len;
+    /* ROUTER only: the User-Id a ZAP handler gave the sender's connection
+     * (libzmq's "User-Id" message property), NUL-terminated; "" when none
+     * (no ZAP handler authenticated it, or not a ROUTER). */
+    char user_id[WIRE_USER_ID_MAX + 1];
     size_t nparts;
     zmq_msg_t parts[WIRE_MAX_FRAMES + 2];
     struct wire_msg msg;
@@ -163,11 +169,12 @@ struct wire_in {
 
 /*
  * Receives one whole multipart message without blocking and decodes it.
- * router: expect a routing-id frame first. Returns 0 (in->msg valid, close with
- * wire_in_close), TREATY_ETIMEDOUT when nothing is waiting, TREATY_ETRANSPORT, or
- * a decode error (the whole message has been consumed; in->rid is valid when
- * router and in->msg.hdr as wire_decode leaves it, so the caller can answer;
- * in needs no close).
+ * router: expect a routing-id frame first, and take the sender's ZAP User-Id
+ * (in->user_id). Returns 0 (in->msg valid, close with wire_in_close),
+ * TREATY_ETIMEDOUT when nothing is waiting, TREATY_ETRANSPORT, or a decode
+ * error (the whole message has been consumed; in->rid and in->user_id are
+ * valid when router and in->msg.hdr as wire_decode leaves it, so the caller
+ * can answer; in needs no close).
  */
 int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in);
 void wire_in_close(struct wire_in *in);

@@ -8,10 +8,20 @@
  * Start: like treatyd, it waits for the journal's PostgreSQL, recovers from
  * the journal's unfinished runs, and serves. A crash loses the core (all
  * volatile state) and whatever the journal had not committed.
+ *
+ * Identities: with authentication (world_params.auth) every message reaches
+ * the core with its sender's allow-list entry, as treatyd's loop looks it
+ * up for the CURVE key of the connection: a key per process, the same in
+ * every incarnation; clients are clients, participants participants of
+ * their service, the hostile peer whatever its seed gave it. Without, the
+ * core gets no peer (the routing id is the identity), as in treatyd
+ * without security.curve.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "allowlist.h"
 #include "config.h"
 #include "core.h"
 #include "log.h"
@@ -23,7 +33,42 @@ struct scoord {
     struct node *n;
     struct config cfg;
     struct core *core;
+    struct allow_entry *peers; /* with authentication: per node id */
 };
+
+/* The allow-list of the world: a key per node (from its name: stable across
+ * restarts), roles by kind. */
+static void make_peers(struct world *w, struct scoord *s)
+{
+    s->peers = sim_xcalloc(w->nnodes, sizeof *s->peers);
+    for (size_t i = 0; i < w->nnodes; i++) {
+        const struct node *n = &w->nodes[i];
+        struct allow_entry *e = &s->peers[i];
+        uint64_t h = 1469598103934665603ull;
+        for (const char *c = n->name; *c; c++)
+            h = (h ^ (uint8_t)*c) * 1099511628211ull;
+        for (size_t b = 0; b < sizeof e->key; b++) {
+            h = (h ^ b) * 1099511628211ull;
+            e->key[b] = (uint8_t)(h >> 56);
+        }
+        switch (n->kind) {
+        case NODE_CLIENT:
+            e->roles = ALLOW_CLIENT;
+            break;
+        case NODE_PART:
+            e->roles = ALLOW_PARTICIPANT;
+            snprintf(e->services, sizeof e->services, "%s", n->service);
+            break;
+        case NODE_ROGUE:
+            e->roles = w->p.rogue_key;
+            if (e->roles & ALLOW_PARTICIPANT)
+                snprintf(e->services, sizeof e->services, "rogue");
+            break;
+        case NODE_COORD:
+            break;
+        }
+    }
+}
 
 static struct core_time now_of(struct world *w, struct node *n)
 {
@@ -143,14 +188,16 @@ void scoord_crash(struct world *w, struct node *n)
     core_destroy(&s->core);
 }
 
-void scoord_msg(struct world *w, struct node *n, const uint8_t *rid, size_t rid_len, const struct wire_msg *m)
+void scoord_msg(struct world *w, struct node *n, int from, const uint8_t *rid, size_t rid_len, const struct wire_msg *m)
 {
     struct scoord *s = n->impl;
     if (s->core == NULL)
         return; /* still connecting to the journal: not listening yet */
     sim_trace(w, "%.*s -> %s: %s branch %u code %u", (int)rid_len, (const char *)rid, n->name,
               wire_type_name(m->hdr.type), m->hdr.branch, m->hdr.code);
-    core_on_message(s->core, rid, rid_len, m, now_of(w, n));
+    if (w->p.auth && s->peers == NULL)
+        make_peers(w, s);
+    core_on_message(s->core, rid, rid_len, w->p.auth ? &s->peers[from] : NULL, m, now_of(w, n));
     after(s);
 }
 
@@ -200,6 +247,7 @@ void scoord_free(struct node *n)
     if (s == NULL)
         return;
     core_destroy(&s->core);
+    free(s->peers);
     free(s);
     n->impl = NULL;
 }

@@ -23,12 +23,20 @@
  *   4. checks: the invariants (check.c) against the simulated databases,
  *      the journal and what every client was told.
  *
+ * Identities: a seed runs either with authentication (every process has a
+ * key of its own that survives its restarts, as a CURVE key does, and the
+ * coordinator's core gets its allow-list entry with every message: clients
+ * are clients, participants participants of their service) or without (the
+ * core gets no peer; the routing id, new at every restart, is the
+ * identity). A hostile process (srogue.c) forges what it overhears.
+ *
  * Files: sim.h (this), world.c (events, network, faults, phases), sjournal.c
  * (the simulated journal), scoord.c (a coordinator process around
  * coordinator/core.h), sdb.c (a simulated PostgreSQL database), spart.c (a
  * participant process around the SDK's participant core), sclient.c (a client
- * process around the SDK's client core, and the workload), check.c (the
- * invariants), main.c (seeds, budget, progress, replay command).
+ * process around the SDK's client core, and the workload), srogue.c (the
+ * hostile peer), check.c (the invariants), main.c (seeds, budget, progress,
+ * replay command).
  */
 #ifndef TREATY_SIM_H
 #define TREATY_SIM_H
@@ -91,7 +99,7 @@ struct event {
 
 /* ------------------------------------------------------------------ nodes */
 
-enum node_kind { NODE_COORD, NODE_PART, NODE_CLIENT };
+enum node_kind { NODE_COORD, NODE_PART, NODE_CLIENT, NODE_ROGUE };
 
 struct node {
     enum node_kind kind;
@@ -150,7 +158,19 @@ struct world_params {
     double hold_decision;   /* a COMMIT or ABORT is held 0.2-3 s (it arrives after what follows it) */
     int n2pc, nsagas;       /* workload size */
     int clients;
+    bool auth;          /* processes authenticate (a key each, allow-list roles) */
+    double rogue_rate;  /* forged messages per simulated second from the hostile peer (fault phase) */
+    unsigned rogue_key; /* with auth: the hostile peer's roles (ALLOW_* bits; 0: a key revoked
+                           since it connected), and it may be a participant of "rogue" only */
 };
+
+/* What the hostile peer overheard: requests the coordinator sent. */
+struct sniffed {
+    uint8_t type;
+    uint8_t txid[16];
+    uint16_t branch, attempt, code;
+};
+#define SIM_SNIFF_MAX 64
 
 struct world {
     uint64_t seed;
@@ -174,6 +194,9 @@ struct world {
     struct node *nodes;
     size_t nnodes;
     int coord; /* node id of the coordinator */
+    int rogue; /* node id of the hostile peer */
+    struct sniffed sniff[SIM_SNIFF_MAX];
+    size_t nsniff; /* sniffs so far (the ring holds the last SIM_SNIFF_MAX) */
     struct sjournal *journal;
     struct sdb **dbs; /* one per service */
     size_t ndbs;
@@ -228,7 +251,8 @@ void spart_free(struct node *n);
 void sclient_free(struct node *n);
 void scoord_start(struct world *w, struct node *n);
 void scoord_crash(struct world *w, struct node *n);
-void scoord_msg(struct world *w, struct node *n, const uint8_t *rid, size_t rid_len, const struct wire_msg *m);
+void scoord_msg(struct world *w, struct node *n, int from, const uint8_t *rid, size_t rid_len,
+                const struct wire_msg *m);
 void scoord_tick(struct world *w, struct node *n);
 void scoord_journal_done(struct world *w, struct node *n);
 void scoord_lookup_done(struct world *w, struct node *n, void *lookup);
@@ -247,6 +271,12 @@ void sclient_work(struct world *w, struct node *n);
 /* True when every transaction this client started has a final answer (and,
  * with late_too, its late resubmissions have theirs). */
 bool sclient_done(struct world *w, struct node *n, bool late_too);
+
+void srogue_start(struct world *w, struct node *n);
+void srogue_tick(struct world *w, struct node *n);
+/* A message the coordinator sent to the hostile peer: with authentication
+ * it must never get one (a violation); without, it never says HELLO. */
+void srogue_msg(struct world *w, struct node *n, const struct wire_msg *m);
 
 /* The journal (sjournal.c) and the databases (sdb.c) outlive processes. */
 struct sjournal *sjournal_new(struct world *w);

@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "sdb.h"
+#include "allowlist.h"
 #include "sim.h"
 #include "sjournal.h"
 #include "treaty.h"
@@ -316,6 +317,15 @@ void world_send(struct world *w, int from, const uint8_t *to_rid, size_t to_rid_
         }
         if (to < 0)
             return; /* a routing id of a dead incarnation: ZeroMQ drops it */
+        if (h->type == WIRE_PREPARE || h->type == WIRE_COMMIT || h->type == WIRE_ABORT || h->type == WIRE_STEP) {
+            /* the hostile peer overhears the coordinator's requests */
+            struct sniffed *sn = &w->sniff[w->nsniff++ % SIM_SNIFF_MAX];
+            sn->type = h->type;
+            memcpy(sn->txid, h->txid, 16);
+            sn->branch = h->branch;
+            sn->attempt = h->attempt;
+            sn->code = h->code;
+        }
     }
     size_t total = 0;
     for (size_t i = 0; i < nframes; i++)
@@ -384,13 +394,16 @@ static void deliver(struct world *w, struct netmsg *m)
     }
     switch (n->kind) {
     case NODE_COORD:
-        scoord_msg(w, n, m->rid, m->rid_len, &msg);
+        scoord_msg(w, n, m->from, m->rid, m->rid_len, &msg);
         break;
     case NODE_PART:
         spart_msg(w, n, &msg);
         break;
     case NODE_CLIENT:
         sclient_msg(w, n, &msg);
+        break;
+    case NODE_ROGUE:
+        srogue_msg(w, n, &msg);
         break;
     }
     netmsg_free(m);
@@ -421,6 +434,9 @@ static void node_start(struct world *w, struct node *n)
     case NODE_CLIENT:
         sclient_start(w, n);
         break;
+    case NODE_ROGUE:
+        srogue_start(w, n);
+        break;
     }
 }
 
@@ -439,6 +455,8 @@ static void node_crash(struct world *w, struct node *n)
         break;
     case NODE_CLIENT:
         sclient_crash(w, n);
+        break;
+    case NODE_ROGUE:
         break;
     }
     n->alive = false;
@@ -539,6 +557,8 @@ static void run_event_(struct world *w, struct event *e)
             scoord_tick(w, n);
         else if (n->kind == NODE_PART)
             spart_tick(w, n);
+        else if (n->kind == NODE_ROGUE)
+            srogue_tick(w, n);
         else
             sclient_tick(w, n);
         break;
@@ -671,6 +691,10 @@ static void draw_params(struct world *w)
     p->clients = (int)sim_rng_range(r, 1, 3);
     p->n2pc = (int)sim_rng_range(r, 5, 40);
     p->nsagas = (int)sim_rng_range(r, 0, 20);
+    p->auth = sim_rng_chance(r, 0.5);
+    p->rogue_rate = maybe(r, 20.0);
+    static const unsigned keys[] = {0, ALLOW_CLIENT, ALLOW_PARTICIPANT, ALLOW_CLIENT | ALLOW_PARTICIPANT};
+    p->rogue_key = keys[sim_rng_range(r, 0, 3)];
 }
 
 struct world *world_new(uint64_t seed, bool trace, bool hash, FILE *out)
@@ -701,7 +725,7 @@ struct world *world_new(uint64_t seed, bool trace, bool hash, FILE *out)
     }
     sdb_seed(w->dbs[3], "stock", SIM_STOCK_START);
 
-    w->nnodes = 1 + NELEM(participants) + (size_t)w->p.clients;
+    w->nnodes = 1 + NELEM(participants) + (size_t)w->p.clients + 1;
     w->nodes = sim_xcalloc(w->nnodes, sizeof *w->nodes);
     size_t k = 0;
     w->coord = 0;
@@ -724,6 +748,10 @@ struct world *world_new(uint64_t seed, bool trace, bool hash, FILE *out)
         *n = (struct node){.kind = NODE_CLIENT, .id = (int)k, .tick_at = -1};
         snprintf(n->name, sizeof n->name, "client/%d", i + 1);
     }
+    w->rogue = (int)k;
+    w->nodes[k] = (struct node){.kind = NODE_ROGUE, .id = (int)k, .tick_at = -1};
+    snprintf(w->nodes[k].name, sizeof w->nodes[k].name, "rogue");
+    k++;
     /* The workload: who runs what (txids are made when a client starts one). */
     for (int i = 0; i < w->p.n2pc + w->p.nsagas; i++) {
         struct wtx *t = check_add(w->check, i < w->p.n2pc ? WTX_2PC : WTX_SAGA);
@@ -748,10 +776,13 @@ void world_run(struct world *w)
 {
     sim_trace(w,
               "seed %llu: faults %lld ms, drop %.3f dup %.3f delay <= %lld ms, crash %.3f/s, db restarts %.3f/s, "
-              "journal restarts %.3f/s, clock jumps %.3f/s, %d clients, %d 2PC, %d sagas",
+              "journal restarts %.3f/s, clock jumps %.3f/s, %d clients, %d 2PC, %d sagas, %s, forgeries %.2f/s "
+              "(key: %s)",
               (unsigned long long)w->seed, (long long)w->p.faults_ms, w->p.msg_drop, w->p.msg_dup,
               (long long)w->p.delay_max_ms, w->p.crash_rate, w->p.db_restart_rate, w->p.journal_restart_rate,
-              w->p.clock_jump_rate, w->p.clients, w->p.n2pc, w->p.nsagas);
+              w->p.clock_jump_rate, w->p.clients, w->p.n2pc, w->p.nsagas,
+              w->p.auth ? "authenticated" : "unauthenticated", w->p.rogue_rate,
+              w->p.auth ? allow_roles_name(w->p.rogue_key) : "-");
     for (size_t i = 0; i < w->nnodes; i++)
         node_start(w, &w->nodes[i]);
     schedule_faults(w);
