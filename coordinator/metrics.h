@@ -14,7 +14,18 @@
  *   - the process: /proc/self and getrusage.
  * Nothing here runs unless somebody scrapes.
  *
- * Thread: the loop thread (the core is not thread-safe).
+ * Threads, who does what:
+ *   - the loop thread updates every counter of the core (struct core_stats,
+ *     the duration histograms) and of struct metrics_msgs with plain
+ *     increments, as it handles messages and timers;
+ *   - the journal's writer thread updates the journal's counters and its two
+ *     group-commit histograms (atomics; metrics_hist.h: one writer thread per
+ *     histogram, relaxed loads and stores, no read-modify-write);
+ *   - the loop thread, again, renders the exposition when a scrape comes:
+ *     libmicrohttpd runs in its external-event mode inside the loop
+ *     (metrics_http.h), so the core is only ever read by the thread that
+ *     writes it, and the journal's atomics are read without locks.
+ * Every function here: the loop thread (the core is not thread-safe).
  */
 #ifndef TREATY_METRICS_H
 #define TREATY_METRICS_H

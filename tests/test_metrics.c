@@ -372,5 +372,8 @@ Test(metrics, real_prometheus_scrapes_treatyd_and_returns_the_committed_count)
     cr_assert(prom_query(base, "treaty_service_instances{service=\"bank-a\"}", &v));
     cr_assert_eq(v, 1.0);
     support_proc_stop(prom, 10000);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data); /* Prometheus's TSDB; its config and log stay */
+    run_sh("rm", cmd, NULL);
     world_stop(&w);
 }
