@@ -63,17 +63,17 @@ log_min_messages = warning
 wal_writer_delay = 10s
 logging_collector = off
 CONF
-    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null || {
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 300 start >/dev/null || {
         cat "$dir/postgres.log" >&2; exit 1; }
     echo "host=$dir port=$port user=$PGOSUSER" >"$dir/conninfo"
     cat "$dir/conninfo"
     ;;
 restart)
-    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -m fast restart >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 300 -m fast restart >/dev/null
     ;;
 crash)
     as_pg "$PGBIN/pg_ctl" -D "$dir/data" -w -t 60 -m immediate stop >/dev/null
-    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 300 start >/dev/null
     ;;
 stop)
     if [ -d "$dir/data" ]; then

@@ -342,7 +342,9 @@ Test(security, a_plaintext_peer_is_refused_by_a_curve_coordinator)
     treaty_client_t *sdk = NULL;
     cr_assert_eq(treaty_client_new(c.d.endpoint, &sdk), 0);
     treaty_outcome_t out;
-    cr_assert_eq(treaty_client_query(sdk, &tx, 1000, &out), TREATY_ETIMEDOUT);
+    int rc = treaty_client_query(sdk, &tx, 1000, &out);
+    cr_assert(rc == TREATY_ETIMEDOUT || rc == TREATY_EAUTH, "the plaintext SDK client got %s, want no answer",
+              treaty_strerror(rc));
     treaty_client_destroy(&sdk);
     zmq_close(plain);
     zmq_close(good);
