@@ -244,25 +244,23 @@ int core_check_new_txid(struct core *c, const struct core_in *in)
 
 /* ------------------------------------------------------------ clients' shares */
 
-/* The digest of in's sender's identity: its CURVE key, or its routing id
- * (tagged apart), under the core's hash key. */
+/* The 128-bit keyed digest (SipHash-2-4 with 128-bit output, under the
+ * core's random key) of in's sender's identity: its CURVE key, or its
+ * routing id, tagged apart. Keyed, so that no peer can choose an identity
+ * that shares another's entry. */
 static void client_id(const struct core *c, const struct core_in *in, uint8_t id[16])
 {
-    crypto_generichash_state st;
-    uint8_t tag = in->peer != NULL ? 'K' : 'R';
-    crypto_generichash_init(&st, c->client_hkey, sizeof c->client_hkey, 16);
-    crypto_generichash_update(&st, &tag, 1);
-    if (in->peer != NULL)
-        crypto_generichash_update(&st, in->peer->key, sizeof in->peer->key);
-    else
-        crypto_generichash_update(&st, in->rid, in->rid_len);
-    crypto_generichash_final(&st, id, 16);
+    uint8_t buf[1 + WIRE_ROUTING_ID_MAX];
+    size_t n = in->peer != NULL ? sizeof in->peer->key : in->rid_len;
+    if (n > sizeof buf - 1)
+        n = sizeof buf - 1;
+    buf[0] = in->peer != NULL ? 'K' : 'R';
+    memcpy(buf + 1, in->peer != NULL ? in->peer->key : in->rid, n);
+    crypto_shorthash_siphashx24(id, buf, 1 + n, c->client_hkey);
 }
 
-void core_client_charge(struct core *c, struct tx_head *h, const struct core_in *in)
+void core_client_charge(struct core *c, struct tx_head *h, const uint8_t id[16])
 {
-    uint8_t id[16];
-    client_id(c, in, id);
     struct client_load *l = txmap_get(&c->clients, id);
     if (l == NULL) {
         l = util_xcalloc(1, sizeof *l);
@@ -285,7 +283,7 @@ void core_client_done(struct core *c, struct tx_head *h)
     }
 }
 
-int core_admit(struct core *c, const struct core_in *in)
+int core_admit(struct core *c, const struct core_in *in, uint8_t client[16])
 {
     const uint8_t *txid = in->msg->hdr.txid;
     if (c->stopping) {
@@ -304,9 +302,8 @@ int core_admit(struct core *c, const struct core_in *in)
                          c->cfg->max_inflight);
         return TREATY_EBUSY;
     }
-    uint8_t id[16];
-    client_id(c, in, id);
-    const struct client_load *l = txmap_get(&c->clients, id);
+    client_id(c, in, client);
+    const struct client_load *l = txmap_get(&c->clients, client);
     if (l != NULL && l->n >= (uint32_t)c->cfg->max_inflight_per_client) {
         core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_CLIENT_LIMIT);
         core_deny(c, DENY_LIMIT, in, "%s: %u of its transactions in flight already", wire_type_name(in->msg->hdr.type),

@@ -155,11 +155,13 @@ void core_remember_done(struct core *c, const uint8_t *txid, enum treaty_status 
 int core_check_new_txid(struct core *c, const struct core_in *in);
 /* Common admission checks for new work (stopping, journal health,
  * limits.max_inflight, and the client's limits.max_inflight_per_client): 0,
- * or an ERROR was sent. */
-int core_admit(struct core *c, const struct core_in *in);
-/* h (just put in the map) counts against in's sender's share of
- * limits.max_inflight_per_client until core_client_done (or core_forget). */
-void core_client_charge(struct core *c, struct tx_head *h, const struct core_in *in);
+ * with the sender's client id in client (for core_client_charge), or an
+ * ERROR was sent. */
+int core_admit(struct core *c, const struct core_in *in, uint8_t client[16]);
+/* h (just put in the map) counts against the share of client (core_admit's)
+ * of limits.max_inflight_per_client until core_client_done (or
+ * core_forget). */
+void core_client_charge(struct core *c, struct tx_head *h, const uint8_t client[16]);
 /* h's client has been answered (its outcome is durable): its share comes
  * back. Idempotent. */
 void core_client_done(struct core *c, struct tx_head *h);

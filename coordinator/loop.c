@@ -331,6 +331,7 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig
         rc = TREATY_ENOMEM;
         goto fail_in;
     }
+    l->in->want_user_id = l->sec != NULL;
     struct core_io io = {
         .ctx = l,
         .send = io_send,

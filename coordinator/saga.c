@@ -646,7 +646,8 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         return;
     /* A new saga (the dispatcher has asked the journal when it might know
      * it; a txid that is a 2PC transaction here went to twopc.c). */
-    if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
+    uint8_t client[16];
+    if (core_check_new_txid(c, in) < 0 || core_admit(c, in, client) < 0)
         return;
     size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
     if (nsteps > (size_t)c->cfg->max_steps) {
@@ -678,7 +679,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         return;
     }
     core_put(c, &s->h);
-    core_client_charge(c, &s->h, in); /* until END is durable and the client told (core_forget) */
+    core_client_charge(c, &s->h, client); /* until END is durable and the client told (core_forget) */
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
     s->submitted_ms = c->now.mono_ms;

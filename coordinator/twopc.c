@@ -284,7 +284,8 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
     if (core_reply_done(c, in))
         return;
     /* A new transaction (the dispatcher has asked the journal when it might know it). */
-    if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
+    uint8_t client[16];
+    if (core_check_new_txid(c, in) < 0 || core_admit(c, in, client) < 0)
         return;
     size_t nb = (m->nframes - 1) / 2;
     if (nb > (size_t)c->cfg->max_branches) {
@@ -317,7 +318,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
 
     t = txn_new(txid, (unsigned)nb);
     core_put(c, &t->h);
-    core_client_charge(c, &t->h, in);
+    core_client_charge(c, &t->h, client);
     txn_add_waiter(t, in->rid, in->rid_len);
     c->st.submitted++;
     t->submitted_ms = c->now.mono_ms;
@@ -375,10 +376,11 @@ void twopc_query(struct core *c, const struct core_in *in, struct txn *t)
      * answer that must hold: record it first. Not for a txid whose records
      * may already be collected (too old) or that no client could have
      * submitted yet (from the future): those are refused. */
-    if (core_check_new_txid(c, in) < 0 || core_admit(c, in) < 0)
+    uint8_t client[16];
+    if (core_check_new_txid(c, in) < 0 || core_admit(c, in, client) < 0)
         return;
     t = presume_abort(c, txid, "queried");
-    core_client_charge(c, &t->h, in);
+    core_client_charge(c, &t->h, client);
     txn_add_waiter(t, in->rid, in->rid_len);
 }
 

@@ -282,7 +282,7 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
         first = 1;
         /* Every part of a message from a connection carries its properties;
          * read them from the first part the peer sent. */
-        const char *uid = zmq_msg_gets(&in->parts[in->nparts > 1 ? 1 : 0], "User-Id");
+        const char *uid = in->want_user_id ? zmq_msg_gets(&in->parts[in->nparts > 1 ? 1 : 0], "User-Id") : NULL;
         if (uid != NULL) {
             size_t n = strnlen(uid, WIRE_USER_ID_MAX);
             memcpy(in->user_id, uid, n);

@@ -158,10 +158,14 @@ bool wire_name_ok(const uint8_t *s, size_t len);
 struct wire_in {
     uint8_t rid[WIRE_ROUTING_ID_MAX]; /* ROUTER only: the sender's routing id */
     size_t rid_len;
-    /* ROUTER only: the User-Id a ZAP handler gave the sender's connection
-     * (libzmq's "User-Id" message property), NUL-terminated; "" when none
-     * (no ZAP handler authenticated it, or not a ROUTER). */
+    /* ROUTER only, and only when want_user_id: the User-Id a ZAP handler
+     * gave the sender's connection (libzmq's "User-Id" message property),
+     * NUL-terminated; "" when none (no ZAP handler authenticated it, not a
+     * ROUTER, or not wanted). */
     char user_id[WIRE_USER_ID_MAX + 1];
+    /* Set by the owner, never touched by wire_recv: read the User-Id (a
+     * property lookup per message, so only when a ZAP handler runs). */
+    bool want_user_id;
     size_t nparts;
     zmq_msg_t parts[WIRE_MAX_FRAMES + 2];
     struct wire_msg msg;
