@@ -13,11 +13,11 @@ PREFIX ?= /usr/local
 BUILD ?= build
 CC ?= cc
 
-PKGS := libzmq libconfig libpq libsodium libmicrohttpd
+PKGS := libzmq libconfig libpq libsodium libsystemd libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lmicrohttpd
+PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lsystemd -lmicrohttpd
 PKG_CFLAGS := -I/usr/include/postgresql
 endif
 
@@ -80,7 +80,15 @@ $(FLAGS_STAMP): FORCE
 .PHONY: FORCE
 FORCE:
 
-$(BUILD)/obj/%.o: %.c $(GEN) $(FLAGS_STAMP)
+# Nothing compiles before scripts/deps.sh found (or, as root, installed) the
+# Debian packages: a plain `make` without them prints the apt-get command
+# instead of a compiler error. Once per build directory.
+DEPS_OK := $(BUILD)/deps.ok
+$(DEPS_OK): scripts/deps.sh
+	@sh scripts/deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/obj/%.o: %.c $(GEN) $(FLAGS_STAMP) | $(DEPS_OK)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 

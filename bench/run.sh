@@ -396,6 +396,10 @@ if [ "$SOAK" -gt 0 ]; then
     grep -v NOTICE "$WORK/soak-run.log" | tail -n 9 >&2
     kill "$SAMPLER" 2>/dev/null
     wait "$SAMPLER" 2>/dev/null
+    # the last sample: the end of the run, however the sampler's sleeps fell
+    r=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$T3/status" 2>/dev/null)
+    printf '%d %s\n' "$SOAK" "${r:-0}" >>"$WORK/soak-rss"
+    printf '  soak %4d s (end): treatyd VmRSS %s kB\n' "$SOAK" "${r:-?}" >&2
     stop_pid "$T3"
     awk -v secs="$SOAK" -v tps="$(jget "$RUNS/soak-run.json" tps)" '
         { t[NR] = $1; r[NR] = $2 }
@@ -403,11 +407,11 @@ if [ "$SOAK" -gt 0 ]; then
             a = 0; z = 0
             for (i = 1; i <= NR; i++) { if (t[i] == 60) a = r[i]; z = r[i] }
             printf "{\n  \"tool\": \"run.sh\",\n  \"workload\": \"soak\",\n  \"seconds\": %d,\n  \"tps\": %s,\n", secs, tps == "" ? "null" : tps
-            printf "  \"rss_kb_1min\": %d,\n  \"rss_kb_end\": %d,\n  \"rss_end_over_1min\": %s,\n", a, z, a > 0 ? sprintf("%.3f", z / a) : "null"
+            printf "  \"rss_kb_1min\": %d,\n  \"rss_kb_end\": %d,\n  \"rss_end_over_1min\": %s,\n", a, z, (a > 0 ? sprintf("%.3f", z / a) : "null")
             printf "  \"rss_kb_every_30s\": \"%s\"\n}\n", ""
         }' "$WORK/soak-rss" >"$RUNS/soak.json"
-    sed -i "s/\"rss_kb_every_30s\": \"\"/\"rss_kb_every_30s\": \"$(awk '{printf "%s%s", NR > 1 ? " " : "", $2}' "$WORK/soak-rss")\"/" \
-        "$RUNS/soak.json"
+    every=$(awk '{ printf "%s%s", (NR > 1 ? " " : ""), $2 }' "$WORK/soak-rss")
+    sed -i "s/\"rss_kb_every_30s\": \"\"/\"rss_kb_every_30s\": \"$every\"/" "$RUNS/soak.json"
 fi
 
 # ------------------------------------------------------- the comparison
@@ -453,7 +457,7 @@ ratio_line() { # LABEL A KEYA B KEYB
 }
 verdict() { # LABEL VALUE OP LIMIT
     awk -v l="$1" -v v="$2" -v op="$3" -v lim="$4" 'BEGIN {
-        if (v == "null") { printf "  %-60s %s\n", l, "not measured"; exit }
+        if (v == "null" || v == "") { printf "  %-60s %s\n", l, "not measured"; exit }
         ok = (op == "<=") ? (v + 0 <= lim + 0) : (v + 0 >= lim + 0)
         printf "  %-60s %10.3f %s %-6s %s\n", l, v, op, lim, ok ? "MET" : "NOT MET" }'
 }

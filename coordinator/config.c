@@ -28,10 +28,11 @@
 #include "treaty.h"
 
 enum key_kind {
-    KEY_INT,      /* int field, [min, max] */
-    KEY_STRING,   /* char[] field of size cap */
-    KEY_LOGLEVEL, /* string in the file, enum log_level in the struct */
-    KEY_BOOL,     /* bool field */
+    KEY_INT,       /* int field, [min, max] */
+    KEY_STRING,    /* char[] field of size cap */
+    KEY_LOGLEVEL,  /* string in the file, enum log_level in the struct */
+    KEY_LOGFORMAT, /* string in the file, enum log_format in the struct */
+    KEY_BOOL,      /* bool field */
 };
 
 struct key {
@@ -59,6 +60,7 @@ struct key {
 static const struct key keys[] = {
     STR_KEY(NULL, "listen", listen),
     {NULL, "log_level", KEY_LOGLEVEL, offsetof(struct config, log_level), 0, 0, 0},
+    {NULL, "log_format", KEY_LOGFORMAT, offsetof(struct config, log_format), 0, 0, 0},
     INT_KEY(NULL, "shutdown_deadline_ms", shutdown_deadline_ms, 0, 600000),
 
     STR_KEY("journal", "conninfo", journal_conninfo),
@@ -116,6 +118,7 @@ void config_defaults(struct config *c)
     memset(c, 0, sizeof *c);
     snprintf(c->listen, sizeof c->listen, "%s", "tcp://127.0.0.1:7600");
     c->log_level = LOG_LEVEL_INFO;
+    c->log_format = LOG_FORMAT_TEXT;
     c->shutdown_deadline_ms = 5000;
 
     c->journal_conninfo[0] = '\0';
@@ -247,6 +250,14 @@ static int apply_setting(struct config *c, const struct key *k, const config_set
             return fail(err, errlen, "%s:%u: %s%s%s: must be error, warn, info or debug, got \"%.32s\"", w.file, w.line,
                         g, dot, k->name, v);
         *(int *)(void *)((char *)c + k->off) = l;
+        return 0;
+    }
+    if (k->kind == KEY_LOGFORMAT) {
+        int f = log_format_parse(v);
+        if (f < 0)
+            return fail(err, errlen, "%s:%u: %s%s%s: must be text or json, got \"%.32s\"", w.file, w.line, g, dot,
+                        k->name, v);
+        *(int *)(void *)((char *)c + k->off) = f;
         return 0;
     }
     size_t n = strlen(v);
@@ -494,7 +505,7 @@ fail_read:
 
 /* ------------------------------------------------------------ the flags */
 
-enum { OPT_LISTEN = 256, OPT_JOURNAL, OPT_LOG_LEVEL, OPT_HELP };
+enum { OPT_LISTEN = 256, OPT_JOURNAL, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION, OPT_CHECK_CONFIG };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -502,6 +513,8 @@ static const struct option long_opts[] = {
     {"journal", required_argument, NULL, OPT_JOURNAL},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {"check-config", required_argument, NULL, OPT_CHECK_CONFIG},
     {NULL, 0, NULL, 0},
 };
 
@@ -523,6 +536,9 @@ static void usage(const char *prog)
            "      --listen EP         ZeroMQ endpoint to bind (default tcp://127.0.0.1:7600)\n"
            "      --journal CONNINFO  libpq conninfo of the journal database (default: PG* env)\n"
            "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+           "      --check-config FILE check FILE (with the other flags) and exit: prints ok (exit 0)\n"
+           "                          or the problem (exit 2)\n"
+           "      --version           print the version and exit\n"
            "      --help              print this help and exit\n"
            "\n"
            "Flags override the file, whatever their order.\n"
@@ -545,7 +561,7 @@ static int set_string(char *dst, size_t cap, const char *flag, const char *v, ch
 
 int config_from_args(struct config *c, int argc, char **argv, char *err, size_t errlen)
 {
-    const char *file = NULL, *listen = NULL, *journal = NULL, *level = NULL;
+    const char *file = NULL, *listen = NULL, *journal = NULL, *level = NULL, *check = NULL;
     const char *prog = argc > 0 && argv[0] != NULL ? argv[0] : "treatyd";
 
     /* glibc: optind = 0 re-initialises getopt completely (including a
@@ -572,6 +588,13 @@ int config_from_args(struct config *c, int argc, char **argv, char *err, size_t 
         case OPT_HELP:
             usage(prog);
             return 1;
+        case OPT_VERSION:
+            printf("treatyd %d.%d.%d\n", TREATY_VERSION_MAJOR, TREATY_VERSION_MINOR, TREATY_VERSION_PATCH);
+            fflush(stdout);
+            return 1;
+        case OPT_CHECK_CONFIG:
+            check = optarg;
+            break;
         case ':':
             if (optopt == 'c')
                 return fail(err, errlen, "-c/--config: missing argument");
@@ -586,6 +609,10 @@ int config_from_args(struct config *c, int argc, char **argv, char *err, size_t 
     }
     if (optind < argc)
         return fail(err, errlen, "%s: unexpected argument", argv[optind]);
+    if (check != NULL && file != NULL)
+        return fail(err, errlen, "--check-config and -c/--config: give the file once");
+    if (check != NULL)
+        file = check;
 
     struct config tmp;
     config_defaults(&tmp);
@@ -602,6 +629,13 @@ int config_from_args(struct config *c, int argc, char **argv, char *err, size_t 
         if (l < 0)
             return fail(err, errlen, "--log-level: must be error, warn, info or debug, got \"%.32s\"", level);
         tmp.log_level = l;
+    }
+    if (check != NULL) {
+        if ((rc = config_validate(&tmp, err, errlen)) < 0)
+            return rc;
+        printf("ok\n");
+        fflush(stdout);
+        return 1;
     }
     *c = tmp;
     return 0;
@@ -686,5 +720,155 @@ int config_validate(const struct config *c, char *err, size_t errlen)
                     "txid.max_age_s (%d) plus txid.max_future_s (%d) must not exceed journal.retention_s (%d): a "
                     "resubmitted txid must still find its outcome in the journal",
                     c->txid_max_age_s, c->txid_max_future_s, c->journal_retention_s);
+    return 0;
+}
+
+/* ------------------------------------------------------------ reload */
+
+/* The keys a reload (SIGHUP) changes in the running process; config.h says
+ * why the others need a restart. */
+static const char *const reloadable[] = {
+    "log_level",
+    "log_format",
+    "shutdown_deadline_ms",
+    "txid.max_age_s",
+    "twopc.default_timeout_ms",
+    "twopc.max_timeout_ms",
+    "twopc.resend_initial_ms",
+    "twopc.resend_max_ms",
+    "saga.max_steps",
+    "saga.stuck_after_attempts",
+    "saga.stuck_retry_ms",
+    "saga.max_attempts",
+    "saga.max_backoff_ms",
+    "saga.max_try_timeout_ms",
+    "saga.max_deadline_ms",
+    "registry.heartbeat_ms",
+    "registry.dead_after_ms",
+    "limits.max_branches",
+    "limits.max_inflight",
+    "limits.max_inflight_per_client",
+};
+
+/* Keys whose values are not shown in logs: a conninfo may hold a password. */
+static const char *const secret[] = {"journal.conninfo"};
+
+static void key_name(const struct key *k, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s%s%s", k->group ? k->group : "", k->group ? "." : "", k->name);
+}
+
+static bool listed(const char *const *list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], name) == 0)
+            return true;
+    return false;
+}
+
+bool config_key_reloadable(const char *key)
+{
+    return listed(reloadable, sizeof reloadable / sizeof reloadable[0], key);
+}
+
+static const void *field(const struct config *c, const struct key *k)
+{
+    return (const char *)c + k->off;
+}
+
+static bool key_differs(const struct key *k, const struct config *a, const struct config *b)
+{
+    switch (k->kind) {
+    case KEY_INT:
+    case KEY_LOGLEVEL:
+    case KEY_LOGFORMAT:
+        return *(const int *)field(a, k) != *(const int *)field(b, k);
+    case KEY_BOOL:
+        return *(const bool *)field(a, k) != *(const bool *)field(b, k);
+    case KEY_STRING:
+        return strcmp(field(a, k), field(b, k)) != 0;
+    }
+    return true;
+}
+
+static void key_text(const struct key *k, const struct config *c, bool hide, char *buf, size_t len)
+{
+    int v = k->kind == KEY_STRING ? 0 : k->kind == KEY_BOOL ? *(const bool *)field(c, k) : *(const int *)field(c, k);
+    if (hide) {
+        snprintf(buf, len, "(not shown)");
+        return;
+    }
+    switch (k->kind) {
+    case KEY_INT:
+        snprintf(buf, len, "%d", v);
+        return;
+    case KEY_LOGLEVEL: {
+        static const char *const level[] = {"error", "warn", "info", "debug"};
+        snprintf(buf, len, "%s", v >= 0 && v < 4 ? level[v] : "?");
+        return;
+    }
+    case KEY_LOGFORMAT:
+        snprintf(buf, len, "%s", log_format_name((enum log_format)v));
+        return;
+    case KEY_BOOL:
+        snprintf(buf, len, "%s", v ? "true" : "false");
+        return;
+    case KEY_STRING:
+        snprintf(buf, len, "\"%s\"", (const char *)field(c, k));
+        return;
+    }
+}
+
+size_t config_diff(const struct config *a, const struct config *b, struct config_change *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        if (!key_differs(k, a, b))
+            continue;
+        if (n < cap) {
+            struct config_change *ch = &out[n];
+            key_name(k, ch->key, sizeof ch->key);
+            bool hide = listed(secret, sizeof secret / sizeof secret[0], ch->key);
+            key_text(k, a, hide, ch->from, sizeof ch->from);
+            key_text(k, b, hide, ch->to, sizeof ch->to);
+            ch->reloadable = config_key_reloadable(ch->key);
+        }
+        n++;
+    }
+    return n;
+}
+
+void config_apply_reloadable(struct config *live, const struct config *next)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        char name[64];
+        key_name(k, name, sizeof name);
+        if (!config_key_reloadable(name) || !key_differs(k, live, next))
+            continue;
+        if (k->kind == KEY_STRING)
+            memcpy((char *)live + k->off, field(next, k), k->cap);
+        else if (k->kind == KEY_BOOL)
+            *(bool *)(void *)((char *)live + k->off) = *(const bool *)field(next, k);
+        else
+            *(int *)(void *)((char *)live + k->off) = *(const int *)field(next, k);
+    }
+}
+
+int config_reload_merge(const struct config *live, const struct config *next, struct config *out, char *err,
+                        size_t errlen)
+{
+    int rc = config_validate(next, err, errlen);
+    if (rc < 0)
+        return rc;
+    *out = *live;
+    config_apply_reloadable(out, next);
+    char why[512];
+    if (config_validate(out, why, sizeof why) < 0)
+        return fail(err, errlen,
+                    "%s (with the values of the keys that need a restart kept: the file's new values of those only "
+                    "take effect after a restart)",
+                    why);
     return 0;
 }

@@ -6,6 +6,7 @@
  *
  *   listen                        = "tcp://127.0.0.1:7600"   ZeroMQ endpoint the ROUTER binds
  *   log_level                     = "info"          error | warn | info | debug
+ *   log_format                    = "text"          text | json (log.h)
  *   shutdown_deadline_ms          = 5000            SIGTERM: how long in-flight work may finish   [0, 600000]
  *   journal: {
  *     conninfo                    = ""              libpq conninfo; "" = libpq defaults (PG* env)
@@ -78,7 +79,8 @@
 
 struct config {
     char listen[256];
-    int log_level; /* enum log_level */
+    int log_level;  /* enum log_level */
+    int log_format; /* enum log_format */
     int shutdown_deadline_ms;
 
     char journal_conninfo[1024];
@@ -138,6 +140,11 @@ int config_load_file(struct config *c, const char *path, char *err, size_t errle
  * Parses argv (flags above) into c: first the file named by -c (if any), then
  * the flags over it. Returns 0, 1 when --help was given (usage already printed
  * to stdout), or TREATY_ECONFIG with the problem in err.
+ *
+ * Two more flags make it a one-shot check and return 1 with c untouched:
+ * --version prints "treatyd X.Y.Z"; --check-config FILE reads FILE as -c
+ * would (no -c with it), applies the other flags, runs config_validate and
+ * prints "ok" - or fails with TREATY_ECONFIG as above.
  */
 int config_from_args(struct config *c, int argc, char **argv, char *err, size_t errlen);
 
@@ -150,5 +157,58 @@ int config_validate(const struct config *c, char *err, size_t errlen);
 /* True when endpoint (a ZeroMQ bind endpoint) cannot be reached from other
  * hosts: tcp:// on 127.0.0.0/8, [::1] or localhost; ipc://; inproc://. */
 bool config_endpoint_is_local(const char *endpoint);
+
+/*
+ * Reload (SIGHUP, reload.h). The file and the flags are read again; the keys
+ * below take their new values in the running process, between two events of
+ * the loop. Caps and defaults apply to what is admitted from then on (a
+ * transaction or saga admitted earlier keeps its prepare deadline, saga
+ * deadline and step retry policies); the decision re-send backoff, the
+ * stuck threshold and retry interval of compensations, the heartbeat and
+ * dead_after_ms apply at once to everything in flight:
+ *
+ *   log_level, log_format, shutdown_deadline_ms, txid.max_age_s,
+ *   twopc.* (default_timeout_ms, max_timeout_ms, resend_initial_ms, resend_max_ms),
+ *   saga.* (every key), registry.heartbeat_ms (participants adopt it at
+ *   their next HELLO), registry.dead_after_ms, limits.max_branches,
+ *   limits.max_inflight, limits.max_inflight_per_client.
+ *
+ * The others need a restart and keep their values until then: listen (the
+ * socket is bound), journal.* (the journal's connections and threads were
+ * set up with them), txid.max_future_s (the start-up's horizon of txids
+ * the journal may know was derived from it, outcomes.h), limits.max_payload_bytes
+ * (the socket's message size limit), limits.outcome_cache (the cache was
+ * sized with it), security.* (the key pair and the ZAP handler were set up
+ * with them; the allow-list file they name is read again on SIGHUP, but by
+ * the item of its own, security.h).
+ */
+
+/* True when the key ("twopc.default_timeout_ms", "log_level") is reloadable. */
+bool config_key_reloadable(const char *key);
+
+/* One key whose value differs. Values as text: numbers, level and format
+ * names, strings in quotes ("(not shown)" for journal.conninfo: it may hold
+ * a password); cut to fit. */
+struct config_change {
+    char key[64];
+    char from[272], to[272];
+    bool reloadable;
+};
+
+/* The keys whose values differ between a and b, in the order of config.h,
+ * into out (at most cap). Returns how many differ (may be more than cap). */
+size_t config_diff(const struct config *a, const struct config *b, struct config_change *out, size_t cap);
+
+/* Copies the reloadable keys of next into live and writes nothing else of
+ * live (not even an equal value: other threads may read the rest). */
+void config_apply_reloadable(struct config *live, const struct config *next);
+
+/* What live becomes when the file and flags now say next: *out = live with
+ * next's reloadable keys. 0, or TREATY_ECONFIG with the problem in err when
+ * next fails config_validate, or when *out does (a reloadable key's new value
+ * may only fit a new value of a key that needs a restart, such as
+ * txid.max_age_s with journal.retention_s). */
+int config_reload_merge(const struct config *live, const struct config *next, struct config *out, char *err,
+                        size_t errlen);
 
 #endif /* TREATY_CONFIG_H */

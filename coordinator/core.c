@@ -764,7 +764,6 @@ static void replay(struct core *c, const struct parked *p)
 
 void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struct core_time now)
 {
-    char id[TREATY_TXID_STRLEN];
     c->now = now;
     struct tx_head *h = core_get(c, r->txid);
     if (h == NULL || h->kind != TX_LOOKUP)
@@ -794,9 +793,9 @@ void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struc
             /* Recovery holds every unfinished transaction in memory: records
              * nobody holds are a journal we cannot explain. Answer nothing
              * that could contradict them. */
-            log_error("txn %s: the journal holds records of it but no outcome, and it is not in memory; refusing "
-                      "requests about it (an operator should look)",
-                      core_fmt_txid(r->txid, id));
+            log_txn(LOG_LEVEL_ERROR, r->txid,
+                    "txn: the journal holds records of it but no outcome, and it is not in memory; refusing "
+                    "requests about it (an operator should look)");
             refuse = "the journal holds unfinished records of this txid that the coordinator does not hold";
             why = CORE_REFUSED_UNEXPLAINED;
             break;
@@ -870,6 +869,11 @@ static bool still_allowed(void *arg, const struct instance *i)
 {
     const struct allow_entry *e = allowlist_find(arg, i->key);
     return e != NULL && allow_entry_has_service(e, i->service);
+}
+
+void core_config_changed(struct core *c)
+{
+    registry_set_dead_after(c->reg, c->cfg->dead_after_ms);
 }
 
 void core_on_allowlist(struct core *c, const struct allowlist *a, struct core_time now)

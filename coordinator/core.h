@@ -155,8 +155,17 @@ int core_recover_record(void *core, const struct journal_rec *r, long long finis
  * made up to now + txid.max_future_s is looked up when nothing in memory
  * knows it (a previous run may have accepted it). */
 void core_recover_newest(struct core *c, int64_t newest_ms);
+/* During recovery: how many transactions and sagas were rebuilt so far (the
+ * run being gathered not counted yet). 0 before the first record. */
+size_t core_recover_progress(const struct core *c);
 /* Ends recovery; returns the number of transactions and sagas resumed. */
 size_t core_recover_done(struct core *c, struct core_time now);
+
+/* The configuration the core reads (core_new's cfg) was changed by a
+ * reload (reload.h; config.h lists the keys): the core re-reads what it
+ * had copied out of it (registry.dead_after_ms). Everything else is read
+ * from cfg where it is used, so it applies from the next event on. */
+void core_config_changed(struct core *c);
 
 /*
  * A decoded message from the peer with routing id rid. peer: who sent it,

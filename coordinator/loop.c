@@ -4,7 +4,8 @@
  * One thread. zmq_poll() waits on the ROUTER socket (clients and
  * participants), the journal's notification socket and, with CURVE, the ZAP
  * handler's socket (security.h), at most until the core's next tick. Each
- * turn: a reload of the allow-list if SIGHUP asked for one; ZAP requests
+ * turn: a reload (reload.h: the configuration, and the allow-list with
+ * CURVE) if SIGHUP asked for one; ZAP requests
  * answered; the journal's news (durable watermark, lookup answers) to the
  * core; every waiting message to the core, with its sender's allow-list
  * entry looked up by the key of its connection; the core's tick; then every
@@ -13,6 +14,12 @@
  *
  * The clocks are read here, once per event, and handed to the core; the
  * core's PRNG is seeded here from getrandom.
+ *
+ * systemd (sd_notify, a no-op without NOTIFY_SOCKET): STATUS= while the
+ * journal is being connected and every second of recovery (with
+ * EXTEND_TIMEOUT_USEC, so that a long recovery that progresses is not
+ * killed by TimeoutStartSec), READY=1 once recovery is done and the socket
+ * is bound, STOPPING=1 when SIGTERM starts the drain.
  */
 #include "loop.h"
 
@@ -23,6 +30,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
 #include <zmq.h>
 
 #include "core.h"
@@ -30,6 +38,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "metrics_http.h"
+#include "reload.h"
 #include "security.h"
 #include "treaty.h"
 #include "util.h"
@@ -45,6 +54,8 @@ struct loop {
     struct core *core;
     struct security *sec; /* with security.curve; NULL without */
     struct wire_in *in;
+    struct reload *reload;        /* borrowed from loop_run's caller */
+    struct allowlist *allow_next; /* the allow-list item's prepared list */
     uint64_t durable_seq;         /* the watermark last handed to the core */
     int64_t stats_at_ms;          /* when log_stats last ran */
     uint64_t stats_write_us;      /* journal write time it saw then */
@@ -63,9 +74,11 @@ static struct core_time now_time(void)
 static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
                     const struct wire_frame *frames, size_t nframes)
 {
+    static const uint8_t none[16];
     struct loop *l = ctx;
     if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
-        log_debug("send %s failed: %s (peer gone?)", wire_type_name(h->type), zmq_strerror(errno));
+        log_txn(LOG_LEVEL_DEBUG, memcmp(h->txid, none, 16) != 0 ? h->txid : NULL, "send %s failed: %s (peer gone?)",
+                wire_type_name(h->type), zmq_strerror(errno));
     else
         metrics_count_msg(&l->msgs, METRICS_OUT, h->type);
 }
@@ -193,22 +206,41 @@ static void log_stats(struct loop *l)
              (unsigned long long)cs.denied_sender, (unsigned long long)cs.denied_limit);
 }
 
-/* SIGHUP: the allow-list again (issue 13 adds the rest of a reload). */
-static void reload(struct loop *l)
+/* ------------------------------------------------------------ reload */
+
+/* The allow-list as a reload item (reload.h), with security.curve. */
+static int allow_prepare(void *arg, char *err, size_t errlen)
 {
-    if (l->sec == NULL) {
-        log_info("SIGHUP: nothing to reload (security.curve is off)");
-        return;
-    }
-    char err[512];
-    if (security_reload(l->sec, err, sizeof err) < 0) {
-        log_error("SIGHUP: the allow-list was not reloaded, the previous one stays: %s", err);
-        return;
-    }
+    struct loop *l = arg;
+    return security_reload_read(l->sec, &l->allow_next, err, errlen);
+}
+
+static void allow_commit(void *arg)
+{
+    struct loop *l = arg;
+    security_reload_install(l->sec, l->allow_next);
+    l->allow_next = NULL;
     const struct allowlist *a = security_allowlist(l->sec);
     log_info("SIGHUP: allow-list reloaded: %zu keys; new connections and every message are judged by it from now on",
              allowlist_count(a));
     core_on_allowlist(l->core, a, now_time());
+}
+
+static void allow_abort(void *arg)
+{
+    struct loop *l = arg;
+    allowlist_free(&l->allow_next);
+}
+
+static const struct reload_ops allow_ops = {allow_prepare, allow_commit, allow_abort};
+
+/* SIGHUP: every item of the reload set, all or nothing (reload.h). */
+static void reload(struct loop *l)
+{
+    sd_notify(0, "STATUS=reloading");
+    if (reload_run(l->reload) == 0)
+        core_config_changed(l->core);
+    sd_notifyf(0, "STATUS=serving on %s", l->cfg->listen);
 }
 
 /* Serves until stopped (0) or deposed from the journal (TREATY_ESTATE). */
@@ -237,6 +269,8 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             struct core_stats cs;
             core_get_stats(l->core, &cs);
             stopping = true;
+            sd_notifyf(0, "STOPPING=1\nSTATUS=stopping: %zu transactions and %zu sagas in flight, deadline %d ms",
+                       cs.inflight_2pc, cs.inflight_sagas, l->cfg->shutdown_deadline_ms);
             core_stop(l->core);
             deadline = now + l->cfg->shutdown_deadline_ms;
             log_info("stopping: refusing new transactions; %zu in flight, deadline %d ms", cs.inflight_2pc,
@@ -306,7 +340,43 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
     }
 }
 
-int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig_atomic_t *reload_requested)
+/* ------------------------------------------------------------ recovery */
+
+struct scan_progress {
+    struct core *core;
+    unsigned long long records;
+    int64_t t0_ms, next_ms;
+    long delay_us; /* test builds: TREATY_TEST_SCAN_DELAY_US slows the scan down */
+};
+
+static void scan_report(const struct scan_progress *p, size_t resumed, bool done)
+{
+    long long ms = (long long)(util_mono_ms() - p->t0_ms);
+    log_info("recovery: %s%llu records read, %zu transactions resumed (%lld ms)", done ? "done: " : "", p->records,
+             resumed, ms);
+    sd_notifyf(0, "STATUS=recovery%s: %llu records read, %zu transactions resumed%s", done ? " done" : "", p->records,
+               resumed, done ? "" : "\nEXTEND_TIMEOUT_USEC=30000000");
+}
+
+static int scan_record(void *arg, const struct journal_rec *r, long long finished_at_unix)
+{
+    struct scan_progress *p = arg;
+#ifdef TREATY_FAULTS
+    if (p->delay_us > 0)
+        usleep((useconds_t)p->delay_us);
+#endif
+    p->records++;
+    int rc = core_recover_record(p->core, r, finished_at_unix);
+    int64_t now = util_mono_ms();
+    if (now >= p->next_ms) {
+        scan_report(p, core_recover_progress(p->core), false);
+        p->next_ms = now + 1000;
+    }
+    return rc;
+}
+
+int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_atomic_t *stop,
+             volatile sig_atomic_t *reload_requested)
 {
     int rc;
     char err[512];
@@ -314,6 +384,7 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig
     if (l == NULL)
         return TREATY_ENOMEM;
     l->cfg = cfg;
+    l->reload = reload_set;
     if (cfg->curve) {
         rc = security_new(cfg, &l->sec, err, sizeof err);
         if (rc < 0) {
@@ -354,18 +425,25 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig
         .gc_interval_ms = cfg->journal_gc_interval_ms,
         .stop = (volatile int *)stop,
     };
+    sd_notify(0, "STATUS=connecting to the journal");
     rc = journal_connect(&jc, &l->journal, err, sizeof err);
     if (rc < 0) {
         log_error("journal: %s", err);
         goto fail_journal;
     }
-    int64_t t0 = util_mono_ms();
-    rc = journal_scan(l->journal, core_recover_record, l->core);
+    struct scan_progress sp = {.core = l->core, .t0_ms = util_mono_ms()};
+    sp.next_ms = sp.t0_ms + 1000;
+#ifdef TREATY_FAULTS
+    const char *delay = getenv("TREATY_TEST_SCAN_DELAY_US");
+    sp.delay_us = delay != NULL ? atol(delay) : 0;
+#endif
+    log_info("recovery: reading the journal's unfinished transactions");
+    sd_notify(0, "STATUS=recovery: reading the journal");
+    rc = journal_scan(l->journal, scan_record, &sp);
     if (rc < 0) {
         log_error("recovery: cannot read the journal: %s", treaty_strerror(rc));
         goto fail_recover;
     }
-    int64_t scan_ms = util_mono_ms() - t0;
     /* The newest txid on record: fresh txids made after it need no lookup
      * (without it, every txid of the next txid.max_future_s would). */
     int64_t newest = -1;
@@ -393,8 +471,11 @@ int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig
         }
     }
     size_t resumed = core_recover_done(l->core, now_time());
-    log_info("recovery: %zu unfinished transactions resumed (%lld ms)", resumed, (long long)scan_ms);
+    scan_report(&sp, resumed, true);
+    if (l->sec != NULL)
+        reload_add(l->reload, "allow-list", &allow_ops, l);
     log_info("treatyd serving on %s", cfg->listen);
+    sd_notifyf(0, "READY=1\nSTATUS=serving on %s", cfg->listen);
     rc = serve(l, stop, reload_requested);
     log_stats(l);
 
@@ -412,6 +493,7 @@ fail_journal:
 fail_core:
     free(l->in);
 fail_in:
+    allowlist_free(&l->allow_next);
     security_destroy(&l->sec);
     free(l);
     return rc;

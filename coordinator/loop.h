@@ -9,10 +9,12 @@
  *     2. connect the journal (retrying while Postgres is unreachable; waiting
  *        while another coordinator holds it)
  *     3. recovery: the journal's unfinished runs fed to the core
- *     4. bind the ZAP handler (with CURVE), then the ROUTER, and serve until
- *        *stop becomes non-zero; each time *reload becomes non-zero (SIGHUP)
- *        the allow-list is read again
- *     5. on stop: the core refuses new transactions; in-flight ones may
+ *        (logging progress every second, and STATUS= to systemd)
+ *     4. bind the ZAP handler (with CURVE), then the ROUTER, tell systemd
+ *        READY=1, and serve until *stop becomes non-zero; each time *reload
+ *        becomes non-zero (SIGHUP) every item of the reload set is read
+ *        again, all or nothing (reload.h)
+ *     5. on stop (STOPPING=1 to systemd): the core refuses new transactions; in-flight ones may
  *        finish until shutdown_deadline_ms; flush the journal, return
  *
  * The loop makes no protocol decision: it hands the core every message
@@ -26,11 +28,19 @@
 #include <signal.h>
 
 #include "config.h"
+#include "reload.h"
 
 /* Returns 0 after a clean stop, or a negative TREATY_E* (message already
  * logged) when start-up failed, the transport failed, or another coordinator
  * took the journal (TREATY_ESTATE, journal_deposed). The loop sets *reload
- * back to 0 when it acts on it. */
-int loop_run(const struct config *cfg, volatile sig_atomic_t *stop, volatile sig_atomic_t *reload);
+ * back to 0 when it acts on it.
+ *
+ * items: the reload set SIGHUP runs (borrowed; normally holding the
+ * configuration item, whose live config is cfg). With security.curve the
+ * loop adds the allow-list to it once serving starts; that item refers to
+ * the loop and must not be run after loop_run returns. Reloaded keys are
+ * read from cfg by the loop and the core from the next event on. */
+int loop_run(const struct config *cfg, struct reload *items, volatile sig_atomic_t *stop,
+             volatile sig_atomic_t *reload);
 
 #endif

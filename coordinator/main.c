@@ -6,7 +6,8 @@
  *                            and exits (security.h)
  *
  * Signals: SIGTERM, SIGINT stop (the loop lets in-flight work finish until
- * shutdown_deadline_ms); SIGHUP reads the allow-list again.
+ * shutdown_deadline_ms); SIGHUP reloads the configuration and the allow-list,
+ * all or nothing (reload.h).
  *
  * Exit codes: 0 clean stop (SIGTERM/SIGINT) or keys written, 1 failure (at
  * start-up: bad key files or allow-list, cannot listen, journal refused;
@@ -19,6 +20,7 @@
 
 #include "config.h"
 #include "loop.h"
+#include "reload.h"
 #include "log.h"
 #include "security.h"
 #include "treaty.h"
@@ -62,7 +64,7 @@ int main(int argc, char **argv)
 
     int rc = config_from_args(&cfg, argc, argv, err, sizeof err);
     if (rc == 1)
-        return 0; /* --help */
+        return 0; /* --help, --version, --check-config with a valid file */
     if (rc < 0) {
         fprintf(stderr, "treatyd: configuration error: %s\n", err);
         return 2;
@@ -72,6 +74,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)cfg.log_level);
+    log_set_format((enum log_format)cfg.log_format);
     if (cfg.allow_insecure && !config_endpoint_is_local(cfg.listen))
         log_warn("listening on %s without CURVE (security.allow_insecure = true): anyone who can connect is trusted "
                  "with everything - registering as any participant, voting, acknowledging, reading payloads",
@@ -88,7 +91,15 @@ int main(int argc, char **argv)
 
     log_info("treatyd %d.%d.%d starting (listen %s)", TREATY_VERSION_MAJOR, TREATY_VERSION_MINOR, TREATY_VERSION_PATCH,
              cfg.listen);
-    rc = loop_run(&cfg, &stop_requested, &reload_requested);
+    /* SIGHUP: the file and flags again (reload.h), and the allow-list the
+     * loop adds. */
+    static struct reload_config live = {.live = &cfg};
+    live.argc = argc;
+    live.argv = argv;
+    struct reload *items = reload_new();
+    reload_add(items, "configuration", &reload_config_ops, &live);
+    rc = loop_run(&cfg, items, &stop_requested, &reload_requested);
+    reload_destroy(&items);
     if (rc < 0) {
         log_error("treatyd: stopped on an error: %s", treaty_strerror(rc));
         return 1;

@@ -188,6 +188,11 @@ void core_recover_newest(struct core *c, int64_t newest_ms)
     c->newest_ms = newest_ms < -1 ? -1 : newest_ms;
 }
 
+size_t core_recover_progress(const struct core *c)
+{
+    return c->rec != NULL ? c->rec->nresumed : 0;
+}
+
 size_t core_recover_done(struct core *c, struct core_time now)
 {
     c->now = now;

@@ -31,6 +31,11 @@ struct registry *registry_new(int dead_after_ms)
     return r;
 }
 
+void registry_set_dead_after(struct registry *r, int dead_after_ms)
+{
+    r->dead_after_ms = dead_after_ms;
+}
+
 void registry_destroy(struct registry **rp)
 {
     if (rp == NULL || *rp == NULL)

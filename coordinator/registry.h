@@ -48,6 +48,9 @@ struct registry;
 
 struct registry *registry_new(int dead_after_ms);
 void registry_destroy(struct registry **r);
+/* registry.dead_after_ms changed (a reload): applies from the next sweep
+ * and lookup on, to every instance. */
+void registry_set_dead_after(struct registry *r, int dead_after_ms);
 
 /* HELLO as service/instance (NUL-terminated names) from rid, authenticated
  * by key (REGISTRY_KEY_LEN bytes), or key NULL when peers are not

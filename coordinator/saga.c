@@ -105,9 +105,8 @@ static const char *state_name(enum saga_state s)
 static void set_state(struct saga *s, enum saga_state to)
 {
     if ((unsigned)to >= SAGA_STATE_COUNT_ || !saga_legal[s->state][to]) {
-        char id[TREATY_TXID_STRLEN];
-        log_error("saga %s: illegal state transition %s -> %s", core_fmt_txid(s->h.txid, id), state_name(s->state),
-                  state_name(to));
+        log_txn(LOG_LEVEL_ERROR, s->h.txid, "saga: illegal state transition %s -> %s", state_name(s->state),
+                state_name(to));
         abort();
     }
     s->state = to;
@@ -131,9 +130,8 @@ static void step_set_state(struct saga *s, unsigned i, enum saga_step_state to)
 {
     struct saga_step *st = &s->steps[i];
     if (!saga_step_transition_ok((enum saga_step_state)st->state, to)) {
-        char id[TREATY_TXID_STRLEN];
-        log_error("saga %s: step %u: illegal state transition %s -> %s", core_fmt_txid(s->h.txid, id), i,
-                  saga_step_state_name((enum saga_step_state)st->state), saga_step_state_name(to));
+        log_txn(LOG_LEVEL_ERROR, s->h.txid, "saga: step %u: illegal state transition %s -> %s", i,
+                saga_step_state_name((enum saga_step_state)st->state), saga_step_state_name(to));
         abort();
     }
     st->state = (uint8_t)to;
@@ -466,15 +464,14 @@ static void finish(struct core *c, struct saga *s, enum treaty_status st)
 /* The END record is durable: tell, remember, forget. */
 static void finished(struct core *c, struct saga *s)
 {
-    char id[TREATY_TXID_STRLEN];
     enum treaty_status st = (enum treaty_status)s->final_status;
     set_state(s, SAGA_DONE);
     if (st == TREATY_STATUS_COMPLETED)
         c->st.sagas_completed++;
     else
         c->st.sagas_compensated++;
-    log_info("saga %s: %s%s%s", core_fmt_txid(s->h.txid, id), treaty_status_name(st), s->reason ? ": " : "",
-             s->reason ? s->reason : "");
+    log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: %s%s%s", treaty_status_name(st), s->reason ? ": " : "",
+            s->reason ? s->reason : "");
     core_observe_duration(c, TX_SAGA, s->submitted_ms);
     tell_waiters(c, s, st, false);
     core_remember_done(c, s->h.txid, st, s->failed_step, s->reason);
@@ -487,12 +484,11 @@ static void start_compensation_group(struct core *c, struct saga *s);
 
 static void turn_around(struct core *c, struct saga *s, int failed_step, const char *reason)
 {
-    char id[TREATY_TXID_STRLEN];
     set_state(s, SAGA_LOGGING_TURN);
     s->failed_step = failed_step;
     free(s->reason);
     s->reason = util_xstrdup(reason);
-    log_info("saga %s: turning around at step %d: %s", core_fmt_txid(s->h.txid, id), failed_step, reason);
+    log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: turning around at step %d: %s", failed_step, reason);
     /* Forced, and nothing is compensated before it is durable: a crash before
      * then resumes forward, and an action refused by the barrier turns the
      * saga around again. */
@@ -634,7 +630,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
 {
     const struct wire_msg *m = in->msg;
     const uint8_t *txid = m->hdr.txid;
-    char id[TREATY_TXID_STRLEN], err[160];
+    char err[160];
 
     if (s != NULL) {
         if (s->stuck)
@@ -683,7 +679,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
     s->submitted_ms = c->now.mono_ms;
-    log_debug("saga %s: %u steps submitted", core_fmt_txid(txid, id), s->nsteps);
+    log_txn(LOG_LEVEL_DEBUG, txid, "saga: %u steps submitted", s->nsteps);
     /* The definition is forced before the first step runs: a step that ran
      * is always part of a saga that recovery knows. */
     s->record_seq = append(c, s, JOURNAL_SAGA, -1, NULL, true);
@@ -698,7 +694,6 @@ void saga_query(struct core *c, const struct core_in *in, struct saga *s)
 
 static void step_failed_try(struct core *c, struct saga *s, unsigned i, const char *why)
 {
-    char id[TREATY_TXID_STRLEN];
     struct saga_step *st = &s->steps[i];
     set_error(st, why);
     int64_t now = c->now.mono_ms;
@@ -715,8 +710,8 @@ static void step_failed_try(struct core *c, struct saga *s, unsigned i, const ch
         st->backoff_ms = next_backoff(st);
         st->waiting_retry = true;
         st->due_ms = now + core_jitter(c, st->backoff_ms);
-        log_info("saga %s: step %u attempt %u failed (%s); retry in %d ms", core_fmt_txid(s->h.txid, id), i,
-                 st->attempts, why, st->backoff_ms);
+        log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: step %u attempt %u failed (%s); retry in %d ms", i, st->attempts, why,
+                st->backoff_ms);
     } else if (st->state == STEP_COMPENSATING) {
         c->st.step_retries++;
         int wait_ms;
@@ -724,18 +719,18 @@ static void step_failed_try(struct core *c, struct saga *s, unsigned i, const ch
             if (!s->stuck) {
                 s->stuck = true;
                 c->st.sagas_stuck++;
-                log_error("saga %s: compensation of step %u (%s.%s) is stuck after %u attempts: %s; still "
-                          "retrying every %d ms, an operator should look",
-                          core_fmt_txid(s->h.txid, id), i, st->service, st->comp, st->comp_attempts, why,
-                          c->cfg->stuck_retry_ms);
+                log_txn(LOG_LEVEL_ERROR, s->h.txid,
+                        "saga: compensation of step %u (%s.%s) is stuck after %u attempts: %s; still "
+                        "retrying every %d ms, an operator should look",
+                        i, st->service, st->comp, st->comp_attempts, why, c->cfg->stuck_retry_ms);
                 tell_waiters(c, s, TREATY_STATUS_STUCK, true);
             }
             wait_ms = c->cfg->stuck_retry_ms;
         } else {
             st->backoff_ms = next_backoff(st);
             wait_ms = core_jitter(c, st->backoff_ms);
-            log_info("saga %s: compensation of step %u attempt %u failed (%s); retry in %d ms",
-                     core_fmt_txid(s->h.txid, id), i, st->comp_attempts, why, wait_ms);
+            log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: compensation of step %u attempt %u failed (%s); retry in %d ms",
+                    i, st->comp_attempts, why, wait_ms);
         }
         st->waiting_retry = true;
         st->due_ms = now + wait_ms;
@@ -887,11 +882,13 @@ struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, 
                          const uint8_t *action_done, const uint8_t *comp_done, bool turned, int failed_step,
                          const char *reason)
 {
-    char id[TREATY_TXID_STRLEN], err[160];
+    char err[160];
     struct saga *s = saga_from_def(c, txid, *def, def_len, err, sizeof err);
     if (s == NULL) {
-        log_error("recovery: saga %s has an unreadable definition (%s); left in the journal for an operator",
-                  core_fmt_txid(txid, id), err);
+        log_txn(LOG_LEVEL_ERROR, txid,
+                "recovery: a saga has an unreadable definition (%s); left in the journal for "
+                "an operator",
+                err);
         return NULL;
     }
     *def = NULL;         /* owned by s now */

@@ -369,13 +369,24 @@ const struct allow_entry *security_peer(struct security *s, const char *user_id)
     return &s->unknown;
 }
 
+int security_reload_read(const struct security *s, struct allowlist **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    return allowlist_load(s->allow_path, out, err, errlen);
+}
+
+void security_reload_install(struct security *s, struct allowlist *a)
+{
+    allowlist_free(&s->allow);
+    s->allow = a;
+}
+
 int security_reload(struct security *s, char *err, size_t errlen)
 {
     struct allowlist *a = NULL;
-    int rc = allowlist_load(s->allow_path, &a, err, errlen);
+    int rc = security_reload_read(s, &a, err, errlen);
     if (rc < 0)
         return rc;
-    allowlist_free(&s->allow);
-    s->allow = a;
+    security_reload_install(s, a);
     return 0;
 }

@@ -68,6 +68,12 @@ const struct allow_entry *security_peer(struct security *s, const char *user_id)
  * on) and 0 is returned; on failure the old list stays, and the problem is
  * in err. */
 int security_reload(struct security *s, char *err, size_t errlen);
+/* The two halves of security_reload, for an all-or-nothing reload of more
+ * than the allow-list (reload.h): security_reload_read reads and checks the
+ * file into *out (the caller owns it; nothing live changes), then
+ * security_reload_install makes it the list (taking ownership of a). */
+int security_reload_read(const struct security *s, struct allowlist **out, char *err, size_t errlen);
+void security_reload_install(struct security *s, struct allowlist *a);
 /* The current allow-list (borrowed: valid until the next reload). */
 const struct allowlist *security_allowlist(const struct security *s);
 /* Our public key, Z85 (41 bytes with the NUL). */

@@ -131,7 +131,6 @@ static void send_decisions(struct core *c, struct txn *t)
 
 static void finish(struct core *c, struct txn *t)
 {
-    char id[TREATY_TXID_STRLEN];
     enum treaty_status st = t->state == TXN_COMMITTING ? TREATY_STATUS_COMMITTED : TREATY_STATUS_ABORTED;
     txn_set_state(t, TXN_DONE);
     struct journal_rec r;
@@ -142,7 +141,7 @@ static void finish(struct core *c, struct txn *t)
     /* Lazy: if END is lost in a crash, recovery re-sends the decision and the
      * participants acknowledge again (decisions are idempotent). */
     core_append(c, &r, false);
-    log_debug("txn %s: finished %s", core_fmt_txid(t->h.txid, id), treaty_status_name(st));
+    log_txn(LOG_LEVEL_DEBUG, t->h.txid, "txn: finished %s", treaty_status_name(st));
     /* finish() runs only once the decision is durable: clients still waiting
      * (a recovered or resubmitted txn) get the outcome now, and the outcome
      * may be remembered (an evicted one is read back from the journal). */
@@ -177,12 +176,11 @@ static uint64_t append_decision(struct core *c, struct txn *t, enum journal_kind
 
 static void decide_abort(struct core *c, struct txn *t, int failed_branch, const char *reason)
 {
-    char id[TREATY_TXID_STRLEN];
     txn_set_state(t, TXN_ABORTING);
     t->failed_branch = failed_branch;
     free(t->reason);
     t->reason = util_xstrdup(reason);
-    log_info("txn %s: abort (branch %d: %s)", core_fmt_txid(t->h.txid, id), failed_branch, reason);
+    log_txn(LOG_LEVEL_INFO, t->h.txid, "txn: abort (branch %d: %s)", failed_branch, reason);
     /* Forced, and nothing is sent or told before it is durable. If we crash
      * before then, the txid is unknown after the restart: an INQUIRE or a
      * resubmission finds no record, and an ABORT record is written before
@@ -210,12 +208,11 @@ static void decide_abort(struct core *c, struct txn *t, int failed_branch, const
  * inquirers); a SUBMIT of the txid meanwhile waits too. */
 static struct txn *presume_abort(struct core *c, const uint8_t *txid, const char *why)
 {
-    char id[TREATY_TXID_STRLEN];
     struct txn *t = txn_new(txid, 0);
     t->presumed = true;
     core_put(c, &t->h);
     c->st.presumed_aborts++;
-    log_info("txn %s: no record of it; recording an abort (presumed abort: %s)", core_fmt_txid(txid, id), why);
+    log_txn(LOG_LEVEL_INFO, txid, "txn: no record of it; recording an abort (presumed abort: %s)", why);
     txn_set_state(t, TXN_ABORTING);
     t->reason = util_xstrdup("no record of this transaction (presumed abort)");
     expect_durable(c, t, append_decision(c, t, JOURNAL_ABORT));
@@ -269,7 +266,6 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
 {
     const struct wire_msg *m = in->msg;
     const uint8_t *txid = m->hdr.txid;
-    char id[TREATY_TXID_STRLEN];
 
     if (t != NULL) {
         /* A resubmission: same txid, same transaction. Answer when decided. */
@@ -341,7 +337,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
             return;
         }
     }
-    log_debug("txn %s: prepare %zu branches", core_fmt_txid(txid, id), nb);
+    log_txn(LOG_LEVEL_DEBUG, txid, "txn: prepare %zu branches", nb);
     for (size_t i = 0; i < nb; i++) {
         struct branch *b = &t->branches[i];
         core_sent_to(&b->to, chosen[i]); /* its VOTE counts from this instance only */
@@ -495,9 +491,8 @@ void twopc_ack(struct core *c, const struct core_in *in, struct txn *t)
     if (t->state != TXN_COMMITTING && t->state != TXN_ABORTING)
         return;
     if ((m->hdr.code == TREATY_STATUS_COMMITTED) != want_commit) {
-        char id[TREATY_TXID_STRLEN];
-        log_warn("txn %s: branch %u acknowledged %s but the decision is %s; ignored", core_fmt_txid(t->h.txid, id),
-                 m->hdr.branch, treaty_status_name(m->hdr.code), want_commit ? "commit" : "abort");
+        log_txn(LOG_LEVEL_WARN, t->h.txid, "txn: branch %u acknowledged %s but the decision is %s; ignored",
+                m->hdr.branch, treaty_status_name(m->hdr.code), want_commit ? "commit" : "abort");
         return;
     }
     struct branch *b = &t->branches[m->hdr.branch];

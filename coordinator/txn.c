@@ -63,9 +63,8 @@ void txn_free(struct txn *t)
 void txn_set_state(struct txn *t, enum txn_state to)
 {
     if (!txn_transition_ok(t->state, to)) {
-        char id[TREATY_TXID_STRLEN];
-        treaty_txid_format((const treaty_txid_t *)t->h.txid, id);
-        log_error("txn %s: illegal state transition %s -> %s", id, txn_state_name(t->state), txn_state_name(to));
+        log_txn(LOG_LEVEL_ERROR, t->h.txid, "txn: illegal state transition %s -> %s", txn_state_name(t->state),
+                txn_state_name(to));
         abort();
     }
     t->state = to;

@@ -154,11 +154,9 @@ static void lookup_decide(const struct lrow *v, size_t n, struct journal_lookup_
         else if (detail_is(d, "compensated"))
             out->outcome = JOURNAL_OUTCOME_COMPENSATED;
         else {
-            char id[37];
-            journal_txid_format(v[0].txid, id);
-            log_warn("journal: lookup of %s: a saga's records end with an END of detail \"%s\"; answered "
-                     "unfinished",
-                     id, d ? d : "(null)");
+            log_txn(LOG_LEVEL_WARN, v[0].txid,
+                    "journal: lookup: a saga's records end with an END of detail \"%s\"; answered unfinished",
+                    d ? d : "(null)");
         }
     }
 }

@@ -4,10 +4,11 @@
 set -eu
 # Build: the compilers, pkg-config and the libraries' -dev packages
 # (libmicrohttpd-dev: treatyd's /metrics endpoint). Tests: Criterion,
-# PostgreSQL, clang-format, and the real tools the metrics tests drive:
-# prometheus (prometheus and promtool) and curl (README, "Dependencies").
-PKGS="build-essential pkg-config libpq-dev libzmq3-dev libconfig-dev libsodium-dev libmicrohttpd-dev g++ clang \
-libcriterion-dev postgresql-15 postgresql-client-15 clang-format prometheus curl"
+# PostgreSQL, clang-format, systemd (systemd-analyze verify), and the real
+# tools the metrics tests drive: prometheus (prometheus and promtool) and
+# curl (README, "Dependencies").
+PKGS="build-essential pkg-config libpq-dev libzmq3-dev libconfig-dev libsodium-dev libsystemd-dev libmicrohttpd-dev \
+g++ clang systemd libcriterion-dev postgresql-15 postgresql-client-15 clang-format prometheus curl"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
