@@ -13,11 +13,11 @@ PREFIX ?= /usr/local
 BUILD ?= build
 CC ?= cc
 
-PKGS := libzmq libconfig libpq libsodium libsystemd jansson
+PKGS := libzmq libconfig libpq libsodium libsystemd jansson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lsystemd -ljansson
+PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lsystemd -ljansson -lmicrohttpd
 PKG_CFLAGS := -I/usr/include/postgresql
 endif
 
@@ -242,14 +242,16 @@ bench: deps
 
 # make bench-ab BASE=<rev>   the change against the tree at <rev>, in one
 #                            invocation: bench/ab.sh (rounds alternate)
+#                            AB_BASE_DIR: where the base tree is built
 .PHONY: bench-ab
+AB_BASE_DIR ?= /tmp/treaty-ab-base
 bench-ab: deps
 	@test -n "$(BASE)" || { echo "make bench-ab: say BASE=<git revision>" >&2; exit 2; }
 	$(MAKE) all bench-bin
-	rm -rf /tmp/treaty-ab-base && git worktree add --force --detach /tmp/treaty-ab-base $(BASE)
-	$(MAKE) -C /tmp/treaty-ab-base all bench-bin
-	BENCH_AB_BASE=/tmp/treaty-ab-base/$(BUILD)/bin BENCH_AB_NEW=$(CURDIR)/$(BUILD)/bin sh bench/ab.sh; \
-	  rc=$$?; git worktree remove --force /tmp/treaty-ab-base; exit $$rc
+	rm -rf $(AB_BASE_DIR) && git worktree add --force --detach $(AB_BASE_DIR) $(BASE)
+	$(MAKE) -C $(AB_BASE_DIR) all bench-bin
+	BENCH_AB_BASE=$(AB_BASE_DIR)/$(BUILD)/bin BENCH_AB_NEW=$(CURDIR)/$(BUILD)/bin sh bench/ab.sh; \
+	  rc=$$?; git worktree remove --force $(AB_BASE_DIR); exit $$rc
 
 # ------------------------------------------------------- scenarios (issue 4)
 # make scenarios   build treaty-scenario (scenarios/runner.c) and run every

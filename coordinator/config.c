@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "treaty.h"
 
 enum key_kind {
@@ -103,11 +104,16 @@ static const struct key keys[] = {
     STR_KEY("admin", "listen", admin_listen),
     INT_KEY("admin", "max_list", admin_max_list, 1, 100000),
     INT_KEY("admin", "max_pending", admin_max_pending, 1, 1024),
+    STR_KEY("metrics", "listen", metrics_listen),
+    INT_KEY("metrics", "max_services", metrics_max_services, 1, 100000),
+    INT_KEY("metrics", "max_connections", metrics_max_connections, 1, 1024),
+    INT_KEY("metrics", "connection_timeout_s", metrics_connection_timeout_s, 1, 3600),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "security", "admin"};
+static const char *const groups[] = {"journal", "txid",     "twopc", "saga",   "registry",
+                                     "limits",  "security", "admin", "metrics"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -156,6 +162,9 @@ void config_defaults(struct config *c)
     snprintf(c->admin_listen, sizeof c->admin_listen, "%s", "ipc:///tmp/treatyd-admin.sock");
     c->admin_max_list = 1000;
     c->admin_max_pending = 16;
+    c->metrics_max_services = 256;
+    c->metrics_max_connections = 8;
+    c->metrics_connection_timeout_s = 10;
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -679,6 +688,9 @@ int config_validate(const struct config *c, char *err, size_t errlen)
 {
     if (c->listen[0] == '\0')
         return fail(err, errlen, "listen: must not be empty");
+    char why[160];
+    if (c->metrics_listen[0] != '\0' && metrics_parse_listen(c->metrics_listen, NULL, why, sizeof why) < 0)
+        return fail(err, errlen, "metrics.listen: %s", why);
     if (c->curve) {
         const char *missing = c->secret_key_file[0] == '\0'   ? "secret_key_file"
                               : c->public_key_file[0] == '\0' ? "public_key_file"

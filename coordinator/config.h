@@ -64,6 +64,12 @@
  *     max_list                    = 1000            cap on a list request's --limit              [1, 100000]
  *     max_pending                 = 16              admin requests being answered at once        [1, 1024]
  *   }
+ *   metrics: {                                      Prometheus /metrics over HTTP (docs/metrics.md)
+ *     listen                      = ""              "IP:PORT" ("127.0.0.1:9464", "[::1]:9464"); "" = off
+ *     max_services                = 256             services given a treaty_service_instances series [1, 100000]
+ *     max_connections             = 8               concurrent HTTP connections                  [1, 1024]
+ *     connection_timeout_s        = 10              an idle HTTP connection is closed after this [1, 3600]
+ *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
  * --log-level LEVEL, --help. (treatyd --keygen PATH is a mode of its own,
@@ -124,6 +130,10 @@ struct config {
     char admin_listen[256];
     int admin_max_list;
     int admin_max_pending;
+    char metrics_listen[256];
+    int metrics_max_services;
+    int metrics_max_connections;
+    int metrics_connection_timeout_s;
 };
 
 /* Fills c with every default. */

@@ -38,6 +38,8 @@
 #include "core_admin.h"
 #include "journal.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "reload.h"
 #include "security.h"
 #include "treaty.h"
@@ -62,6 +64,8 @@ struct loop {
     uint64_t durable_seq;         /* the watermark last handed to the core */
     int64_t stats_at_ms;          /* when log_stats last ran */
     uint64_t stats_write_us;      /* journal write time it saw then */
+    struct metrics_msgs msgs;     /* messages in and out, by type */
+    struct metrics_http *metrics; /* GET /metrics; NULL: metrics.listen is off */
 };
 
 static struct core_time now_time(void)
@@ -80,6 +84,8 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
     if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
         log_txn(LOG_LEVEL_DEBUG, memcmp(h->txid, none, 16) != 0 ? h->txid : NULL, "send %s failed: %s (peer gone?)",
                 wire_type_name(h->type), zmq_strerror(errno));
+    else
+        metrics_count_msg(&l->msgs, METRICS_OUT, h->type);
 }
 
 static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
@@ -255,6 +261,7 @@ static bool handle_message(struct loop *l)
     int rc = wire_recv(l->router, true, limit, l->in);
     if (rc == TREATY_ETIMEDOUT)
         return false;
+    metrics_count_msg(&l->msgs, METRICS_IN, rc < 0 ? 0 : l->in->msg.hdr.type);
     if (rc < 0) {
         core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
         return true;
@@ -417,11 +424,17 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             timeout = 100;
         if (timeout > 1000)
             timeout = 1000;
-        zmq_pollitem_t items[4] = {
+        long mt = metrics_http_timeout_ms(l->metrics, now);
+        if (mt >= 0 && mt < timeout)
+            timeout = mt;
+        /* The router and the journal always; then ZAP (security.curve), the
+         * admin socket (admin.listen) and MHD's epoll descriptor
+         * (metrics.listen) when they are on. */
+        zmq_pollitem_t items[5] = {
             {l->router, 0, ZMQ_POLLIN, 0},
             {journal_socket(l->journal), 0, ZMQ_POLLIN, 0},
         };
-        int nitems = 2, zap = -1, admin = -1;
+        int nitems = 2, zap = -1, admin = -1, mhd = -1;
         if (l->sec != NULL) {
             zap = nitems++;
             items[zap] = (zmq_pollitem_t){security_zap_socket(l->sec), 0, ZMQ_POLLIN, 0};
@@ -429,6 +442,10 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
         if (l->admin != NULL) {
             admin = nitems++;
             items[admin] = (zmq_pollitem_t){l->admin, 0, ZMQ_POLLIN, 0};
+        }
+        if (l->metrics != NULL) {
+            mhd = nitems++;
+            items[mhd] = (zmq_pollitem_t){NULL, metrics_http_fd(l->metrics), ZMQ_POLLIN, 0};
         }
         int n = zmq_poll(items, nitems, timeout);
         if (n < 0 && errno != EINTR) {
@@ -448,6 +465,8 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(l); k++)
                 ;
         }
+        if (l->metrics)
+            metrics_http_run(l->metrics, n > 0 && (items[mhd].revents & ZMQ_POLLIN), util_mono_ms());
         core_on_tick(l->core, now_time());
         now = util_mono_ms();
         if (now >= next_stats) {
@@ -589,6 +608,14 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
         zmq_close(l->router);
         goto fail_start;
     }
+    if (cfg->metrics_listen[0] != '\0') {
+        struct metrics_src src = {cfg, l->core, l->journal, &l->msgs};
+        rc = metrics_http_start(cfg, &src, &l->metrics);
+        if (rc < 0) {
+            zmq_close(l->router);
+            goto fail_start;
+        }
+    }
     size_t resumed = core_recover_done(l->core, now_time());
     scan_report(&sp, resumed, true);
     if (l->sec != NULL)
@@ -597,6 +624,8 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
     sd_notifyf(0, "READY=1\nSTATUS=serving on %s", cfg->listen);
     rc = serve(l, stop, reload_requested);
     log_stats(l);
+
+    metrics_http_stop(&l->metrics);
     zmq_close(l->router);
 fail_start:
     if (l->admin != NULL)

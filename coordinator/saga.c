@@ -88,6 +88,8 @@ struct saga {
     uint8_t final_status; /* LOGGING_END: TREATY_STATUS_COMPLETED or _COMPENSATED */
     uint64_t record_seq;  /* forced record awaited */
     int64_t deadline_ms;  /* forward deadline on the monotonic clock, -1 none */
+    int64_t submitted_ms; /* when the SAGA that started it came (monotonic), for the duration histogram; -1:
+                             not submitted to this process (recovered) */
     uint8_t *def;         /* encoded definition (owned); frames point into it */
     size_t def_len;
     struct waiter *waiters;
@@ -154,6 +156,16 @@ static void tell_waiters(struct core *c, struct saga *s, enum treaty_status st, 
     }
     if (!keep_waiters)
         s->waiters = NULL;
+}
+
+bool saga_is_compensating(const struct saga *s)
+{
+    return s->state == SAGA_LOGGING_TURN || s->state == SAGA_COMPENSATING;
+}
+
+bool saga_is_stuck(const struct saga *s)
+{
+    return s->stuck;
 }
 
 void saga_free(struct saga *s)
@@ -290,6 +302,7 @@ static struct saga *saga_from_def(struct core *c, const uint8_t txid[16], uint8_
     s->nsteps = (uint16_t)nsteps;
     s->failed_step = -1;
     s->deadline_ms = -1;
+    s->submitted_ms = -1;
     s->h.timer_due_ms = -1;
     uint32_t deadline = 0;
     wire_get_u32(&m->frames[0], &deadline);
@@ -460,6 +473,7 @@ static void finished(struct core *c, struct saga *s)
         c->st.sagas_compensated++;
     log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: %s%s%s", treaty_status_name(st), s->reason ? ": " : "",
             s->reason ? s->reason : "");
+    core_observe_duration(c, TX_SAGA, s->submitted_ms);
     tell_waiters(c, s, st, false);
     core_remember_done(c, s->h.txid, st, s->failed_step, s->reason);
     core_forget(c, &s->h);
@@ -590,7 +604,7 @@ static int check_caps(struct core *c, const struct core_in *in, size_t nsteps)
     long long got = 0, cap = 0;
     size_t step = 0;
     if (deadline > (uint32_t)cfg->saga_max_deadline_ms) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
                          "saga deadline of %u ms exceeds saga.max_deadline_ms = %d", deadline,
                          cfg->saga_max_deadline_ms);
@@ -610,7 +624,7 @@ static int check_caps(struct core *c, const struct core_in *in, size_t nsteps)
     }
     if (field == NULL)
         return 0;
-    c->st.refused++;
+    core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
     core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
                      "step %zu: retry %s of %lld exceeds the coordinator's cap of %lld (saga.%s)", step - 1, field, got,
                      cap,
@@ -641,7 +655,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         return;
     size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
     if (nsteps > (size_t)c->cfg->max_steps) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu steps exceed the limit of %d", nsteps,
                          c->cfg->max_steps);
         return;
@@ -650,7 +664,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         const struct wire_frame *f = &m->frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
         size_t big = f[2].len > f[4].len ? f[2].len : f[4].len;
         if (big > (size_t)c->cfg->max_payload_bytes) {
-            c->st.refused++;
+            core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
             core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
                              "step %zu payload of %zu bytes exceeds the limit of %d", i, big,
                              c->cfg->max_payload_bytes);
@@ -664,7 +678,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
     s = saga_from_def(c, txid, def, def_len, err, sizeof err);
     if (s == NULL) {
         free(def);
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_INVALID);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EPROTO, "%s", err);
         return;
     }
@@ -672,6 +686,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
     core_client_charge(c, &s->h, client); /* until END is durable and the client told (core_forget) */
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
+    s->submitted_ms = c->now.mono_ms;
     log_txn(LOG_LEVEL_DEBUG, txid, "saga: %u steps submitted", s->nsteps);
     /* The definition is forced before the first step runs: a step that ran
      * is always part of a saga that recovery knows. */

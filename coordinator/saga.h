@@ -89,6 +89,11 @@ void saga_on_timer(struct core *c, struct saga *s);
 void saga_on_durable(struct core *c, struct saga *s, uint64_t seq);
 /* Frees a saga (core_destroy). Accepts NULL. */
 void saga_free(struct saga *s);
+/* For metrics: s turned around and is not finished (its turn record is
+ * being written, or it is compensating). */
+bool saga_is_compensating(const struct saga *s);
+/* For metrics: a compensation of s is stuck (saga.stuck_after_attempts). */
+bool saga_is_stuck(const struct saga *s);
 
 /* Recovery (recovery.c): a saga's definition record without END, with what
  * its records say: which actions and compensations were recorded done

@@ -38,6 +38,14 @@
 /* One connection attempt gives up after this, unless conninfo sets connect_timeout. */
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 10000
 
+/* Buckets of the group commit histograms (journal_get_hists): records per
+ * group, and a group's write time in microseconds (0.5 ms .. 10 s). */
+static const uint64_t group_records_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+#define GROUP_RECORDS_BUCKETS ((unsigned)(sizeof group_records_bounds / sizeof group_records_bounds[0]))
+static const uint64_t group_us_bounds[] = {500,    1000,   2000,   5000,    10000,   20000,   50000,
+                                           100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+#define GROUP_US_BUCKETS ((unsigned)(sizeof group_us_bounds / sizeof group_us_bounds[0]))
+
 /* ---------------------------------------------------------------- connect */
 
 /* journal_connect's stop predicate (a journal_stop_fn): *cfg->stop is set. */
@@ -141,6 +149,8 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->n_write_us, 0);
     atomic_init(&j->fault_lose_acks, 0);
     atomic_init(&j->reader_stop, false);
+    metrics_hist_init(&j->h_group_records, group_records_bounds, GROUP_RECORDS_BUCKETS);
+    metrics_hist_init(&j->h_group_us, group_us_bounds, GROUP_US_BUCKETS);
     j->answers_tail = &j->answers;
     j->records_tail = &j->records;
     j->rec_answers_tail = &j->rec_answers;
@@ -494,6 +504,15 @@ void journal_get_stats(const struct journal *j, struct journal_stats *out)
     out->reconnects = atomic_load(&j->n_reconnects);
     out->gc_deleted = atomic_load(&j->n_gc_deleted);
     out->write_us = atomic_load(&j->n_write_us);
+}
+
+void journal_get_hists(const struct journal *j, struct metrics_hist_snap *group_records,
+                       struct metrics_hist_snap *group_us)
+{
+    if (group_records != NULL)
+        metrics_hist_read(&j->h_group_records, group_records);
+    if (group_us != NULL)
+        metrics_hist_read(&j->h_group_us, group_us);
 }
 
 void journal_close(struct journal **jp, int wait_ms)

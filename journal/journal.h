@@ -53,6 +53,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics_hist.h"
+
 /* sql/001_journal.sql, 002_saga.sql, 003_batched_end.sql, 004_runs_and_lookups.sql, 005_audit.sql */
 #define JOURNAL_SCHEMA_VERSION 5
 
@@ -279,6 +281,13 @@ struct journal_stats {
                           share of time it was busy, i.e. how close the journal is to its limit */
 };
 void journal_get_stats(const struct journal *j, struct journal_stats *out);
+
+/* Histograms of the writer's group commits, copied into the caller's
+ * structs: records per group, and each group's time from its first write
+ * attempt to its commit in microseconds (reconnects and rewrites included).
+ * Either pointer may be NULL. */
+void journal_get_hists(const struct journal *j, struct metrics_hist_snap *group_records,
+                       struct metrics_hist_snap *group_us);
 
 /* Step 4. Waits up to wait_ms for pending records to become durable, stops the
  * writer, disconnects and frees. Accepts NULL; sets *j to NULL. */

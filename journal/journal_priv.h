@@ -83,6 +83,7 @@
 
 #include "journal.h"
 #include "journal_int.h"
+#include "metrics_hist.h"
 #include "util.h"
 
 /* ms as a poll timeout: 0 .. INT_MAX. */
@@ -302,7 +303,10 @@ struct journal {
     _Atomic uint64_t n_reconnects;
     _Atomic uint64_t n_gc_deleted;
     _Atomic uint64_t n_write_us; /* time the writer spent writing groups */
-    atomic_uint fault_lose_acks; /* armed by journal_fault_lose_acks (journal_int.h), taken by the writer */
+    /* Written by the writer thread only (metrics_hist.h: one writer, any reader). */
+    struct metrics_hist h_group_records; /* records per group committed */
+    struct metrics_hist h_group_us;      /* a group's time from the first try to its commit, us */
+    atomic_uint fault_lose_acks;         /* armed by journal_fault_lose_acks (journal_int.h), taken by the writer */
 };
 
 /* Replaces the writer's connection (c may be NULL) and forgets what the old

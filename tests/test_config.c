@@ -78,7 +78,10 @@ static bool config_equal(const struct config *a, const struct config *b)
            strcmp(a->secret_key_file, b->secret_key_file) == 0 && strcmp(a->public_key_file, b->public_key_file) == 0 &&
            strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure &&
            strcmp(a->admin_listen, b->admin_listen) == 0 && a->admin_max_list == b->admin_max_list &&
-           a->admin_max_pending == b->admin_max_pending;
+           a->admin_max_pending == b->admin_max_pending && strcmp(a->metrics_listen, b->metrics_listen) == 0 &&
+           a->metrics_max_services == b->metrics_max_services &&
+           a->metrics_max_connections == b->metrics_max_connections &&
+           a->metrics_connection_timeout_s == b->metrics_connection_timeout_s;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -271,7 +274,8 @@ Test(config, unknown_nested_key)
 
 Test(config, unknown_group_and_misplaced_keys)
 {
-    expect_file_error("metrics: { port = 9100; };\n", 1, "metrics: unknown key");
+    expect_file_error("telemetry: { port = 9100; };\n", 1, "telemetry: unknown key");
+    expect_file_error("metrics: { port = 9100; };\n", 1, "metrics.port: unknown key");
     /* a top-level key inside a group, and a group key at the top */
     expect_file_error("journal: {\n  listen = \"x\";\n};\n", 2, "journal.listen: unknown key");
     expect_file_error("\nconninfo = \"\";\n", 2, "conninfo: unknown key");
@@ -703,4 +707,25 @@ Test(config, cross_key_from_file)
     cr_assert_eq(load_text("registry: { heartbeat_ms = 2000; dead_after_ms = 1000; };\n", &c, path, err, sizeof err), 0,
                  "%s", err);
     expect_invalid(&c, "registry.heartbeat_ms (2000) must be less than registry.dead_after_ms (1000)");
+}
+
+/* metrics.listen: off when empty; a numeric IP:PORT or [IPv6]:PORT, anything
+ * else refused at start with the key named. */
+Test(config, metrics_listen_must_be_a_numeric_address_and_port)
+{
+    struct config c;
+    char err[256];
+    config_defaults(&c);
+    cr_assert_str_eq(c.metrics_listen, "");
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+    const char *ok[] = {"127.0.0.1:9464", "[::1]:9464", "0.0.0.0:1"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        snprintf(c.metrics_listen, sizeof c.metrics_listen, "%s", ok[i]);
+        cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s: %s", ok[i], err);
+    }
+    const char *bad[] = {"localhost:9464", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "::1:9464"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(c.metrics_listen, sizeof c.metrics_listen, "%s", bad[i]);
+        expect_invalid(&c, "metrics.listen");
+    }
 }
