@@ -13,11 +13,11 @@ PREFIX ?= /usr/local
 BUILD ?= build
 CC ?= cc
 
-PKGS := libzmq libconfig libpq libsodium libsystemd
+PKGS := libzmq libconfig libpq libsodium libsystemd jansson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(PKG_LIBS),)
-PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lsystemd
+PKG_LIBS := -lzmq -lconfig -lpq -lsodium -lsystemd -ljansson -lmicrohttpd
 PKG_CFLAGS := -I/usr/include/postgresql
 endif
 
@@ -47,9 +47,10 @@ EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/bin/%)
 LIB_A := $(BUILD)/lib/libtreaty.a
 LIB_SO := $(BUILD)/lib/libtreaty.so
 TREATYD := $(BUILD)/bin/treatyd
+TREATYCTL := $(BUILD)/bin/treatyctl
 
 .PHONY: all test demo asan valgrind fuzz install deps clean check-header scenarios format check-format
-all: $(TREATYD) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
+all: $(TREATYD) $(TREATYCTL) $(LIB_A) $(LIB_SO) $(BUILD)/treaty.pc $(EXAMPLE_BIN)
 
 # SQL files become C strings so the binaries carry their schema.
 $(BUILD)/gen/sql_journal.h: sql/001_journal.sql scripts/sql2c.sh
@@ -67,8 +68,11 @@ $(BUILD)/gen/sql_batched_end.h: sql/003_batched_end.sql scripts/sql2c.sh
 $(BUILD)/gen/sql_runs_and_lookups.h: sql/004_runs_and_lookups.sql scripts/sql2c.sh
 	@mkdir -p $(@D)
 	sh scripts/sql2c.sh sql_runs_and_lookups $< > $@
+$(BUILD)/gen/sql_audit.h: sql/005_audit.sql scripts/sql2c.sh
+	@mkdir -p $(@D)
+	sh scripts/sql2c.sh sql_audit $< > $@
 GEN := $(BUILD)/gen/sql_journal.h $(BUILD)/gen/sql_saga.h $(BUILD)/gen/sql_batched_end.h \
-       $(BUILD)/gen/sql_runs_and_lookups.h $(BUILD)/gen/sql_barrier.h
+       $(BUILD)/gen/sql_runs_and_lookups.h $(BUILD)/gen/sql_audit.h $(BUILD)/gen/sql_barrier.h
 
 # Objects depend on the flags they were compiled with, so that `make
 # RELEASE=1` after `make` (or the reverse) in one build directory recompiles
@@ -102,6 +106,11 @@ $(LIB_SO): $(SDK_OBJ)
 	$(CC) -shared -Wl,-soname,libtreaty.so.0 -o $@ $^ $(LDLIBS_ALL)
 
 $(TREATYD): $(BUILD)/obj/coordinator/main.o $(COORD_OBJ) $(LIB_A)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# treatyctl: the operator's CLI (docs/treatyctl.md); talks to treatyd's admin endpoint only.
+$(TREATYCTL): $(BUILD)/obj/coordinator/treatyctl.o
 	@mkdir -p $(@D)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
@@ -191,7 +200,7 @@ endif
 # scenarios keep their fault-enabled build; tests/test_install.c checks that
 # the installed files carry none of it (make test builds the release first).
 RELEASE_BUILD ?= build-release
-RELEASE_TARGETS := $(RELEASE_BUILD)/bin/treatyd $(RELEASE_BUILD)/lib/libtreaty.a $(RELEASE_BUILD)/lib/libtreaty.so \
+RELEASE_TARGETS := $(RELEASE_BUILD)/bin/treatyd $(RELEASE_BUILD)/bin/treatyctl $(RELEASE_BUILD)/lib/libtreaty.a $(RELEASE_BUILD)/lib/libtreaty.so \
                    $(RELEASE_BUILD)/treaty.pc
 .PHONY: release
 release:
@@ -200,6 +209,7 @@ release:
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/treaty/sql
 	install -m 755 $(RELEASE_BUILD)/bin/treatyd $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(RELEASE_BUILD)/bin/treatyctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(RELEASE_BUILD)/lib/libtreaty.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(RELEASE_BUILD)/lib/libtreaty.so $(DESTDIR)$(PREFIX)/lib/libtreaty.so.0
 	ln -sf libtreaty.so.0 $(DESTDIR)$(PREFIX)/lib/libtreaty.so
@@ -238,14 +248,16 @@ bench: deps
 
 # make bench-ab BASE=<rev>   the change against the tree at <rev>, in one
 #                            invocation: bench/ab.sh (rounds alternate)
+#                            AB_BASE_DIR: where the base tree is built
 .PHONY: bench-ab
+AB_BASE_DIR ?= /tmp/treaty-ab-base
 bench-ab: deps
 	@test -n "$(BASE)" || { echo "make bench-ab: say BASE=<git revision>" >&2; exit 2; }
 	$(MAKE) all bench-bin
-	rm -rf /tmp/treaty-ab-base && git worktree add --force --detach /tmp/treaty-ab-base $(BASE)
-	$(MAKE) -C /tmp/treaty-ab-base all bench-bin
-	BENCH_AB_BASE=/tmp/treaty-ab-base/$(BUILD)/bin BENCH_AB_NEW=$(CURDIR)/$(BUILD)/bin sh bench/ab.sh; \
-	  rc=$$?; git worktree remove --force /tmp/treaty-ab-base; exit $$rc
+	rm -rf $(AB_BASE_DIR) && git worktree add --force --detach $(AB_BASE_DIR) $(BASE)
+	$(MAKE) -C $(AB_BASE_DIR) all bench-bin
+	BENCH_AB_BASE=$(AB_BASE_DIR)/$(BUILD)/bin BENCH_AB_NEW=$(CURDIR)/$(BUILD)/bin sh bench/ab.sh; \
+	  rc=$$?; git worktree remove --force $(AB_BASE_DIR); exit $$rc
 
 # ------------------------------------------------------- scenarios (issue 4)
 # make scenarios   build treaty-scenario (scenarios/runner.c) and run every

@@ -7,6 +7,11 @@
 #   BENCH_AB_NEW   bin directory of the new tree (default: build/bin)
 #   BENCH_AB_ROUNDS (5), BENCH_SECONDS (10), BENCH_WARMUP (2),
 #   BENCH_NOOP_CLIENTS (64), BENCH_AB_WORKLOADS ("2pc-noop saga-noop")
+#   BENCH_AB_NEW_METRICS=1  the new tree's treatyd serves /metrics
+#                  (metrics.listen on a free port) and curl scrapes it
+#                  every second while it runs, as Prometheus would
+#                  (faster than the usual 15 s); the base tree's config
+#                  stays as it was
 #
 # One throwaway PostgreSQL (scripts/pgtmp.sh: fsync on, synchronous_commit
 # on). Every run gets a fresh journal database, its tree's treatyd, two of
@@ -59,9 +64,20 @@ run() {
     mkdir -p "$d"
     printf 'listen = "%s";\nlog_level = "warn";\njournal = { conninfo = "%s dbname=%s"; retention_s = 86400; gc_interval_ms = 600000; };\n' \
         "$ep" "$BASE" "$db" >"$d/treatyd.conf"
+    murl=""
+    if [ "$who" = new ] && [ "${BENCH_AB_NEW_METRICS:-0}" = 1 ]; then
+        port=$((port + 1))
+        while ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do port=$((port + 1)); done
+        printf 'metrics = { listen = "127.0.0.1:%s"; };\n' "$port" >>"$d/treatyd.conf"
+        murl="http://127.0.0.1:$port/metrics"
+    fi
     "$bin/treatyd" -c "$d/treatyd.conf" >"$d/treatyd.log" 2>&1 &
     td=$!
     PIDS="$td"
+    if [ -n "$murl" ]; then
+        (while sleep 1; do curl -s -o "$d/metrics.txt" "$murl"; done) &
+        PIDS="$PIDS $!"
+    fi
     for i in 1 2; do
         "$bin/noop_participant" --endpoint "$ep" --service "noop-$i" --instance n1 >"$d/noop-$i.log" 2>&1 &
         PIDS="$PIDS $!"
@@ -81,6 +97,10 @@ run() {
     p50=$(sed -n 's/^  "lat_p50_us": \([0-9.e+]*\),*$/\1/p' "$d/r.json")
     cpu=$(sed -n 's/^  "coord_cpu_us_per_txn": \([0-9.e+]*\),*$/\1/p' "$d/r.json")
     printf '%s %s %s %s %s %s\n' "$who" "$wl" "$round" "${tps:-0}" "${p50:-0}" "${cpu:-0}" | tee -a "$WORK/results"
+    if [ -n "$murl" ]; then
+        scraped=$(sed -n 's/^treaty_transactions_total{kind="2pc",outcome="committed"} //p' "$d/metrics.txt" 2>/dev/null)
+        echo "ab: new treatyd's last scrape: ${scraped:-nothing} 2pc committed" >&2
+    fi
     for p in $PIDS; do kill -TERM "$p" 2>/dev/null; done
     for p in $PIDS; do wait "$p" 2>/dev/null; done
     PIDS=""

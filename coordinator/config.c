@@ -24,6 +24,7 @@
 #include <arpa/inet.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "treaty.h"
 
 enum key_kind {
@@ -99,11 +100,20 @@ static const struct key keys[] = {
     STR_KEY("security", "public_key_file", public_key_file),
     STR_KEY("security", "allow_list", allow_list),
     BOOL_KEY("security", "allow_insecure", allow_insecure),
+
+    STR_KEY("admin", "listen", admin_listen),
+    INT_KEY("admin", "max_list", admin_max_list, 1, 100000),
+    INT_KEY("admin", "max_pending", admin_max_pending, 1, 1024),
+    STR_KEY("metrics", "listen", metrics_listen),
+    INT_KEY("metrics", "max_services", metrics_max_services, 1, 100000),
+    INT_KEY("metrics", "max_connections", metrics_max_connections, 1, 1024),
+    INT_KEY("metrics", "connection_timeout_s", metrics_connection_timeout_s, 1, 3600),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
 
-static const char *const groups[] = {"journal", "txid", "twopc", "saga", "registry", "limits", "security"};
+static const char *const groups[] = {"journal", "txid",     "twopc", "saga",   "registry",
+                                     "limits",  "security", "admin", "metrics"};
 
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -148,6 +158,13 @@ void config_defaults(struct config *c)
 
     c->curve = false;
     c->allow_insecure = false;
+
+    snprintf(c->admin_listen, sizeof c->admin_listen, "%s", "ipc:///tmp/treatyd-admin.sock");
+    c->admin_max_list = 1000;
+    c->admin_max_pending = 16;
+    c->metrics_max_services = 256;
+    c->metrics_max_connections = 8;
+    c->metrics_connection_timeout_s = 10;
 }
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -671,6 +688,9 @@ int config_validate(const struct config *c, char *err, size_t errlen)
 {
     if (c->listen[0] == '\0')
         return fail(err, errlen, "listen: must not be empty");
+    char why[160];
+    if (c->metrics_listen[0] != '\0' && metrics_parse_listen(c->metrics_listen, NULL, why, sizeof why) < 0)
+        return fail(err, errlen, "metrics.listen: %s", why);
     if (c->curve) {
         const char *missing = c->secret_key_file[0] == '\0'   ? "secret_key_file"
                               : c->public_key_file[0] == '\0' ? "public_key_file"
@@ -686,6 +706,11 @@ int config_validate(const struct config *c, char *err, size_t errlen)
                     "address, or set security.allow_insecure = true to accept that risk",
                     c->listen);
     }
+    if (c->admin_listen[0] != '\0' && strncmp(c->admin_listen, "ipc://", 6) != 0)
+        return fail(err, errlen,
+                    "admin.listen = \"%s\": must be an ipc:// path (its socket file is made 0600: only treatyd's "
+                    "user and root may connect), or \"\" for none",
+                    c->admin_listen);
     if (c->journal_connect_initial_ms > c->journal_connect_max_ms)
         return fail(err, errlen, "journal.connect_initial_ms (%d) must not exceed journal.connect_max_ms (%d)",
                     c->journal_connect_initial_ms, c->journal_connect_max_ms);
@@ -735,6 +760,7 @@ static const char *const reloadable[] = {
     "limits.max_branches",
     "limits.max_inflight",
     "limits.max_inflight_per_client",
+    "admin.max_list",
 };
 
 /* Keys whose values are not shown in logs: a conninfo may hold a password. */

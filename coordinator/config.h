@@ -58,6 +58,18 @@
  *     allow_insecure              = false           without curve, listen on a non-loopback address
  *                                                   anyway (anyone who reaches it is trusted)
  *   }
+ *   admin: {                                        treatyctl's endpoint (docs/treatyctl.md)
+ *     listen                      = "ipc:///tmp/treatyd-admin.sock"   ipc:// only: the socket file is made
+ *                                                   0600 (owner only); "" = no admin endpoint
+ *     max_list                    = 1000            cap on a list request's --limit              [1, 100000]
+ *     max_pending                 = 16              admin requests being answered at once        [1, 1024]
+ *   }
+ *   metrics: {                                      Prometheus /metrics over HTTP (docs/metrics.md)
+ *     listen                      = ""              "IP:PORT" ("127.0.0.1:9464", "[::1]:9464"); "" = off
+ *     max_services                = 256             services given a treaty_service_instances series [1, 100000]
+ *     max_connections             = 8               concurrent HTTP connections                  [1, 1024]
+ *     connection_timeout_s        = 10              an idle HTTP connection is closed after this [1, 3600]
+ *   }
  *
  * Flags override the file: -c/--config FILE, --listen EP, --journal CONNINFO,
  * --log-level LEVEL, --help. (treatyd --keygen PATH is a mode of its own,
@@ -114,6 +126,14 @@ struct config {
     char public_key_file[CONFIG_PATH_MAX];
     char allow_list[CONFIG_PATH_MAX];
     bool allow_insecure;
+
+    char admin_listen[256];
+    int admin_max_list;
+    int admin_max_pending;
+    char metrics_listen[256];
+    int metrics_max_services;
+    int metrics_max_connections;
+    int metrics_connection_timeout_s;
 };
 
 /* Fills c with every default. */
@@ -160,7 +180,8 @@ bool config_endpoint_is_local(const char *endpoint);
  *   twopc.* (default_timeout_ms, max_timeout_ms, resend_initial_ms, resend_max_ms),
  *   saga.* (every key), registry.heartbeat_ms (participants adopt it at
  *   their next HELLO), registry.dead_after_ms, limits.max_branches,
- *   limits.max_inflight, limits.max_inflight_per_client.
+ *   limits.max_inflight, limits.max_inflight_per_client, admin.max_list
+ *   (the next list request is held to it).
  *
  * The others need a restart and keep their values until then: listen (the
  * socket is bound), journal.* (the journal's connections and threads were
@@ -169,7 +190,8 @@ bool config_endpoint_is_local(const char *endpoint);
  * (the socket's message size limit), limits.outcome_cache (the cache was
  * sized with it), security.* (the key pair and the ZAP handler were set up
  * with them; the allow-list file they name is read again on SIGHUP, but by
- * the item of its own, security.h).
+ * the item of its own, security.h), admin.listen and admin.max_pending (the
+ * admin socket is bound, its table of pending requests sized).
  */
 
 /* True when the key ("twopc.default_timeout_ms", "log_level") is reloadable. */

@@ -149,6 +149,24 @@ bool core_journal_healthy(struct core *c)
     return c->io.journal_healthy(c->io.ctx);
 }
 
+void core_count_refusal(struct core *c, uint8_t type, enum core_refusal why)
+{
+    c->st.refused++;
+    c->st.refusals[why]++;
+    if (type == WIRE_SUBMIT)
+        c->st.refused_2pc++;
+    else if (type == WIRE_SAGA)
+        c->st.refused_saga++;
+}
+
+void core_observe_duration(struct core *c, uint8_t kind, int64_t submitted_ms)
+{
+    if (submitted_ms < 0)
+        return;
+    int64_t ms = c->now.mono_ms - submitted_ms;
+    metrics_hist_observe(kind == TX_SAGA ? &c->dur_saga : &c->dur_2pc, ms > 0 ? (uint64_t)ms : 0);
+}
+
 int core_jitter(struct core *c, int ms)
 {
     return util_rng_jitter(&c->rng, ms);
@@ -200,13 +218,13 @@ int core_check_new_txid(struct core *c, const struct core_in *in)
     long long made = treaty_txid_time_ms((const treaty_txid_t *)txid);
     int64_t now = c->now.wall_ms;
     if (made < 0) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_TXID);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL,
                          "txid is not time-ordered (UUIDv7): make txids with treaty_txid_generate");
         return TREATY_EINVAL;
     }
     if (made > now + (int64_t)c->cfg->txid_max_future_s * 1000) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_TXID);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EINVAL,
                          "txid was made %lld ms in the future of the coordinator's clock (txid.max_future_s = %d): "
                          "check the clocks",
@@ -214,7 +232,7 @@ int core_check_new_txid(struct core *c, const struct core_in *in)
         return TREATY_EINVAL;
     }
     if (made < now - (int64_t)c->cfg->txid_max_age_s * 1000) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_EXPIRED);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EEXPIRED,
                          "txid was made %lld s ago, beyond txid.max_age_s = %d: its outcome may be forgotten, so it "
                          "cannot run (again); use a new txid",
@@ -269,17 +287,17 @@ int core_admit(struct core *c, const struct core_in *in, uint8_t client[16])
 {
     const uint8_t *txid = in->msg->hdr.txid;
     if (c->stopping) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_STOPPING);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "coordinator is shutting down");
         return TREATY_EBUSY;
     }
     if (!core_journal_healthy(c)) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_JOURNAL);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "journal unavailable: PostgreSQL unreachable");
         return TREATY_EBUSY;
     }
     if (core_inflight(c) >= (size_t)c->cfg->max_inflight) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_INFLIGHT);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "too many transactions in flight (limit %d)",
                          c->cfg->max_inflight);
         return TREATY_EBUSY;
@@ -287,7 +305,7 @@ int core_admit(struct core *c, const struct core_in *in, uint8_t client[16])
     client_id(c, in, client);
     const struct client_load *l = txmap_get(&c->clients, client);
     if (l != NULL && l->n >= (uint32_t)c->cfg->max_inflight_per_client) {
-        c->st.refused++;
+        core_count_refusal(c, in->msg->hdr.type, CORE_REFUSED_CLIENT_LIMIT);
         core_deny(c, DENY_LIMIT, in, "%s: %u of its transactions in flight already", wire_type_name(in->msg->hdr.type),
                   l->n);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY,
@@ -393,6 +411,11 @@ bool core_may_serve(const struct core *c, const struct core_in *in, const char *
 
 /* ------------------------------------------------------------ new, destroy */
 
+/* Buckets of the duration histograms (ms): 1 ms .. 10 min. */
+static const uint64_t duration_bounds_ms[] = {1,    2,    5,    10,    25,    50,    100,    250,   500,
+                                              1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000};
+#define DURATION_BUCKETS ((unsigned)(sizeof duration_bounds_ms / sizeof duration_bounds_ms[0]))
+
 struct core *core_new(const struct config *cfg, const struct core_io *io, uint64_t seed)
 {
     struct core *c = calloc(1, sizeof *c);
@@ -425,6 +448,8 @@ struct core *core_new(const struct config *cfg, const struct core_io *io, uint64
     util_rng_bytes(&c->rng, c->client_hkey, sizeof c->client_hkey);
     timers_init(&c->timers);
     c->next_sweep_ms = -1;
+    metrics_hist_init(&c->dur_2pc, duration_bounds_ms, DURATION_BUCKETS);
+    metrics_hist_init(&c->dur_saga, duration_bounds_ms, DURATION_BUCKETS);
     return c;
 }
 
@@ -463,6 +488,7 @@ void core_destroy(struct core **cp)
             lookup_free((struct lookup *)h);
     }
     txmap_free(&c->txs);
+    admin_free(c);
     for (size_t i = 0; i < c->clients.cap; i++)
         free(c->clients.slots[i].val);
     txmap_free(&c->clients);
@@ -627,13 +653,14 @@ static void park(struct core *c, const struct core_in *in, struct lookup *l)
     const struct wire_msg *m = in->msg;
     const uint8_t *txid = m->hdr.txid;
     if (l == NULL) {
-        const char *busy = !core_journal_healthy(c) ? "journal unavailable: PostgreSQL unreachable"
+        bool healthy = core_journal_healthy(c);
+        const char *busy = !healthy ? "journal unavailable: PostgreSQL unreachable"
                            : c->nlookups >= (size_t)c->cfg->max_inflight
                                ? "too many journal lookups in flight (limits.max_inflight)"
                                : NULL;
         if (busy != NULL) {
             if (from_client(m->hdr.type)) {
-                c->st.refused++;
+                core_count_refusal(c, m->hdr.type, healthy ? CORE_REFUSED_INFLIGHT : CORE_REFUSED_JOURNAL);
                 core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EBUSY, "%s", busy);
             }
             return; /* a participant asks again */
@@ -745,6 +772,7 @@ void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struc
     struct lookup *l = (struct lookup *)h;
     core_forget(c, &l->h);
     const char *refuse = NULL;
+    enum core_refusal why = CORE_REFUSED_JOURNAL;
     if (r->error != 0) {
         c->st.lookup_errors++;
         refuse = "journal unavailable: cannot read what it knows of this txid";
@@ -770,6 +798,7 @@ void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struc
                     "txn: the journal holds records of it but no outcome, and it is not in memory; refusing "
                     "requests about it (an operator should look)");
             refuse = "the journal holds unfinished records of this txid that the coordinator does not hold";
+            why = CORE_REFUSED_UNEXPLAINED;
             break;
         case JOURNAL_OUTCOME_NONE:
             break;
@@ -781,7 +810,7 @@ void core_on_lookup(struct core *c, const struct journal_lookup_result *r, struc
         if (refuse == NULL) {
             replay(c, p);
         } else if (from_client(p->hdr.type)) {
-            c->st.refused++;
+            core_count_refusal(c, p->hdr.type, why);
             core_reply_error(c, p->rid, p->rid_len, r->txid, TREATY_EBUSY, "%s", refuse);
         }
         parked_free(p);
@@ -813,6 +842,7 @@ void core_on_durable(struct core *c, uint64_t seq, struct core_time now)
         else if (h->kind == TX_SAGA)
             saga_on_durable(c, (struct saga *)h, w.seq);
     }
+    admin_on_durable(c);
 }
 
 /* ------------------------------------------------------------ time */
@@ -874,6 +904,90 @@ void core_stop(struct core *c)
 size_t core_unfinished(const struct core *c)
 {
     return core_inflight(c);
+}
+
+static const char *const refusal_names[CORE_REFUSAL_COUNT_] = {
+    [CORE_REFUSED_STOPPING] = "stopping",
+    [CORE_REFUSED_JOURNAL] = "journal_unavailable",
+    [CORE_REFUSED_INFLIGHT] = "inflight_limit",
+    [CORE_REFUSED_TXID] = "txid_invalid",
+    [CORE_REFUSED_EXPIRED] = "txid_expired",
+    [CORE_REFUSED_LIMIT] = "over_limit",
+    [CORE_REFUSED_INVALID] = "invalid_request",
+    [CORE_REFUSED_CLIENT_LIMIT] = "client_limit",
+    [CORE_REFUSED_UNEXPLAINED] = "journal_unexplained",
+};
+
+const char *core_refusal_name(enum core_refusal r)
+{
+    return (unsigned)r < CORE_REFUSAL_COUNT_ ? refusal_names[r] : "?";
+}
+
+/* A 2PC transaction is in doubt while a branch that may hold a prepared
+ * transaction at its participant has not acknowledged a decision: PREPARE
+ * sent and a YES vote in (still preparing), every vote in (the commit being
+ * recorded), or a decision sent and not yet acknowledged (an abort marks
+ * the branches with nothing to undo acknowledged at once). Returns how many
+ * of its branches are. */
+static size_t in_doubt_branches(const struct txn *t)
+{
+    size_t n = 0;
+    switch (t->state) {
+    case TXN_PREPARING:
+        for (unsigned i = 0; i < t->nbranches; i++)
+            n += t->branches[i].vote == VOTE_YES;
+        return n;
+    case TXN_LOGGING_COMMIT:
+        return t->nbranches;
+    case TXN_COMMITTING:
+    case TXN_ABORTING:
+        for (unsigned i = 0; i < t->nbranches; i++)
+            n += !t->branches[i].acked;
+        return n;
+    default:
+        return 0;
+    }
+}
+
+void core_get_metrics(const struct core *c, struct core_time now, struct core_metrics *out)
+{
+    memset(out, 0, sizeof *out);
+    out->in_doubt_oldest_ms = -1;
+    long long oldest_made = -1;
+    for (size_t i = 0; i < c->txs.cap; i++) {
+        const struct tx_head *h = c->txs.slots[i].val;
+        if (h == NULL)
+            continue;
+        if (h->kind == TX_2PC) {
+            size_t n = in_doubt_branches((const struct txn *)h);
+            if (n == 0)
+                continue;
+            out->in_doubt_txns++;
+            out->in_doubt_branches += n;
+            long long made = treaty_txid_time_ms((const treaty_txid_t *)h->txid);
+            if (made >= 0 && (oldest_made < 0 || made < oldest_made))
+                oldest_made = made;
+        } else if (h->kind == TX_SAGA) {
+            const struct saga *s = (const struct saga *)h;
+            out->sagas_compensating += saga_is_compensating(s);
+            out->sagas_stuck += saga_is_stuck(s);
+        }
+    }
+    if (out->in_doubt_txns > 0)
+        out->in_doubt_oldest_ms = oldest_made >= 0 && now.wall_ms > oldest_made ? now.wall_ms - oldest_made : 0;
+    metrics_hist_read(&c->dur_2pc, &out->duration_2pc);
+    metrics_hist_read(&c->dur_saga, &out->duration_saga);
+}
+
+size_t core_services(const struct core *c, size_t max, core_service_fn fn, void *arg)
+{
+    size_t n = registry_nservices(c->reg);
+    for (size_t i = 0; i < n && i < max; i++) {
+        size_t live = 0;
+        const char *name = registry_service_at(c->reg, i, &live);
+        fn(arg, name, live);
+    }
+    return n;
 }
 
 void core_get_stats(const struct core *c, struct core_stats *out)

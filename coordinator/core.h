@@ -69,6 +69,7 @@
 #include "allowlist.h"
 #include "config.h"
 #include "journal.h"
+#include "metrics_hist.h"
 #include "wire.h"
 
 /* The time of an event: both clocks, read once by the shell. */
@@ -96,9 +97,34 @@ struct core_io {
     void (*lookup)(void *ctx, const uint8_t txid[16]);
     /* False while the journal cannot write: new work is refused (EBUSY). */
     bool (*journal_healthy)(void *ctx);
+    /* Operators (core_admin.h); either may be NULL in a shell without an
+     * admin endpoint. admin_reply: the answer (JSON, borrowed for the call)
+     * to the admin request the shell handed in with token. read_records:
+     * asks for one txid's records (journal_read_records), answered later by
+     * core_on_records with token. */
+    void (*admin_reply)(void *ctx, uint64_t token, const char *json, size_t len);
+    void (*read_records)(void *ctx, const uint8_t txid[16], uint64_t token);
 };
 
-/* Counters for logs and (later) metrics. Monotonic except the gauges. */
+/* Why a request was refused (an ERROR reply to a client): the label values
+ * of treaty_refusals_total (core_refusal_name). */
+enum core_refusal {
+    CORE_REFUSED_STOPPING = 0, /* the coordinator is shutting down */
+    CORE_REFUSED_JOURNAL,      /* the journal cannot be written, or a lookup could not read it */
+    CORE_REFUSED_INFLIGHT,     /* limits.max_inflight (transactions, or journal lookups) */
+    CORE_REFUSED_TXID,         /* the txid is not UUIDv7, or made further ahead than txid.max_future_s */
+    CORE_REFUSED_EXPIRED,      /* the txid is older than txid.max_age_s */
+    CORE_REFUSED_LIMIT,        /* over a configured cap: branches, steps, payload, deadline, retry policy */
+    CORE_REFUSED_INVALID,      /* a saga definition that does not decode */
+    CORE_REFUSED_UNEXPLAINED,  /* the journal holds unfinished records of the txid that nobody holds */
+    CORE_REFUSED_CLIENT_LIMIT, /* limits.max_inflight_per_client (also counted in denied_limit) */
+    CORE_REFUSAL_COUNT_
+};
+
+/* "stopping", "journal_unavailable", ...; "?" out of range. */
+const char *core_refusal_name(enum core_refusal r);
+
+/* Counters for logs and metrics. Monotonic except the gauges. */
 struct core_stats {
     uint64_t submitted, committed, aborted, refused, malformed, late_votes, inquiries, recovered;
     uint64_t presumed_aborts, lookups, lookup_errors;
@@ -112,6 +138,9 @@ struct core_stats {
     size_t inflight_2pc, inflight_sagas; /* gauges */
     size_t outcomes_cached, instances;   /* gauges */
     uint64_t outcomes_evicted;
+    uint64_t decision_resends;              /* COMMIT/ABORT messages sent again to a branch */
+    uint64_t refused_2pc, refused_saga;     /* refusals of a SUBMIT, of a SAGA (counted in refused) */
+    uint64_t refusals[CORE_REFUSAL_COUNT_]; /* refused, by reason */
 };
 
 struct core;
@@ -182,5 +211,32 @@ void core_stop(struct core *c);
 /* Transactions and sagas still in memory (in flight or finishing). */
 size_t core_unfinished(const struct core *c);
 void core_get_stats(const struct core *c, struct core_stats *out);
+
+/* What a metrics scrape needs beyond core_stats: gauges found by walking the
+ * transactions in memory, and the duration histograms. */
+struct core_metrics {
+    size_t in_doubt_txns;       /* 2PC transactions with a branch that may be prepared at its participant and
+                                   has not acknowledged a decision */
+    size_t in_doubt_branches;   /* those branches */
+    int64_t in_doubt_oldest_ms; /* age of the oldest in-doubt transaction by its txid's creation time
+                                   (the client's clock; never negative); -1: none */
+    size_t sagas_compensating;  /* sagas that turned around and are not finished */
+    size_t sagas_stuck;         /* sagas with a compensation stuck now (struct core_stats counts them ever) */
+    /* Submit -> outcome told, in ms on the core's clock, of the transactions
+     * and sagas submitted to this process (not recovered ones). */
+    struct metrics_hist_snap duration_2pc, duration_saga;
+};
+
+/* Fills *out, now being the current time. O(transactions in memory): it
+ * walks them. For a scrape (a few a second at most), never per message.
+ * Same thread as the other calls. */
+void core_get_metrics(const struct core *c, struct core_time now, struct core_metrics *out);
+
+/* Calls fn for each of the first max services the registry knows (in the
+ * order they first said HELLO; a service stays known when its last instance
+ * is dropped) with its number of live instances; name is borrowed for the
+ * call. Returns how many services are known (it may exceed max). */
+typedef void (*core_service_fn)(void *arg, const char *service, size_t instances);
+size_t core_services(const struct core *c, size_t max, core_service_fn fn, void *arg);
 
 #endif

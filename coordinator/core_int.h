@@ -101,17 +101,33 @@ struct core {
     struct wire_frame *def_frames; /* likewise, WIRE_MAX_FRAMES */
     struct recovery *rec;          /* from the first core_recover_record to core_recover_done */
     bool stopping;
-    int64_t started_ms;    /* monotonic time serving started (core_recover_done) */
-    int64_t newest_ms;     /* core_recover_newest's answer; -2: not given */
-    int64_t next_sweep_ms; /* next registry sweep; -1 before core_recover_done */
-    struct core_stats st;  /* counters; core_get_stats fills the gauges */
-    struct txmap clients;  /* client identity digest -> struct client_load (owned) */
+    struct admin_wait *admin;              /* admin requests awaiting a record or the journal (admin.c) */
+    int64_t started_ms;                    /* monotonic time serving started (core_recover_done) */
+    int64_t newest_ms;                     /* core_recover_newest's answer; -2: not given */
+    int64_t next_sweep_ms;                 /* next registry sweep; -1 before core_recover_done */
+    struct core_stats st;                  /* counters; core_get_stats fills the gauges */
+    struct metrics_hist dur_2pc, dur_saga; /* submit -> outcome told, ms (core_observe_duration) */
+    struct txmap clients;                  /* client identity digest -> struct client_load (owned) */
     uint8_t client_hkey[16];
     struct {
         int64_t next_ms;     /* the next line about this reason may be logged then */
         uint64_t suppressed; /* dropped since the last line */
     } deny_log[DENY_COUNT_];
 };
+
+/* An admin request the core answers later (admin.c): a show awaiting the
+ * journal's records (seq 0), or a resolve awaiting its record (seq). */
+struct admin_wait {
+    struct admin_wait *next;
+    uint64_t token;
+    uint64_t seq;
+    uint8_t txid[16];
+    char what[48]; /* resolve: what was done, for the answer */
+};
+/* admin.c: answers the resolves whose record is durable (core_on_durable);
+ * frees the waits (core_destroy). */
+void admin_on_durable(struct core *c);
+void admin_free(struct core *c);
 
 /* ------------------------------------------------------------ the map */
 
@@ -188,5 +204,13 @@ bool core_may_serve(const struct core *c, const struct core_in *in, const char *
 const char *core_fmt_peer(const struct core_in *in, char *buf, size_t len);
 /* False while the journal cannot write (io->journal_healthy). */
 bool core_journal_healthy(struct core *c);
+/* Counts a refusal (stats) of a request of message type `type` (a SUBMIT
+ * counts as a refused 2PC transaction, a SAGA as a refused saga) for reason
+ * why. The caller sends the ERROR. */
+void core_count_refusal(struct core *c, uint8_t type, enum core_refusal why);
+/* The outcome of a transaction (kind TX_2PC or TX_SAGA) submitted at
+ * monotonic time submitted_ms is being told: counts its duration in the
+ * histogram. submitted_ms < 0 (recovered, presumed) counts nothing. */
+void core_observe_duration(struct core *c, uint8_t kind, int64_t submitted_ms);
 
 #endif

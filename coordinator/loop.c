@@ -28,14 +28,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 #include <zmq.h>
 
 #include "core.h"
+#include "core_admin.h"
 #include "journal.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "reload.h"
 #include "security.h"
 #include "treaty.h"
@@ -50,13 +54,18 @@ struct loop {
     void *router;
     struct journal *journal;
     struct core *core;
-    struct security *sec; /* with security.curve; NULL without */
+    struct security *sec;       /* with security.curve; NULL without */
+    void *admin;                /* ROUTER of admin.listen (treatyctl), or NULL */
+    struct admin_peer *pending; /* admin.max_pending slots: requests the core has not answered */
+    uint64_t admin_seq;         /* tokens: slot index + max_pending * sequence */
     struct wire_in *in;
     struct reload *reload;        /* borrowed from loop_run's caller */
     struct allowlist *allow_next; /* the allow-list item's prepared list */
     uint64_t durable_seq;         /* the watermark last handed to the core */
     int64_t stats_at_ms;          /* when log_stats last ran */
     uint64_t stats_write_us;      /* journal write time it saw then */
+    struct metrics_msgs msgs;     /* messages in and out, by type */
+    struct metrics_http *metrics; /* GET /metrics; NULL: metrics.listen is off */
 };
 
 static struct core_time now_time(void)
@@ -75,6 +84,8 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
     if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
         log_txn(LOG_LEVEL_DEBUG, memcmp(h->txid, none, 16) != 0 ? h->txid : NULL, "send %s failed: %s (peer gone?)",
                 wire_type_name(h->type), zmq_strerror(errno));
+    else
+        metrics_count_msg(&l->msgs, METRICS_OUT, h->type);
 }
 
 static uint64_t io_append(void *ctx, const struct journal_rec *r, bool force)
@@ -87,6 +98,125 @@ static void io_lookup(void *ctx, const uint8_t txid[16])
 {
     struct loop *l = ctx;
     journal_lookup(l->journal, txid);
+}
+
+/* ------------------------------------------------------------ the admin endpoint
+ *
+ * A ROUTER on admin.listen (ipc:// only, its socket file 0600): treatyctl's
+ * REQ sends [rid][""][request]; the request goes to the core with a token
+ * naming the slot that keeps rid, and the core's answer, now or later, goes
+ * back to that rid. More than admin.max_pending requests unanswered: "busy". */
+
+struct admin_peer {
+    bool used;
+    uint64_t token;
+    uint8_t rid[256];
+    size_t rid_len;
+};
+
+static void admin_send(struct loop *l, const uint8_t *rid, size_t rid_len, const char *body, size_t len)
+{
+    if (zmq_send(l->admin, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(l->admin, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_send(l->admin, body, len, ZMQ_DONTWAIT) < 0)
+        log_debug("admin: cannot answer (treatyctl gone?): %s", zmq_strerror(errno));
+}
+
+static void io_admin_reply(void *ctx, uint64_t token, const char *json, size_t len)
+{
+    struct loop *l = ctx;
+    size_t cap = (size_t)l->cfg->admin_max_pending;
+    struct admin_peer *p = &l->pending[token % cap];
+    if (l->admin == NULL || !p->used || p->token != token)
+        return;
+    admin_send(l, p->rid, p->rid_len, json, len);
+    p->used = false;
+}
+
+static void io_read_records(void *ctx, const uint8_t txid[16], uint64_t token)
+{
+    struct loop *l = ctx;
+    journal_read_records(l->journal, txid, token);
+}
+
+/* Receives one admin request. Returns false when none was waiting. */
+static bool handle_admin(struct loop *l)
+{
+    zmq_msg_t part[3];
+    int nparts = 0;
+    bool more = true, bad = false;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, l->admin, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            if (nparts == 0)
+                return false;
+            bad = true;
+            break;
+        }
+        more = zmq_msg_more(&m);
+        if (nparts < 3)
+            part[nparts++] = m;
+        else {
+            zmq_msg_close(&m);
+            bad = true;
+        }
+    }
+    const uint8_t *rid = zmq_msg_data(&part[0]);
+    size_t rid_len = zmq_msg_size(&part[0]);
+    if (bad || nparts != 3 || zmq_msg_size(&part[1]) != 0 || rid_len > sizeof l->pending[0].rid) {
+        log_warn("admin: a malformed request (not a REQ envelope) dropped");
+    } else {
+        size_t cap = (size_t)l->cfg->admin_max_pending;
+        struct admin_peer *p = NULL;
+        for (size_t i = 0; i < cap && p == NULL; i++)
+            if (!l->pending[i].used) {
+                p = &l->pending[i];
+                p->used = true;
+                p->token = ++l->admin_seq * cap + i;
+                memcpy(p->rid, rid, rid_len);
+                p->rid_len = rid_len;
+            }
+        if (p == NULL) {
+            static const char busy[] = "{\"ok\":false,\"error\":\"busy\",\"message\":\"admin.max_pending requests "
+                                       "are being answered; try again\"}";
+            admin_send(l, rid, rid_len, busy, sizeof busy - 1);
+        } else {
+            core_on_admin(l->core, p->token, zmq_msg_data(&part[2]), zmq_msg_size(&part[2]), now_time());
+        }
+    }
+    for (int i = 0; i < nparts; i++)
+        zmq_msg_close(&part[i]);
+    return true;
+}
+
+/* Binds admin.listen with its socket file readable and writable by our user
+ * only (the umask while binding, then chmod to be sure). */
+static int open_admin(struct loop *l)
+{
+    if (l->cfg->admin_listen[0] == '\0')
+        return 0;
+    l->pending = calloc((size_t)l->cfg->admin_max_pending, sizeof *l->pending);
+    l->admin = zmq_socket(l->zctx, ZMQ_ROUTER);
+    if (l->pending == NULL || l->admin == NULL)
+        return TREATY_ENOMEM;
+    int zero = 0;
+    int64_t maxmsg = ADMIN_REQUEST_MAX;
+    zmq_setsockopt(l->admin, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(l->admin, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    mode_t old = umask(0077);
+    int rc = zmq_bind(l->admin, l->cfg->admin_listen);
+    umask(old);
+    const char *path = l->cfg->admin_listen + strlen("ipc://");
+    if (rc != 0 || chmod(path, 0600) != 0) {
+        log_error("admin: cannot listen on %s: %s", l->cfg->admin_listen,
+                  rc != 0 ? zmq_strerror(errno) : strerror(errno));
+        zmq_close(l->admin);
+        l->admin = NULL;
+        return TREATY_ETRANSPORT;
+    }
+    log_info("admin endpoint (treatyctl) on %s, socket file 0600", l->cfg->admin_listen);
+    return 0;
 }
 
 static bool io_journal_healthy(void *ctx)
@@ -103,6 +233,12 @@ static void on_lookup(void *arg, const struct journal_lookup_result *r)
     core_on_lookup(l->core, r, now_time());
 }
 
+static void on_records(void *arg, const struct journal_records *r)
+{
+    struct loop *l = arg;
+    core_on_records(l->core, r, now_time());
+}
+
 /* What the journal has to say: the durable watermark, lookup answers. */
 static void journal_news(struct loop *l)
 {
@@ -112,6 +248,7 @@ static void journal_news(struct loop *l)
         core_on_durable(l->core, w, now_time());
     }
     journal_lookup_results(l->journal, on_lookup, l);
+    journal_records_results(l->journal, on_records, l);
 }
 
 /* Receives one message for the core. Returns false when none was waiting. */
@@ -124,6 +261,7 @@ static bool handle_message(struct loop *l)
     int rc = wire_recv(l->router, true, limit, l->in);
     if (rc == TREATY_ETIMEDOUT)
         return false;
+    metrics_count_msg(&l->msgs, METRICS_IN, rc < 0 ? 0 : l->in->msg.hdr.type);
     if (rc < 0) {
         core_on_malformed(l->core, l->in->rid, l->in->rid_len, &l->in->msg.hdr, rc, now_time());
         return true;
@@ -286,18 +424,39 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             timeout = 100;
         if (timeout > 1000)
             timeout = 1000;
-        zmq_pollitem_t items[3] = {
+        long mt = metrics_http_timeout_ms(l->metrics, now);
+        if (mt >= 0 && mt < timeout)
+            timeout = mt;
+        /* The router and the journal always; then ZAP (security.curve), the
+         * admin socket (admin.listen) and MHD's epoll descriptor
+         * (metrics.listen) when they are on. */
+        zmq_pollitem_t items[5] = {
             {l->router, 0, ZMQ_POLLIN, 0},
             {journal_socket(l->journal), 0, ZMQ_POLLIN, 0},
-            {l->sec != NULL ? security_zap_socket(l->sec) : NULL, 0, ZMQ_POLLIN, 0},
         };
-        int n = zmq_poll(items, l->sec != NULL ? 3 : 2, timeout);
+        int nitems = 2, zap = -1, admin = -1, mhd = -1;
+        if (l->sec != NULL) {
+            zap = nitems++;
+            items[zap] = (zmq_pollitem_t){security_zap_socket(l->sec), 0, ZMQ_POLLIN, 0};
+        }
+        if (l->admin != NULL) {
+            admin = nitems++;
+            items[admin] = (zmq_pollitem_t){l->admin, 0, ZMQ_POLLIN, 0};
+        }
+        if (l->metrics != NULL) {
+            mhd = nitems++;
+            items[mhd] = (zmq_pollitem_t){NULL, metrics_http_fd(l->metrics), ZMQ_POLLIN, 0};
+        }
+        int n = zmq_poll(items, nitems, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("zmq_poll: %s", zmq_strerror(errno));
             return TREATY_ETRANSPORT;
         }
-        if (n > 0 && l->sec != NULL && (items[2].revents & ZMQ_POLLIN))
+        if (n > 0 && zap >= 0 && (items[zap].revents & ZMQ_POLLIN))
             security_serve_zap(l->sec);
+        if (n > 0 && admin >= 0 && (items[admin].revents & ZMQ_POLLIN))
+            while (handle_admin(l))
+                ;
         if (n > 0 && (items[1].revents & ZMQ_POLLIN))
             journal_news(l);
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
@@ -306,6 +465,8 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(l); k++)
                 ;
         }
+        if (l->metrics)
+            metrics_http_run(l->metrics, n > 0 && (items[mhd].revents & ZMQ_POLLIN), util_mono_ms());
         core_on_tick(l->core, now_time());
         now = util_mono_ms();
         if (now >= next_stats) {
@@ -387,6 +548,8 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
         .append = io_append,
         .lookup = io_lookup,
         .journal_healthy = io_journal_healthy,
+        .admin_reply = io_admin_reply,
+        .read_records = io_read_records,
     };
     l->core = core_new(cfg, &io, util_fresh_seed()); /* hash keys clients cannot predict */
     if (l->core == NULL) {
@@ -440,6 +603,19 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
     rc = open_router(l);
     if (rc < 0)
         goto fail_start;
+    rc = open_admin(l);
+    if (rc < 0) {
+        zmq_close(l->router);
+        goto fail_start;
+    }
+    if (cfg->metrics_listen[0] != '\0') {
+        struct metrics_src src = {cfg, l->core, l->journal, &l->msgs};
+        rc = metrics_http_start(cfg, &src, &l->metrics);
+        if (rc < 0) {
+            zmq_close(l->router);
+            goto fail_start;
+        }
+    }
     size_t resumed = core_recover_done(l->core, now_time());
     scan_report(&sp, resumed, true);
     if (l->sec != NULL)
@@ -448,8 +624,13 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
     sd_notifyf(0, "READY=1\nSTATUS=serving on %s", cfg->listen);
     rc = serve(l, stop, reload_requested);
     log_stats(l);
+
+    metrics_http_stop(&l->metrics);
     zmq_close(l->router);
 fail_start:
+    if (l->admin != NULL)
+        zmq_close(l->admin);
+    free(l->pending);
     security_destroy(&l->sec); /* its ZAP socket, before the context ends */
     journal_close(&l->journal, cfg->shutdown_deadline_ms > 0 ? cfg->shutdown_deadline_ms : 1000);
     zmq_ctx_term(l->zctx);

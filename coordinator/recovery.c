@@ -17,6 +17,10 @@
  *                         -> forward from the first group not recorded done;
  *                            every step counted as started (saga_resume)
  *   SAGA + TURN, no END   -> compensating every step not recorded compensated
+ *                            (a STEP "compensation" record also stands for a
+ *                            compensation an operator gave up as done by hand)
+ *   AUDIT                 -> nothing: an operator's resolve is carried out by
+ *                            the record that follows it
  *   anything else         -> nothing to resume (a run with neither decision
  *                            nor definition cannot exist; an END means the
  *                            run finished: journal_scan delivers none, kept
@@ -178,6 +182,10 @@ int core_recover_record(void *arg, const struct journal_rec *rec, long long fini
         break;
     case JOURNAL_END:
         r->ended = true;
+        break;
+    case JOURNAL_AUDIT:
+        /* An operator's resolve: what carries it out is the record after it
+         * (ABORT, TURN, STEP), which recovery reads like any other. */
         break;
     }
     return 0;

@@ -187,3 +187,21 @@ size_t registry_count(const struct registry *r)
         n += r->svc[i].ninst;
     return n;
 }
+
+void registry_each(const struct registry *r, void (*cb)(void *arg, const struct instance *in), void *arg)
+{
+    for (size_t i = 0; i < r->nsvc; i++)
+        for (size_t k = 0; k < r->svc[i].ninst; k++)
+            cb(arg, &r->svc[i].inst[k]);
+}
+
+size_t registry_nservices(const struct registry *r)
+{
+    return r->nsvc;
+}
+
+const char *registry_service_at(const struct registry *r, size_t i, size_t *live)
+{
+    *live = r->svc[i].ninst;
+    return r->svc[i].name;
+}

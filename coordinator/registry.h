@@ -75,4 +75,14 @@ size_t registry_drop_if(struct registry *r, bool (*keep)(void *arg, const struct
 
 size_t registry_count(const struct registry *r);
 
+/* Calls cb for every live instance, service by service (operators'
+ * listings). cb must not change the registry. */
+void registry_each(const struct registry *r, void (*cb)(void *arg, const struct instance *in), void *arg);
+/* Services known (ever said HELLO; a service is kept when its last instance
+ * is dropped), and the i-th of them (i < registry_nservices) in the order
+ * they first said HELLO, with its number of live instances in *live. The
+ * name is valid until the next registry_hello. */
+size_t registry_nservices(const struct registry *r);
+const char *registry_service_at(const struct registry *r, size_t i, size_t *live);
+
 #endif

@@ -72,6 +72,7 @@ struct saga_step {
     int backoff_ms;
     int64_t due_ms; /* retry or try-timeout time, -1 none */
     char *last_error;
+    uint64_t given_up_seq; /* an operator gave its stuck compensation up: that STEP record is awaited (0 none) */
 };
 
 struct saga {
@@ -87,6 +88,8 @@ struct saga {
     uint8_t final_status; /* LOGGING_END: TREATY_STATUS_COMPLETED or _COMPENSATED */
     uint64_t record_seq;  /* forced record awaited */
     int64_t deadline_ms;  /* forward deadline on the monotonic clock, -1 none */
+    int64_t submitted_ms; /* when the SAGA that started it came (monotonic), for the duration histogram; -1:
+                             not submitted to this process (recovered) */
     uint8_t *def;         /* encoded definition (owned); frames point into it */
     size_t def_len;
     struct waiter *waiters;
@@ -153,6 +156,16 @@ static void tell_waiters(struct core *c, struct saga *s, enum treaty_status st, 
     }
     if (!keep_waiters)
         s->waiters = NULL;
+}
+
+bool saga_is_compensating(const struct saga *s)
+{
+    return s->state == SAGA_LOGGING_TURN || s->state == SAGA_COMPENSATING;
+}
+
+bool saga_is_stuck(const struct saga *s)
+{
+    return s->stuck;
 }
 
 void saga_free(struct saga *s)
@@ -289,6 +302,7 @@ static struct saga *saga_from_def(struct core *c, const uint8_t txid[16], uint8_
     s->nsteps = (uint16_t)nsteps;
     s->failed_step = -1;
     s->deadline_ms = -1;
+    s->submitted_ms = -1;
     s->h.timer_due_ms = -1;
     uint32_t deadline = 0;
     wire_get_u32(&m->frames[0], &deadline);
@@ -459,6 +473,7 @@ static void finished(struct core *c, struct saga *s)
         c->st.sagas_compensated++;
     log_txn(LOG_LEVEL_INFO, s->h.txid, "saga: %s%s%s", treaty_status_name(st), s->reason ? ": " : "",
             s->reason ? s->reason : "");
+    core_observe_duration(c, TX_SAGA, s->submitted_ms);
     tell_waiters(c, s, st, false);
     core_remember_done(c, s->h.txid, st, s->failed_step, s->reason);
     core_forget(c, &s->h);
@@ -550,8 +565,15 @@ static void start_compensation_group(struct core *c, struct saga *s)
     rearm(c, s);
 }
 
+static void given_up_durable(struct core *c, struct saga *s, unsigned i);
+
 void saga_on_durable(struct core *c, struct saga *s, uint64_t seq)
 {
+    for (unsigned i = 0; i < s->nsteps; i++)
+        if (s->steps[i].given_up_seq == seq) {
+            given_up_durable(c, s, i);
+            return;
+        }
     if (seq != s->record_seq)
         return;
     if (s->state == SAGA_LOGGING_DEF) {
@@ -582,7 +604,7 @@ static int check_caps(struct core *c, const struct core_in *in, size_t nsteps)
     long long got = 0, cap = 0;
     size_t step = 0;
     if (deadline > (uint32_t)cfg->saga_max_deadline_ms) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
                          "saga deadline of %u ms exceeds saga.max_deadline_ms = %d", deadline,
                          cfg->saga_max_deadline_ms);
@@ -602,7 +624,7 @@ static int check_caps(struct core *c, const struct core_in *in, size_t nsteps)
     }
     if (field == NULL)
         return 0;
-    c->st.refused++;
+    core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
     core_reply_error(c, in->rid, in->rid_len, m->hdr.txid, TREATY_ETOOBIG,
                      "step %zu: retry %s of %lld exceeds the coordinator's cap of %lld (saga.%s)", step - 1, field, got,
                      cap,
@@ -633,7 +655,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         return;
     size_t nsteps = (m->nframes - 1) / WIRE_SAGA_FRAMES_PER_STEP;
     if (nsteps > (size_t)c->cfg->max_steps) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu steps exceed the limit of %d", nsteps,
                          c->cfg->max_steps);
         return;
@@ -642,7 +664,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
         const struct wire_frame *f = &m->frames[1 + i * WIRE_SAGA_FRAMES_PER_STEP];
         size_t big = f[2].len > f[4].len ? f[2].len : f[4].len;
         if (big > (size_t)c->cfg->max_payload_bytes) {
-            c->st.refused++;
+            core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
             core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
                              "step %zu payload of %zu bytes exceeds the limit of %d", i, big,
                              c->cfg->max_payload_bytes);
@@ -656,7 +678,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
     s = saga_from_def(c, txid, def, def_len, err, sizeof err);
     if (s == NULL) {
         free(def);
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_INVALID);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_EPROTO, "%s", err);
         return;
     }
@@ -664,6 +686,7 @@ void saga_submit(struct core *c, const struct core_in *in, struct saga *s)
     core_client_charge(c, &s->h, client); /* until END is durable and the client told (core_forget) */
     add_waiter(s, in->rid, in->rid_len);
     c->st.sagas++;
+    s->submitted_ms = c->now.mono_ms;
     log_txn(LOG_LEVEL_DEBUG, txid, "saga: %u steps submitted", s->nsteps);
     /* The definition is forced before the first step runs: a step that ran
      * is always part of a saga that recovery knows. */
@@ -806,6 +829,8 @@ void saga_result(struct core *c, const struct core_in *in, struct saga *s)
     /* compensation */
     if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
         return;
+    if (st->given_up_seq != 0 && r != WIRE_RESULT_OK)
+        return; /* an operator gave it up: no more tries (an OK still counts) */
     if (r == WIRE_RESULT_OK) {
         step_set_state(s, i, STEP_COMPENSATED);
         st->due_ms = -1;
@@ -910,4 +935,93 @@ struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, 
     s->resume_pending = true;
     c->st.recovered++;
     return s;
+}
+
+/* ------------------------------------------------------------ operators (core_admin.h) */
+
+void saga_view(const struct saga *s, struct saga_view *v)
+{
+    static const enum saga_phase phases[SAGA_STATE_COUNT_] = {
+        [SAGA_LOGGING_DEF] = SAGA_PHASE_STARTING,  [SAGA_FORWARD] = SAGA_PHASE_FORWARD,
+        [SAGA_LOGGING_TURN] = SAGA_PHASE_TURNING,  [SAGA_COMPENSATING] = SAGA_PHASE_COMPENSATING,
+        [SAGA_LOGGING_END] = SAGA_PHASE_FINISHING, [SAGA_DONE] = SAGA_PHASE_FINISHING,
+    };
+    v->phase = phases[s->state];
+    v->stuck = s->stuck;
+    v->failed_step = s->failed_step;
+    v->reason = s->reason;
+    v->nsteps = s->nsteps;
+}
+
+void saga_step_view(const struct core *c, const struct saga *s, unsigned i, struct saga_step_view *v)
+{
+    const struct saga_step *st = &s->steps[i];
+    v->service = st->service;
+    v->action = st->action;
+    v->compensation = st->comp;
+    v->state = (enum saga_step_state)st->state;
+    v->group = st->pol.group;
+    v->started = st->started;
+    v->stuck = st->state == STEP_COMPENSATING && st->comp_attempts >= (uint32_t)c->cfg->stuck_after_attempts;
+    v->given_up = st->given_up_seq != 0;
+    v->attempts = st->attempts;
+    v->comp_attempts = st->comp_attempts;
+    v->last_error = st->last_error;
+    v->rid = st->to.rid;
+    v->rid_len = st->to.rid_len;
+}
+
+uint64_t saga_admin_turn(struct core *c, struct saga *s, const char *reason)
+{
+    if (s->state != SAGA_FORWARD)
+        return 0;
+    /* As a failed step or the deadline would: the TURN record is forced,
+     * and nothing is compensated before it is durable. */
+    turn_around(c, s, -1, reason);
+    return s->record_seq;
+}
+
+uint64_t saga_admin_give_up(struct core *c, struct saga *s, unsigned i)
+{
+    struct saga_step *st = &s->steps[i];
+    if (s->state != SAGA_COMPENSATING || i >= s->nsteps || st->state != STEP_COMPENSATING || st->given_up_seq != 0)
+        return 0;
+    /* No more tries from now on; the step counts as compensated once its
+     * STEP record is durable (given_up_durable), and only then does the
+     * compensation of the earlier groups go on: a crash before that resumes
+     * with the step still to compensate (the operator was not answered).
+     * The record is the one a compensation that succeeded leaves, so
+     * recovery counts the step compensated like any other. */
+    st->due_ms = -1;
+    st->waiting_retry = false;
+    st->given_up_seq = append(c, s, JOURNAL_STEP, (int)i, "compensation", true);
+    core_expect_durable(c, &s->h, st->given_up_seq);
+    rearm(c, s);
+    return st->given_up_seq;
+}
+
+/* The record of a compensation given up is durable: the step counts as
+ * compensated, the saga's compensation goes on. */
+static void given_up_durable(struct core *c, struct saga *s, unsigned i)
+{
+    char id[TREATY_TXID_STRLEN];
+    struct saga_step *st = &s->steps[i];
+    st->given_up_seq = 0;
+    if (s->state != SAGA_COMPENSATING || st->state != STEP_COMPENSATING)
+        return; /* its compensation succeeded meanwhile */
+    step_set_state(s, i, STEP_COMPENSATED);
+    st->due_ms = -1;
+    log_warn("saga %s: compensation of step %u (%s.%s) given up by an operator, counted as done by hand",
+             core_fmt_txid(s->h.txid, id), i, st->service, st->comp);
+    s->stuck = false;
+    for (unsigned k = 0; k < s->nsteps; k++)
+        if (s->steps[k].state == STEP_COMPENSATING &&
+            s->steps[k].comp_attempts >= (uint32_t)c->cfg->stuck_after_attempts)
+            s->stuck = true;
+    if (group_done(s, false)) {
+        s->group--;
+        start_compensation_group(c, s);
+    } else {
+        rearm(c, s);
+    }
 }

@@ -89,6 +89,11 @@ void saga_on_timer(struct core *c, struct saga *s);
 void saga_on_durable(struct core *c, struct saga *s, uint64_t seq);
 /* Frees a saga (core_destroy). Accepts NULL. */
 void saga_free(struct saga *s);
+/* For metrics: s turned around and is not finished (its turn record is
+ * being written, or it is compensating). */
+bool saga_is_compensating(const struct saga *s);
+/* For metrics: a compensation of s is stuck (saga.stuck_after_attempts). */
+bool saga_is_stuck(const struct saga *s);
 
 /* Recovery (recovery.c): a saga's definition record without END, with what
  * its records say: which actions and compensations were recorded done
@@ -100,5 +105,56 @@ void saga_free(struct saga *s);
 struct saga *saga_resume(struct core *c, const uint8_t txid[16], uint8_t **def, size_t def_len,
                          const uint8_t *action_done, const uint8_t *comp_done, bool turned, int failed_step,
                          const char *reason);
+
+/* ------------------------------------------------------------ operators
+ *
+ * What treatyctl sees of a saga and may do to it (core_admin.h). */
+
+enum saga_phase {
+    SAGA_PHASE_STARTING = 0, /* its definition is being forced: nothing ran */
+    SAGA_PHASE_FORWARD,      /* running its actions */
+    SAGA_PHASE_TURNING,      /* its TURN record is being forced */
+    SAGA_PHASE_COMPENSATING, /* running its compensations */
+    SAGA_PHASE_FINISHING,    /* its END record is being forced: nobody told yet */
+};
+
+struct saga_view {
+    enum saga_phase phase;
+    bool stuck;         /* a compensation has failed saga.stuck_after_attempts tries or more */
+    int failed_step;    /* the step that turned it around, -1 none */
+    const char *reason; /* why it turned around, or NULL; borrowed */
+    unsigned nsteps;
+};
+
+struct saga_step_view {
+    const char *service, *action, *compensation; /* borrowed */
+    enum saga_step_state state;
+    unsigned group;
+    bool started;           /* its action may have been sent */
+    bool stuck;             /* compensating, failed saga.stuck_after_attempts tries or more */
+    bool given_up;          /* an operator gave its compensation up; its record is being forced */
+    unsigned attempts;      /* action tries sent */
+    unsigned comp_attempts; /* compensation tries sent */
+    const char *last_error; /* borrowed, or NULL */
+    const uint8_t *rid;     /* the instance its last STEP went to; borrowed */
+    size_t rid_len;         /* 0: none yet */
+};
+
+/* Fill v (borrowing from s, valid until s changes). */
+void saga_view(const struct saga *s, struct saga_view *v);
+void saga_step_view(const struct core *c, const struct saga *s, unsigned i, struct saga_step_view *v);
+
+/* An operator turns s around (phase FORWARD only), as a failed step would:
+ * the TURN record (failed step -1, reason) is appended, forced, and nothing
+ * is compensated before it is durable. Returns its seq, or 0 when s is not
+ * going forward (nothing done). */
+uint64_t saga_admin_turn(struct core *c, struct saga *s, const char *reason);
+/* An operator gives up the compensation of step i (compensating, not given
+ * up already) as done by hand: it is not tried again, its STEP
+ * "compensation" record is appended, forced, and once that is durable the
+ * step counts as compensated and the compensation of the earlier groups
+ * goes on. Returns the record's seq, or 0 when step i is not compensating
+ * (nothing done). Whether it is stuck is the caller's rule. */
+uint64_t saga_admin_give_up(struct core *c, struct saga *s, unsigned i);
 
 #endif

@@ -109,6 +109,8 @@ static void send_decision(struct core *c, struct txn *t, unsigned i)
             return; /* nobody to tell now; the re-send timer tries again */
         core_sent_to(&b->to, in);
     }
+    if (b->attempt > 0)
+        c->st.decision_resends++;
     core_send(c, b->to.rid, b->to.rid_len, type, t->h.txid, i, b->attempt++, 0, NULL, 0);
 }
 
@@ -238,11 +240,15 @@ void twopc_on_durable(struct core *c, struct txn *t, uint64_t seq)
         FAULT_POINT("coord.after_commit_durable");
         txn_set_state(t, TXN_COMMITTING);
         c->st.committed++;
+        core_observe_duration(c, TX_2PC, t->submitted_ms);
+        t->submitted_ms = -1;
         tell_waiters(c, t, TREATY_STATUS_COMMITTED);
         tell_inquirers(c, t);
         t->resend_ms = 0;
         send_decisions(c, t);
     } else if (t->state == TXN_ABORTING) {
+        core_observe_duration(c, TX_2PC, t->submitted_ms);
+        t->submitted_ms = -1;
         tell_waiters(c, t, TREATY_STATUS_ABORTED);
         tell_inquirers(c, t);
         if (t->nacked == t->nbranches) {
@@ -279,7 +285,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
         return;
     size_t nb = (m->nframes - 1) / 2;
     if (nb > (size_t)c->cfg->max_branches) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG, "%zu branches exceed the limit of %d", nb,
                          c->cfg->max_branches);
         return;
@@ -287,7 +293,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
     for (size_t i = 0; i < nb; i++) {
         size_t len = m->frames[2 + 2 * i].len;
         if (len > (size_t)c->cfg->max_payload_bytes) {
-            c->st.refused++;
+            core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
             core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
                              "branch %zu payload of %zu bytes exceeds the limit of %d", i, len,
                              c->cfg->max_payload_bytes);
@@ -299,7 +305,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
     if (timeout_ms == 0)
         timeout_ms = (uint32_t)c->cfg->default_timeout_ms;
     if (timeout_ms > (uint32_t)c->cfg->max_timeout_ms) {
-        c->st.refused++;
+        core_count_refusal(c, m->hdr.type, CORE_REFUSED_LIMIT);
         core_reply_error(c, in->rid, in->rid_len, txid, TREATY_ETOOBIG,
                          "prepare timeout of %u ms exceeds twopc.max_timeout_ms = %d", timeout_ms,
                          c->cfg->max_timeout_ms);
@@ -311,6 +317,7 @@ void twopc_submit(struct core *c, const struct core_in *in, struct txn *t)
     core_client_charge(c, &t->h, client);
     txn_add_waiter(t, in->rid, in->rid_len);
     c->st.submitted++;
+    t->submitted_ms = c->now.mono_ms;
 
     /* Choose every instance first: a service with no live instance aborts the
      * transaction before any PREPARE is sent. */
@@ -578,4 +585,16 @@ struct txn *twopc_resume(struct core *c, const uint8_t txid[16], bool commit, un
     t->resend_ms = c->cfg->resend_initial_ms;
     c->st.recovered++;
     return t;
+}
+
+/* ------------------------------------------------------------ operators */
+
+uint64_t twopc_admin_abort(struct core *c, struct txn *t, const char *reason)
+{
+    if (t->state != TXN_PREPARING)
+        return 0;
+    /* Exactly as the prepare deadline would: the ABORT record is forced, and
+     * nothing is sent or told before it is durable (decide_abort). */
+    decide_abort(c, t, -1, reason);
+    return t->record_seq;
 }

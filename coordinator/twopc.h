@@ -40,4 +40,10 @@ void twopc_on_durable(struct core *c, struct txn *t, uint64_t seq);
 struct txn *twopc_resume(struct core *c, const uint8_t txid[16], bool commit, unsigned nservices,
                          const char (*services)[WIRE_NAME_MAX + 1], const char *detail, int failed_branch);
 
+/* An operator aborts t, which has no decision yet (TXN_PREPARING), exactly
+ * as its prepare deadline would: the ABORT record (failed branch -1, reason)
+ * is appended, forced, and nothing is sent or told before it is durable.
+ * Returns its seq, or 0 when t is not preparing (nothing done). */
+uint64_t twopc_admin_abort(struct core *c, struct txn *t, const char *reason);
+
 #endif

@@ -46,6 +46,7 @@ struct txn *txn_new(const uint8_t txid[16], unsigned nbranches)
     t->h.timer_due_ms = -1;
     t->nbranches = (uint16_t)nbranches;
     t->failed_branch = -1;
+    t->submitted_ms = -1;
     return t;
 }
 

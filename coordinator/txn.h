@@ -83,6 +83,8 @@ struct txn {
     int failed_branch;        /* -1 when none */
     uint64_t record_seq;      /* journal seq of the decision record */
     int resend_ms;            /* current decision re-send backoff */
+    int64_t submitted_ms;     /* when the SUBMIT that started it came (monotonic), for the duration histogram;
+                                 -1: not submitted to this process (recovered, presumed), or counted already */
     char *reason;             /* abort reason (owned) or NULL */
     struct waiter *waiters;   /* clients to tell the outcome */
     struct waiter *inquirers; /* participants to tell the decision (INQUIRE or late YES before it was durable) */

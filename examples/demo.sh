@@ -110,6 +110,7 @@ log_level = "info";
 journal = { conninfo = "$BASE dbname=treaty_journal"; };
 twopc = { default_timeout_ms = 10000; };
 registry = { heartbeat_ms = 200; dead_after_ms = 2000; };
+admin = { listen = "ipc://$WORK/admin.sock"; };
 EOF
 
 say "starting the coordinator: treatyd -c $WORK/treatyd.conf (listening on $EP)"
@@ -191,6 +192,16 @@ say "what the coordinator's journal recorded (plain SQL: SELECT kind, count(*) F
 "$PSQL" "$BASE dbname=treaty_journal" -Atq -F ' ' \
     -c "SELECT kind, count(*) FROM treaty_records GROUP BY kind ORDER BY kind" 2>/dev/null |
     while read -r kind count; do note "$kind: $count"; done
+
+# ------------------------------------------------------------------ treatyctl
+say "the operator's view: treatyctl status (docs/treatyctl.md)"
+"$BIN/treatyctl" --admin "ipc://$WORK/admin.sock" status || note "treatyctl status failed (exit $?)"
+LAST=$("$PSQL" "$BASE dbname=treaty_journal" -Atq \
+    -c "SELECT txid FROM treaty_journal WHERE kind = 'saga' ORDER BY seq DESC LIMIT 1" 2>/dev/null)
+if [ -n "$LAST" ]; then
+    say "treatyctl show $LAST (the last saga)"
+    "$BIN/treatyctl" --admin "ipc://$WORK/admin.sock" show "$LAST" || note "treatyctl show failed (exit $?)"
+fi
 
 if [ "$saga_status" -eq 0 ]; then
     say "saga part passed: every saga completed or was fully compensated, as expected"

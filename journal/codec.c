@@ -92,14 +92,16 @@ const char *journal_kind_name(enum journal_kind k)
         return "step";
     case JOURNAL_TURN:
         return "turn";
+    case JOURNAL_AUDIT:
+        return "audit";
     }
     return NULL;
 }
 
 int journal_kind_parse(const char *s, enum journal_kind *out)
 {
-    static const enum journal_kind kinds[] = {JOURNAL_COMMIT, JOURNAL_ABORT, JOURNAL_END,
-                                              JOURNAL_SAGA,   JOURNAL_STEP,  JOURNAL_TURN};
+    static const enum journal_kind kinds[] = {JOURNAL_COMMIT, JOURNAL_ABORT, JOURNAL_END,  JOURNAL_SAGA,
+                                              JOURNAL_STEP,   JOURNAL_TURN,  JOURNAL_AUDIT};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strcmp(s, journal_kind_name(kinds[i])) == 0) {
             *out = kinds[i];
@@ -182,7 +184,7 @@ void journal_encode_row(struct journal_buf *b, const struct journal_rec *r, bool
     else
         buf_puts(b, "\\N");
     buf_putc(b, '\t');
-    put_int_or_null(b, r->kind == JOURNAL_STEP && r->step >= 0, r->step);
+    put_int_or_null(b, (r->kind == JOURNAL_STEP || r->kind == JOURNAL_AUDIT) && r->step >= 0, r->step);
     buf_putc(b, '\t');
     assert(r->data || r->data_len == 0);
     if (r->data)

@@ -7,9 +7,10 @@
  * journal_scan() is scan.c's. journal_start() opens the inproc plumbing and
  * starts the writer (writer.c) and the reader (lookup.c). From then on
  * journal_append() encodes each record at once into a COPY text line of the
- * pending batch (codec.c); journal_lookup() queues a txid; journal_flush()
- * hands both over; journal_durable() and journal_lookup_results() drain
- * what comes back. Nothing here touches Postgres after journal_start().
+ * pending batch (codec.c); journal_lookup() queues a txid, and
+ * journal_read_records() a records request; journal_flush() hands them over;
+ * journal_durable(), journal_lookup_results() and journal_records_results()
+ * drain what comes back. Nothing here touches Postgres after journal_start().
  */
 #include "journal_priv.h"
 
@@ -36,6 +37,14 @@
 #define DEFAULT_GC_INTERVAL_MS 5000
 /* One connection attempt gives up after this, unless conninfo sets connect_timeout. */
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 10000
+
+/* Buckets of the group commit histograms (journal_get_hists): records per
+ * group, and a group's write time in microseconds (0.5 ms .. 10 s). */
+static const uint64_t group_records_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+#define GROUP_RECORDS_BUCKETS ((unsigned)(sizeof group_records_bounds / sizeof group_records_bounds[0]))
+static const uint64_t group_us_bounds[] = {500,    1000,   2000,   5000,    10000,   20000,   50000,
+                                           100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+#define GROUP_US_BUCKETS ((unsigned)(sizeof group_us_bounds / sizeof group_us_bounds[0]))
 
 /* ---------------------------------------------------------------- connect */
 
@@ -140,7 +149,11 @@ int journal_connect(const struct journal_config *cfg, struct journal **out, char
     atomic_init(&j->n_write_us, 0);
     atomic_init(&j->fault_lose_acks, 0);
     atomic_init(&j->reader_stop, false);
+    metrics_hist_init(&j->h_group_records, group_records_bounds, GROUP_RECORDS_BUCKETS);
+    metrics_hist_init(&j->h_group_us, group_us_bounds, GROUP_US_BUCKETS);
     j->answers_tail = &j->answers;
+    j->records_tail = &j->records;
+    j->rec_answers_tail = &j->rec_answers;
 
     int backoff = 0;
     for (;;) {
@@ -337,6 +350,16 @@ void journal_lookup(struct journal *j, const uint8_t txid[16])
     memcpy(l->txid[l->n++], txid, 16);
 }
 
+void journal_read_records(struct journal *j, const uint8_t txid[16], uint64_t token)
+{
+    assert(j && txid);
+    struct records_req *q = util_xcalloc(1, sizeof *q);
+    memcpy(q->txid, txid, 16);
+    q->token = token;
+    *j->records_tail = q;
+    j->records_tail = &q->next;
+}
+
 void journal_flush(struct journal *j)
 {
     if (!j || !j->started)
@@ -354,6 +377,15 @@ void journal_flush(struct journal *j)
             j->lookups = NULL;
         else /* kept, as above */
             log_error("journal: cannot hand %u lookups to the reader: %s", j->lookups->n, zmq_strerror(errno));
+    }
+    if (j->records) { /* after the lookups: the reader answers in that order */
+        struct msg m = {.type = JMSG_RECORDS, .rq = j->records};
+        if (zmq_send(j->to_reader, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
+            j->records = NULL;
+            j->records_tail = &j->records;
+        } else { /* kept, as above */
+            log_error("journal: cannot hand a records request to the reader: %s", zmq_strerror(errno));
+        }
     }
 }
 
@@ -374,6 +406,10 @@ static void loop_drain(struct journal *j)
             n.a->next = NULL;
             *j->answers_tail = n.a;
             j->answers_tail = &n.a->next;
+        } else if (n.type == NOTE_RECORDS && n.rec) {
+            n.rec->next = NULL;
+            *j->rec_answers_tail = n.rec;
+            j->rec_answers_tail = &n.rec->next;
         }
     }
 }
@@ -399,6 +435,32 @@ void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg)
         struct answers *next = a->next;
         for (unsigned i = 0; i < a->n; i++)
             cb(arg, &a->r[i]);
+        free(a);
+        a = next;
+    }
+}
+
+void journal_records_results(struct journal *j, journal_records_fn cb, void *arg)
+{
+    if (!j || !cb)
+        return;
+    loop_drain(j);
+    /* Detached first, as journal_lookup_results does. */
+    struct records_answer *a = j->rec_answers;
+    j->rec_answers = NULL;
+    j->rec_answers_tail = &j->rec_answers;
+    while (a) {
+        struct records_answer *next = a->next;
+        cb(arg, &a->r);
+        free(a);
+        a = next;
+    }
+}
+
+static void rec_answers_free(struct records_answer *a)
+{
+    while (a) {
+        struct records_answer *next = a->next;
         free(a);
         a = next;
     }
@@ -444,6 +506,15 @@ void journal_get_stats(const struct journal *j, struct journal_stats *out)
     out->write_us = atomic_load(&j->n_write_us);
 }
 
+void journal_get_hists(const struct journal *j, struct metrics_hist_snap *group_records,
+                       struct metrics_hist_snap *group_us)
+{
+    if (group_records != NULL)
+        metrics_hist_read(&j->h_group_records, group_records);
+    if (group_us != NULL)
+        metrics_hist_read(&j->h_group_us, group_us);
+}
+
 void journal_close(struct journal **jp, int wait_ms)
 {
     if (!jp || !*jp)
@@ -485,6 +556,8 @@ void journal_close(struct journal **jp, int wait_ms)
         while (zmq_recv(j->reader_in, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
             if (m.type == JMSG_LOOKUP)
                 lookup_batch_free(m.lkp);
+            else if (m.type == JMSG_RECORDS)
+                records_req_free(m.rq);
         }
         loop_drain(j);
         close_sockets(j);
@@ -502,6 +575,8 @@ void journal_close(struct journal **jp, int wait_ms)
     batch_free(j->pending);
     lookup_batch_free(j->lookups);
     answers_free(j->answers);
+    records_req_free(j->records);
+    rec_answers_free(j->rec_answers);
     PQfinish(j->conn);
     free(j->conninfo);
     free(j);

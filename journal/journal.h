@@ -53,8 +53,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* sql/001_journal.sql, 002_saga.sql, 003_batched_end.sql, 004_runs_and_lookups.sql */
-#define JOURNAL_SCHEMA_VERSION 4
+#include "metrics_hist.h"
+
+/* sql/001_journal.sql, 002_saga.sql, 003_batched_end.sql, 004_runs_and_lookups.sql, 005_audit.sql */
+#define JOURNAL_SCHEMA_VERSION 5
 
 enum journal_kind {
     JOURNAL_COMMIT = 1, /* 2PC decision: commit. Forced. services = every branch's service */
@@ -66,11 +68,15 @@ enum journal_kind {
     JOURNAL_SAGA = 4,   /* saga definition. Forced before the first step runs. services = each step's
                            service; data = the encoded definition (coordinator's format) */
     JOURNAL_STEP = 5,   /* saga step done. Lazy. step = index; detail = "action" or "compensation" */
-    JOURNAL_TURN = 6    /* saga turned around. Forced before any compensation runs. step = the
+    JOURNAL_TURN = 6,   /* saga turned around. Forced before any compensation runs. step = the
                            failing step (failed_branch column), detail = reason */
+    JOURNAL_AUDIT = 7   /* an operator's resolve (treatyctl; sql/005_audit.sql). Forced, appended right
+                           before the record that carries it out (ABORT, TURN or STEP), in the same batch.
+                           detail = "<what> by <who>: <why>"; step = the saga step it concerns, else -1.
+                           Decides nothing: recovery and the lookups pass over it */
 };
 
-/* "commit", "abort", "end", "saga", "step", "turn" (the kind column) or NULL. */
+/* "commit", "abort", "end", "saga", "step", "turn", "audit" (the kind column) or NULL. */
 const char *journal_kind_name(enum journal_kind k);
 
 struct journal_rec {
@@ -80,7 +86,7 @@ struct journal_rec {
     const char *const *services; /* nservices names of [A-Za-z0-9._-]{1,64} */
     const char *detail;          /* free text or NULL; e.g. the abort reason and failed branch */
     int failed_branch;           /* ABORT: branch that caused it; TURN: failing step; else -1 */
-    int step;                    /* STEP: the step index; else -1 */
+    int step;                    /* STEP: the step index; AUDIT: the step it concerns or -1; else -1 */
     const void *data;            /* SAGA: the definition (bytea); else NULL */
     size_t data_len;
 };
@@ -205,6 +211,53 @@ typedef void (*journal_lookup_fn)(void *arg, const struct journal_lookup_result 
  * when none. */
 void journal_lookup_results(struct journal *j, journal_lookup_fn cb, void *arg);
 
+/*
+ * One transaction's records, for an operator (treatyctl show): what the
+ * journal durably holds of a txid - its rows (the txid index) and the 2PC
+ * ENDs batched in 'ends' rows after its first row (read along the seq index
+ * from there) - in seq order, at most JOURNAL_RECORDS_MAX of them: the first
+ * ones, with truncated set when there are more. Every run of the txid still
+ * in the journal is there, finished or not, audit records included.
+ * journal_read_records() queues a request (copied; never blocks, never fails
+ * except on out-of-memory, which aborts the daemon); it goes to the reader
+ * thread at journal_flush(), is answered there after the lookups handed over
+ * with it, on the lookups' connection and with their rules (only durable
+ * records are seen; TREATY_EPG when Postgres cannot be read, within 10 s),
+ * and comes back through journal_records_results(): exactly one answer per
+ * request, in the order asked. Call journal_records_results() when
+ * journal_socket() is readable, with journal_durable() and
+ * journal_lookup_results(): any of them may take the others' notifications
+ * off it (and keeps them for the others). Requests not answered by
+ * journal_close() are dropped.
+ */
+#define JOURNAL_RECORDS_MAX 160
+
+struct journal_record_row {
+    uint64_t seq;           /* the table's seq: the order of the records */
+    enum journal_kind kind; /* END for a 2PC END batched in an 'ends' row */
+    int64_t written_ms;     /* when its row was written (Unix ms, PostgreSQL's clock) */
+    int failed_branch;      /* ABORT, TURN: the failing branch or step; else -1 */
+    int step;               /* STEP, AUDIT: the step; else -1 */
+    char services[512];     /* the services column, comma-separated ("" none); cut with "..." */
+    char detail[256];       /* the detail column ("" none); cut */
+};
+
+struct journal_records {
+    uint8_t txid[16];
+    uint64_t token; /* the caller's, from journal_read_records */
+    int error;      /* 0, or TREATY_EPG: the journal could not be read (n is 0) */
+    unsigned n;     /* rows[0..n) */
+    bool truncated; /* the txid has more than JOURNAL_RECORDS_MAX records */
+    struct journal_record_row rows[JOURNAL_RECORDS_MAX];
+};
+
+void journal_read_records(struct journal *j, const uint8_t txid[16], uint64_t token);
+typedef void (*journal_records_fn)(void *arg, const struct journal_records *r);
+/* Calls cb for every answer received so far, in the order received; r is
+ * borrowed for the call. cb may call journal_read_records(). Loop thread;
+ * harmless when none. */
+void journal_records_results(struct journal *j, journal_records_fn cb, void *arg);
+
 /* False while the writer cannot reach Postgres (new work should be refused). */
 bool journal_healthy(const struct journal *j);
 
@@ -228,6 +281,13 @@ struct journal_stats {
                           share of time it was busy, i.e. how close the journal is to its limit */
 };
 void journal_get_stats(const struct journal *j, struct journal_stats *out);
+
+/* Histograms of the writer's group commits, copied into the caller's
+ * structs: records per group, and each group's time from its first write
+ * attempt to its commit in microseconds (reconnects and rewrites included).
+ * Either pointer may be NULL. */
+void journal_get_hists(const struct journal *j, struct metrics_hist_snap *group_records,
+                       struct metrics_hist_snap *group_us);
 
 /* Step 4. Waits up to wait_ms for pending records to become durable, stops the
  * writer, disconnects and frees. Accepts NULL; sets *j to NULL. */

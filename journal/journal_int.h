@@ -13,14 +13,14 @@
  *
  *   column         COPY text
  *   txid           lowercase UUID "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
- *   kind           "commit" | "abort" | "end" | "saga" | "step" | "turn"
+ *   kind           "commit" | "abort" | "end" | "saga" | "step" | "turn" | "audit"
  *   services       \N when nservices == 0, else {"a","b"}: every element is
  *                  double-quoted (so a service named NULL stays a string),
  *                  '"' and '\' inside an element are backslash-escaped
  *   failed_branch  the number for ABORT and TURN with failed_branch >= 0,
  *                  else \N
  *   detail         \N when NULL, else the text
- *   step           the number for STEP with step >= 0, else \N (records are
+ *   step           the number for STEP and AUDIT with step >= 0, else \N (records are
  *                  zero-initialised by callers: step 0 of another kind is
  *                  not a step)
  *   data           \N when data == NULL, else bytea in hex form with COPY's
@@ -28,7 +28,7 @@
  *                  1 MB saga definition is a 2 MB line, and a group takes at
  *                  least one batch whatever its size)
  *
- * journal_scan() gives step back for STEP rows only (-1 otherwise), and data
+ * journal_scan() gives step back for STEP and AUDIT rows only (-1 otherwise), and data
  * decoded (NULL when the column is NULL; non-NULL, data_len 0 for an empty
  * bytea) in a buffer reused for the next row.
  *

@@ -15,6 +15,8 @@
  *                   the writer thread, between groups)
  *   scan.c          the recovery scan, journal_scan() (loop thread, before
  *                   journal_start)
+ *   records.c       the reader thread: one transaction's records for an
+ *                   operator (journal_read_records)
  *   lookup.c        the reader thread: outcome lookups and how the journal's
  *                   rows become outcomes
  *   codec.c         the row codec (journal_int.h)
@@ -54,9 +56,11 @@
  *                    struct msg {JMSG_STOP}           write what is left, exit
  *                    struct msg {JMSG_WAKE}           nothing; wakes the writer
  *   loop -> reader   struct msg {JMSG_LOOKUP, lookups} the reader owns them
+ *                    struct msg {JMSG_RECORDS, rq}    the reader owns them
  *                    struct msg {JMSG_STOP}           exit, answer nothing more
  *   writer -> loop   struct note {NOTE_DURABLE, seq}  durable watermark
  *   reader -> loop   struct note {NOTE_ANSWERS, a}    the loop owns the answers
+ *                    struct note {NOTE_RECORDS, rec}  the loop owns the records
  *
  * The watermark is also kept in an atomic, which is what journal_durable()
  * returns; its messages exist to make journal_socket() readable.
@@ -79,6 +83,7 @@
 
 #include "journal.h"
 #include "journal_int.h"
+#include "metrics_hist.h"
 #include "util.h"
 
 /* ms as a poll timeout: 0 .. INT_MAX. */
@@ -128,13 +133,31 @@ static inline void batch_free(struct batch *b)
     free(b);
 }
 
-enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3, JMSG_LOOKUP = 4 };
+enum msg_type { JMSG_BATCH = 1, JMSG_STOP = 2, JMSG_WAKE = 3, JMSG_LOOKUP = 4, JMSG_RECORDS = 5 };
+
+/* journal_read_records requests queued during loop turns, in order. Owned
+ * by the loop thread until journal_flush() sends them, then by the reader. */
+struct records_req {
+    struct records_req *next;
+    uint8_t txid[16];
+    uint64_t token;
+};
+
+static inline void records_req_free(struct records_req *q)
+{
+    while (q) {
+        struct records_req *next = q->next;
+        free(q);
+        q = next;
+    }
+}
 
 /* loop -> writer, loop -> reader. */
 struct msg {
     int type;                 /* enum msg_type */
     struct batch *b;          /* JMSG_BATCH: ownership passes to the receiver */
     struct lookup_batch *lkp; /* JMSG_LOOKUP: ownership passes to the receiver */
+    struct records_req *rq;   /* JMSG_RECORDS: ownership passes to the receiver */
 };
 
 /* Lookups queued during loop turns: the txids asked, in order. Owned by the
@@ -164,13 +187,21 @@ struct answers {
     struct journal_lookup_result r[];
 };
 
-enum note_type { NOTE_DURABLE = 1, NOTE_ANSWERS = 2 };
+enum note_type { NOTE_DURABLE = 1, NOTE_ANSWERS = 2, NOTE_RECORDS = 3 };
+
+/* The reader's answer to one records_req, as the loop keeps it until
+ * journal_records_results hands it out. */
+struct records_answer {
+    struct records_answer *next; /* loop: received, not yet handed out */
+    struct journal_records r;
+};
 
 /* writer -> loop, reader -> loop. */
 struct note {
-    int type;          /* enum note_type */
-    uint64_t durable;  /* NOTE_DURABLE: the new watermark */
-    struct answers *a; /* NOTE_ANSWERS: ownership passes to the receiver */
+    int type;                   /* enum note_type */
+    uint64_t durable;           /* NOTE_DURABLE: the new watermark */
+    struct answers *a;          /* NOTE_ANSWERS: ownership passes to the receiver */
+    struct records_answer *rec; /* NOTE_RECORDS: ownership passes to the receiver */
 };
 
 /* What a journal connection's session already holds, so that a group sends
@@ -231,12 +262,16 @@ struct journal {
     volatile int *stop;     /* journal_connect only */
 
     /* Loop thread. */
-    PGconn *conn;                    /* journal_start moves it to w.conn, journal_close back after the join */
-    struct batch *pending;           /* appended, not yet flushed */
-    uint64_t appended;               /* last sequence number handed out */
-    struct lookup_batch *lookups;    /* queued, not yet flushed */
-    struct answers *answers;         /* received, not yet handed out (oldest first) */
-    struct answers **answers_tail;   /* where the next answers received go */
+    PGconn *conn;                  /* journal_start moves it to w.conn, journal_close back after the join */
+    struct batch *pending;         /* appended, not yet flushed */
+    uint64_t appended;             /* last sequence number handed out */
+    struct lookup_batch *lookups;  /* queued, not yet flushed */
+    struct answers *answers;       /* received, not yet handed out (oldest first) */
+    struct answers **answers_tail; /* where the next answers received go */
+    struct records_req *records;   /* journal_read_records: queued, not yet flushed (in order) */
+    struct records_req **records_tail;
+    struct records_answer *rec_answers; /* received, not yet handed out (oldest first) */
+    struct records_answer **rec_answers_tail;
     bool started;                    /* journal_start succeeded: the threads run until journal_close */
     void *to_writer;                 /* PUSH */
     void *to_reader;                 /* PUSH */
@@ -268,7 +303,10 @@ struct journal {
     _Atomic uint64_t n_reconnects;
     _Atomic uint64_t n_gc_deleted;
     _Atomic uint64_t n_write_us; /* time the writer spent writing groups */
-    atomic_uint fault_lose_acks; /* armed by journal_fault_lose_acks (journal_int.h), taken by the writer */
+    /* Written by the writer thread only (metrics_hist.h: one writer, any reader). */
+    struct metrics_hist h_group_records; /* records per group committed */
+    struct metrics_hist h_group_us;      /* a group's time from the first try to its commit, us */
+    atomic_uint fault_lose_acks;         /* armed by journal_fault_lose_acks (journal_int.h), taken by the writer */
 };
 
 /* Replaces the writer's connection (c may be NULL) and forgets what the old
@@ -417,5 +455,21 @@ void journal_collect(struct journal *j);
 /* The reader thread (arg: the struct journal). Returns after JMSG_STOP or
  * reader_stop, having closed its connection. */
 void *journal_reader_main(void *arg);
+
+/* Waits, up to deadline (util_mono_ms), until libpq holds a whole result of
+ * the reader's connection c (or the final NULL). 0, or TREATY_EPG with err
+ * filled (also when the reader is stopping). Reader thread. */
+int journal_reader_wait(struct journal *j, PGconn *c, int64_t deadline, char *err, size_t errlen);
+
+/* A reader's query, or a connection attempt for one, gives up after this
+ * (the attempt sooner if conninfo's connect_timeout says so). */
+#define READER_TIMEOUT_MS 10000
+
+/* -------------------------------------------------------------- records.c */
+
+/* Answers the records requests from head on (reader thread, after the
+ * lookups taken with them), each in a NOTE_RECORDS to the loop; frees the
+ * requests. */
+void journal_records_work(struct journal *j, struct records_req *head);
 
 #endif /* TREATY_JOURNAL_PRIV_H */

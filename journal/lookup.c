@@ -35,10 +35,13 @@
  *
  * How rows become an outcome (lookup_decide), in seq order per txid. A
  * transaction is a run of records ended by an END; a txid's latest run
- * decides. The latest run holds L, the txid's last record other than an END:
+ * decides. The latest run holds L, the txid's last record other than an END
+ * or an AUDIT (an operator's audit record decides nothing; it always comes
+ * right before the record that carries it out, so it is never a run's last
+ * word):
  *   - L is a COMMIT or an ABORT: that decision is the outcome. A 2PC run
- *     writes nothing before its decision and nothing but its END after it,
- *     so whatever ended before L was an earlier run;
+ *     writes nothing before its decision (but an AUDIT) and nothing but its
+ *     END after it, so whatever ended before L was an earlier run;
  *   - L is a saga's (SAGA, STEP, TURN): the first END after L says
  *     "completed" or "compensated"; no END after L: UNFINISHED. The run
  *     began at the last SAGA record up to L (a saga's definition is forced
@@ -67,7 +70,7 @@ const char journal_lookup_sql[] = LOOKUP_SQL;
 #define LOOKUP_CHUNK 1000
 /* A lookup's connection attempt or query gives up after this (the attempt
  * sooner if connect_timeout says so); a query's connection is then dropped. */
-#define LOOKUP_TIMEOUT_MS 10000
+#define LOOKUP_TIMEOUT_MS READER_TIMEOUT_MS
 
 static bool reader_stopped(struct journal *j)
 {
@@ -101,7 +104,7 @@ static void lookup_decide(const struct lrow *v, size_t n, struct journal_lookup_
     out->detail[0] = '\0';
     size_t L = n;
     for (size_t i = n; i-- > 0;) {
-        if (v[i].kind != JOURNAL_END) {
+        if (v[i].kind != JOURNAL_END && v[i].kind != JOURNAL_AUDIT) {
             L = i;
             break;
         }
@@ -147,8 +150,11 @@ static void lookup_decide(const struct lrow *v, size_t n, struct journal_lookup_
         }
     }
     out->outcome = JOURNAL_OUTCOME_UNFINISHED;
-    if (L + 1 < n) {
-        const char *d = v[L + 1].detail;
+    size_t e = L + 1;
+    while (e < n && v[e].kind != JOURNAL_END)
+        e++;
+    if (e < n) {
+        const char *d = v[e].detail;
         if (detail_is(d, "completed"))
             out->outcome = JOURNAL_OUTCOME_COMPLETED;
         else if (detail_is(d, "compensated"))
@@ -161,9 +167,8 @@ static void lookup_decide(const struct lrow *v, size_t n, struct journal_lookup_
     }
 }
 
-/* Waits, up to deadline, until libpq holds a whole result (or the final
- * NULL). 0, or TREATY_EPG with err filled. */
-static int wait_not_busy(struct journal *j, PGconn *c, int64_t deadline, char *err, size_t errlen)
+/* journal_priv.h */
+int journal_reader_wait(struct journal *j, PGconn *c, int64_t deadline, char *err, size_t errlen)
 {
     for (;;) {
         int f = PQflush(c);
@@ -210,7 +215,7 @@ static int lookup_query(struct journal *j, PGconn *c, const char *param, PGresul
         journal_pg_error(c, NULL, err, errlen);
         return TREATY_EPG;
     }
-    if (wait_not_busy(j, c, deadline, err, errlen) != 0)
+    if (journal_reader_wait(j, c, deadline, err, errlen) != 0)
         return TREATY_EPG;
     PGresult *res = PQgetResult(c);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 5) {
@@ -219,7 +224,7 @@ static int lookup_query(struct journal *j, PGconn *c, const char *param, PGresul
         return TREATY_EPG;
     }
     /* The NULL that ends the query's results. */
-    if (wait_not_busy(j, c, deadline, err, errlen) != 0) {
+    if (journal_reader_wait(j, c, deadline, err, errlen) != 0) {
         PQclear(res);
         return TREATY_EPG;
     }
@@ -389,8 +394,9 @@ void *journal_reader_main(void *arg)
                 break;
             continue;
         }
-        /* Every batch waiting, in order. */
+        /* Every batch waiting, in order; records requests after them. */
         struct lookup_batch *head = NULL, **tail = &head;
+        struct records_req *rq = NULL, **rq_tail = &rq;
         bool stop = false;
         struct msg m;
         while (zmq_recv(j->reader_in, &m, sizeof m, ZMQ_DONTWAIT) == (int)sizeof m) {
@@ -398,6 +404,10 @@ void *journal_reader_main(void *arg)
                 m.lkp->next = NULL;
                 *tail = m.lkp;
                 tail = &m.lkp->next;
+            } else if (m.type == JMSG_RECORDS) {
+                *rq_tail = m.rq;
+                while (*rq_tail)
+                    rq_tail = &(*rq_tail)->next;
             } else if (m.type == JMSG_STOP) {
                 stop = true;
             }
@@ -405,6 +415,10 @@ void *journal_reader_main(void *arg)
         if (!stop)
             reader_work(j, head);
         lookup_batch_free(head);
+        if (!stop)
+            journal_records_work(j, rq); /* takes rq */
+        else
+            records_req_free(rq);
         if (stop)
             break;
     }

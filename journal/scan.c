@@ -177,7 +177,7 @@ int journal_scan(struct journal *j, journal_scan_fn cb, void *arg)
                 r.failed_branch = atoi(PQgetvalue(res, i, 3));
             if (!PQgetisnull(res, i, 4))
                 r.detail = PQgetvalue(res, i, 4);
-            if (r.kind == JOURNAL_STEP && !PQgetisnull(res, i, 5))
+            if ((r.kind == JOURNAL_STEP || r.kind == JOURNAL_AUDIT) && !PQgetisnull(res, i, 5))
                 r.step = atoi(PQgetvalue(res, i, 5));
             if (!PQgetisnull(res, i, 6)) {
                 if (bytea_decode(PQgetvalue(res, i, 6), (size_t)PQgetlength(res, i, 6), &bytes) != 0) {

@@ -1,5 +1,5 @@
 /*
- * schema.c - the journal's schema: sql/001_journal.sql .. 004 (compiled in
+ * schema.c - the journal's schema: sql/001_journal.sql .. 005 (compiled in
  * from the generated sql_*.h), applied by journal_connect() on the loop
  * thread before anything else touches the journal.
  */
@@ -15,6 +15,7 @@
 #include "sql_saga.h"
 #include "sql_batched_end.h"
 #include "sql_runs_and_lookups.h"
+#include "sql_audit.h"
 #include "treaty.h"
 
 /* pg_advisory_xact_lock key pair held while applying the schema: "TREA", 1. */
@@ -27,7 +28,7 @@
  * under an advisory lock, so that coordinators starting together do not race
  * on CREATE ... IF NOT EXISTS and an upgrade happens once, entirely or not at
  * all (if we crash in the middle, the transaction rolls back and the next
- * start upgrades). 002, 003 and 004 are skipped once applied: re-adding
+ * start upgrades). 002 .. 005 are skipped once applied: re-adding
  * 002's CHECK constraint would scan the whole journal under an exclusive lock
  * on every start, and 003's constraints have no IF NOT EXISTS. A database
  * already holding a newer schema is left untouched. Returns 0,
@@ -84,6 +85,12 @@ int journal_apply_schema(PGconn *c, int *version, char *err, size_t errlen)
         if (v >= 1)
             log_info("journal: upgrading the journal schema from version %d to 4 (idempotent rewrites, lookups)", v);
         if (!journal_pg_exec(c, sql_runs_and_lookups, PGRES_COMMAND_OK, why, sizeof why))
+            goto fail_sql;
+    }
+    if (v < 5) {
+        if (v >= 1)
+            log_info("journal: upgrading the journal schema from version %d to 5 (audit records)", v);
+        if (!journal_pg_exec(c, sql_audit, PGRES_COMMAND_OK, why, sizeof why))
             goto fail_sql;
     }
     res = PQexec(c, "SELECT max(version) FROM treaty_schema");

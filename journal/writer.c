@@ -613,7 +613,10 @@ static bool writer_commit_group(struct journal *j)
      * resumes their transactions.
      */
     uint64_t seq = w->tail->last_seq;
-    atomic_fetch_add(&j->n_write_us, (uint64_t)(util_mono_us() - t0));
+    uint64_t took_us = (uint64_t)(util_mono_us() - t0);
+    atomic_fetch_add(&j->n_write_us, took_us);
+    metrics_hist_observe(&j->h_group_records, w->nrecs);
+    metrics_hist_observe(&j->h_group_us, took_us);
     atomic_fetch_add(&j->n_batches, 1);
     atomic_fetch_add(&j->n_records, w->nrecs);
     if (w->forced)

@@ -723,6 +723,7 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
     for (int attempt = 0;; attempt++) {
         int port = support_free_port();
         snprintf(d->endpoint, sizeof d->endpoint, "tcp://127.0.0.1:%d", port);
+        snprintf(d->admin, sizeof d->admin, "ipc:///tmp/treaty-test-admin-%d-%d.sock", (int)getpid(), port);
         char text[2048];
         int resend_max = o.resend_max_ms > 0 ? o.resend_max_ms : 1000;
         snprintf(text, sizeof text,
@@ -734,14 +735,15 @@ static void treatyd_start(struct support_treatyd *d, const char *journal_conninf
                  " lazy_delay_ms = %d; };\n"
                  "twopc = { default_timeout_ms = %d; max_timeout_ms = %d; resend_initial_ms = %d; resend_max_ms = %d; "
                  "};\n"
-                 "registry = { heartbeat_ms = %d; dead_after_ms = %d; };\n",
+                 "registry = { heartbeat_ms = %d; dead_after_ms = %d; };\n"
+                 "admin = { listen = \"%s\"; };\n",
                  d->endpoint, o.log_level != NULL ? o.log_level : "info", quoted,
                  o.lazy_immediately    ? 0
                  : o.lazy_delay_ms > 0 ? o.lazy_delay_ms
                                        : 20,
                  o.default_timeout_ms > 0 ? o.default_timeout_ms : 10000,
                  o.max_timeout_ms > 0 ? o.max_timeout_ms : 600000, resend_max < 100 ? resend_max : 100, resend_max,
-                 o.heartbeat_ms > 0 ? o.heartbeat_ms : 100, o.dead_after_ms > 0 ? o.dead_after_ms : 1000);
+                 o.heartbeat_ms > 0 ? o.heartbeat_ms : 100, o.dead_after_ms > 0 ? o.dead_after_ms : 1000, d->admin);
         if (extra_config != NULL) {
             size_t used = strlen(text);
             int n = snprintf(text + used, sizeof text - used, "%s\n", extra_config);
@@ -890,4 +892,43 @@ bool support_wait_until(support_cond_fn cond, void *arg, int timeout_ms)
         if (pause < 200)
             pause += 25;
     }
+}
+
+/* ------------------------------------------------------------ treatyctl */
+
+int support_ctl(const struct support_treatyd *d, const char *args, char *out, size_t outlen, char *err, size_t errlen)
+{
+    char errfile[700], cmd[4096];
+    snprintf(errfile, sizeof errfile, "%s/treatyctl.stderr", support_log_dir());
+    int n = snprintf(cmd, sizeof cmd, "%s/treatyctl --admin %s %s 2>%s.last; st=$?; cat %s.last >>%s; exit $st",
+                     support_bin_dir(), d->admin, args, errfile, errfile, errfile);
+    cr_assert(n > 0 && (size_t)n < sizeof cmd, "treatyctl command line too long");
+    FILE *f = popen(cmd, "r");
+    cr_assert(f != NULL, "popen(%s): %s", cmd, strerror(errno));
+    size_t used = 0;
+    for (;;) {
+        size_t room = outlen - 1 - used;
+        size_t got = fread(out + used, 1, room, f);
+        used += got;
+        if (got == 0 || used == outlen - 1)
+            break;
+    }
+    out[used] = '\0';
+    char sink[256];
+    while (fread(sink, 1, sizeof sink, f) > 0) /* the rest, cut */
+        ;
+    int st = pclose(f);
+    if (err != NULL && errlen > 0) {
+        char last[800];
+        snprintf(last, sizeof last, "%s.last", errfile);
+        err[0] = '\0';
+        FILE *e = fopen(last, "r");
+        if (e != NULL) {
+            char line[1024];
+            while (fgets(line, sizeof line, e) != NULL)
+                snprintf(err, errlen, "%s", line);
+            fclose(e);
+        }
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

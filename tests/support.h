@@ -168,6 +168,7 @@ struct support_treatyd_opts {
 
 struct support_treatyd {
     char endpoint[64]; /* tcp://127.0.0.1:PORT */
+    char admin[128];   /* admin.listen: ipc:///tmp/treaty-test-admin-PID-PORT.sock (treatyctl --admin) */
     char config[700];  /* path of the config file */
     char journal[768]; /* journal conninfo */
     struct support_proc *proc;
@@ -196,6 +197,16 @@ void support_treatyd_start_logged(struct support_treatyd *d, const char *journal
 void support_treatyd_restart(struct support_treatyd *d, const char *const env[], bool wait);
 /* Polls treaty_client_query on a random txid until it returns 0. */
 void support_treatyd_wait_serving(struct support_treatyd *d);
+
+/* ------------------------------------------------------------ treatyctl */
+
+/* Runs $TREATY_BIN/treatyctl --admin <d's admin endpoint> ARGS (args: the
+ * rest of a shell command line, e.g. "--json show <txid>"; no quoting is
+ * done), waits for it, and returns its exit status (-1 when it did not exit
+ * normally). Its stdout goes to out (NUL-terminated, cut to outlen - 1), its
+ * stderr is appended to <log dir>/treatyctl.stderr and its last line to err
+ * (may be NULL). */
+int support_ctl(const struct support_treatyd *d, const char *args, char *out, size_t outlen, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ outcomes */
 

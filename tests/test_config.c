@@ -76,7 +76,12 @@ static bool config_equal(const struct config *a, const struct config *b)
            a->saga_max_deadline_ms == b->saga_max_deadline_ms && a->outcome_cache == b->outcome_cache &&
            a->max_inflight_per_client == b->max_inflight_per_client && a->curve == b->curve &&
            strcmp(a->secret_key_file, b->secret_key_file) == 0 && strcmp(a->public_key_file, b->public_key_file) == 0 &&
-           strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure;
+           strcmp(a->allow_list, b->allow_list) == 0 && a->allow_insecure == b->allow_insecure &&
+           strcmp(a->admin_listen, b->admin_listen) == 0 && a->admin_max_list == b->admin_max_list &&
+           a->admin_max_pending == b->admin_max_pending && strcmp(a->metrics_listen, b->metrics_listen) == 0 &&
+           a->metrics_max_services == b->metrics_max_services &&
+           a->metrics_max_connections == b->metrics_max_connections &&
+           a->metrics_connection_timeout_s == b->metrics_connection_timeout_s;
 }
 
 /* ------------------------------------------------------------ defaults */
@@ -177,7 +182,8 @@ Test(config, every_key_is_read)
                        "saga: { max_steps = 16; stuck_after_attempts = 17; stuck_retry_ms = 18; max_attempts = 19;\n"
                        "  max_backoff_ms = 20; max_try_timeout_ms = 21; max_deadline_ms = 22; };\n"
                        "security: { curve = true; secret_key_file = \"/k/s.key\"; public_key_file = \"/k/s.pub\";\n"
-                       "  allow_list = \"/k/allow\"; allow_insecure = true; };\n";
+                       "  allow_list = \"/k/allow\"; allow_insecure = true; };\n"
+                       "admin: { listen = \"ipc:///run/t/admin.sock\"; max_list = 27; max_pending = 28; };\n";
     struct config c;
     char path[64], err[256];
     cr_assert_eq(load_text(text, &c, path, err, sizeof err), 0, "%s", err);
@@ -215,6 +221,24 @@ Test(config, every_key_is_read)
     cr_assert_str_eq(c.public_key_file, "/k/s.pub");
     cr_assert_str_eq(c.allow_list, "/k/allow");
     cr_assert_eq(c.allow_insecure, true);
+    cr_assert_str_eq(c.admin_listen, "ipc:///run/t/admin.sock");
+    cr_assert_eq(c.admin_max_list, 27);
+    cr_assert_eq(c.admin_max_pending, 28);
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+}
+
+/* The admin endpoint is protected by its socket file's permissions only:
+ * nothing but ipc:// may serve it. */
+Test(config, admin_listen_must_be_an_ipc_path_or_empty)
+{
+    struct config c;
+    char err[512];
+    config_defaults(&c);
+    cr_assert_str_eq(c.admin_listen, "ipc:///tmp/treatyd-admin.sock");
+    snprintf(c.admin_listen, sizeof c.admin_listen, "tcp://127.0.0.1:7601");
+    cr_assert_eq(config_validate(&c, err, sizeof err), TREATY_ECONFIG);
+    assert_contains(err, "admin.listen");
+    c.admin_listen[0] = '\0';
     cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
 }
 
@@ -250,7 +274,8 @@ Test(config, unknown_nested_key)
 
 Test(config, unknown_group_and_misplaced_keys)
 {
-    expect_file_error("metrics: { port = 9100; };\n", 1, "metrics: unknown key");
+    expect_file_error("telemetry: { port = 9100; };\n", 1, "telemetry: unknown key");
+    expect_file_error("metrics: { port = 9100; };\n", 1, "metrics.port: unknown key");
     /* a top-level key inside a group, and a group key at the top */
     expect_file_error("journal: {\n  listen = \"x\";\n};\n", 2, "journal.listen: unknown key");
     expect_file_error("\nconninfo = \"\";\n", 2, "conninfo: unknown key");
@@ -682,4 +707,25 @@ Test(config, cross_key_from_file)
     cr_assert_eq(load_text("registry: { heartbeat_ms = 2000; dead_after_ms = 1000; };\n", &c, path, err, sizeof err), 0,
                  "%s", err);
     expect_invalid(&c, "registry.heartbeat_ms (2000) must be less than registry.dead_after_ms (1000)");
+}
+
+/* metrics.listen: off when empty; a numeric IP:PORT or [IPv6]:PORT, anything
+ * else refused at start with the key named. */
+Test(config, metrics_listen_must_be_a_numeric_address_and_port)
+{
+    struct config c;
+    char err[256];
+    config_defaults(&c);
+    cr_assert_str_eq(c.metrics_listen, "");
+    cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s", err);
+    const char *ok[] = {"127.0.0.1:9464", "[::1]:9464", "0.0.0.0:1"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        snprintf(c.metrics_listen, sizeof c.metrics_listen, "%s", ok[i]);
+        cr_assert_eq(config_validate(&c, err, sizeof err), 0, "%s: %s", ok[i], err);
+    }
+    const char *bad[] = {"localhost:9464", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "::1:9464"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(c.metrics_listen, sizeof c.metrics_listen, "%s", bad[i]);
+        expect_invalid(&c, "metrics.listen");
+    }
 }

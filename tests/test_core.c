@@ -21,6 +21,7 @@
 #include "allowlist.h"
 #include "config.h"
 #include "core.h"
+#include "core_admin.h"
 #include "journal.h"
 #include "log.h"
 #include "treaty.h"
@@ -116,6 +117,13 @@ static bool io_journal_healthy(void *ctx)
     return !f->unhealthy;
 }
 
+static void io_admin_reply(void *ctx, uint64_t token, const char *json, size_t len)
+{
+    struct fake *f = ctx;
+    fake_printf(f, "@%lld admin-reply token=%llu %.*s\n", (long long)*f->clock, (unsigned long long)token, (int)len,
+                json);
+}
+
 /* The transcript since the last call (and moves the mark). */
 static const char *fake_since(struct fake *f)
 {
@@ -155,7 +163,7 @@ static void rig_start(struct rig *r, uint64_t seed)
     memset(r, 0, sizeof *r);
     config_defaults(&r->cfg);
     r->fake.clock = &r->ms;
-    struct core_io io = {&r->fake, io_send, io_append, io_lookup, io_journal_healthy};
+    struct core_io io = {&r->fake, io_send, io_append, io_lookup, io_journal_healthy, io_admin_reply, NULL};
     r->core = core_new(&r->cfg, &io, seed);
     cr_assert_not_null(r->core);
 }
@@ -1278,5 +1286,132 @@ Test(core_auth, a_reloaded_allow_list_drops_instances_of_revoked_keys, .init = q
     const char *s = fake_since(&r.fake);
     cr_assert(strstr(s, "send p1 PREPARE") && !strstr(s, "send p2"), "%s", s);
     allowlist_free(&a);
+    rig_free(&r);
+}
+
+/* ------------------------------------------------------------ operators (core_admin.h) */
+
+static void admin(struct rig *r, uint64_t token, const char *json)
+{
+    core_on_admin(r->core, token, json, strlen(json), at(r));
+}
+
+Test(core_admin, resolve_abort_forces_an_audit_record_before_the_abort_and_answers_once_both_are_durable,
+     .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t id[16];
+    char sid[TREATY_TXID_STRLEN], req[512];
+    fresh_txid(&r, id, 1);
+    treaty_txid_format((const treaty_txid_t *)id, sid);
+    submit(&r, "c1", id, 60000, AB, 2);
+    vote(&r, "p1", id, 0, true); /* p2 never votes */
+    fake_since(&r.fake);
+
+    snprintf(req, sizeof req,
+             "{\"cmd\":\"resolve\",\"txid\":\"%s\",\"action\":\"abort\",\"who\":\"alice\",\"why\":\"hung\"}", sid);
+    admin(&r, 7, req);
+    const char *s = fake_since(&r.fake);
+    const char *audit = strstr(s, "append seq=1 audit forced"), *abort = strstr(s, "append seq=2 abort forced");
+    cr_assert(audit && abort && audit < abort, "want the forced audit record, then the forced ABORT:\n%s", s);
+    cr_assert(strstr(audit, "detail=[abort by alice: hung]") != NULL, "audit detail:\n%s", s);
+    cr_assert_eq(count(s, "admin-reply"), 0, "answered before the records are durable:\n%s", s);
+    cr_assert_eq(count(s, "send"), 0, "sent something before the ABORT is durable:\n%s", s);
+
+    durable(&r, 1); /* only the audit record */
+    s = fake_since(&r.fake);
+    cr_assert_eq(count(s, "admin-reply"), 0, "answered with only the audit record durable:\n%s", s);
+    durable(&r, 2);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "admin-reply token=7 {\"ok\":true") != NULL, "no answer once both are durable:\n%s", s);
+    cr_assert(count(s, "ABORT") >= 1 && count(s, "OUTCOME") >= 1, "the abort was not carried out:\n%s", s);
+
+    /* Decided now: refused, and nothing appended. */
+    admin(&r, 8, req);
+    s = fake_since(&r.fake);
+    cr_assert(strstr(s, "\"error\":\"refused\"") != NULL && count(s, "append") == 0, "%s", s);
+    rig_free(&r);
+}
+
+Test(core_admin, resolve_abort_is_refused_once_the_commit_record_is_appended, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t id[16];
+    char sid[TREATY_TXID_STRLEN], req[512];
+    fresh_txid(&r, id, 1);
+    treaty_txid_format((const treaty_txid_t *)id, sid);
+    submit(&r, "c1", id, 60000, AB, 2);
+    vote(&r, "p1", id, 0, true);
+    vote(&r, "p2", id, 1, true); /* COMMIT appended, not durable yet */
+    fake_since(&r.fake);
+    snprintf(req, sizeof req, "{\"cmd\":\"resolve\",\"txid\":\"%s\",\"action\":\"abort\",\"who\":\"a\",\"why\":\"b\"}",
+             sid);
+    admin(&r, 1, req);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "\"error\":\"refused\"") != NULL && strstr(s, "COMMIT") != NULL, "%s", s);
+    cr_assert_eq(count(s, "append"), 0, "a refused resolve appended a record:\n%s", s);
+    rig_free(&r);
+}
+
+Test(core_admin, requests_over_their_caps_are_answered_invalid, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    static const char *const bad[] = {
+        "not json",
+        "[1]",
+        "{\"cmd\":\"nope\"}",
+        "{\"cmd\":\"list\",\"limit\":1001}",
+        "{\"cmd\":\"list\",\"limit\":0}",
+        "{\"cmd\":\"list\",\"older_than_ms\":-1}",
+        "{\"cmd\":\"list\",\"older_than_ms\":99999999999999}",
+        "{\"cmd\":\"list\",\"state\":\"weird\"}",
+        "{\"cmd\":\"show\",\"txid\":\"xyz\"}",
+        "{\"cmd\":\"resolve\",\"txid\":\"01a22b04-4d18-75c3-9065-7ae41895c02d\",\"action\":\"abort\",\"who\":\"\","
+        "\"why\":\"x\"}",
+        "{\"cmd\":\"resolve\",\"txid\":\"01a22b04-4d18-75c3-9065-7ae41895c02d\",\"action\":\"give-up\",\"step\":999,"
+        "\"who\":\"a\",\"why\":\"x\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        admin(&r, i, bad[i]);
+        const char *s = fake_since(&r.fake);
+        cr_assert(strstr(s, "\"error\":\"invalid\"") != NULL, "request %s: %s", bad[i], s);
+    }
+    char big[ADMIN_REQUEST_MAX + 2];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    admin(&r, 99, big);
+    cr_assert(strstr(fake_since(&r.fake), "\"error\":\"invalid\"") != NULL);
+    rig_free(&r);
+}
+
+Test(core_admin, show_answers_json_even_when_a_reason_is_not_utf8, .init = quiet_logs)
+{
+    struct rig r;
+    rig_start(&r, 1);
+    rig_serve(&r);
+    two_participants(&r);
+    uint8_t id[16];
+    char sid[TREATY_TXID_STRLEN], req[256];
+    fresh_txid(&r, id, 1);
+    treaty_txid_format((const treaty_txid_t *)id, sid);
+    submit(&r, "c1", id, 60000, AB, 2);
+    struct wire_frame f = wire_str("bad \xff\xfe bytes");
+    deliver(&r, "p1", WIRE_VOTE, id, 0, TREATY_VOTE_NO, &f, 1);
+    durable(&r, 1); /* the ABORT: aborting, waiting for p2's ACK */
+    fake_since(&r.fake);
+    snprintf(req, sizeof req, "{\"cmd\":\"show\",\"txid\":\"%s\"}", sid);
+    admin(&r, 3, req);
+    const char *s = fake_since(&r.fake);
+    cr_assert(strstr(s, "admin-reply token=3 {") != NULL && strstr(s, "\"ok\":true") != NULL, "%s", s);
+    cr_assert(strstr(s, "bad ?? bytes") != NULL, "the reason's bad bytes not replaced:\n%s", s);
+    cr_assert(strstr(s, "\"state\":\"aborting\"") != NULL, "%s", s);
     rig_free(&r);
 }

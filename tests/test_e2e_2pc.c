@@ -35,6 +35,7 @@
 
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
+#include <jansson.h>
 
 #include "support.h"
 #include "wire.h"
@@ -1086,4 +1087,250 @@ Test(e2e, prepare_timeout_beyond_the_cap_is_refused, .init = e2e_setup_shared)
     world_settle(&w);
     expect_balances(&w, 70, 80);
     treaty_client_destroy(&c);
+}
+
+/* ------------------------------------------------------------ treatyctl (issue 13) */
+
+/* Runs treatyctl --json ARGS against w's treatyd, asserts its exit status is
+ * want_rc and returns its answer parsed (caller: json_decref). */
+static json_t *ctl_json(struct world *w, int want_rc, const char *args)
+{
+    static char out[1 << 18];
+    char full[1024], err[512];
+    snprintf(full, sizeof full, "--json %s", args);
+    int rc = support_ctl(&w->d, full, out, sizeof out, err, sizeof err);
+    cr_assert(rc == want_rc, "treatyctl %s: exit %d, want %d (stderr: %s; stdout: %.300s)", full, rc, want_rc, err,
+              out);
+    json_error_t e;
+    json_t *a = json_loads(out, 0, &e);
+    cr_assert(json_is_object(a), "treatyctl %s: stdout is not a JSON object (%s): %.300s", full, e.text, out);
+    return a;
+}
+
+struct ctl_probe {
+    struct world *w;
+    const char *args;
+    const char *txid; /* the listing must hold it, with branch 0 voted yes */
+};
+
+/* list --state in-doubt holds the txid, and show says bank-a voted YES. */
+static bool in_doubt_listed(void *arg)
+{
+    struct ctl_probe *p = arg;
+    json_t *a = ctl_json(p->w, 0, "list --state in-doubt");
+    json_t *t = json_array_get(json_object_get(a, "transactions"), 0);
+    bool listed = t != NULL && strcmp(json_string_value(json_object_get(t, "txid")), p->txid) == 0;
+    json_decref(a);
+    if (!listed)
+        return false;
+    char args[128];
+    snprintf(args, sizeof args, "show %s", p->txid);
+    a = ctl_json(p->w, 0, args);
+    json_t *b0 = json_array_get(json_object_get(a, "branches"), 0);
+    bool voted = b0 != NULL && strcmp(json_string_value(json_object_get(b0, "vote")), "yes") == 0;
+    json_decref(a);
+    return voted;
+}
+
+static void ignore_outcome(void *arg, const treaty_outcome_t *o)
+{
+    (void)arg;
+    (void)o;
+}
+
+Test(e2e, treatyctl_resolve_aborts_an_undecided_2pc_and_show_has_its_audit_record, .init = e2e_setup_shared)
+{
+    /* bank-b never votes within the test: the transaction stays undecided.
+     * Asleep in its PREPARE handler it sends no HELLO either, so treatyd must
+     * not drop it meanwhile (else show names its instance "(gone)"). */
+    struct world w;
+    struct world_opts o = {.bank_b_delay_ms = 600000, .coord = {.dead_after_ms = 600000}};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+    treaty_txn_t *t = NULL;
+    cr_assert(treaty_txn_new(&t) == 0);
+    cr_assert(treaty_txn_add_branch(t, "bank-a", "alice:-30", 9) == 0);
+    cr_assert(treaty_txn_add_branch(t, "bank-b", "bob:30", 6) == 0);
+    int rc = treaty_client_submit_async(c, t, 300000, ignore_outcome, NULL);
+    cr_assert(rc == 0, "submit_async: %s", treaty_strerror(rc));
+    char id[TREATY_TXID_STRLEN];
+    treaty_txid_format(treaty_txn_id(t), id);
+    treaty_txn_destroy(&t);
+
+    struct ctl_probe p = {&w, NULL, id};
+    cr_assert(support_wait_until(in_doubt_listed, &p, SUPPORT_DEADLINE_MS),
+              "%s never listed in doubt with bank-a's YES (logs %s)", id, support_log_dir());
+
+    /* status and services see it. */
+    json_t *a = ctl_json(&w, 0, "status");
+    json_t *counts = json_object_get(a, "counts");
+    cr_assert(json_is_true(json_object_get(a, "journal_reachable")), "status: journal not reachable");
+    cr_assert(json_integer_value(json_object_get(counts, "in-doubt")) == 1 &&
+                  json_integer_value(json_object_get(counts, "in-flight")) == 1,
+              "status counts: in-doubt %lld in-flight %lld, want 1 1",
+              (long long)json_integer_value(json_object_get(counts, "in-doubt")),
+              (long long)json_integer_value(json_object_get(counts, "in-flight")));
+    cr_assert(json_integer_value(json_object_get(a, "journal_schema")) == 5, "journal schema not 5");
+    json_decref(a);
+    a = ctl_json(&w, 0, "services");
+    size_t i;
+    json_t *in;
+    long long b_in_flight = -1;
+    json_array_foreach(json_object_get(a, "instances"), i, in)
+    {
+        if (strcmp(json_string_value(json_object_get(in, "instance")), "b1") == 0)
+            b_in_flight = json_integer_value(json_object_get(in, "in_flight"));
+    }
+    cr_assert(b_in_flight == 1, "services: b1 has %lld branches in flight, want 1", b_in_flight);
+    json_decref(a);
+    a = ctl_json(&w, 0, "list --service bank-b --older-than 0s");
+    cr_assert(json_array_size(json_object_get(a, "transactions")) == 1, "list --service bank-b: want 1");
+    json_decref(a);
+    a = ctl_json(&w, 0, "list --older-than 1d");
+    cr_assert(json_array_size(json_object_get(a, "transactions")) == 0, "list --older-than 1d: want none");
+    json_decref(a);
+    a = ctl_json(&w, 0, "list --state deciding");
+    cr_assert(json_array_size(json_object_get(a, "transactions")) == 0, "list --state deciding: want none");
+    json_decref(a);
+
+    /* The branch instances in show. */
+    char args[256];
+    snprintf(args, sizeof args, "show %s", id);
+    a = ctl_json(&w, 0, args);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "state")), "preparing");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(a, "branches"), 1), "instance")),
+                     "b1");
+    json_decref(a);
+
+    /* The operator aborts it. */
+    snprintf(args, sizeof args, "resolve %s abort --reason bank-b-hung", id);
+    a = ctl_json(&w, 0, args);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "resolved")), "abort");
+    json_decref(a);
+    treaty_outcome_t fin;
+    treaty_txid_t tid;
+    cr_assert(treaty_txid_parse(id, &tid) == 0);
+    cr_assert(support_query_final(w.d.endpoint, &tid, &fin) == TREATY_STATUS_ABORTED, "after resolve: %s",
+              treaty_status_name(fin.status));
+    cr_assert(strstr(fin.reason, "operator") != NULL && strstr(fin.reason, "bank-b-hung") != NULL,
+              "the abort reason does not name the operator's resolve: %s", fin.reason);
+    support_wait_no_prepared(w.a.conninfo); /* bank-a's YES rolled back */
+    cr_assert(balance(&w.a, "alice") == 100, "alice %lld, want 100", balance(&w.a, "alice"));
+
+    /* show: the audit record (who, why), then the ABORT it carried out. */
+    snprintf(args, sizeof args, "show %s", id);
+    a = ctl_json(&w, 0, args);
+    json_t *recs = json_object_get(a, "records"), *r;
+    int audit_at = -1, abort_at = -1;
+    json_array_foreach(recs, i, r)
+    {
+        const char *kind = json_string_value(json_object_get(r, "kind"));
+        if (strcmp(kind, "audit") == 0) {
+            audit_at = (int)i;
+            const char *detail = json_string_value(json_object_get(r, "detail"));
+            cr_assert(strstr(detail, "abort by uid ") != NULL && strstr(detail, "bank-b-hung") != NULL,
+                      "audit detail \"%s\" does not say what, who and why", detail);
+            cr_assert(json_integer_value(json_object_get(r, "written_ms")) > 0, "audit record without a time");
+        } else if (strcmp(kind, "abort") == 0) {
+            abort_at = (int)i;
+        }
+    }
+    cr_assert(audit_at >= 0 && abort_at == audit_at + 1, "want the audit record right before the ABORT: %d %d",
+              audit_at, abort_at);
+    json_decref(a);
+
+    /* Human output of show names the audit record too. */
+    static char out[1 << 16];
+    char err[512];
+    snprintf(args, sizeof args, "show %s", id);
+    cr_assert(support_ctl(&w.d, args, out, sizeof out, err, sizeof err) == 0, "show: %s", err);
+    cr_assert(strstr(out, "audit") != NULL && strstr(out, "bank-b-hung") != NULL, "human show: %s", out);
+
+    /* Decided now (bank-b, asleep, has not acknowledged): a second abort is refused, exit 1. */
+    snprintf(args, sizeof args, "resolve %s abort --reason again", id);
+    cr_assert(support_ctl(&w.d, args, out, sizeof out, err, sizeof err) == 1, "second resolve not refused: %s", err);
+    cr_assert(strstr(err, "already decided abort") != NULL, "refusal says: %s", err);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, treatyctl_refuses_to_abort_after_a_commit_decision, .init = e2e_setup_shared)
+{
+    /* bank-b commits and dies before its ACK: the transaction stays
+     * committing (its COMMIT record durable) until bank-b comes back. */
+    static const char *const crash[] = {"TREATY_CRASH_AT=participant.after_commit", NULL};
+    struct world w;
+    struct world_opts o = {.bank_b_env = crash};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+    treaty_outcome_t out;
+    expect_committed(transfer(c, NULL, 30, 10000, &out), &out);
+    expect_proc_killed(w.b.proc, "participant.after_commit");
+
+    json_t *a = ctl_json(&w, 0, "list --state deciding");
+    cr_assert(json_array_size(json_object_get(a, "transactions")) == 1, "want the committing transaction listed");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(a, "transactions"), 0), "state")),
+                     "committing");
+    json_decref(a);
+
+    char args[256], err[512];
+    static char outbuf[1 << 16];
+    snprintf(args, sizeof args, "resolve %s abort --reason try", txid_str(&out.txid));
+    cr_assert(support_ctl(&w.d, args, outbuf, sizeof outbuf, err, sizeof err) == 1, "abort after COMMIT not refused");
+    cr_assert(strstr(err, "COMMIT") != NULL, "the refusal does not name the commit decision: %s", err);
+
+    /* No audit record was written for the refused resolve; bank-b back: END. */
+    snprintf(args, sizeof args, "show %s", txid_str(&out.txid));
+    a = ctl_json(&w, 0, args);
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(a, "records"), i, r) cr_assert(
+        strcmp(json_string_value(json_object_get(r, "kind")), "audit") != 0, "a refused resolve left an audit record");
+    json_decref(a);
+    bank_start(&w, &w.b, NULL);
+    expect_end_record(&w, &out.txid);
+    expect_balances(&w, 70, 80);
+
+    /* Finished: anything on it is refused. */
+    cr_assert(support_ctl(&w.d, args, outbuf, sizeof outbuf, err, sizeof err) == 0, "show after END: %s", err);
+    snprintf(args, sizeof args, "resolve %s abort --reason late", txid_str(&out.txid));
+    cr_assert(support_ctl(&w.d, args, outbuf, sizeof outbuf, err, sizeof err) == 1, "abort after END not refused");
+    cr_assert(strstr(err, "not in flight") != NULL && strstr(err, "committed") != NULL, "refusal: %s", err);
+    treaty_client_destroy(&c);
+}
+
+Test(e2e, treatyctl_exit_codes_say_what_went_wrong, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    static char out[1 << 16];
+    char err[512];
+    treaty_txid_t id;
+    char args[256], sid[TREATY_TXID_STRLEN];
+    treaty_txid_generate(&id);
+    treaty_txid_format(&id, sid);
+
+    cr_assert(support_ctl(&w.d, "status", out, sizeof out, err, sizeof err) == 0, "status: %s", err);
+    cr_assert(strstr(out, "journal: reachable (schema 5)") != NULL, "human status: %s", out);
+    snprintf(args, sizeof args, "show %s", sid);
+    cr_assert(support_ctl(&w.d, args, out, sizeof out, err, sizeof err) == 3, "show of an unknown txid: %s", err);
+    cr_assert(support_ctl(&w.d, "list --state bogus", out, sizeof out, err, sizeof err) == 2, "bad --state");
+    cr_assert(support_ctl(&w.d, "list --limit 1000001", out, sizeof out, err, sizeof err) == 2,
+              "a --limit over admin.max_list was not refused");
+    cr_assert(strstr(err, "admin.max_list") != NULL, "limit refusal: %s", err);
+    cr_assert(support_ctl(&w.d, "show not-a-txid", out, sizeof out, err, sizeof err) == 2, "bad txid");
+    snprintf(args, sizeof args, "resolve %s abort", sid);
+    cr_assert(support_ctl(&w.d, args, out, sizeof out, err, sizeof err) == 2, "resolve without --reason");
+    snprintf(args, sizeof args, "resolve %s abort --reason x", sid);
+    cr_assert(support_ctl(&w.d, args, out, sizeof out, err, sizeof err) == 1, "resolve of an unknown txid: %s", err);
+
+    /* The socket file is for treatyd's user only. */
+    struct stat st;
+    cr_assert(stat(w.d.admin + strlen("ipc://"), &st) == 0, "no socket file %s", w.d.admin);
+    cr_assert((st.st_mode & 0777) == 0600, "admin socket mode %o, want 600", (unsigned)(st.st_mode & 0777));
+
+    /* treatyd gone: exit 4. */
+    cr_assert(support_proc_stop(w.d.proc, 10000), "treatyd did not stop");
+    cr_assert(support_ctl(&w.d, "--timeout 1000 status", out, sizeof out, err, sizeof err) == 4,
+              "status with treatyd stopped: %s", err);
 }

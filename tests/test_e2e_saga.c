@@ -39,6 +39,7 @@
 
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
+#include <jansson.h>
 
 #include "support.h"
 
@@ -1206,5 +1207,112 @@ Test(e2e_saga, sagas_beyond_the_retry_and_deadline_caps_are_refused, .init = set
     }
     struct state_want st = {.w = &w, .orders = "", .stock = "widget=10", .wallet = "alice=100,bob=20"};
     expect_state(&st);
+    treaty_client_destroy(&c);
+}
+
+/* ------------------------------------------------------------ treatyctl (issue 13) */
+
+/* treatyctl --json ARGS against w's treatyd: asserts the exit status, returns
+ * the answer parsed (caller: json_decref). */
+static json_t *ctl_json(struct world *w, int want_rc, const char *args)
+{
+    static char out[1 << 18];
+    char full[1024], err[512];
+    snprintf(full, sizeof full, "--json %s", args);
+    int rc = support_ctl(&w->d, full, out, sizeof out, err, sizeof err);
+    cr_assert(rc == want_rc, "treatyctl %s: exit %d, want %d (stderr: %s; stdout: %.300s)", full, rc, want_rc, err,
+              out);
+    json_error_t e;
+    json_t *a = json_loads(out, 0, &e);
+    cr_assert(json_is_object(a), "treatyctl %s: stdout is not a JSON object (%s): %.300s", full, e.text, out);
+    return a;
+}
+
+Test(e2e_saga, treatyctl_gives_up_a_stuck_compensation_and_the_saga_finishes_compensated, .init = setup_shared)
+{
+    struct world w;
+    struct world_opts o = {.orders = {.compensation = 1000000},
+                           .coord_config = "saga = { stuck_after_attempts = 3; stuck_retry_ms = 200; };"};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    /* charge fails; release works; cancel_order keeps failing: stuck. */
+    struct order ord = {"o-1", "widget", 4, "bob", 50, {.first_backoff_ms = 50, .max_backoff_ms = 200}};
+    treaty_outcome_t out;
+    expect_outcome(run_order(c, NULL, &ord, 30000, &out), &out, TREATY_STATUS_STUCK, 2, "insufficient funds");
+    const char *id = txid_str(&out.txid);
+
+    json_t *a = ctl_json(&w, 0, "list --state stuck");
+    json_t *t = json_array_get(json_object_get(a, "transactions"), 0);
+    cr_assert(t != NULL && strcmp(json_string_value(json_object_get(t, "txid")), id) == 0, "stuck saga not listed");
+    cr_assert_str_eq(json_string_value(json_object_get(t, "state")), "compensating");
+    json_decref(a);
+    a = ctl_json(&w, 0, "status");
+    cr_assert(json_integer_value(json_object_get(json_object_get(a, "counts"), "stuck")) == 1, "status: stuck != 1");
+    json_decref(a);
+
+    /* show: step 0's compensation stuck at o1, step 1 compensated. */
+    char args[256];
+    snprintf(args, sizeof args, "show %s", id);
+    a = ctl_json(&w, 0, args);
+    json_t *steps = json_object_get(a, "steps");
+    json_t *s0 = json_array_get(steps, 0), *s1 = json_array_get(steps, 1);
+    cr_assert(json_is_true(json_object_get(s0, "stuck")), "step 0 not shown stuck");
+    cr_assert_str_eq(json_string_value(json_object_get(s0, "state")), "compensating");
+    cr_assert_str_eq(json_string_value(json_object_get(s0, "instance")), "o1");
+    cr_assert_str_eq(json_string_value(json_object_get(s1, "state")), "compensated");
+    json_decref(a);
+
+    /* Only a stuck compensation may be given up: step 1 is done, exit 1. */
+    static char buf[1 << 16];
+    char err[512];
+    snprintf(args, sizeof args, "resolve %s give-up 1 --reason no", id);
+    cr_assert(support_ctl(&w.d, args, buf, sizeof buf, err, sizeof err) == 1, "give-up of step 1 not refused: %s", err);
+
+    /* The operator cancelled order o-1 by hand. */
+    snprintf(args, sizeof args, "resolve %s give-up 0 --reason cancelled-o-1-by-hand", id);
+    a = ctl_json(&w, 0, args);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "resolved")), "give-up");
+    json_decref(a);
+    treaty_outcome_t fin;
+    cr_assert(support_query_saga_final(w.d.endpoint, &out.txid, false, &fin) == TREATY_STATUS_COMPENSATED,
+              "after give-up %s is %s, want compensated", id, treaty_status_name(fin.status));
+
+    /* show: the audit record names step 0, who and why, and comes right
+     * before the STEP record that counts the compensation done. */
+    snprintf(args, sizeof args, "show %s", id);
+    a = ctl_json(&w, 0, args);
+    size_t i;
+    json_t *r;
+    int audit_at = -1, step_at = -1;
+    json_array_foreach(json_object_get(a, "records"), i, r)
+    {
+        const char *kind = json_string_value(json_object_get(r, "kind"));
+        if (strcmp(kind, "audit") == 0) {
+            audit_at = (int)i;
+            cr_assert(json_integer_value(json_object_get(r, "step")) == 0, "audit record not for step 0");
+            cr_assert(strstr(json_string_value(json_object_get(r, "detail")), "give-up by uid ") != NULL &&
+                          strstr(json_string_value(json_object_get(r, "detail")), "cancelled-o-1-by-hand") != NULL,
+                      "audit detail: %s", json_string_value(json_object_get(r, "detail")));
+        } else if (audit_at >= 0 && step_at < 0 && strcmp(kind, "step") == 0) {
+            step_at = (int)i;
+            cr_assert(json_integer_value(json_object_get(r, "step")) == 0 &&
+                          strcmp(json_string_value(json_object_get(r, "detail")), "compensation") == 0,
+                      "the record after the audit is not step 0's compensation");
+        }
+    }
+    cr_assert(audit_at >= 0 && step_at == audit_at + 1, "audit at %d, step record at %d", audit_at, step_at);
+    json_decref(a);
+
+    /* The order row was not touched by treaty (the operator's own business). */
+    struct state_want q = {.w = &w,
+                           .id = &out.txid,
+                           .orders = "o-1=created",
+                           .stock = "widget=10",
+                           .wallet = "alice=100,bob=20",
+                           .a_orders = "0:create_order=1",
+                           .a_inventory = "1:release=1,1:reserve=1",
+                           .a_payment = ""};
+    expect_state(&q);
     treaty_client_destroy(&c);
 }

@@ -130,7 +130,7 @@ Test(install, ships_no_fault_points_or_fault_hooks, .timeout = 600)
         cr_assert_fail("make install failed (status %d):\n%s", rc, tail);
     }
 
-    static const char *const shipped[] = {"bin/treatyd", "lib/libtreaty.so.0", "lib/libtreaty.a"};
+    static const char *const shipped[] = {"bin/treatyd", "bin/treatyctl", "lib/libtreaty.so.0", "lib/libtreaty.a"};
     for (size_t i = 0; i < sizeof shipped / sizeof shipped[0]; i++) {
         char path[1024], marks[MARK_MAX];
         snprintf(path, sizeof path, "%s/root/usr/%s", tmp, shipped[i]);

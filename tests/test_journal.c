@@ -41,6 +41,7 @@
 #include "log.h"
 #include "sql_batched_end.h"
 #include "sql_journal.h"
+#include "sql_runs_and_lookups.h"
 #include "sql_saga.h"
 #include "treaty.h"
 
@@ -387,8 +388,13 @@ Test(journal_codec, kind_names)
     cr_assert_str_eq(journal_kind_name(JOURNAL_SAGA), "saga");
     cr_assert_str_eq(journal_kind_name(JOURNAL_STEP), "step");
     cr_assert_str_eq(journal_kind_name(JOURNAL_TURN), "turn");
+    cr_assert_str_eq(journal_kind_name(JOURNAL_AUDIT), "audit");
     cr_assert_null(journal_kind_name((enum journal_kind)0));
-    cr_assert_null(journal_kind_name((enum journal_kind)7));
+    cr_assert_null(journal_kind_name((enum journal_kind)8));
+    enum journal_kind k;
+    cr_assert_eq(journal_kind_parse("audit", &k), 0);
+    cr_assert_eq(k, JOURNAL_AUDIT);
+    cr_assert_eq(journal_kind_parse("ends", &k), TREATY_EPROTO, "'ends' rows are the writer's, not a record kind");
 }
 
 Test(journal_codec, copy_line_of_saga_records)
@@ -867,7 +873,7 @@ Test(journal, newer_schema_is_refused)
     /* Applying the schema again is harmless. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
     cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), JOURNAL_SCHEMA_VERSION);
 
     pg_run(db_conninfo, "INSERT INTO treaty_schema (version) VALUES (999)");
@@ -877,15 +883,15 @@ Test(journal, newer_schema_is_refused)
     cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
     cr_assert_null(j);
     cr_assert(strstr(err, "999") != NULL, "message does not name the version: %s", err);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 6);
 
-    /* Version 5 is newer too: refused, nothing applied. */
+    /* Version 6 is newer too: refused, nothing applied. */
     pg_run(db_conninfo, "DELETE FROM treaty_schema WHERE version = 999; "
-                        "INSERT INTO treaty_schema (version) VALUES (5)");
+                        "INSERT INTO treaty_schema (version) VALUES (6)");
     rc = journal_connect(&cfg, &j, err, sizeof err);
     cr_assert_eq(rc, TREATY_EVERSION, "got %s", treaty_err_name(rc));
     cr_assert_null(j);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 6);
 }
 
 struct connect_arg {
@@ -922,7 +928,8 @@ Test(journal, concurrent_connects_apply_the_schema_once)
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 2"), 1);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 3"), 1);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 4"), 1);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema WHERE version = 5"), 1);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
 }
 
 struct stopper {
@@ -1901,6 +1908,260 @@ Test(journal, lookup_outcomes_of_sagas)
     journal_close(&J, WAIT_MS);
 }
 
+/* An operator's audit record of txid id (kind AUDIT). */
+static struct journal_rec audit_rec(const uint8_t id[16], int step, const char *detail)
+{
+    struct journal_rec r = {.kind = JOURNAL_AUDIT, .failed_branch = -1, .step = step, .detail = detail};
+    memcpy(r.txid, id, 16);
+    return r;
+}
+
+/*
+ * Audit records as a resolve writes them - right before the ABORT, TURN or
+ * STEP that carries it out - never change what the journal says: the
+ * lookups pass over them (an aborted 2PC is aborted, a saga turned around by
+ * an operator is unfinished, then compensated), the scan delivers an
+ * unfinished run's audit with its step, and no finished run's.
+ */
+Test(journal, audit_records_decide_nothing_for_lookups_and_scan)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t aborted[16], turned[16], given_up[16], only_audit[16];
+    new_txid(aborted);
+    new_txid(turned);
+    new_txid(given_up);
+    new_txid(only_audit);
+
+    /* A 2PC aborted by an operator, then finished. */
+    struct journal_rec r = audit_rec(aborted, -1, "abort by uid 0 (root): customer called");
+    journal_append(J, &r, true);
+    r = rec(aborted, JOURNAL_ABORT, "aborted by an operator: customer called");
+    r.failed_branch = -1;
+    journal_append(J, &r, true);
+    /* A saga an operator turned around, still compensating. */
+    r = saga_rec(turned, JOURNAL_SAGA, -1);
+    journal_append(J, &r, true);
+    r = audit_rec(turned, -1, "abort by uid 0 (root): stop it");
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = -1, .step = -1, .detail = "turned by an operator"};
+    memcpy(r.txid, turned, 16);
+    journal_append(J, &r, true);
+    /* A saga whose stuck compensation of step 1 was given up, then ended. */
+    r = saga_rec(given_up, JOURNAL_SAGA, -1);
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = 1, .step = -1, .detail = "no stock"};
+    memcpy(r.txid, given_up, 16);
+    journal_append(J, &r, true);
+    r = audit_rec(given_up, 1, "compensated by uid 0 (root): fixed by hand");
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_STEP, .failed_branch = -1, .step = 1, .detail = "compensation"};
+    memcpy(r.txid, given_up, 16);
+    append_durable(J, &r, true);
+    r = rec(given_up, JOURNAL_END, "compensated");
+    journal_append(J, &r, true);
+    r = rec(aborted, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    /* An audit record alone (never written so by treatyd; a guard). */
+    r = audit_rec(only_audit, -1, "abort by uid 0 (root): x");
+    append_durable(J, &r, true);
+
+    expect_outcome(J, aborted, JOURNAL_OUTCOME_ABORTED, -1, "aborted by an operator: customer called");
+    expect_outcome(J, turned, JOURNAL_OUTCOME_UNFINISHED, -1, "turned by an operator");
+    expect_outcome(J, given_up, JOURNAL_OUTCOME_COMPENSATED, 1, "no stock");
+    expect_outcome(J, only_audit, JOURNAL_OUTCOME_NONE, -1, "");
+    cr_assert_eq(count_records(aborted, "audit"), 1);
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID' AND kind = 'audit' AND "
+                               "step = 1 AND detail = 'compensated by uid 0 (root): fixed by hand'",
+                               given_up),
+                 1);
+    journal_close(&J, WAIT_MS);
+
+    /* Recovery reads the unfinished runs: the turned saga, audit included
+     * (recovery passes over it); nothing of the two that ended. */
+    J = open_journal(&cfg, false);
+    struct seen_list l = {0};
+    cr_assert_eq(journal_scan(J, collect, &l), 0);
+    size_t first = 0;
+    cr_assert_eq(seen_count(&l, aborted, NULL), 0);
+    cr_assert_eq(seen_count(&l, given_up, NULL), 0);
+    cr_assert_eq(seen_count(&l, turned, &first), 3);
+    cr_assert_eq(l.v[first].kind, JOURNAL_SAGA);
+    cr_assert_eq(l.v[first + 1].kind, JOURNAL_AUDIT);
+    cr_assert_str_eq(l.v[first + 1].detail, "abort by uid 0 (root): stop it");
+    cr_assert_eq(l.v[first + 1].step, -1);
+    cr_assert_eq(l.v[first + 2].kind, JOURNAL_TURN);
+    seen_list_free(&l);
+    journal_close(&J, 0);
+}
+
+Test(journal, collector_deletes_audit_records_with_their_run)
+{
+    struct journal_config cfg = test_cfg();
+    cfg.retention_s = 1;
+    cfg.gc_interval_ms = 100;
+    J = open_journal(&cfg, true);
+    uint8_t done[16], open_[16];
+    new_txid(done);
+    new_txid(open_);
+    struct journal_rec r = audit_rec(done, -1, "abort by uid 0 (root): old");
+    journal_append(J, &r, true);
+    r = rec(done, JOURNAL_ABORT, "aborted by an operator: old");
+    journal_append(J, &r, true);
+    r = rec(done, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = saga_rec(open_, JOURNAL_SAGA, -1);
+    journal_append(J, &r, true);
+    r = audit_rec(open_, -1, "abort by uid 0 (root): running");
+    journal_append(J, &r, true);
+    r = (struct journal_rec){.kind = JOURNAL_TURN, .failed_branch = -1, .step = -1, .detail = "turned"};
+    memcpy(r.txid, open_, 16);
+    append_durable(J, &r, true);
+    pg_run(db_conninfo, "UPDATE treaty_journal SET written_at = now() - interval '1 hour'");
+
+    int64_t until = mono_ms() + WAIT_MS;
+    while (pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID'", done) > 0 && mono_ms() < until) {
+        journal_durable(J);
+        sleep_ms(100);
+    }
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID'", done), 0,
+                 "the finished run, its audit record included, was not collected");
+    cr_assert_eq(count_records(open_, "audit"), 1, "an unfinished run's audit record was collected");
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID'", open_), 3);
+    journal_close(&J, WAIT_MS);
+}
+
+struct records_got {
+    struct journal_records *r;
+    int n;
+};
+
+static void records_cb(void *arg, const struct journal_records *r)
+{
+    struct records_got *g = arg;
+    g->n++;
+    if (g->r == NULL) {
+        g->r = malloc(sizeof *g->r);
+        cr_assert_not_null(g->r);
+        *g->r = *r;
+    }
+}
+
+/* Reads txid's records through journal_read_records, polling
+ * journal_socket() as the loop does. Caller frees the answer. */
+static struct journal_records *read_records(struct journal *j, const uint8_t id[16], uint64_t token)
+{
+    struct records_got g = {0};
+    journal_read_records(j, id, token);
+    journal_flush(j);
+    int64_t until = mono_ms() + WAIT_MS;
+    while (g.n == 0 && mono_ms() < until) {
+        zmq_pollitem_t it = {.socket = journal_socket(j), .events = ZMQ_POLLIN};
+        zmq_poll(&it, 1, 100);
+        journal_durable(j);
+        journal_records_results(j, records_cb, &g);
+    }
+    cr_assert_eq(g.n, 1, "records of one request: %d answers", g.n);
+    cr_assert_arr_eq(g.r->txid, id, 16);
+    cr_assert_eq(g.r->token, token);
+    return g.r;
+}
+
+/*
+ * An operator's view of one transaction: every record in seq order with its
+ * time, the 2PC END from its group's 'ends' row, audit records with their
+ * step; an unknown txid has none; more than JOURNAL_RECORDS_MAX are cut and
+ * said to be.
+ */
+Test(journal, records_of_a_transaction_are_read_in_order_with_their_batched_end)
+{
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    uint8_t tx[16], other[16], unknown[16], big[16];
+    new_txid(tx);
+    new_txid(other);
+    new_txid(unknown);
+    new_txid(big);
+    struct journal_rec r = audit_rec(tx, -1, "abort by uid 1000 (alice): customer called");
+    journal_append(J, &r, true);
+    r = rec(tx, JOURNAL_ABORT, "aborted by an operator");
+    r.failed_branch = 1;
+    journal_append(J, &r, true);
+    r = rec(other, JOURNAL_COMMIT, NULL);
+    append_durable(J, &r, true);
+    r = rec(other, JOURNAL_END, NULL);
+    journal_append(J, &r, false);
+    r = rec(tx, JOURNAL_END, NULL); /* one 'ends' row naming both */
+    append_durable(J, &r, false);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'ends'"), 1);
+    r = saga_rec(big, JOURNAL_SAGA, -1);
+    journal_append(J, &r, true);
+    for (int i = 0; i < JOURNAL_RECORDS_MAX + 5; i++) {
+        r = saga_rec(big, JOURNAL_STEP, i % 64);
+        journal_append(J, &r, false);
+    }
+    journal_flush(J);
+
+    struct journal_records *a = read_records(J, tx, 7);
+    cr_assert_eq(a->error, 0, "%s", treaty_err_name(a->error));
+    cr_assert_eq(a->n, 3);
+    cr_assert(!a->truncated);
+    cr_assert_eq(a->rows[0].kind, JOURNAL_AUDIT);
+    cr_assert_str_eq(a->rows[0].detail, "abort by uid 1000 (alice): customer called");
+    cr_assert_eq(a->rows[0].step, -1);
+    cr_assert_eq(a->rows[1].kind, JOURNAL_ABORT);
+    cr_assert_str_eq(a->rows[1].services, "svc-a,svc-b");
+    cr_assert_eq(a->rows[1].failed_branch, 1);
+    cr_assert_eq(a->rows[2].kind, JOURNAL_END, "the END from the group's 'ends' row");
+    cr_assert_str_eq(a->rows[2].services, "");
+    cr_assert(a->rows[0].seq < a->rows[1].seq && a->rows[1].seq < a->rows[2].seq);
+    long long now_ms = (long long)time(NULL) * 1000;
+    for (unsigned i = 0; i < a->n; i++)
+        cr_assert(a->rows[i].written_ms > now_ms - 600000 && a->rows[i].written_ms < now_ms + 600000,
+                  "row %u written at %lld, now %lld", i, (long long)a->rows[i].written_ms, now_ms);
+    free(a);
+
+    a = read_records(J, unknown, 8);
+    cr_assert_eq(a->error, 0);
+    cr_assert_eq(a->n, 0);
+    cr_assert(!a->truncated);
+    free(a);
+
+    int64_t until = mono_ms() + WAIT_MS;
+    while (pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID'", big) < JOURNAL_RECORDS_MAX + 6 &&
+           mono_ms() < until)
+        sleep_ms(50);
+    a = read_records(J, big, 9);
+    cr_assert_eq(a->error, 0);
+    cr_assert_eq(a->n, JOURNAL_RECORDS_MAX);
+    cr_assert(a->truncated);
+    cr_assert_eq(a->rows[0].kind, JOURNAL_SAGA, "the first records are kept");
+    cr_assert_eq(a->rows[1].kind, JOURNAL_STEP);
+    cr_assert_eq(a->rows[1].step, 0);
+    cr_assert_str_eq(a->rows[1].detail, "action");
+    free(a);
+    journal_close(&J, WAIT_MS);
+}
+
+Test(journal, records_request_answers_epg_when_postgres_is_unreachable)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    struct journal_config cfg = test_cfg();
+    cfg.connect_initial_ms = 60000;
+    cfg.connect_max_ms = 60000;
+    J = open_journal(&cfg, true);
+    uint8_t id[16];
+    new_txid(id);
+    admin_db("DROP DATABASE", " WITH (FORCE)");
+    for (int k = 0; k < 2; k++) {
+        struct journal_records *a = read_records(J, id, (uint64_t)k);
+        cr_assert_eq(a->error, TREATY_EPG, "request %d: %s", k, treaty_err_name(a->error));
+        cr_assert_eq(a->n, 0);
+        free(a);
+    }
+    journal_close(&J, 200);
+}
+
 Test(journal, lookup_tolerates_records_stored_twice_by_older_versions)
 {
     struct journal_config cfg = test_cfg();
@@ -2526,8 +2787,8 @@ Test(journal, version_1_database_is_upgraded_and_keeps_its_rows)
 
     struct journal_config cfg = test_cfg();
     J = open_journal(&cfg, false);
-    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 4);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
     cr_assert_eq(pg_count("SELECT count(*) FROM information_schema.columns "
                           "WHERE table_name = 'treaty_journal' AND column_name IN ('step', 'data')"),
                  2);
@@ -2557,10 +2818,10 @@ Test(journal, version_1_database_is_upgraded_and_keeps_its_rows)
     journal_close(&J, WAIT_MS);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE kind = 'step' AND step = 2"), 1);
 
-    /* Connecting again leaves version 4 as it is. */
+    /* Connecting again leaves version 5 as it is. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal"), 4);
 }
 
@@ -2592,8 +2853,8 @@ Test(journal, version_3_database_is_upgraded_and_keeps_its_rows)
 
     struct journal_config cfg = test_cfg();
     J = open_journal(&cfg, true);
-    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 4);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
     cr_assert_eq(pg_count("SELECT count(*) FROM pg_indexes WHERE indexname = 'treaty_journal_grp' "
                           "AND indexdef LIKE 'CREATE UNIQUE INDEX%'"),
                  1);
@@ -2616,10 +2877,48 @@ Test(journal, version_3_database_is_upgraded_and_keeps_its_rows)
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE grp IS NOT NULL"), 1);
     cr_assert_eq(pg_count("SELECT count(*) FROM treaty_journal WHERE grp IS NOT NULL AND kind = 'commit'"), 1);
 
-    /* Connecting again leaves version 4 as it is. */
+    /* Connecting again leaves version 5 as it is. */
     J = open_journal(&cfg, false);
     journal_close(&J, 0);
-    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 4);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
+}
+
+Test(journal, version_4_database_is_upgraded_to_hold_audit_records)
+{
+    /* A database as a version-4 treatyd left it: its kind check refuses an
+     * 'audit' row. */
+    uint8_t t1[16];
+    new_txid(t1);
+    char id1[37], sql[512];
+    txid_sql(t1, id1);
+    pg_run(db_conninfo, sql_journal);
+    pg_run(db_conninfo, sql_saga);
+    pg_run(db_conninfo, sql_batched_end);
+    pg_run(db_conninfo, sql_runs_and_lookups);
+    snprintf(sql, sizeof sql, "INSERT INTO treaty_journal (txid, kind, detail) VALUES ('%s', 'audit', 'x')", id1);
+    PGconn *c = pg_open(db_conninfo);
+    PGresult *res = PQexec(c, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_FATAL_ERROR, "version 4 stored an audit row");
+    cr_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23514", "check_violation");
+    PQclear(res);
+    PQfinish(c);
+    pg_run_txid("INSERT INTO treaty_journal (txid, kind, services) VALUES ('TXID', 'commit', ARRAY['svc-a'])", t1);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 4);
+
+    struct journal_config cfg = test_cfg();
+    J = open_journal(&cfg, true);
+    cr_assert_eq(pg_count("SELECT max(version) FROM treaty_schema"), 5);
+    cr_assert_eq(pg_count("SELECT count(*) FROM treaty_schema"), 5);
+    struct journal_rec r = {.kind = JOURNAL_AUDIT, .failed_branch = -1, .step = 3, .detail = "compensated by uid 0"};
+    memcpy(r.txid, t1, 16);
+    append_durable(J, &r, true);
+    journal_close(&J, WAIT_MS);
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_journal WHERE txid = 'TXID' AND kind = 'audit' AND "
+                               "step = 3 AND detail = 'compensated by uid 0'",
+                               t1),
+                 1);
+    cr_assert_eq(pg_count_txid("SELECT count(*) FROM treaty_records WHERE txid = 'TXID'", t1), 2,
+                 "the old row is kept and the view shows the audit row");
 }
 
 /* ------------------------------------------- Postgres restarts underneath */

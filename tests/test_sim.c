@@ -48,3 +48,25 @@ Test(sim, every_seed_replays_the_same_run)
     cr_assert(rc == 0, "%s", out);
     cr_assert(strstr(out, "NOT DETERMINISTIC") == NULL, "%s", out);
 }
+
+/* Every planted defect (tests/sim/planted/, make sim-planted) still applies
+ * to this tree: a change to the code one touches must refresh it, or the
+ * record in docs/testing.md of what the simulator finds goes stale
+ * silently. Seen: 01 stopped applying when core_admit gained a parameter. */
+Test(sim, every_planted_defect_still_applies_to_the_tree)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && n=0 && for p in tests/sim/planted/*.patch; do git apply --check \"$p\" 2>&1 || "
+             "{ echo \"does not apply: $p\"; exit 1; }; n=$((n + 1)); done; echo \"$n patches apply\"",
+             support_top_dir());
+    FILE *p = popen(cmd, "r");
+    cr_assert(p != NULL);
+    static char out[1 << 14];
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    cr_log_info("%s", out);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+    cr_assert(strstr(out, " patches apply") != NULL && strncmp(out, "0 ", 2) != 0, "no planted defects found: %s", out);
+}

@@ -124,7 +124,7 @@ static void to_journal_rec(const struct srec *s, struct journal_rec *r)
     r->nservices = s->nservices;
     r->services = (const char *const *)s->services;
     r->failed_branch = s->failed_branch;
-    r->step = s->kind == JOURNAL_STEP ? s->step : -1;
+    r->step = s->kind == JOURNAL_STEP || s->kind == JOURNAL_AUDIT ? s->step : -1;
     r->detail = s->detail;
     r->data = s->has_data ? s->data : NULL;
     r->data_len = s->data_len;
@@ -444,7 +444,7 @@ void sjournal_lookup_answer(const struct sjournal *j, const uint8_t txid[16], st
     out->outcome = JOURNAL_OUTCOME_NONE;
     size_t L = n;
     for (size_t i = n; i-- > 0;)
-        if (v[i]->kind != JOURNAL_END) {
+        if (v[i]->kind != JOURNAL_END && v[i]->kind != JOURNAL_AUDIT) {
             L = i;
             break;
         }
@@ -475,10 +475,13 @@ void sjournal_lookup_answer(const struct sjournal *j, const uint8_t txid[16], st
                 break;
             }
         out->outcome = JOURNAL_OUTCOME_UNFINISHED;
-        if (L + 1 < n) {
-            if (detail_is(v[L + 1]->detail, "completed"))
+        size_t e = L + 1;
+        while (e < n && v[e]->kind != JOURNAL_END)
+            e++;
+        if (e < n) {
+            if (detail_is(v[e]->detail, "completed"))
                 out->outcome = JOURNAL_OUTCOME_COMPLETED;
-            else if (detail_is(v[L + 1]->detail, "compensated"))
+            else if (detail_is(v[e]->detail, "compensated"))
                 out->outcome = JOURNAL_OUTCOME_COMPENSATED;
         }
     }
