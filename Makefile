@@ -186,7 +186,7 @@ fuzz-wire:
 ifneq ($(wildcard coordinator/allowlist.c),)
 fuzz-allowlist:
 	@mkdir -p $(BUILD)/fuzz tests/fuzz-corpus/allowlist
-	$(FUZZ_CC) tests/fuzz_allowlist.c coordinator/allowlist.c participant-sdk/src/common.c \
+	$(FUZZ_CC) tests/fuzz_allowlist.c coordinator/allowlist.c participant-sdk/src/common.c participant-sdk/src/util.c \
 	  -o $(BUILD)/fuzz/fuzz_allowlist $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_allowlist $(FUZZ_LIMIT) -max_len=4096 -print_final_stats=1 tests/fuzz-corpus/allowlist
 else

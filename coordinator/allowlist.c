@@ -24,6 +24,7 @@
 #include <zmq.h>
 
 #include "treaty.h"
+#include "util.h"
 
 #define SERVICE_NAME_MAX 64 /* WIRE_NAME_MAX */
 
@@ -43,16 +44,8 @@ const char *allow_roles_name(unsigned roles)
     return role_names[roles & ALLOW_ROLES_ALL];
 }
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return TREATY_ECONFIG;
-}
+/* The problem in err, TREATY_ECONFIG returned (util_errf). */
+#define fail(...) util_errf(TREATY_ECONFIG, __VA_ARGS__)
 
 /* ------------------------------------------------------------ the table */
 

@@ -26,6 +26,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "treaty.h"
+#include "util.h"
 
 enum key_kind {
     KEY_INT,       /* int field, [min, max] */
@@ -167,16 +168,8 @@ void config_defaults(struct config *c)
     c->metrics_connection_timeout_s = 10;
 }
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return TREATY_ECONFIG;
-}
+/* The problem in err, TREATY_ECONFIG returned (util_errf). */
+#define fail(...) util_errf(TREATY_ECONFIG, __VA_ARGS__)
 
 /* ------------------------------------------------------------ the file */
 

@@ -366,16 +366,8 @@ void metrics_render(const struct metrics_src *src, struct core_time now, struct 
 
 /* ------------------------------------------------------------ metrics.listen */
 
-__attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return TREATY_ECONFIG;
-}
+/* The problem in err, TREATY_ECONFIG returned (util_errf). */
+#define bad(...) util_errf(TREATY_ECONFIG, __VA_ARGS__)
 
 int metrics_parse_listen(const char *s, struct metrics_addr *out, char *err, size_t errlen)
 {

@@ -41,16 +41,8 @@ struct security {
     uint64_t admitted, refused;
 };
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return TREATY_ECONFIG;
-}
+/* The problem in err, TREATY_ECONFIG returned (util_errf). */
+#define fail(...) util_errf(TREATY_ECONFIG, __VA_ARGS__)
 
 /* ------------------------------------------------------------ key files */
 

@@ -61,4 +61,8 @@ void *util_xcalloc(size_t n, size_t size);
 void *util_xrealloc(void *p, size_t size);
 char *util_xstrdup(const char *s);
 
+/* For functions that report a problem as a code and a text: formats the text
+ * into err (when err is not NULL and errlen > 0, cut to fit) and returns rc. */
+__attribute__((format(printf, 4, 5))) int util_errf(int rc, char *err, size_t errlen, const char *fmt, ...);
+
 #endif
