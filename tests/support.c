@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -615,6 +616,16 @@ void support_cleanup(void)
         long long left = deadline - support_now_ms();
         if (!support_proc_wait(&procs[i], left > 0 ? (int)left : 0))
             support_proc_kill(&procs[i]);
+    }
+    /* The admin sockets of this process's treatyds (support_treatyd_start):
+     * one that was SIGKILLed leaves its file behind. */
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "/tmp/treaty-test-admin-%d-*.sock", (int)getpid());
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; i++)
+            unlink(g.gl_pathv[i]);
+        globfree(&g);
     }
 }
 
