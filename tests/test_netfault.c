@@ -66,6 +66,7 @@ static int recv_all(struct pair *p, int ms, int *seq, int cap)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         struct wire_in in;
+        in.want_user_id = false;
         int rc = wire_recv(p->router, true, 65536, &in);
         if (rc == 0) {
             if (got < cap)

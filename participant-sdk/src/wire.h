@@ -163,8 +163,9 @@ struct wire_in {
      * NUL-terminated; "" when none (no ZAP handler authenticated it, not a
      * ROUTER, or not wanted). */
     char user_id[WIRE_USER_ID_MAX + 1];
-    /* Set by the owner, never touched by wire_recv: read the User-Id (a
-     * property lookup per message, so only when a ZAP handler runs). */
+    /* Set by the owner before the first wire_recv, never touched by it:
+     * read the User-Id (a property lookup per message, so only when a ZAP
+     * handler runs). A struct wire_in that is not zeroed must set it. */
     bool want_user_id;
     size_t nparts;
     zmq_msg_t parts[WIRE_MAX_FRAMES + 2];
