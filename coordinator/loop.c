@@ -251,14 +251,19 @@ static void journal_news(struct loop *l)
     journal_records_results(l->journal, on_records, l);
 }
 
+/* The bound of every payload frame a peer may send: names and numbers must
+ * always fit; branch payloads are checked against max_payload_bytes by the
+ * core. */
+static size_t frame_limit(const struct loop *l)
+{
+    return (size_t)l->cfg->max_payload_bytes > TREATY_REASON_MAX ? (size_t)l->cfg->max_payload_bytes
+                                                                 : TREATY_REASON_MAX;
+}
+
 /* Receives one message for the core. Returns false when none was waiting. */
 static bool handle_message(struct loop *l)
 {
-    /* Names and numbers must always fit; branch payloads are checked against
-     * max_payload_bytes by the core. */
-    size_t limit =
-        (size_t)l->cfg->max_payload_bytes > TREATY_REASON_MAX ? (size_t)l->cfg->max_payload_bytes : TREATY_REASON_MAX;
-    int rc = wire_recv(l->router, true, limit, l->in);
+    int rc = wire_recv(l->router, true, frame_limit(l), l->in);
     if (rc == TREATY_ETIMEDOUT)
         return false;
     metrics_count_msg(&l->msgs, METRICS_IN, rc < 0 ? 0 : l->in->msg.hdr.type);
@@ -282,7 +287,9 @@ static int open_router(struct loop *l)
     if (l->router == NULL)
         return TREATY_ETRANSPORT;
     int one = 1, zero = 0, hwm = 1000000;
-    int64_t maxmsg = (int64_t)l->cfg->max_payload_bytes + 4096;
+    /* the largest message the wire's frame table allows: bigger ones are cut
+     * off by libzmq before they take memory */
+    int64_t maxmsg = (int64_t)wire_message_max(frame_limit(l));
     zmq_setsockopt(l->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(l->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(l->router, ZMQ_SNDHWM, &hwm, sizeof hwm);

@@ -1,13 +1,14 @@
 /*
  * fuzz_wire.c - libFuzzer target for the wire decoder (make fuzz).
  *
- * An input is turned into one multipart message:
+ * Byte 0 of an input holds flags. With bit 1 clear, the input is turned into
+ * a header and payload frames given apart (wire_decode):
  *
  *   byte  0     flags: bit 0 = empty frames have data == NULL (else a 1-byte
  *               allocation holding nothing)
  *   bytes 1..2  number of payload frames (u16, big-endian) modulo
  *               WIRE_MAX_FRAMES + 4, so that "too many" is reachable
- *   then        the header frame and each payload frame as a u16 big-endian
+ *   then        the header and each payload frame as a u16 big-endian
  *               length and that many bytes (fewer if the input ends first;
  *               frames past the end of the input are empty)
  *
@@ -17,7 +18,17 @@
  * (a message accepted under a bound is accepted under every larger one), and
  * a decoded message must re-encode to the same header and expose exactly the
  * frames given, every byte of which is then read and run through
- * wire_copy_text. Any violation aborts, so the fuzzer reports it.
+ * wire_copy_text. The same header and frames packed as they travel (one
+ * allocation of exactly their size) must then give wire_unpack the same
+ * results under every bound.
+ *
+ * With bit 1 set, bytes 1.. of the input are one message as it travels,
+ * copied into an allocation of exactly its size and given to wire_unpack
+ * under the same bounds: the results must be consistent as above, and a
+ * decoded message must have frames inside the buffer that wire_pack lays out
+ * into exactly the same bytes.
+ *
+ * Any violation aborts, so the fuzzer reports it.
  *
  * Built with -DFUZZ_WIRE_SEEDS (and without -fsanitize=fuzzer) it is instead
  * a program that writes seed inputs - valid messages of every type and a few
@@ -185,10 +196,98 @@ static void check_decoded(const struct wire_msg *m, const struct wire_frame *hdr
     }
 }
 
+/* A larger bound never turns success into failure, and only the bound
+ * separates the results. */
+static void check_bounds(const int *rcs)
+{
+    for (size_t k = 0; k < NMAX; k++)
+        CHECK(rcs[k] == 0 || rcs[k] == TREATY_EPROTO || rcs[k] == TREATY_EVERSION || rcs[k] == TREATY_ETOOBIG);
+    for (size_t k = 1; k < NMAX; k++) {
+        if (rcs[k - 1] == 0)
+            CHECK(rcs[k] == 0);
+        if (rcs[k - 1] != rcs[k])
+            CHECK(rcs[k - 1] == TREATY_ETOOBIG);
+    }
+}
+
+/* The header and frames wire_decode gave results rcs for, packed as they
+ * travel: wire_unpack must give the same results and the same message. */
+static void check_packed(const struct wire_frame *hdr, const struct wire_frame *frames, size_t n, const int *rcs)
+{
+    static struct wire_msg msg;
+    if (hdr->len != WIRE_HDR_LEN)
+        return; /* a header of another length does not pack into the same bytes */
+    size_t len = WIRE_HDR_LEN;
+    for (size_t i = 0; i < n; i++)
+        len += 4 + frames[i].len;
+    uint8_t *b = malloc(len), *p = b + WIRE_HDR_LEN;
+    CHECK(b != NULL);
+    memcpy(b, hdr->data, WIRE_HDR_LEN);
+    for (size_t i = 0; i < n; i++) {
+        wire_put_u32(p, (uint32_t)frames[i].len);
+        if (frames[i].len)
+            memcpy(p + 4, frames[i].data, frames[i].len);
+        p += 4 + frames[i].len;
+    }
+    for (size_t k = 0; k < NMAX; k++) {
+        memset(&msg, 0xa5, sizeof msg);
+        int rc = wire_unpack(b, len, max_payloads[k], &msg);
+        CHECK(rc == rcs[k]);
+        if (rc != 0)
+            continue;
+        CHECK(msg.nframes == n);
+        const uint8_t *q = b + WIRE_HDR_LEN;
+        for (size_t i = 0; i < n; i++) {
+            CHECK(msg.frames[i].data == q + 4 && msg.frames[i].len == frames[i].len);
+            q += 4 + frames[i].len;
+        }
+        check_decoded(&msg, hdr, msg.frames, n, max_payloads[k]);
+    }
+    free(b);
+}
+
+/* Bytes as they travel, given to wire_unpack. */
+static void fuzz_packed(const uint8_t *data, size_t size)
+{
+    static struct wire_msg msg;
+    uint8_t *b = malloc(size ? size : 1);
+    CHECK(b != NULL);
+    if (size)
+        memcpy(b, data, size);
+    int rcs[NMAX];
+    for (size_t k = 0; k < NMAX; k++) {
+        memset(&msg, 0xa5, sizeof msg);
+        int rc = wire_unpack(b, size, max_payloads[k], &msg);
+        rcs[k] = rc;
+        if (rc == TREATY_EVERSION)
+            CHECK(size >= WIRE_HDR_LEN && b[0] == 'T' && b[1] == 'Y' && b[2] != WIRE_VERSION);
+        if (rc != 0)
+            continue;
+        struct wire_frame hdr = {b, WIRE_HDR_LEN};
+        for (size_t i = 0; i < msg.nframes; i++)
+            CHECK(msg.frames[i].data >= b + WIRE_HDR_LEN && msg.frames[i].len <= size &&
+                  msg.frames[i].data + msg.frames[i].len <= b + size);
+        check_decoded(&msg, &hdr, msg.frames, msg.nframes, max_payloads[k]);
+        /* laid out again, the same bytes */
+        CHECK(wire_packed_len(msg.frames, msg.nframes) == size);
+        uint8_t *again = malloc(size);
+        CHECK(again != NULL);
+        wire_pack(&msg.hdr, msg.frames, msg.nframes, again);
+        CHECK(memcmp(again, b, size) == 0);
+        free(again);
+    }
+    check_bounds(rcs);
+    free(b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct wire_frame frames[FUZZ_FRAMES_MOD];
     static struct wire_msg msg;
+    if (size >= 1 && (data[0] & 2) != 0) {
+        fuzz_packed(data + 1, size - 1);
+        return 0;
+    }
     if (size < 3)
         return 0;
     bool null_empty = (data[0] & 1) != 0;
@@ -210,21 +309,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t k = 0; k < NMAX; k++) {
         memset(&msg, 0xa5, sizeof msg);
         int rc = wire_decode(&hdr, frames, n, max_payloads[k], &msg);
-        CHECK(rc == 0 || rc == TREATY_EPROTO || rc == TREATY_EVERSION || rc == TREATY_ETOOBIG);
         if (rc == 0)
             check_decoded(&msg, &hdr, frames, n, max_payloads[k]);
         if (rc == TREATY_EVERSION)
             CHECK(hlen == WIRE_HDR_LEN && hbuf[0] == 'T' && hbuf[1] == 'Y' && hbuf[2] != WIRE_VERSION);
         rcs[k] = rc;
     }
-    /* a larger bound never turns success into failure, and only the bound
-     * separates the results */
-    for (size_t k = 1; k < NMAX; k++) {
-        if (rcs[k - 1] == 0)
-            CHECK(rcs[k] == 0);
-        if (rcs[k - 1] != rcs[k])
-            CHECK(rcs[k - 1] == TREATY_ETOOBIG);
-    }
+    check_bounds(rcs);
+    check_packed(&hdr, frames, n, rcs);
 
     for (size_t i = 0; i < n; i++)
         free((void *)frames[i].data);
@@ -237,6 +329,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 struct seed {
     uint8_t buf[8192];
     size_t len;
+    /* the message make() laid out, for save() to write it packed as well;
+     * NULL once the bytes were changed by hand */
+    const struct wire_hdr *h;
+    const struct wire_frame *f;
+    size_t n;
 };
 
 static void put_chunk(struct seed *s, const void *p, size_t n)
@@ -251,6 +348,9 @@ static void put_chunk(struct seed *s, const void *p, size_t n)
 
 static void make(struct seed *s, uint8_t flags, const struct wire_hdr *h, const struct wire_frame *f, size_t n)
 {
+    s->h = h;
+    s->f = f;
+    s->n = n;
     s->len = 0;
     s->buf[s->len++] = flags;
     s->buf[s->len++] = (uint8_t)(n >> 8);
@@ -262,14 +362,31 @@ static void make(struct seed *s, uint8_t flags, const struct wire_hdr *h, const 
         put_chunk(s, f[i].data, f[i].len);
 }
 
-static void save(const char *dir, const char *name, const struct seed *s)
+static void write_seed(const char *dir, const char *name, const uint8_t *b, size_t len)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/seed-%s", dir, name);
     FILE *fp = fopen(path, "wb");
     CHECK(fp != NULL);
-    CHECK(fwrite(s->buf, 1, s->len, fp) == s->len);
+    CHECK(fwrite(b, 1, len, fp) == len);
     fclose(fp);
+}
+
+/* Writes s as seed-NAME and, when it is make()'s message unchanged, the same
+ * message as it travels (flags bit 1) as seed-NAME-packed. */
+static void save(const char *dir, const char *name, const struct seed *s)
+{
+    write_seed(dir, name, s->buf, s->len);
+    if (s->h == NULL)
+        return;
+    static uint8_t packed[8192];
+    size_t len = 1 + wire_packed_len(s->f, s->n);
+    CHECK(len <= sizeof packed);
+    packed[0] = 2;
+    wire_pack(s->h, s->f, s->n, packed + 1);
+    char pname[256];
+    snprintf(pname, sizeof pname, "%s-packed", name);
+    write_seed(dir, pname, packed, len);
 }
 
 static struct wire_hdr hdr(int type, uint16_t code)
@@ -415,16 +532,31 @@ int main(int argc, char **argv)
     /* near misses: other version, reserved bits, too many frames */
     h = hdr(WIRE_QUERY, 0);
     make(&s, 0, &h, NULL, 0);
-    s.buf[3 + 2 + 2] = 2;
-    save(dir, "version-2", &s);
+    s.buf[3 + 2 + 2] = WIRE_VERSION - 1;
+    s.h = NULL;
+    save(dir, "version-other", &s);
     make(&s, 0, &h, NULL, 0);
     s.buf[3 + 2 + 27] = 1;
+    s.h = NULL;
     save(dir, "reserved", &s);
     h = hdr(WIRE_PREPARE, 0);
     make(&s, 0, &h, NULL, 0);
     s.buf[1] = (uint8_t)((WIRE_MAX_FRAMES + 1) >> 8);
     s.buf[2] = (uint8_t)(WIRE_MAX_FRAMES + 1);
+    s.h = NULL;
     save(dir, "too-many-frames", &s);
+    /* and as they travel: another version, a frame length past the end,
+     * bytes after the last frame */
+    static uint8_t b[8192];
+    size_t len = 1 + wire_packed_len(prep, 1);
+    b[0] = 2;
+    wire_pack(&h, prep, 1, b + 1);
+    b[1 + 2] = WIRE_VERSION - 1;
+    write_seed(dir, "packed-version-other", b, len);
+    b[1 + 2] = WIRE_VERSION;
+    write_seed(dir, "packed-cut", b, len - 1);
+    b[len] = 0;
+    write_seed(dir, "packed-trailing", b, len + 1);
     return 0;
 }
 

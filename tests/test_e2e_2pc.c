@@ -599,6 +599,98 @@ Test(e2e, branch_to_service_without_instance_aborts, .init = e2e_setup_shared)
     treaty_client_destroy(&c);
 }
 
+static long long journal_records(struct world *w, const treaty_txid_t *id, const char *kind);
+
+/* Wire version 2 packs a message into one ZeroMQ frame, so the socket's
+ * message size limit now bounds a whole SUBMIT, not one of its frames: the
+ * largest SUBMIT the configuration allows (max_branches branches of
+ * max_payload_bytes each, 1 MiB with the defaults) must reach the core and
+ * be answered, not be cut off by libzmq (the client would only time out). */
+Test(e2e, largest_allowed_submit_is_answered, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+    treaty_client_t *c = client(&w);
+
+    enum { BRANCHES = 16, PAYLOAD = 65536 }; /* limits.max_branches and max_payload_bytes by default */
+    static uint8_t payload[PAYLOAD];
+    memset(payload, 'p', sizeof payload);
+    treaty_txn_t *t = NULL;
+    cr_assert_eq(treaty_txn_new(&t), 0);
+    for (int i = 0; i < BRANCHES; i++)
+        cr_assert_eq(treaty_txn_add_branch(t, "bank-nowhere", payload, sizeof payload), 0);
+    treaty_outcome_t out;
+    int rc = treaty_client_submit(c, t, 10000, &out);
+    cr_assert(rc == 0, "submit of %d branches of %d bytes: %s", BRANCHES, PAYLOAD, treaty_err_name(rc));
+    cr_assert(out.status == TREATY_STATUS_ABORTED && out.failed_branch == 0,
+              "want aborted at branch 0 (no instance of bank-nowhere), got %s (error %s, branch %u)",
+              treaty_status_name(out.status), treaty_err_name(out.error), out.failed_branch);
+
+    /* one byte more in a branch is refused as too big, and said so */
+    treaty_txn_t *big = NULL;
+    cr_assert_eq(treaty_txn_new(&big), 0);
+    cr_assert_eq(treaty_txn_add_branch(big, "bank-nowhere", payload, sizeof payload), 0);
+    static uint8_t over[PAYLOAD + 1];
+    cr_assert_eq(treaty_txn_add_branch(big, "bank-nowhere", over, sizeof over), 0);
+    rc = treaty_client_submit(c, big, 10000, &out);
+    cr_assert(rc == TREATY_ETOOBIG || (rc == 0 && out.error == TREATY_ETOOBIG),
+              "a branch of %d bytes: want TREATY_ETOOBIG, got %s (outcome error %s)", PAYLOAD + 1, treaty_err_name(rc),
+              treaty_err_name(out.error));
+    treaty_txn_destroy(&t);
+    treaty_txn_destroy(&big);
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    treaty_client_destroy(&c);
+}
+
+/* A peer that speaks wire version 1 (the header, then every payload in a
+ * ZeroMQ frame of its own) is answered with an ERROR that says the version
+ * is not supported, and what it sent never runs. */
+Test(e2e, version_1_peer_is_told_unsupported_version_and_nothing_runs, .init = e2e_setup_shared)
+{
+    struct world w;
+    struct world_opts o = {0};
+    world_start(&w, &o);
+
+    void *zctx = zmq_ctx_new();
+    void *dealer = zmq_socket(zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    cr_assert(zmq_connect(dealer, w.d.endpoint) == 0, "connect %s: %s", w.d.endpoint, zmq_strerror(errno));
+    treaty_txid_t id;
+    cr_assert_eq(treaty_txid_generate(&id), 0);
+    struct wire_hdr h = {.type = WIRE_SUBMIT};
+    memcpy(h.txid, id.b, 16);
+    uint8_t hb[WIRE_HDR_LEN], t4[4];
+    wire_encode_hdr(&h, hb);
+    hb[2] = 1;
+    wire_put_u32(t4, 10000);
+    const char *parts[] = {"bank-a", "alice:-10", "bank-b", "bob:10"};
+    cr_assert_eq(zmq_send(dealer, hb, sizeof hb, ZMQ_SNDMORE), (int)sizeof hb);
+    cr_assert_eq(zmq_send(dealer, t4, 4, ZMQ_SNDMORE), 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_geq(zmq_send(dealer, parts[i], strlen(parts[i]), i < 3 ? ZMQ_SNDMORE : 0), 0);
+
+    static struct wire_in in;
+    bool told = false;
+    long long deadline = support_now_ms() + SUPPORT_DEADLINE_MS;
+    while (!told && support_now_ms() < deadline) {
+        zmq_pollitem_t it = {dealer, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 200) <= 0 || wire_recv(dealer, false, 65536, &in) != 0)
+            continue;
+        told = in.msg.hdr.type == WIRE_ERROR && in.msg.hdr.code == (uint16_t)-TREATY_EVERSION;
+        wire_in_close(&in);
+    }
+    zmq_close(dealer);
+    zmq_ctx_term(zctx);
+    cr_assert(told, "no ERROR TREATY_EVERSION for the version-1 SUBMIT of %s", txid_str(&id));
+    world_settle(&w);
+    expect_balances(&w, 100, 50);
+    cr_assert(journal_records(&w, &id, "commit") == 0 && journal_records(&w, &id, "abort") == 0,
+              "the version-1 SUBMIT of %s left journal records", txid_str(&id));
+}
+
 /* ----------------------------------------------------- concurrency tests */
 
 #define MAXACCT 64

@@ -397,6 +397,17 @@ Test(participant, malformed_messages_are_dropped, .timeout = 120)
     bad[27] = 1; /* reserved bits */
     struct wire_frame badres[2] = {{bad, sizeof bad}, {(const uint8_t *)"yes", 3}};
     fake_send_raw(&f, &hello, badres, 2);
+    memcpy(bad, hdr, sizeof bad);
+    bad[2] = 1; /* a version-1 PREPARE: its payload in a ZeroMQ frame of its own */
+    struct wire_frame v1[2] = {{bad, sizeof bad}, {(const uint8_t *)"yes", 3}};
+    fake_send_raw(&f, &hello, v1, 2);
+    uint8_t packed[WIRE_HDR_LEN + 4 + 3];
+    struct wire_frame yes = wire_str("yes");
+    wire_pack(&h, &yes, 1, packed);
+    struct wire_frame cut[1] = {{packed, sizeof packed - 1}}; /* its frame length runs past the end */
+    fake_send_raw(&f, &hello, cut, 1);
+    struct wire_frame trailing[2] = {{packed, sizeof packed}, {(const uint8_t *)"", 0}}; /* then one more frame */
+    fake_send_raw(&f, &hello, trailing, 2);
     fake_send(&f, &hello, WIRE_VOTE, &a, 0, 0, TREATY_VOTE_YES, &junk, 1); /* well-formed, wrong direction */
     uint8_t hb3[3] = {0, 0, 1};
     struct wire_frame welcome_bad = {hb3, 3};

@@ -244,14 +244,8 @@ static bool fake_expect(struct fake *f, uint8_t type, struct got *g, int timeout
             const char *uid = zmq_msg_gets(&parts[0], "User-Id");
             if (uid != NULL)
                 snprintf(g->user_id, sizeof g->user_id, "%s", uid);
-            struct wire_frame hdr = {zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0])};
-            struct wire_frame fr[WIRE_MAX_FRAMES];
-            for (int i = 1; i < n; i++) {
-                fr[i - 1].data = zmq_msg_data(&parts[i]);
-                fr[i - 1].len = zmq_msg_size(&parts[i]);
-            }
-            struct wire_msg msg;
-            bool ok = wire_decode(&hdr, fr, (size_t)(n - 1), 1u << 20, &msg) == 0;
+            static struct wire_msg msg;
+            bool ok = n == 1 && wire_unpack(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), 1u << 20, &msg) == 0;
             if (ok) {
                 g->hdr = msg.hdr;
                 g->nframes = msg.nframes;

@@ -2,14 +2,17 @@
  * test_wire.c - the wire codec (participant-sdk/src/wire.[ch]) and the shared
  * basics of common.c: errors, txids, status names.
  *
- * Two halves: pure-buffer tests of wire_decode against the message table in
- * wire.h, and round trips of every message type through real ZeroMQ
+ * Two halves: pure-buffer tests of wire_decode and wire_unpack against the
+ * message table in wire.h (every decode is done both ways, from the header
+ * and frames apart and from their packed form, and the two must agree), and
+ * round trips of every message type through real ZeroMQ
  * DEALER/ROUTER pairs (inproc:// and tcp://127.0.0.1) with wire_send and
  * wire_recv, including the routing id and what happens after a bad message.
  */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -43,22 +46,82 @@ static struct wire_hdr mkhdr(int type, uint16_t code)
     return h;
 }
 
-/* Encodes h and decodes it back with frames f[n]. */
+/* Asserts that two decodings of one message (rc_a into a, rc_b into b)
+ * agree: the same result, the same header, and when decoded the same frames. */
+static void assert_same_decoding(int rc_a, const struct wire_msg *a, int rc_b, const struct wire_msg *b)
+{
+    cr_assert_eq(rc_a, rc_b, "decoded apart: %d, packed: %d", rc_a, rc_b);
+    cr_assert(memcmp(&a->hdr, &b->hdr, sizeof a->hdr) == 0, "headers differ");
+    if (rc_a != 0)
+        return;
+    cr_assert_eq(a->nframes, b->nframes);
+    for (size_t i = 0; i < a->nframes; i++) {
+        cr_assert_eq(a->frames[i].len, b->frames[i].len, "frame %zu", i);
+        if (a->frames[i].len)
+            cr_assert(memcmp(a->frames[i].data, b->frames[i].data, a->frames[i].len) == 0, "frame %zu", i);
+    }
+}
+
+/* Packs raw header bytes hdr[hlen] and frames f[n] as wire_pack lays them
+ * out; the caller frees the result. */
+static uint8_t *pack_raw(const uint8_t *hdr, size_t hlen, const struct wire_frame *f, size_t n, size_t *len)
+{
+    *len = hlen;
+    for (size_t i = 0; i < n; i++)
+        *len += 4 + f[i].len;
+    uint8_t *b = malloc(*len ? *len : 1), *p = b;
+    cr_assert_not_null(b);
+    if (hlen)
+        memcpy(p, hdr, hlen);
+    p += hlen;
+    for (size_t i = 0; i < n; i++) {
+        wire_put_u32(p, (uint32_t)f[i].len);
+        if (f[i].len)
+            memcpy(p + 4, f[i].data, f[i].len);
+        p += 4 + f[i].len;
+    }
+    return b;
+}
+
+/* Decodes raw header bytes with frames f[n] both ways - wire_decode with
+ * them apart, wire_unpack of their packed form - and checks that the two
+ * agree. The result is wire_decode's; out points into f. */
+static int decode_both(const uint8_t *hdr, size_t hlen, const struct wire_frame *f, size_t n, size_t max_payload,
+                       struct wire_msg *out)
+{
+    static struct wire_msg packed;
+    struct wire_frame hf = fr(hdr, hlen);
+    int rc = wire_decode(&hf, f, n, max_payload, out);
+    if (hdr == NULL || hlen != WIRE_HDR_LEN)
+        return rc; /* a header of another size does not pack into the same bytes */
+    for (size_t i = 0; i < n; i++)
+        if (f[i].len > 0 && f[i].data == NULL)
+            return rc; /* nor do bytes that are not there */
+    size_t len;
+    uint8_t *b = pack_raw(hdr, hlen, f, n, &len);
+    assert_same_decoding(rc, out, wire_unpack(b, len, max_payload, &packed), &packed);
+    free(b);
+    return rc;
+}
+
+/* Encodes h and decodes it back with frames f[n] (both ways). */
 static int decode(const struct wire_hdr *h, const struct wire_frame *f, size_t n, size_t max_payload,
                   struct wire_msg *out)
 {
     uint8_t buf[WIRE_HDR_LEN];
     wire_encode_hdr(h, buf);
-    struct wire_frame hf = fr(buf, sizeof buf);
-    return wire_decode(&hf, f, n, max_payload, out);
+    return decode_both(buf, sizeof buf, f, n, max_payload, out);
 }
 
-/* Decodes a raw header buffer with no payload frames (QUERY-like). */
+/* Decodes a raw header buffer with no payload frames (QUERY-like), both as
+ * a header and as a whole packed message of those bytes. */
 static int decode_raw(const uint8_t *hdr, size_t len)
 {
-    struct wire_msg m;
-    struct wire_frame hf = fr(hdr, len);
-    return wire_decode(&hf, NULL, 0, MAXP, &m);
+    struct wire_msg m, u;
+    int rc = decode_both(hdr, len, NULL, 0, MAXP, &m);
+    int urc = wire_unpack(hdr, len, MAXP, &u);
+    cr_assert_eq(urc, rc, "%zu bytes: apart %d, packed %d", len, rc, urc);
+    return rc;
 }
 
 /* ------------------------------------------------------------ sample messages */
@@ -262,7 +325,7 @@ Test(wire_decode, bad_magic)
         b[0] = magics[i][0];
         b[1] = magics[i][1];
         cr_assert_eq(decode_raw(b, sizeof b), TREATY_EPROTO, "magic %02x %02x", b[0], b[1]);
-        b[2] = 2; /* the magic is checked first: not a version problem */
+        b[2] = WIRE_VERSION + 1; /* the magic is checked first: not a version problem */
         cr_assert_eq(decode_raw(b, sizeof b), TREATY_EPROTO);
     }
 }
@@ -271,7 +334,7 @@ Test(wire_decode, other_version)
 {
     uint8_t b[WIRE_HDR_LEN];
     struct wire_hdr h = mkhdr(WIRE_QUERY, 0);
-    const uint8_t versions[] = {0, 2, 3, 0x7f, 0x80, 0xff};
+    const uint8_t versions[] = {0, 1, 3, 0x7f, 0x80, 0xff}; /* 1: the multipart layout before */
     for (size_t i = 0; i < NELEM(versions); i++) {
         wire_encode_hdr(&h, b);
         b[2] = versions[i];
@@ -646,6 +709,121 @@ Test(wire_decode, too_many_frames)
     cr_assert_eq(decode(&h, f, NELEM(f), MAXP, &m), TREATY_ETOOBIG);
 }
 
+/* ------------------------------------------------------------ packed form */
+
+Test(wire_unpack, layout_is_the_header_then_length_prefixed_frames)
+{
+    struct wire_hdr h = mkhdr(WIRE_STEP, WIRE_STEP_ACTION);
+    struct wire_frame f[] = {wire_str("debit"), fr(NULL, 0)};
+    cr_assert_eq(wire_packed_len(f, 2), WIRE_HDR_LEN + 4 + 5 + 4);
+    uint8_t b[WIRE_HDR_LEN + 13], want[WIRE_HDR_LEN + 13];
+    memset(b, 0xee, sizeof b);
+    wire_pack(&h, f, 2, b);
+    wire_encode_hdr(&h, want);
+    memcpy(want + WIRE_HDR_LEN, "\0\0\0\5debit\0\0\0\0", 13);
+    cr_assert_arr_eq(b, want, sizeof want);
+    cr_assert_eq(want[2], 2, "wire version 2");
+    struct wire_msg m;
+    cr_assert_eq(wire_unpack(b, sizeof b, MAXP, &m), 0);
+    cr_assert_eq(m.nframes, 2);
+    cr_assert_eq(m.frames[0].data, b + WIRE_HDR_LEN + 4, "frames point into the buffer");
+}
+
+Test(wire_unpack, every_sample_round_trips_and_every_truncation_is_refused_or_a_frame_prefix)
+{
+    struct sample s[48];
+    size_t n = make_samples(s);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = wire_packed_len(s[i].f, s[i].n);
+        uint8_t *b = malloc(len);
+        cr_assert_not_null(b);
+        wire_pack(&s[i].h, s[i].f, s[i].n, b);
+        struct wire_msg m;
+        cr_assert_eq(wire_unpack(b, len, MAXP, &m), 0, "%s", s[i].label);
+        assert_msg_eq(&s[i], &m);
+        /* ZeroMQ never delivers part of a message, but a peer can send any
+         * bytes: a cut either leaves a shorter valid list of frames (a cut at
+         * a frame boundary) or is refused. Each prefix in an allocation of
+         * its own size, so a read past it is caught by ASan and valgrind. */
+        for (size_t cut = 0; cut < len; cut++) {
+            uint8_t *p = malloc(cut ? cut : 1);
+            cr_assert_not_null(p);
+            memcpy(p, b, cut);
+            int rc = wire_unpack(p, cut, MAXP, &m);
+            cr_assert(rc == 0 || rc == TREATY_EPROTO || rc == TREATY_ETOOBIG, "%s cut at %zu: %d", s[i].label, cut, rc);
+            if (rc == 0) {
+                cr_assert_lt(m.nframes, s[i].n, "%s cut at %zu", s[i].label, cut);
+                size_t end = WIRE_HDR_LEN;
+                for (size_t k = 0; k < m.nframes; k++) {
+                    cr_assert_eq(m.frames[k].len, s[i].f[k].len);
+                    end += 4 + m.frames[k].len;
+                }
+                cr_assert_eq(end, cut, "%s: accepted a cut inside a frame", s[i].label);
+            }
+            free(p);
+        }
+        free(b);
+    }
+}
+
+Test(wire_unpack, frame_lengths_that_do_not_fit_the_message_are_refused)
+{
+    struct wire_hdr h = mkhdr(WIRE_PREPARE, 0);
+    struct wire_frame f[] = {wire_str("abc")};
+    uint8_t b[WIRE_HDR_LEN + 4 + 3 + 3];
+    wire_pack(&h, f, 1, b);
+    struct wire_msg m;
+    size_t len = WIRE_HDR_LEN + 7;
+    cr_assert_eq(wire_unpack(b, len, MAXP, &m), 0);
+    /* a length one past the end, and the largest a length can say */
+    wire_put_u32(b + WIRE_HDR_LEN, 4);
+    cr_assert_eq(wire_unpack(b, len, MAXP, &m), TREATY_EPROTO);
+    cr_assert_arr_eq(m.hdr.txid, TXID, 16, "the header is kept for an error reply");
+    wire_put_u32(b + WIRE_HDR_LEN, 0xffffffffu);
+    cr_assert_eq(wire_unpack(b, len, SIZE_MAX, &m), TREATY_EPROTO);
+    cr_assert_eq(wire_unpack(b, len, MAXP, &m), TREATY_ETOOBIG, "over the payload bound, whatever follows");
+    /* one, two or three bytes after the last frame: a length cut short */
+    wire_put_u32(b + WIRE_HDR_LEN, 3);
+    memset(b + len, 0, 3);
+    for (size_t extra = 1; extra <= 3; extra++)
+        cr_assert_eq(wire_unpack(b, len + extra, MAXP, &m), TREATY_EPROTO, "%zu trailing bytes", extra);
+}
+
+Test(wire_unpack, largest_messages_fit_wire_message_max)
+{
+    /* a SUBMIT of WIRE_MAX_BRANCHES branches and a SAGA of WIRE_MAX_STEPS
+     * steps, every name WIRE_NAME_MAX bytes and every payload max bytes */
+    const size_t max = 1000;
+    static uint8_t payload[1000];
+    char name[WIRE_NAME_MAX + 1];
+    memset(name, 'n', WIRE_NAME_MAX);
+    name[WIRE_NAME_MAX] = '\0';
+    uint8_t t4[4] = {0, 0, 1, 0}, pol[WIRE_POLICY_LEN];
+    struct wire_policy wp = {0, 1, 1, 1, 1};
+    wire_encode_policy(&wp, pol);
+    static struct wire_frame f[WIRE_MAX_FRAMES];
+    f[0] = fr(t4, 4);
+    for (size_t i = 0; i < WIRE_MAX_BRANCHES; i++) {
+        f[1 + 2 * i] = wire_str(name);
+        f[2 + 2 * i] = fr(payload, max);
+    }
+    size_t submit = wire_packed_len(f, 1 + 2 * WIRE_MAX_BRANCHES);
+    for (size_t i = 0; i < WIRE_MAX_STEPS; i++) {
+        struct wire_frame *st = &f[1 + WIRE_SAGA_FRAMES_PER_STEP * i];
+        st[0] = st[1] = st[3] = wire_str(name);
+        st[2] = st[4] = fr(payload, max);
+        st[5] = fr(pol, sizeof pol);
+    }
+    size_t saga = wire_packed_len(f, 1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS);
+    uint64_t limit = wire_message_max(max);
+    cr_assert_leq(submit, limit);
+    cr_assert_leq(saga, limit);
+    cr_assert(submit == limit || saga == limit, "the bound is tight: %zu %zu %llu", submit, saga,
+              (unsigned long long)limit);
+    /* small payload bounds still leave room for two names (HELLO) */
+    cr_assert_geq(wire_message_max(0), WIRE_HDR_LEN + 2 * (4 + WIRE_NAME_MAX));
+}
+
 Test(wire_decode, null_frame_data)
 {
     struct wire_msg m;
@@ -999,8 +1177,8 @@ Test(wire_socket, too_many_frames_then_next_decodes, .init = ctx_init, .fini = c
     static struct wire_in in;
     struct wire_hdr h = mkhdr(WIRE_PREPARE, 0);
 
-    /* to the ROUTER: far too many, one too many (parts overflow the array),
-     * and the most that fit (decoded, then refused for its shape) */
+    /* to the ROUTER: far too many, one too many, and the most there may be
+     * (decoded, then refused for its shape) */
     const size_t counts[] = {NELEM(f), WIRE_MAX_FRAMES + 1, WIRE_MAX_FRAMES};
     const int want[] = {TREATY_ETOOBIG, TREATY_ETOOBIG, TREATY_EPROTO};
     for (size_t i = 0; i < NELEM(counts); i++) {
@@ -1011,10 +1189,10 @@ Test(wire_socket, too_many_frames_then_next_decodes, .init = ctx_init, .fini = c
         expect_next_decodes(dealer, NULL, 0, router, true);
     }
 
-    /* to the DEALER (no routing-id part, so one more fits the array) */
+    /* to the DEALER, likewise */
     const uint8_t *rid = (const uint8_t *)RID;
-    const size_t dcounts[] = {NELEM(f), WIRE_MAX_FRAMES + 2, WIRE_MAX_FRAMES + 1, WIRE_MAX_FRAMES};
-    const int dwant[] = {TREATY_ETOOBIG, TREATY_ETOOBIG, TREATY_ETOOBIG, TREATY_EPROTO};
+    const size_t dcounts[] = {NELEM(f), WIRE_MAX_FRAMES + 1, WIRE_MAX_FRAMES};
+    const int dwant[] = {TREATY_ETOOBIG, TREATY_ETOOBIG, TREATY_EPROTO};
     for (size_t i = 0; i < NELEM(dcounts); i++) {
         cr_assert_eq(wire_send(router, rid, strlen(RID), &h, f, dcounts[i]), 0);
         int rc = recv_wait(dealer, false, MAXP, &in);
@@ -1043,13 +1221,38 @@ Test(wire_socket, malformed_then_next_decodes, .init = ctx_init, .fini = ctx_fin
     cr_assert_arr_eq(in.msg.hdr.txid, zero, 16);
     expect_next_decodes(dealer, NULL, 0, router, true);
 
-    /* other version, with payload frames */
+    /* a version-1 peer: the header, then its payload in ZeroMQ frames of
+     * their own (more of them than wire_in keeps) */
     wire_encode_hdr(&q, b);
-    b[2] = 2;
+    b[2] = 1;
     cr_assert_eq(zmq_send(dealer, b, sizeof b, ZMQ_SNDMORE), (int)sizeof b);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(zmq_send(dealer, "x", 1, ZMQ_SNDMORE), 1);
     cr_assert_eq(zmq_send(dealer, "x", 1, 0), 1);
     cr_assert_eq(recv_wait(router, true, MAXP, &in), TREATY_EVERSION);
     expect_rid(&in);
+    expect_next_decodes(dealer, NULL, 0, router, true);
+
+    /* this version's message followed by another ZeroMQ frame: refused,
+     * with the header kept for the error reply */
+    struct wire_frame x[] = {wire_str("payload")};
+    struct wire_hdr pp = mkhdr(WIRE_PREPARE, 0);
+    uint8_t packed[WIRE_HDR_LEN + 4 + 7];
+    wire_pack(&pp, x, 1, packed);
+    cr_assert_eq(zmq_send(dealer, packed, sizeof packed, ZMQ_SNDMORE), (int)sizeof packed);
+    cr_assert_eq(zmq_send(dealer, "", 0, 0), 0);
+    cr_assert_eq(recv_wait(router, true, MAXP, &in), TREATY_EPROTO);
+    expect_rid(&in);
+    cr_assert_eq(in.msg.hdr.type, WIRE_PREPARE);
+    cr_assert_arr_eq(in.msg.hdr.txid, TXID, 16);
+    expect_next_decodes(dealer, NULL, 0, router, true);
+
+    /* the same message alone decodes; with its frame length cut short not */
+    cr_assert_eq(zmq_send(dealer, packed, sizeof packed, 0), (int)sizeof packed);
+    cr_assert_eq(recv_wait(router, true, MAXP, &in), 0);
+    wire_in_close(&in);
+    cr_assert_eq(zmq_send(dealer, packed, sizeof packed - 1, 0), (int)sizeof packed - 1);
+    cr_assert_eq(recv_wait(router, true, MAXP, &in), TREATY_EPROTO);
     expect_next_decodes(dealer, NULL, 0, router, true);
 
     /* an empty message, and a short header */

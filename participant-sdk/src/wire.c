@@ -15,8 +15,7 @@
 #include "treaty.h"
 
 static bool netfault_on(void);
-static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_hdr *h,
-                         const struct wire_frame *frames, size_t nframes);
+static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t type, zmq_msg_t *m);
 static void netfault_release(void *sock);
 
 static const char *const type_names[] = {
@@ -185,27 +184,36 @@ static int check_frames(const struct wire_msg *m)
     }
 }
 
-int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes, size_t max_payload,
-                struct wire_msg *out)
+/* Decodes the header b[len] into out->hdr (all zero on an error) and sets
+ * out->nframes to 0. */
+static int decode_hdr(const uint8_t *b, size_t len, struct wire_msg *out)
 {
     memset(&out->hdr, 0, sizeof out->hdr);
     out->nframes = 0;
-    if (hdr->len != WIRE_HDR_LEN || hdr->data == NULL)
+    if (len != WIRE_HDR_LEN || b == NULL)
         return TREATY_EPROTO;
-    const uint8_t *b = hdr->data;
     if (b[0] != 'T' || b[1] != 'Y')
         return TREATY_EPROTO;
     if (b[2] != WIRE_VERSION)
         return TREATY_EVERSION;
     if (b[3] < 1 || b[3] > WIRE_TYPE_MAX_ || get_u16(b + 26) != 0)
         return TREATY_EPROTO;
-    if (nframes > WIRE_MAX_FRAMES)
-        return TREATY_ETOOBIG;
     out->hdr.type = b[3];
     memcpy(out->hdr.txid, b + 4, 16);
     out->hdr.branch = get_u16(b + 20);
     out->hdr.attempt = get_u16(b + 22);
     out->hdr.code = get_u16(b + 24);
+    return 0;
+}
+
+int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes, size_t max_payload,
+                struct wire_msg *out)
+{
+    int rc = decode_hdr(hdr->data, hdr->len, out);
+    if (rc != 0)
+        return rc;
+    if (nframes > WIRE_MAX_FRAMES)
+        return TREATY_ETOOBIG;
     out->nframes = nframes;
     for (size_t i = 0; i < nframes; i++) {
         if (frames[i].len > max_payload)
@@ -215,6 +223,60 @@ int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, s
         out->frames[i] = frames[i];
     }
     return check_frames(out);
+}
+
+int wire_unpack(const uint8_t *buf, size_t len, size_t max_payload, struct wire_msg *out)
+{
+    int rc = decode_hdr(buf, len < WIRE_HDR_LEN ? len : WIRE_HDR_LEN, out);
+    if (rc != 0)
+        return rc;
+    size_t off = WIRE_HDR_LEN, n = 0;
+    while (off < len) {
+        if (len - off < 4)
+            return TREATY_EPROTO;
+        size_t flen =
+            ((size_t)buf[off] << 24) | ((size_t)buf[off + 1] << 16) | ((size_t)buf[off + 2] << 8) | buf[off + 3];
+        off += 4;
+        if (n == WIRE_MAX_FRAMES || flen > max_payload)
+            return TREATY_ETOOBIG;
+        if (flen > len - off)
+            return TREATY_EPROTO;
+        out->frames[n].data = buf + off;
+        out->frames[n].len = flen;
+        out->nframes = ++n;
+        off += flen;
+    }
+    return check_frames(out);
+}
+
+uint64_t wire_message_max(size_t max_payload)
+{
+    const uint64_t p = max_payload, name = WIRE_NAME_MAX, len = 4;
+    uint64_t submit = len + 4 + WIRE_MAX_BRANCHES * (len + name + len + p);
+    uint64_t saga = len + 4 + WIRE_MAX_STEPS * (WIRE_SAGA_FRAMES_PER_STEP * len + 3 * name + 2 * p + WIRE_POLICY_LEN);
+    uint64_t other = 2 * (len + (name > p ? name : p)); /* HELLO, STEP: two frames; the rest one */
+    uint64_t most = submit > saga ? submit : saga;
+    return WIRE_HDR_LEN + (most > other ? most : other);
+}
+
+size_t wire_packed_len(const struct wire_frame *frames, size_t nframes)
+{
+    size_t n = WIRE_HDR_LEN;
+    for (size_t i = 0; i < nframes; i++)
+        n += 4 + frames[i].len;
+    return n;
+}
+
+void wire_pack(const struct wire_hdr *h, const struct wire_frame *frames, size_t nframes, uint8_t *buf)
+{
+    wire_encode_hdr(h, buf);
+    uint8_t *p = buf + WIRE_HDR_LEN;
+    for (size_t i = 0; i < nframes; i++) {
+        wire_put_u32(p, (uint32_t)frames[i].len);
+        if (frames[i].len)
+            memcpy(p + 4, frames[i].data, frames[i].len);
+        p += 4 + frames[i].len;
+    }
 }
 
 /* ------------------------------------------------------------ socket I/O */
@@ -233,34 +295,33 @@ void wire_in_close(struct wire_in *in)
 
 int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
 {
-    int more = 1;
-    size_t more_len = sizeof more;
-    bool overflow = false;
+    const size_t want = router ? 2 : 1; /* the routing id, the message */
+    size_t extra = 0;                   /* ZeroMQ frames past those */
 
     in->nparts = 0;
     in->rid_len = 0;
     in->user_id[0] = '\0';
     memset(&in->msg.hdr, 0, sizeof in->msg.hdr);
+    in->msg.nframes = 0;
     if (netfault_on())
         netfault_release(sock);
     for (;;) {
         zmq_msg_t scratch;
-        zmq_msg_t *part = in->nparts < sizeof in->parts / sizeof in->parts[0] ? &in->parts[in->nparts] : &scratch;
+        zmq_msg_t *part = in->nparts < want ? &in->parts[in->nparts] : &scratch;
         zmq_msg_init(part);
-        int flags = in->nparts == 0 && part != &scratch ? ZMQ_DONTWAIT : 0;
+        /* only the first part may be missing; the rest of a message arrives with it */
+        int flags = in->nparts == 0 ? ZMQ_DONTWAIT : 0;
         if (zmq_msg_recv(part, sock, flags) < 0) {
             int e = errno;
             zmq_msg_close(part);
-            if (in->nparts == 0 && e == EAGAIN)
-                return TREATY_ETIMEDOUT;
-            if (e == EINTR && in->nparts == 0)
+            if (in->nparts == 0 && (e == EAGAIN || e == EINTR))
                 return TREATY_ETIMEDOUT;
             close_parts(in);
             return TREATY_ETRANSPORT;
         }
-        more = zmq_msg_more(part);
+        int more = zmq_msg_more(part);
         if (part == &scratch) {
-            overflow = true;
+            extra++;
             zmq_msg_close(part);
         } else {
             in->nparts++;
@@ -268,7 +329,6 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
         if (!more)
             break;
     }
-    (void)more_len;
 
     size_t first = 0;
     if (router) {
@@ -289,50 +349,32 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
             in->user_id[n] = '\0';
         }
     }
-    if (overflow) {
-        close_parts(in);
-        return TREATY_ETOOBIG;
-    }
     if (in->nparts <= first) {
         close_parts(in);
         return TREATY_EPROTO;
     }
-    struct wire_frame hdr = {zmq_msg_data(&in->parts[first]), zmq_msg_size(&in->parts[first])};
-    size_t n = in->nparts - first - 1;
-    struct wire_frame frames[WIRE_MAX_FRAMES];
-    if (n > WIRE_MAX_FRAMES) {
-        close_parts(in);
-        return TREATY_ETOOBIG;
-    }
-    for (size_t i = 0; i < n; i++) {
-        frames[i].data = zmq_msg_data(&in->parts[first + 1 + i]);
-        frames[i].len = zmq_msg_size(&in->parts[first + 1 + i]);
-    }
-    int rc = wire_decode(&hdr, frames, n, max_payload, &in->msg);
+    zmq_msg_t *body = &in->parts[first];
+    int rc = wire_unpack(zmq_msg_data(body), zmq_msg_size(body), max_payload, &in->msg);
+    if (rc == 0 && extra > 0)
+        rc = TREATY_EPROTO; /* this version's header, then more ZeroMQ frames */
     if (rc < 0) {
-        /* keep the header's txid for an error reply when it decoded that far */
+        /* in->msg.hdr keeps the txid for an error reply when it decoded that far */
         close_parts(in);
         return rc;
     }
     return 0;
 }
 
-/* The plain send, without the fault filter. */
-static int send_parts(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *buf,
-                      const struct wire_frame *frames, size_t nframes)
+/* The plain send, without the fault filter: the routing id when rid is
+ * given, then m. m is sent or closed. */
+static int send_msg(void *sock, const uint8_t *rid, size_t rid_len, zmq_msg_t *m)
 {
-    /* ZMQ_DONTWAIT on every part: a multipart message is queued atomically
+    /* ZMQ_DONTWAIT on both parts: a multipart message is queued atomically
      * once its first part is accepted. */
-    if (rid != NULL) {
-        if (zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-            return TREATY_ETRANSPORT;
-    }
-    if (zmq_send(sock, buf, WIRE_HDR_LEN, (nframes ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
+    if ((rid != NULL && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) ||
+        zmq_msg_send(m, sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(m);
         return TREATY_ETRANSPORT;
-    for (size_t i = 0; i < nframes; i++) {
-        int flags = (i + 1 < nframes ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT;
-        if (zmq_send(sock, frames[i].data, frames[i].len, flags) < 0)
-            return TREATY_ETRANSPORT;
     }
     return 0;
 }
@@ -340,11 +382,16 @@ static int send_parts(void *sock, const uint8_t *rid, size_t rid_len, const uint
 int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
               size_t nframes)
 {
-    uint8_t buf[WIRE_HDR_LEN];
-    wire_encode_hdr(h, buf);
+    for (size_t i = 0; i < nframes; i++)
+        if (frames[i].len > WIRE_FRAME_LEN_MAX)
+            return TREATY_ETOOBIG;
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, wire_packed_len(frames, nframes)) != 0)
+        return TREATY_ETRANSPORT;
+    wire_pack(h, frames, nframes, zmq_msg_data(&m));
     if (netfault_on())
-        return netfault_send(sock, rid, rid_len, buf, h, frames, nframes);
-    return send_parts(sock, rid, rid_len, buf, frames, nframes);
+        return netfault_send(sock, rid, rid_len, h->type, &m);
+    return send_msg(sock, rid, rid_len, &m);
 }
 
 struct wire_frame wire_str(const char *s)
@@ -399,9 +446,11 @@ struct nf_held {
     void *sock;
     int socktype;
     long long due_ms;
-    size_t nparts; /* including the routing id, if any */
-    size_t lens[WIRE_MAX_FRAMES + 2];
-    uint8_t *data; /* all parts back to back */
+    bool has_rid;
+    uint8_t rid[WIRE_ROUTING_ID_MAX];
+    size_t rid_len;
+    size_t len;
+    uint8_t *data; /* the message */
     struct nf_held *next;
 };
 
@@ -546,68 +595,57 @@ static void netfault_release(void *sock)
          * only send when its type still matches. */
         int type = -1;
         size_t tl = sizeof type;
-        if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tl) == 0 && type == m->socktype) {
-            const uint8_t *p = m->data;
-            for (size_t i = 0; i < m->nparts; i++) {
-                int fl = (i + 1 < m->nparts ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT;
-                if (zmq_send(sock, p, m->lens[i], fl) < 0)
-                    break;
-                p += m->lens[i];
-            }
+        zmq_msg_t msg;
+        if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tl) == 0 && type == m->socktype &&
+            zmq_msg_init_size(&msg, m->len) == 0) {
+            if (m->len)
+                memcpy(zmq_msg_data(&msg), m->data, m->len);
+            (void)send_msg(sock, m->has_rid ? m->rid : NULL, m->rid_len, &msg);
         }
         free(m->data);
         free(m);
     }
 }
 
-static int nf_hold(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_frame *frames,
-                   size_t nframes)
+/* Keeps a copy of m (left to its owner) to be sent delay_ms from now. */
+static int nf_hold(void *sock, const uint8_t *rid, size_t rid_len, zmq_msg_t *m)
 {
-    struct nf_held *m = calloc(1, sizeof *m);
-    if (m == NULL)
+    struct nf_held *h = calloc(1, sizeof *h);
+    if (h == NULL)
         return TREATY_ETRANSPORT;
-    size_t total = rid_len + WIRE_HDR_LEN;
-    for (size_t i = 0; i < nframes; i++)
-        total += frames[i].len;
-    m->data = malloc(total ? total : 1);
-    if (m->data == NULL) {
-        free(m);
+    h->len = zmq_msg_size(m);
+    h->data = malloc(h->len ? h->len : 1);
+    if (h->data == NULL) {
+        free(h);
         return TREATY_ETRANSPORT;
     }
-    uint8_t *p = m->data;
+    if (h->len)
+        memcpy(h->data, zmq_msg_data(m), h->len);
     if (rid != NULL) {
-        memcpy(p, rid, rid_len);
-        p += rid_len;
-        m->lens[m->nparts++] = rid_len;
+        h->has_rid = true;
+        h->rid_len = rid_len < sizeof h->rid ? rid_len : sizeof h->rid;
+        memcpy(h->rid, rid, h->rid_len);
     }
-    memcpy(p, hdr, WIRE_HDR_LEN);
-    p += WIRE_HDR_LEN;
-    m->lens[m->nparts++] = WIRE_HDR_LEN;
-    for (size_t i = 0; i < nframes; i++) {
-        if (frames[i].len)
-            memcpy(p, frames[i].data, frames[i].len);
-        p += frames[i].len;
-        m->lens[m->nparts++] = frames[i].len;
-    }
-    size_t tl = sizeof m->socktype;
-    zmq_getsockopt(sock, ZMQ_TYPE, &m->socktype, &tl);
-    m->sock = sock;
-    m->due_ms = nf_now_ms() + nf.delay_ms;
+    size_t tl = sizeof h->socktype;
+    zmq_getsockopt(sock, ZMQ_TYPE, &h->socktype, &tl);
+    h->sock = sock;
+    h->due_ms = nf_now_ms() + nf.delay_ms;
     pthread_mutex_lock(&nf.mu);
     struct nf_held **pp = &nf.held;
     while (*pp != NULL)
         pp = &(*pp)->next;
-    *pp = m;
+    *pp = h;
     pthread_mutex_unlock(&nf.mu);
     return 0;
 }
 
-static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, const struct wire_hdr *h,
-                         const struct wire_frame *frames, size_t nframes)
+/* Sends, drops, duplicates or holds back m (a message of this type) as the
+ * filter draws; m is sent or closed either way. */
+static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t type, zmq_msg_t *m)
 {
     netfault_release(sock);
     enum { NF_PASS, NF_DROP, NF_DUP, NF_DELAY } act = NF_PASS;
-    if (h->type <= WIRE_TYPE_MAX_ && (nf.types & (1u << h->type))) {
+    if (type <= WIRE_TYPE_MAX_ && (nf.types & (1u << type))) {
         long long now = nf_now_ms();
         pthread_mutex_lock(&nf.mu);
         if (nf.start_ms < 0)
@@ -634,17 +672,30 @@ static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, const u
     }
     switch (act) {
     case NF_DROP:
+        zmq_msg_close(m);
         return 0; /* as if the network lost it */
-    case NF_DELAY:
-        return nf_hold(sock, rid, rid_len, hdr, frames, nframes);
+    case NF_DELAY: {
+        int rc = nf_hold(sock, rid, rid_len, m);
+        zmq_msg_close(m);
+        return rc;
+    }
     case NF_DUP: {
-        int rc = send_parts(sock, rid, rid_len, hdr, frames, nframes);
-        if (rc != 0)
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        if (zmq_msg_copy(&copy, m) != 0) {
+            zmq_msg_close(&copy);
+            zmq_msg_close(m);
+            return TREATY_ETRANSPORT;
+        }
+        int rc = send_msg(sock, rid, rid_len, m);
+        if (rc != 0) {
+            zmq_msg_close(&copy);
             return rc;
-        return send_parts(sock, rid, rid_len, hdr, frames, nframes);
+        }
+        return send_msg(sock, rid, rid_len, &copy);
     }
     case NF_PASS:
         break;
     }
-    return send_parts(sock, rid, rid_len, hdr, frames, nframes);
+    return send_msg(sock, rid, rid_len, m);
 }

@@ -1,18 +1,26 @@
 /*
  * wire.h - Treaty's wire codec, shared by the coordinator and libtreaty.
  *
- * Every message is one ZeroMQ multipart message. Seen from a DEALER:
+ * Every message is one ZeroMQ frame (seen from a DEALER; the coordinator's
+ * ROUTER sees one extra routing-id frame in front):
  *
- *   frame 0   header, exactly WIRE_HDR_LEN (28) bytes, big-endian fields:
- *               0..1   magic 'T' 'Y'
- *               2      version (WIRE_VERSION = 1)
- *               3      type (enum wire_type)
- *               4..19  txid (16 bytes; zero for HELLO/WELCOME)
- *               20..21 branch index (u16)
- *               22..23 attempt (u16): re-send counter of this message
- *               24..25 code (u16): vote, status or error, per type
- *               26..27 reserved, must be zero
- *   frame 1.. payload frames, per type:
+ *   bytes 0..27   the header, WIRE_HDR_LEN bytes, big-endian fields:
+ *                   0..1   magic 'T' 'Y'
+ *                   2      version (WIRE_VERSION = 2)
+ *                   3      type (enum wire_type)
+ *                   4..19  txid (16 bytes; zero for HELLO/WELCOME)
+ *                   20..21 branch index (u16)
+ *                   22..23 attempt (u16): re-send counter of this message
+ *                   24..25 code (u16): vote, status or error, per type
+ *                   26..27 reserved, must be zero
+ *   bytes 28..    the payload frames, back to back to the end of the ZeroMQ
+ *                 frame, each a u32 big-endian length and that many bytes.
+ *                 ("Frames" for the history: in version 1 each was a ZeroMQ
+ *                 frame of its own. CURVE encrypts and authenticates every
+ *                 ZeroMQ frame separately, at a fixed cost per frame, so
+ *                 version 2 sends one where version 1 sent two to six.)
+ *
+ * The payload frames per type:
  *
  *   type      dir    code                     frames
  *   HELLO     P->C   0                        service, instance
@@ -40,10 +48,12 @@
  * OUTCOME for a saga carries TREATY_STATUS_COMPLETED, _COMPENSATED, _STUCK or
  * _PENDING, with branch = the failing step.
  *
- * (P participant, C coordinator, X client.) The coordinator's ROUTER sees one
- * extra routing-id frame in front. Decoding checks the magic, version, type,
- * reserved bits and the frame count and sizes of each type; it never reads
- * outside the buffers it is given.
+ * (P participant, C coordinator, X client.) Decoding checks the magic,
+ * version, type, reserved bits, that the frames fill the message exactly, and
+ * the frame count and sizes of each type; it never reads outside the buffer
+ * it is given. A version-1 peer's message (a multipart message whose first
+ * frame is a version-1 header) decodes as TREATY_EVERSION, so it is answered
+ * with a clear error.
  */
 #ifndef TREATY_WIRE_H
 #define TREATY_WIRE_H
@@ -54,11 +64,12 @@
 
 #include <zmq.h>
 
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2
 #define WIRE_HDR_LEN 28
-#define WIRE_NAME_MAX 64      /* service and instance names */
-#define WIRE_MAX_BRANCHES 128 /* hard ceiling; the coordinator's limit is configurable below it */
-#define WIRE_MAX_STEPS 64     /* saga steps, likewise */
+#define WIRE_FRAME_LEN_MAX UINT32_MAX /* what a frame's u32 length can say */
+#define WIRE_NAME_MAX 64              /* service and instance names */
+#define WIRE_MAX_BRANCHES 128         /* hard ceiling; the coordinator's limit is configurable below it */
+#define WIRE_MAX_STEPS 64             /* saga steps, likewise */
 #define WIRE_SAGA_FRAMES_PER_STEP 6
 #define WIRE_POLICY_LEN 16
 #define WIRE_MAX_FRAMES (1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS) /* >= 2 + 2 * WIRE_MAX_BRANCHES */
@@ -133,15 +144,36 @@ const char *wire_type_name(int type);
 void wire_encode_hdr(const struct wire_hdr *h, uint8_t *buf);
 
 /*
- * Decodes a header frame and nframes payload frames into out, checking the
- * per-type frame table above. max_payload bounds every payload frame.
- * Returns 0, TREATY_EVERSION (good magic, other version), TREATY_ETOOBIG
- * (a frame larger than max_payload) or TREATY_EPROTO (anything else). On an
- * error out->hdr is all zero, or the decoded header when only the frames were
- * at fault (so a reply can echo the txid).
+ * Decodes a header (WIRE_HDR_LEN bytes) and nframes payload frames given
+ * apart into out, checking the per-type frame table above. max_payload bounds
+ * every payload frame. Returns 0, TREATY_EVERSION (good magic, other
+ * version), TREATY_ETOOBIG (a frame larger than max_payload, or more than
+ * WIRE_MAX_FRAMES) or TREATY_EPROTO (anything else). On an error out->hdr is
+ * all zero, or the decoded header when only the frames were at fault (so a
+ * reply can echo the txid). out->frames point into the caller's buffers.
  */
 int wire_decode(const struct wire_frame *hdr, const struct wire_frame *frames, size_t nframes, size_t max_payload,
                 struct wire_msg *out);
+
+/*
+ * Decodes one whole message as it travels (header, then length-prefixed
+ * frames: the layout above) from buf[len], as wire_decode would the same
+ * header and frames given apart, with the same results; a frame whose length
+ * runs past the end of buf is TREATY_EPROTO. out->frames point into buf.
+ */
+int wire_unpack(const uint8_t *buf, size_t len, size_t max_payload, struct wire_msg *out);
+
+/* The largest message the frame table above allows when no payload frame is
+ * over max_payload bytes (names WIRE_NAME_MAX, up to WIRE_MAX_BRANCHES
+ * branches or WIRE_MAX_STEPS steps): a receiver's message size limit. */
+uint64_t wire_message_max(size_t max_payload);
+
+/* The size of the message wire_pack writes for nframes frames. */
+size_t wire_packed_len(const struct wire_frame *frames, size_t nframes);
+
+/* Writes h and the frames into buf[wire_packed_len(frames, nframes)]; every
+ * frame must be at most WIRE_FRAME_LEN_MAX bytes. */
+void wire_pack(const struct wire_hdr *h, const struct wire_frame *frames, size_t nframes, uint8_t *buf);
 
 /* Big-endian u32 helpers for the small numeric frames. */
 void wire_put_u32(uint8_t *buf, uint32_t v);
@@ -168,14 +200,16 @@ struct wire_in {
      * handler runs). A struct wire_in that is not zeroed must set it. */
     bool want_user_id;
     size_t nparts;
-    zmq_msg_t parts[WIRE_MAX_FRAMES + 2];
+    zmq_msg_t parts[2]; /* the routing id (ROUTER only) and the message */
     struct wire_msg msg;
 };
 
 /*
- * Receives one whole multipart message without blocking and decodes it.
- * router: expect a routing-id frame first, and take the sender's ZAP User-Id
- * (in->user_id). Returns 0 (in->msg valid, close with wire_in_close),
+ * Receives one whole message without blocking and decodes it (wire_unpack;
+ * a message of more than one ZeroMQ frame after the routing id is
+ * TREATY_EVERSION when its first frame is another version's header, else
+ * TREATY_EPROTO). router: expect a routing-id frame first, and take the
+ * sender's ZAP User-Id (in->user_id). Returns 0 (in->msg valid, close with wire_in_close),
  * TREATY_ETIMEDOUT when nothing is waiting, TREATY_ETRANSPORT, or a decode
  * error (the whole message has been consumed; in->rid and in->user_id are
  * valid when router and in->msg.hdr as wire_decode leaves it, so the caller
@@ -185,9 +219,11 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in);
 void wire_in_close(struct wire_in *in);
 
 /*
- * Sends one message without blocking: optional routing id, the header, then
- * the frames. Returns 0, or TREATY_ETRANSPORT (peer gone, queue full: the
- * message is dropped; the protocol re-sends what matters).
+ * Sends one message without blocking: the routing id when rid is given, then
+ * the header and frames packed into one ZeroMQ frame (wire_pack). Returns 0,
+ * TREATY_ETOOBIG (a frame over WIRE_FRAME_LEN_MAX: nothing sent), or
+ * TREATY_ETRANSPORT (peer gone, queue full: the message is dropped; the
+ * protocol re-sends what matters).
  */
 int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
               size_t nframes);

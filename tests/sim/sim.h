@@ -119,8 +119,8 @@ struct node {
     int db; /* index in world.dbs */
 };
 
-/* A message on the wire: the header and frames as wire_send would encode
- * them (the receiver decodes with wire_decode, like wire_recv does). */
+/* A message on the wire: the bytes wire_send would send (wire_pack; the
+ * receiver decodes them with wire_unpack, like wire_recv does). */
 struct netmsg {
     int from; /* node id */
     unsigned from_inc;
@@ -128,9 +128,7 @@ struct netmsg {
     size_t rid_len;
     int to;          /* node id; for the coordinator: whichever incarnation is up */
     unsigned to_inc; /* participants and clients: only this incarnation receives it */
-    uint8_t hdr[WIRE_HDR_LEN];
-    size_t nframes;
-    size_t *lens;
+    size_t len;
     uint8_t *data;
 };
 

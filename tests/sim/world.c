@@ -240,15 +240,13 @@ int64_t world_wall_ms(const struct world *w, const struct node *n)
 
 /* --------------------------------------------------------------- network */
 
-/* A message is one allocation: the struct, its frame lengths, its bytes. */
-static struct netmsg *netmsg_alloc(size_t nframes, size_t total)
+/* A message is one allocation: the struct and its bytes. */
+static struct netmsg *netmsg_alloc(size_t len)
 {
-    size_t head = sizeof(struct netmsg) + (nframes + 1) * sizeof(size_t);
-    struct netmsg *m = sim_xrealloc(NULL, head + total + 1);
+    struct netmsg *m = sim_xrealloc(NULL, sizeof(struct netmsg) + len + 1);
     memset(m, 0, sizeof *m);
-    m->lens = (size_t *)(void *)(m + 1);
-    m->data = (uint8_t *)m + head;
-    m->nframes = nframes;
+    m->data = (uint8_t *)(m + 1);
+    m->len = len;
     return m;
 }
 
@@ -257,25 +255,13 @@ static void netmsg_free(struct netmsg *m)
     free(m);
 }
 
-static size_t netmsg_total(const struct netmsg *m)
-{
-    size_t total = 0;
-    for (size_t i = 0; i < m->nframes; i++)
-        total += m->lens[i];
-    return total;
-}
-
 static struct netmsg *netmsg_copy(const struct netmsg *m)
 {
-    size_t total = netmsg_total(m);
-    struct netmsg *c = netmsg_alloc(m->nframes, total);
-    size_t *lens = c->lens;
+    struct netmsg *c = netmsg_alloc(m->len);
     uint8_t *data = c->data;
     *c = *m;
-    c->lens = lens;
     c->data = data;
-    memcpy(c->lens, m->lens, m->nframes * sizeof *c->lens);
-    memcpy(c->data, m->data, total);
+    memcpy(c->data, m->data, m->len);
     return c;
 }
 
@@ -327,24 +313,14 @@ void world_send(struct world *w, int from, const uint8_t *to_rid, size_t to_rid_
             sn->code = h->code;
         }
     }
-    size_t total = 0;
-    for (size_t i = 0; i < nframes; i++)
-        total += frames[i].len;
-    struct netmsg *m = netmsg_alloc(nframes, total);
+    struct netmsg *m = netmsg_alloc(wire_packed_len(frames, nframes));
     m->from = from;
     m->from_inc = src->inc;
     memcpy(m->rid, src->rid, src->rid_len);
     m->rid_len = src->rid_len;
     m->to = to;
     m->to_inc = to_inc;
-    wire_encode_hdr(h, m->hdr);
-    size_t off = 0;
-    for (size_t i = 0; i < nframes; i++) {
-        m->lens[i] = frames[i].len;
-        if (frames[i].len)
-            memcpy(m->data + off, frames[i].data, frames[i].len);
-        off += frames[i].len;
-    }
+    wire_pack(h, frames, nframes, m->data);
     w->messages++;
     if (!w->healed && sim_rng_chance(&w->rng, w->p.msg_drop)) {
         sim_trace(w, "net: drop %s %s -> %s", wire_type_name(h->type), src->name, w->nodes[to].name);
@@ -377,16 +353,8 @@ static void deliver(struct world *w, struct netmsg *m)
         netmsg_free(m);
         return;
     }
-    struct wire_frame hf = {m->hdr, WIRE_HDR_LEN};
-    struct wire_frame frames[WIRE_MAX_FRAMES];
-    size_t off = 0;
-    for (size_t i = 0; i < m->nframes && i < WIRE_MAX_FRAMES; i++) {
-        frames[i].data = m->data + off;
-        frames[i].len = m->lens[i];
-        off += m->lens[i];
-    }
     static struct wire_msg msg;
-    int rc = wire_decode(&hf, frames, m->nframes, (size_t)1 << 24, &msg);
+    int rc = wire_unpack(m->data, m->len, (size_t)1 << 24, &msg);
     if (rc < 0) {
         world_violation(w, "a message from %s did not decode: %s", w->nodes[m->from].name, treaty_strerror(rc));
         netmsg_free(m);
