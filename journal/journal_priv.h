@@ -46,7 +46,8 @@
  *                  (collect.c).
  *
  *   reader thread  journal_reader_main() (lookup.c): owns a libpq connection
- *                  of its own, opened at the first lookup; answers lookups.
+ *                  of its own, opened at the first lookup or records request
+ *                  and kept by journal_reader_ask(); answers both.
  *                  Never touches the writer's state.
  *
  * Messages (each one frame, fixed size, same process; see open_sockets in
@@ -242,7 +243,7 @@ struct writer {
 /* State touched only by the reader thread (lookup.c) between journal_start
  * and the join. */
 struct reader {
-    PGconn *conn;             /* NULL until the first lookup, and while disconnected */
+    PGconn *conn;             /* NULL until the first request, and while disconnected */
     int backoff_ms;           /* 0 until a failure; reset by an answered query */
     int64_t next_ms;          /* after a failure: no new connection before this */
     struct util_rng rng;      /* backoff jitter */
@@ -464,6 +465,37 @@ int journal_reader_wait(struct journal *j, PGconn *c, int64_t deadline, char *er
 /* A reader's query, or a connection attempt for one, gives up after this
  * (the attempt sooner if conninfo's connect_timeout says so). */
 #define READER_TIMEOUT_MS 10000
+
+/* One request of the reader's, asked on its connection c (reader thread):
+ * returns 0 when answered; TREATY_EPG, with why filled, when the query
+ * failed (journal_reader_ask then closes c); any other error when asking
+ * again would not help (having logged why, if it needs saying). */
+typedef int (*journal_reader_fn)(struct journal *j, PGconn *c, void *arg, char *why, size_t whylen);
+
+/*
+ * Runs ask(j, c, arg, why, whylen) on the reader's connection j->r.conn,
+ * keeping that connection for the reader's next requests. Reader thread.
+ *   - No connection, and before j->r.next_ms (backing off after a failure):
+ *     returns TREATY_EBUSY at once; nothing is tried, why is untouched.
+ *   - No connection otherwise: one attempt (journal_pg_connect_within, as
+ *     APP_READER, within the lesser of attempt_timeout_ms and
+ *     READER_TIMEOUT_MS), then the connection is made non-blocking; if
+ *     either fails: as a failure below.
+ *   - ask returns 0: j->r.backoff_ms goes back to 0; returns 0.
+ *   - ask returns an error other than TREATY_EPG: returned as it is; the
+ *     connection is kept and the backoff left as it was.
+ *   - ask returns TREATY_EPG: the connection is closed. On the request's
+ *     first attempt, with no failure since the last answered request
+ *     (j->r.backoff_ms 0) and the reader not stopping, a connection that
+ *     served before may simply have been closed while idle: logs "journal:
+ *     <what> connection lost, reconnecting: <why>" at info (nothing when what
+ *     is NULL) and tries once more at once, connecting as above.
+ *   - A failure (a connection attempt, or ask's TREATY_EPG not tried again):
+ *     j->r.next_ms becomes now plus journal_backoff_delay(&j->r.backoff_ms,
+ *     connect_initial_ms, connect_max_ms, not immediate); returns TREATY_EPG
+ *     with why filled. Logs nothing: the caller says what went unanswered.
+ */
+int journal_reader_ask(struct journal *j, journal_reader_fn ask, void *arg, const char *what, char *why, size_t whylen);
 
 /* -------------------------------------------------------------- records.c */
 

@@ -299,6 +299,67 @@ out:
     return rc;
 }
 
+/* journal_priv.h */
+int journal_reader_ask(struct journal *j, journal_reader_fn ask, void *arg, const char *what, char *why, size_t whylen)
+{
+    struct reader *r = &j->r;
+    for (int attempt = 0;; attempt++) {
+        if (!r->conn) {
+            if (util_mono_ms() < r->next_ms)
+                return TREATY_EBUSY; /* backing off after a failure */
+            int limit = j->attempt_timeout_ms < READER_TIMEOUT_MS ? j->attempt_timeout_ms : READER_TIMEOUT_MS;
+            r->conn = journal_pg_connect_within(j, reader_stopped, APP_READER, limit, why, whylen);
+            if (r->conn && PQsetnonblocking(r->conn, 1) != 0) {
+                journal_pg_error(r->conn, NULL, why, whylen);
+                PQfinish(r->conn);
+                r->conn = NULL;
+            }
+            if (!r->conn)
+                goto fail;
+        }
+        int rc = ask(j, r->conn, arg, why, whylen);
+        if (rc == 0) {
+            r->backoff_ms = 0;
+            return 0;
+        }
+        if (rc != TREATY_EPG)
+            return rc; /* e.g. a malformed row (logged): asking again would not help */
+        PQfinish(r->conn);
+        r->conn = NULL;
+        /* A connection that served before may simply have been closed while
+         * idle (a Postgres restart): one more try at once. */
+        if (attempt > 0 || r->backoff_ms != 0 || reader_stopped(j))
+            goto fail;
+        if (what)
+            log_info("journal: %s connection lost, reconnecting: %s", what, why);
+    }
+
+fail:
+    r->next_ms = util_mono_ms() +
+                 journal_backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
+    return TREATY_EPG;
+}
+
+/* A lookup query: its txids, and where their answers go. */
+struct lookup_req {
+    const uint8_t (*txid)[16];
+    unsigned n;
+    struct journal_lookup_result *out;
+};
+
+/* A journal_reader_fn: asks for the txids of the lookup_req arg (its uuid[]
+ * literal in j->r.param) and fills its answers. */
+static int lookup_ask(struct journal *j, PGconn *c, void *arg, char *why, size_t whylen)
+{
+    const struct lookup_req *q = arg;
+    PGresult *res = NULL;
+    if (lookup_query(j, c, j->r.param.data, &res, why, whylen) != 0)
+        return TREATY_EPG;
+    int rc = lookup_answer(res, q->txid, q->n, q->out);
+    PQclear(res);
+    return rc;
+}
+
 /* Answers txid[0..n) into a->r: from Postgres, or with TREATY_EPG. */
 static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned n, struct answers *a)
 {
@@ -314,49 +375,16 @@ static void reader_answer(struct journal *j, const uint8_t (*txid)[16], unsigned
     }
     buf_put(&r->param, n ? "}" : "{}", n ? 2 : 3);
 
-    for (int attempt = 0;; attempt++) {
-        if (!r->conn) {
-            if (util_mono_ms() < r->next_ms) {
-                /* Backing off after a failure: answered at once. */
-                log_debug("journal: %u lookups answered TREATY_EPG (PostgreSQL unreachable, next attempt in %lld ms)",
-                          n, (long long)(r->next_ms - util_mono_ms()));
-                goto answer_error;
-            }
-            int limit = j->attempt_timeout_ms < LOOKUP_TIMEOUT_MS ? j->attempt_timeout_ms : LOOKUP_TIMEOUT_MS;
-            r->conn = journal_pg_connect_within(j, reader_stopped, APP_READER, limit, why, sizeof why);
-            if (r->conn && PQsetnonblocking(r->conn, 1) != 0) {
-                journal_pg_error(r->conn, NULL, why, sizeof why);
-                PQfinish(r->conn);
-                r->conn = NULL;
-            }
-            if (!r->conn)
-                goto fail;
-        }
-        PGresult *res = NULL;
-        if (lookup_query(j, r->conn, r->param.data, &res, why, sizeof why) == 0) {
-            int rc = lookup_answer(res, txid, n, a->r);
-            PQclear(res);
-            if (rc == 0) {
-                r->backoff_ms = 0;
-                return;
-            }
-            goto answer_error; /* a malformed row (logged): asking again would not help */
-        }
-        PQfinish(r->conn);
-        r->conn = NULL;
-        /* A connection that served lookups before may simply have been
-         * closed while idle (a Postgres restart): one more try at once. */
-        if (attempt > 0 || r->backoff_ms != 0 || reader_stopped(j))
-            goto fail;
-        log_info("journal: lookup connection lost, reconnecting: %s", why);
-    }
-
-fail:
-    r->next_ms = util_mono_ms() +
-                 journal_backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
-    if (!reader_stopped(j))
+    struct lookup_req q = {.txid = txid, .n = n, .out = a->r};
+    int rc = journal_reader_ask(j, lookup_ask, &q, "lookup", why, sizeof why);
+    if (rc == 0)
+        return;
+    if (rc == TREATY_EBUSY) {
+        log_debug("journal: %u lookups answered TREATY_EPG (PostgreSQL unreachable, next attempt in %lld ms)", n,
+                  (long long)(r->next_ms - util_mono_ms()));
+    } else if (rc == TREATY_EPG && !reader_stopped(j)) {
         log_warn("journal: cannot look up %u transactions (answered TREATY_EPG): %s", n, why);
-answer_error:
+    }
     for (unsigned i = 0; i < n; i++) {
         memset(&a->r[i], 0, sizeof a->r[i]);
         memcpy(a->r[i].txid, txid[i], 16);

@@ -114,50 +114,34 @@ static int query(struct journal *j, PGconn *c, const char *txid, PGresult **out,
     return 0;
 }
 
-/* Answers one request into a: from Postgres, or with TREATY_EPG. Uses and
- * keeps the reader's connection like lookup.c's reader_answer: one more try
- * at once when a connection that served before was lost, then the backoff. */
+/* A journal_reader_fn: reads the records of the journal_records arg's txid
+ * into it. */
+static int records_ask(struct journal *j, PGconn *c, void *arg, char *why, size_t whylen)
+{
+    struct journal_records *a = arg;
+    char id[37];
+    journal_txid_format(a->txid, id);
+    PGresult *res = NULL;
+    if (query(j, c, id, &res, why, whylen) != 0)
+        return TREATY_EPG;
+    int rc = fill(res, a);
+    PQclear(res);
+    return rc;
+}
+
+/* Answers one request into a: from Postgres, or with TREATY_EPG, on the
+ * reader's connection with its rules (journal_reader_ask). */
 static void answer(struct journal *j, struct journal_records *a)
 {
-    struct reader *r = &j->r;
-    char why[ERRLEN] = "", id[37];
-    journal_txid_format(a->txid, id);
-    for (int attempt = 0;; attempt++) {
-        if (!r->conn) {
-            if (util_mono_ms() < r->next_ms)
-                goto answer_error; /* backing off after a failure */
-            int limit = j->attempt_timeout_ms < READER_TIMEOUT_MS ? j->attempt_timeout_ms : READER_TIMEOUT_MS;
-            r->conn = journal_pg_connect_within(j, stopped, APP_READER, limit, why, sizeof why);
-            if (r->conn && PQsetnonblocking(r->conn, 1) != 0) {
-                journal_pg_error(r->conn, NULL, why, sizeof why);
-                PQfinish(r->conn);
-                r->conn = NULL;
-            }
-            if (!r->conn)
-                goto fail;
-        }
-        PGresult *res = NULL;
-        if (query(j, r->conn, id, &res, why, sizeof why) == 0) {
-            int rc = fill(res, a);
-            PQclear(res);
-            if (rc == 0) {
-                r->backoff_ms = 0;
-                return;
-            }
-            goto answer_error; /* a malformed row (logged): asking again would not help */
-        }
-        PQfinish(r->conn);
-        r->conn = NULL;
-        if (attempt > 0 || r->backoff_ms != 0 || stopped(j))
-            goto fail;
-    }
-
-fail:
-    r->next_ms = util_mono_ms() +
-                 journal_backoff_delay(&r->backoff_ms, j->connect_initial_ms, j->connect_max_ms, false, &r->rng);
-    if (!stopped(j))
+    char why[ERRLEN] = "";
+    int rc = journal_reader_ask(j, records_ask, a, NULL, why, sizeof why);
+    if (rc == 0)
+        return;
+    if (rc == TREATY_EPG && !stopped(j)) {
+        char id[37];
+        journal_txid_format(a->txid, id);
         log_warn("journal: cannot read the records of %s (answered TREATY_EPG): %s", id, why);
-answer_error:
+    }
     a->n = 0;
     a->truncated = false;
     a->error = TREATY_EPG;
