@@ -176,10 +176,10 @@ uint64_t journal_durable(struct journal *j);
  * Postgres is answered with error = TREATY_EPG (the caller refuses or
  * retries), even when Postgres does not answer at all: a connection attempt
  * or a query gives up after 10 s (the attempt sooner if conninfo's
- * connect_timeout says so), and a batch gets at most two tries. After a
- * failure the reader reconnects with the writer's backoff
- * (connect_initial_ms .. connect_max_ms) and answers lookups that come in
- * meanwhile with TREATY_EPG at once.
+ * connect_timeout says so), and each query (of up to 1,000 txids) gets at
+ * most two tries. After a failure the reader reconnects with the writer's
+ * backoff (connect_initial_ms .. connect_max_ms) and answers lookups that
+ * come in meanwhile with TREATY_EPG at once.
  *
  * The outcome is that of the txid's latest run (the records after its last
  * END, or else those up to it; see journal_scan). Records stored twice by

@@ -21,7 +21,8 @@
 
 /*
  * Outcome lookups. The reader thread owns a libpq connection of its own,
- * opened at its first lookup, so that a lookup never waits behind a group
+ * opened at its first lookup or records request and kept by
+ * journal_reader_ask(), so that a lookup never waits behind a group
  * and a group never waits behind a lookup. It answers every batch it finds
  * waiting with queries of up to LOOKUP_CHUNK txids each (one round trip).
  *
@@ -190,7 +191,7 @@ int journal_reader_wait(struct journal *j, PGconn *c, int64_t deadline, char *er
         }
         int64_t left = deadline - util_mono_ms();
         if (left <= 0) {
-            journal_set_err(err, errlen, "no answer within %d ms", LOOKUP_TIMEOUT_MS);
+            journal_set_err(err, errlen, "no answer within %d ms", READER_TIMEOUT_MS); /* both callers wait that long */
             return TREATY_EPG;
         }
         struct pollfd p = {.fd = PQsocket(c), .events = (short)(POLLIN | (f == 1 ? POLLOUT : 0))};

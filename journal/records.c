@@ -134,7 +134,7 @@ static int records_ask(struct journal *j, PGconn *c, void *arg, char *why, size_
 static void answer(struct journal *j, struct journal_records *a)
 {
     char why[ERRLEN] = "";
-    int rc = journal_reader_ask(j, records_ask, a, NULL, why, sizeof why);
+    int rc = journal_reader_ask(j, records_ask, a, "records", why, sizeof why);
     if (rc == 0)
         return;
     if (rc == TREATY_EPG && !stopped(j)) {
