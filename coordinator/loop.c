@@ -59,6 +59,7 @@ struct loop {
     struct admin_peer *pending; /* admin.max_pending slots: requests the core has not answered */
     uint64_t admin_seq;         /* tokens: slot index + max_pending * sequence */
     struct wire_in *in;
+    struct wire_batch *out;       /* what the core sends, bundled per peer until the turn ends */
     struct reload *reload;        /* borrowed from loop_run's caller */
     struct allowlist *allow_next; /* the allow-list item's prepared list */
     uint64_t durable_seq;         /* the watermark last handed to the core */
@@ -81,7 +82,7 @@ static void io_send(void *ctx, const uint8_t *rid, size_t rid_len, const struct 
 {
     static const uint8_t none[16];
     struct loop *l = ctx;
-    if (wire_send(l->router, rid, rid_len, h, frames, nframes) < 0)
+    if (wire_batch_send(l->out, l->router, rid, rid_len, h, frames, nframes) < 0)
         log_txn(LOG_LEVEL_DEBUG, memcmp(h->txid, none, 16) != 0 ? h->txid : NULL, "send %s failed: %s (peer gone?)",
                 wire_type_name(h->type), zmq_strerror(errno));
     else
@@ -290,6 +291,8 @@ static int open_router(struct loop *l)
     /* the largest message the wire's frame table allows: bigger ones are cut
      * off by libzmq before they take memory */
     int64_t maxmsg = (int64_t)wire_message_max(frame_limit(l));
+    if (maxmsg < WIRE_BUNDLE_BYTES)
+        maxmsg = WIRE_BUNDLE_BYTES; /* a bundle of participants' answers */
     zmq_setsockopt(l->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(l->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(l->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -454,6 +457,13 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
             mhd = nitems++;
             items[mhd] = (zmq_pollitem_t){NULL, metrics_http_fd(l->metrics), ZMQ_POLLIN, 0};
         }
+        /* What the last turn sent goes out before we wait; a bundle with
+         * messages left to read is read without waiting. */
+        size_t lost = wire_batch_flush(l->out, l->router);
+        if (lost > 0)
+            log_debug("%zu messages not sent (peers gone or queues full); the protocol re-sends what matters", lost);
+        if (wire_in_pending(l->in))
+            timeout = 0;
         int n = zmq_poll(items, nitems, timeout);
         if (n < 0 && errno != EINTR) {
             log_error("zmq_poll: %s", zmq_strerror(errno));
@@ -466,7 +476,7 @@ static int serve(struct loop *l, volatile sig_atomic_t *stop, volatile sig_atomi
                 ;
         if (n > 0 && (items[1].revents & ZMQ_POLLIN))
             journal_news(l);
-        if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
+        if ((n > 0 && (items[0].revents & ZMQ_POLLIN)) || wire_in_pending(l->in)) {
             /* Receive until EAGAIN: asking ZMQ_EVENTS before every message
              * costs a system call each. */
             for (int k = 0; k < MAX_MSGS_PER_TURN && handle_message(l); k++)
@@ -543,10 +553,11 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
         log_info("security: CURVE off: every peer that connects to %s is trusted with every role (docs/security.md)",
                  cfg->listen);
     }
-    l->in = malloc(sizeof *l->in);
-    if (l->in == NULL) {
+    l->in = calloc(1, sizeof *l->in);
+    l->out = wire_batch_new();
+    if (l->in == NULL || l->out == NULL) {
         rc = TREATY_ENOMEM;
-        goto fail_in;
+        goto fail_core;
     }
     l->in->want_user_id = l->sec != NULL;
     struct core_io io = {
@@ -633,6 +644,8 @@ int loop_run(const struct config *cfg, struct reload *reload_set, volatile sig_a
     log_stats(l);
 
     metrics_http_stop(&l->metrics);
+    (void)wire_batch_flush(l->out, l->router);
+    wire_in_discard(l->in);
     zmq_close(l->router);
 fail_start:
     if (l->admin != NULL)
@@ -647,6 +660,7 @@ fail_recover:
 fail_journal:
     core_destroy(&l->core);
 fail_core:
+    wire_batch_free(&l->out);
     free(l->in);
 fail_in:
     allowlist_free(&l->allow_next);

@@ -1372,11 +1372,13 @@ static void rogue_send(struct run *r, void *sock, int k, uint8_t type, const uin
 /* Takes whatever the coordinator sent key k. */
 static void rogue_drain(struct run *r, void *sock, int k)
 {
+    struct wire_in in = {0}; /* read to the end: a bundle's rest too */
     for (;;) {
-        struct wire_in in;
         int rc = wire_recv(sock, false, 1u << 20, &in);
-        if (rc == TREATY_ETIMEDOUT || rc == TREATY_ETRANSPORT)
+        if (rc == TREATY_ETIMEDOUT || rc == TREATY_ETRANSPORT) {
+            wire_in_discard(&in);
             return;
+        }
         atomic_fetch_add(&r->rogue_got[k], 1);
         if (rc != 0)
             continue;

@@ -26,7 +26,9 @@
  * copied into an allocation of exactly its size and given to wire_unpack
  * under the same bounds: the results must be consistent as above, and a
  * decoded message must have frames inside the buffer that wire_pack lays out
- * into exactly the same bytes.
+ * into exactly the same bytes. When those bytes are a bundle, its entries
+ * are read with wire_bundle_next (each inside the buffer, after the one
+ * before, until the end) and each is checked the same way.
  *
  * Any violation aborts, so the fuzzer reports it.
  *
@@ -246,14 +248,54 @@ static void check_packed(const struct wire_frame *hdr, const struct wire_frame *
     free(b);
 }
 
+static void unpack_checked(const uint8_t *b, size_t size);
+
+/* A bundle's entries, each one message checked as unpack_checked does. */
+static void fuzz_bundle(const uint8_t *b, size_t size)
+{
+    size_t off = WIRE_BUNDLE_HDR_LEN, entries = 0;
+    for (;;) {
+        const uint8_t *m = NULL;
+        size_t mlen = 0, before = off;
+        int rc = wire_bundle_next(b, size, &off, &m, &mlen);
+        CHECK(rc == 0 || rc == TREATY_EPROTO || rc == TREATY_EVERSION);
+        if (rc != 0) {
+            CHECK(off == size);
+            CHECK(rc != TREATY_EVERSION || (entries == 0 && size >= WIRE_BUNDLE_HDR_LEN && b[2] != WIRE_VERSION));
+            return;
+        }
+        CHECK(m == b + before + 4 && mlen <= size && m + mlen == b + off && off <= size);
+        entries++;
+        uint8_t *copy = malloc(mlen ? mlen : 1); /* exact size: a read past the entry is caught */
+        CHECK(copy != NULL);
+        if (mlen)
+            memcpy(copy, m, mlen);
+        unpack_checked(copy, mlen);
+        free(copy);
+        if (off == size)
+            return;
+    }
+}
+
 /* Bytes as they travel, given to wire_unpack. */
 static void fuzz_packed(const uint8_t *data, size_t size)
 {
-    static struct wire_msg msg;
     uint8_t *b = malloc(size ? size : 1);
     CHECK(b != NULL);
     if (size)
         memcpy(b, data, size);
+    if (wire_is_bundle(b, size))
+        fuzz_bundle(b, size);
+    else
+        unpack_checked(b, size);
+    free(b);
+}
+
+/* One message's bytes b[size] (an allocation of exactly that size) under
+ * every bound. */
+static void unpack_checked(const uint8_t *b, size_t size)
+{
+    static struct wire_msg msg;
     int rcs[NMAX];
     for (size_t k = 0; k < NMAX; k++) {
         memset(&msg, 0xa5, sizeof msg);
@@ -277,7 +319,6 @@ static void fuzz_packed(const uint8_t *data, size_t size)
         free(again);
     }
     check_bounds(rcs);
-    free(b);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -557,6 +598,29 @@ int main(int argc, char **argv)
     write_seed(dir, "packed-cut", b, len - 1);
     b[len] = 0;
     write_seed(dir, "packed-trailing", b, len + 1);
+
+    /* bundles: PREPARE, VOTE yes, COMMIT, ACK; then cut short, and with
+     * another version */
+    b[0] = 2;
+    b[1] = 'T';
+    b[2] = 'B';
+    b[3] = WIRE_VERSION;
+    b[4] = 0;
+    len = 1 + WIRE_BUNDLE_HDR_LEN;
+    const struct wire_hdr bh[] = {hdr(WIRE_PREPARE, 0), hdr(WIRE_VOTE, TREATY_VOTE_YES), hdr(WIRE_COMMIT, 0),
+                                  hdr(WIRE_ACK, TREATY_STATUS_COMMITTED)};
+    const struct wire_frame *bf[] = {prep, empty, NULL, NULL};
+    const size_t bn[] = {1, 1, 0, 0};
+    for (size_t i = 0; i < 4; i++) {
+        size_t ml = wire_packed_len(bf[i], bn[i]);
+        wire_put_u32(b + len, (uint32_t)ml);
+        wire_pack(&bh[i], bf[i], bn[i], b + len + 4);
+        len += 4 + ml;
+    }
+    write_seed(dir, "bundle", b, len);
+    write_seed(dir, "bundle-cut", b, len - 3);
+    b[3] = WIRE_VERSION + 1;
+    write_seed(dir, "bundle-version-other", b, len);
     return 0;
 }
 

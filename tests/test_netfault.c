@@ -65,7 +65,7 @@ static int recv_all(struct pair *p, int ms, int *seq, int cap)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
-        struct wire_in in;
+        struct wire_in in = {0};
         in.want_user_id = false;
         int rc = wire_recv(p->router, true, 65536, &in);
         if (rc == 0) {
@@ -81,7 +81,7 @@ static int recv_all(struct pair *p, int ms, int *seq, int cap)
         if (el > ms)
             return got;
         /* the dealer's wire_send/wire_recv releases held messages */
-        struct wire_in tmp;
+        struct wire_in tmp = {0};
         if (wire_recv(p->dealer, false, 65536, &tmp) == 0)
             wire_in_close(&tmp);
         zmq_poll(NULL, 0, 5);

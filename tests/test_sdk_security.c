@@ -197,8 +197,11 @@ static void fake_open(struct fake *f, bool curve)
     cr_assert_eq(zmq_getsockopt(f->sock, ZMQ_LAST_ENDPOINT, f->endpoint, &len), 0);
 }
 
+static struct wire_in fake_in; /* fake_expect's */
+
 static void fake_close(struct fake *f)
 {
+    wire_in_discard(&fake_in);
     zmq_close(f->sock);
     if (f->zap_running) {
         atomic_store(&f->stop, true);
@@ -217,48 +220,34 @@ struct got {
     char user_id[TREATY_KEY_LEN + 1]; /* what the ZAP handler said: the peer's public key */
 };
 
-/* Receives until a message of type arrives within timeout_ms. */
+/* Receives until a message of type arrives within timeout_ms (wire_recv, so
+ * a bundle of the participant's answers is read message by message; one
+ * fake at a time). */
 static bool fake_expect(struct fake *f, uint8_t type, struct got *g, int timeout_ms)
 {
+    struct wire_in *in = &fake_in;
     int64_t deadline = now_ms() + timeout_ms;
+    /* a received frame carries its connection's metadata: the user id is
+     * what the ZAP handler answered (the peer's public key) */
+    in->want_user_id = true;
     for (;;) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, f->sock, ZMQ_DONTWAIT) >= 0) {
+        int rc = wire_recv(f->sock, true, 1u << 20, in);
+        if (rc == 0) {
             memset(g, 0, sizeof *g);
-            size_t rl = zmq_msg_size(&m);
-            cr_assert_leq(rl, sizeof g->rid);
-            memcpy(g->rid, zmq_msg_data(&m), rl);
-            g->rid_len = rl;
-            zmq_msg_close(&m);
-            zmq_msg_t parts[1 + WIRE_MAX_FRAMES];
-            int n = 0, more = 1;
-            while (more && n < 1 + WIRE_MAX_FRAMES) {
-                zmq_msg_init(&parts[n]);
-                cr_assert_geq(zmq_msg_recv(&parts[n], f->sock, 0), 0);
-                more = zmq_msg_more(&parts[n]);
-                n++;
-            }
-            /* a received frame carries its connection's metadata: the user id
-             * is what the ZAP handler answered (the peer's public key) */
-            const char *uid = zmq_msg_gets(&parts[0], "User-Id");
-            if (uid != NULL)
-                snprintf(g->user_id, sizeof g->user_id, "%s", uid);
-            static struct wire_msg msg;
-            bool ok = n == 1 && wire_unpack(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), 1u << 20, &msg) == 0;
-            if (ok) {
-                g->hdr = msg.hdr;
-                g->nframes = msg.nframes;
-                for (size_t i = 0; i < msg.nframes && i < 2; i++)
-                    wire_copy_text(&msg.frames[i], g->frame[i], sizeof g->frame[i]);
-            }
-            for (int i = 0; i < n; i++)
-                zmq_msg_close(&parts[i]);
-            if (ok && g->hdr.type == type)
+            memcpy(g->rid, in->rid, in->rid_len);
+            g->rid_len = in->rid_len;
+            snprintf(g->user_id, sizeof g->user_id, "%.*s", (int)sizeof g->user_id - 1, in->user_id);
+            g->hdr = in->msg.hdr;
+            g->nframes = in->msg.nframes;
+            for (size_t i = 0; i < in->msg.nframes && i < 2; i++)
+                wire_copy_text(&in->msg.frames[i], g->frame[i], sizeof g->frame[i]);
+            wire_in_close(in);
+            if (g->hdr.type == type)
                 return true;
             continue;
         }
-        zmq_msg_close(&m);
+        if (rc != TREATY_ETIMEDOUT)
+            continue; /* malformed: the SDK never sends such */
         int64_t left = deadline - now_ms();
         if (left <= 0)
             return false;

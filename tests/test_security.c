@@ -239,7 +239,7 @@ static uint8_t hello(void *s, const char *svc, const char *inst, int ms, char *w
 {
     struct wire_frame f[2] = {wire_str(svc), wire_str(inst)};
     put(s, WIRE_HELLO, NULL, 0, 0, f, 2);
-    struct wire_in in;
+    struct wire_in in = {0};
     for (;;) {
         if (!get(s, ms, &in))
             return 0;
@@ -267,7 +267,7 @@ static void submit(void *s, const treaty_txid_t *tx, const char *svc, uint32_t t
 static int answer(void *s, const treaty_txid_t *tx, int ms, char *why, size_t len)
 {
     long long deadline = support_now_ms() + ms;
-    struct wire_in in;
+    struct wire_in in = {0};
     for (;;) {
         long long left = deadline - support_now_ms();
         if (left <= 0 || !get(s, (int)left, &in))
@@ -366,7 +366,7 @@ Test(security, a_client_key_sending_votes_is_ignored)
     treaty_txid_t tx;
     treaty_txid_generate(&tx);
     submit(client, &tx, "svc-a", 2000);
-    struct wire_in in;
+    struct wire_in in = {0};
     cr_assert(get_type(p, WIRE_PREPARE, 10000, &in), "the participant is asked");
     wire_in_close(&in);
     struct wire_frame reason = wire_str("");
@@ -400,7 +400,7 @@ Test(security, a_participant_key_of_one_service_cannot_register_another)
     submit(client, &tx, "svc-b", 5000);
     cr_assert_eq(answer(client, &tx, 10000, why, sizeof why), TREATY_STATUS_ABORTED);
     cr_assert(strstr(why, "no live instance of service svc-b"), "%s", why);
-    struct wire_in in;
+    struct wire_in in = {0};
     cr_assert_not(get_type(p, WIRE_PREPARE, 300, &in), "svc-b's branch never reaches svc-a's key");
     cr_assert_eq(hello(p, "svc-a", "a1", 10000, NULL, 0), WIRE_WELCOME, "its own service it may");
     wait_log(&c, "refused (service) HELLO as svc-b/b1");
@@ -418,7 +418,7 @@ static void no_takeover(struct coord *c, void *owner, void *thief, void *client)
     treaty_txid_t tx;
     treaty_txid_generate(&tx);
     submit(client, &tx, "bank-a", 5000);
-    struct wire_in in;
+    struct wire_in in = {0};
     cr_assert(get_type(owner, WIRE_PREPARE, 10000, &in), "the owner is asked");
     wire_in_close(&in);
     cr_assert_not(get_type(thief, WIRE_PREPARE, 300, &in), "the thief is not");
@@ -583,7 +583,7 @@ Test(security, a_client_beyond_its_limit_is_refused)
     /* the participant never votes: both stay in flight for 60 s */
     submit(c1, &tx[0], "svc-a", 60000);
     submit(c1, &tx[1], "svc-a", 60000);
-    struct wire_in in;
+    struct wire_in in = {0};
     for (int i = 0; i < 2; i++) {
         cr_assert(get_type(p, WIRE_PREPARE, 10000, &in));
         wire_in_close(&in);

@@ -160,7 +160,8 @@ void treaty_client_destroy(treaty_client_t **cp)
         return;
     struct treaty_client *c = *cp;
     ccore_destroy(&c->core); /* every request, without callbacks */
-    link_close(&c->link);    /* ZMQ_LINGER 0: queued requests are dropped */
+    wire_in_discard(&c->in);
+    link_close(&c->link); /* ZMQ_LINGER 0: queued requests are dropped */
     free(c);
     *cp = NULL;
 }

@@ -80,6 +80,7 @@ struct treaty_participant {
     bool log_stderr;
 
     struct wire_in in;
+    struct wire_batch *out; /* what the core sends, bundled until the turn ends */
 
     pthread_mutex_t err_lock;
     char errmsg[PARTICIPANT_ERRMSG_MAX];     /* written under err_lock, any thread */
@@ -102,7 +103,7 @@ static int shell_send(void *ctx, const struct wire_hdr *h, const struct wire_fra
                       const char **why)
 {
     struct treaty_participant *p = ctx;
-    int rc = wire_send(p->sock, NULL, 0, h, frames, nframes);
+    int rc = wire_batch_send(p->out, p->sock, NULL, 0, h, frames, nframes);
     if (rc < 0)
         *why = zmq_strerror(errno);
     return rc;
@@ -176,6 +177,11 @@ int treaty_participant_new_secure(const char *endpoint, const char *service, con
     const char *log = getenv("TREATY_SDK_LOG");
     p->log_stderr = log != NULL && *log != '\0' && strcmp(log, "0") != 0;
     snprintf(p->errmsg, sizeof p->errmsg, "no error");
+    p->out = wire_batch_new();
+    if (p->out == NULL) {
+        err = TREATY_ENOMEM;
+        goto fail_batch;
+    }
     if (pthread_mutex_init(&p->err_lock, NULL) != 0) {
         err = TREATY_EIO;
         goto fail_mutex;
@@ -206,6 +212,8 @@ fail_link:
 fail_core:
     pthread_mutex_destroy(&p->err_lock);
 fail_mutex:
+    wire_batch_free(&p->out);
+fail_batch:
     free(p);
     return err;
 }
@@ -223,8 +231,10 @@ void treaty_participant_destroy(treaty_participant_t **pp)
     struct treaty_participant *p = *pp;
     if (atomic_load(&p->running))
         treaty_participant_stop(p);
-    link_close(&p->link);    /* ZMQ_LINGER 0: unsent replies are dropped; the coordinator re-sends */
-    pcore_destroy(&p->core); /* step handlers' args, then the extension */
+    wire_in_discard(&p->in);
+    wire_batch_free(&p->out); /* unsent replies are dropped; the coordinator re-sends */
+    link_close(&p->link);     /* ZMQ_LINGER 0: likewise */
+    pcore_destroy(&p->core);  /* step handlers' args, then the extension */
     pthread_mutex_destroy(&p->err_lock);
     free(p);
     *pp = NULL;
@@ -286,6 +296,14 @@ static void watch_link(struct treaty_participant *p)
 /* One turn: the link's news and the timers first, then up to
  * PARTICIPANT_BATCH messages. Returns the number of messages read (malformed
  * ones included) or TREATY_ETRANSPORT. */
+/* Sends what the core sent since the last flush. */
+static void flush(struct treaty_participant *p)
+{
+    size_t lost = wire_batch_flush(p->out, p->sock);
+    if (lost > 0)
+        participant_errorf(p, "%zu messages to the coordinator not sent (it re-sends what matters)", lost);
+}
+
 static int turn(struct treaty_participant *p)
 {
     watch_link(p);
@@ -312,6 +330,7 @@ static int turn(struct treaty_participant *p)
         pcore_on_message(p->core, &p->in.msg, participant_now_ms());
         wire_in_close(&p->in);
     }
+    flush(p);
     return n;
 }
 
@@ -365,7 +384,9 @@ int treaty_participant_inquire(treaty_participant_t *p, const treaty_txid_t *id,
         return TREATY_EINVAL;
     if (!participant_on_owner_thread(p))
         return TREATY_ESTATE;
-    return pcore_inquire(p->core, id, branch) < 0 ? TREATY_ETRANSPORT : 0;
+    int rc = pcore_inquire(p->core, id, branch) < 0 ? TREATY_ETRANSPORT : 0;
+    flush(p);
+    return rc;
 }
 
 /* ----------------------------------------------------------- SDK thread */

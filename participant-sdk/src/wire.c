@@ -16,6 +16,9 @@
 
 static bool netfault_on(void);
 static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t type, zmq_msg_t *m);
+enum nf_act { NF_PASS, NF_DROP, NF_DUP, NF_DELAY };
+static enum nf_act nf_draw(uint8_t type);
+static int nf_hold(void *sock, const uint8_t *rid, size_t rid_len, zmq_msg_t *m);
 static void netfault_release(void *sock);
 
 static const char *const type_names[] = {
@@ -259,6 +262,44 @@ uint64_t wire_message_max(size_t max_payload)
     return WIRE_HDR_LEN + (most > other ? most : other);
 }
 
+bool wire_is_bundle(const uint8_t *buf, size_t len)
+{
+    return len >= 2 && buf[0] == 'T' && buf[1] == 'B';
+}
+
+int wire_bundle_next(const uint8_t *buf, size_t len, size_t *off, const uint8_t **msg, size_t *msg_len)
+{
+    if (*off == 0) { /* a caller's mistake: the header is not an entry */
+        *off = len;
+        return TREATY_EPROTO;
+    }
+    if (*off == WIRE_BUNDLE_HDR_LEN) {
+        if (len < WIRE_BUNDLE_HDR_LEN || !wire_is_bundle(buf, len) || buf[3] != 0) {
+            *off = len;
+            return TREATY_EPROTO;
+        }
+        if (buf[2] != WIRE_VERSION) {
+            *off = len;
+            return TREATY_EVERSION;
+        }
+    }
+    if (*off >= len || len - *off < 4) {
+        *off = len;
+        return TREATY_EPROTO;
+    }
+    size_t at = *off;
+    size_t n = ((size_t)buf[at] << 24) | ((size_t)buf[at + 1] << 16) | ((size_t)buf[at + 2] << 8) | buf[at + 3];
+    at += 4;
+    if (n > len - at) {
+        *off = len;
+        return TREATY_EPROTO;
+    }
+    *msg = buf + at;
+    *msg_len = n;
+    *off = at + n;
+    return 0;
+}
+
 size_t wire_packed_len(const struct wire_frame *frames, size_t nframes)
 {
     size_t n = WIRE_HDR_LEN;
@@ -290,7 +331,37 @@ static void close_parts(struct wire_in *in)
 
 void wire_in_close(struct wire_in *in)
 {
+    if (wire_in_pending(in))
+        return;
     close_parts(in);
+    in->bundle_off = in->bundle_len = 0;
+}
+
+bool wire_in_pending(const struct wire_in *in)
+{
+    return in->bundle_off < in->bundle_len;
+}
+
+void wire_in_discard(struct wire_in *in)
+{
+    close_parts(in);
+    in->bundle_off = in->bundle_len = 0;
+}
+
+/* The next message of the bundle in holds, into in->msg. */
+static int next_in_bundle(struct wire_in *in, size_t max_payload)
+{
+    zmq_msg_t *body = &in->parts[in->nparts - 1];
+    const uint8_t *m = NULL;
+    size_t mlen = 0;
+    memset(&in->msg.hdr, 0, sizeof in->msg.hdr);
+    in->msg.nframes = 0;
+    int rc = wire_bundle_next(zmq_msg_data(body), in->bundle_len, &in->bundle_off, &m, &mlen);
+    if (rc == 0)
+        rc = wire_unpack(m, mlen, max_payload, &in->msg);
+    if (rc < 0 && !wire_in_pending(in))
+        wire_in_discard(in); /* the last of the bundle was at fault: nothing to close later */
+    return rc;
 }
 
 int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
@@ -298,6 +369,9 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
     const size_t want = router ? 2 : 1; /* the routing id, the message */
     size_t extra = 0;                   /* ZeroMQ frames past those */
 
+    if (wire_in_pending(in)) /* the rest of a bundle first; in->rid and user_id are its sender's */
+        return next_in_bundle(in, max_payload);
+    in->bundle_off = in->bundle_len = 0;
     in->nparts = 0;
     in->rid_len = 0;
     in->user_id[0] = '\0';
@@ -354,6 +428,11 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
         return TREATY_EPROTO;
     }
     zmq_msg_t *body = &in->parts[first];
+    if (extra == 0 && wire_is_bundle(zmq_msg_data(body), zmq_msg_size(body))) {
+        in->bundle_off = WIRE_BUNDLE_HDR_LEN;
+        in->bundle_len = zmq_msg_size(body);
+        return next_in_bundle(in, max_payload);
+    }
     int rc = wire_unpack(zmq_msg_data(body), zmq_msg_size(body), max_payload, &in->msg);
     if (rc == 0 && extra > 0)
         rc = TREATY_EPROTO; /* this version's header, then more ZeroMQ frames */
@@ -392,6 +471,173 @@ int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_
     if (netfault_on())
         return netfault_send(sock, rid, rid_len, h->type, &m);
     return send_msg(sock, rid, rid_len, &m);
+}
+
+/* ------------------------------------------------------------ bundles */
+
+struct batch_peer {
+    bool has_rid;
+    uint8_t rid[WIRE_ROUTING_ID_MAX];
+    size_t rid_len;
+    uint8_t *buf; /* the bundle: header, then entries */
+    size_t len, cap;
+    unsigned count; /* messages in it */
+};
+
+struct wire_batch {
+    struct batch_peer peer[WIRE_BATCH_PEERS];
+    unsigned npeers; /* peer[0..npeers) hold messages */
+};
+
+struct wire_batch *wire_batch_new(void)
+{
+    return calloc(1, sizeof(struct wire_batch));
+}
+
+void wire_batch_free(struct wire_batch **b)
+{
+    if (b == NULL || *b == NULL)
+        return;
+    for (unsigned i = 0; i < WIRE_BATCH_PEERS; i++)
+        free((*b)->peer[i].buf);
+    free(*b);
+    *b = NULL;
+}
+
+bool wire_batch_empty(const struct wire_batch *b)
+{
+    return b->npeers == 0;
+}
+
+/* Sends buf[len] to rid (when has_rid) as one ZeroMQ message. */
+static int send_bytes(void *sock, const uint8_t *rid, size_t rid_len, const uint8_t *buf, size_t len)
+{
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, len) != 0)
+        return TREATY_ETRANSPORT;
+    if (len)
+        memcpy(zmq_msg_data(&m), buf, len);
+    return send_msg(sock, rid, rid_len, &m);
+}
+
+/* Sends what peer q holds and empties it; returns the messages lost. */
+static size_t flush_peer(struct batch_peer *q, void *sock)
+{
+    size_t lost = 0;
+    const uint8_t *rid = q->has_rid ? q->rid : NULL;
+    if (q->count == 1) /* alone, without the bundle around it */
+        lost =
+            send_bytes(sock, rid, q->rid_len, q->buf + WIRE_BUNDLE_HDR_LEN + 4, q->len - WIRE_BUNDLE_HDR_LEN - 4) == 0
+                ? 0
+                : 1;
+    else if (q->count > 1)
+        lost = send_bytes(sock, rid, q->rid_len, q->buf, q->len) == 0 ? 0 : q->count;
+    q->len = 0;
+    q->count = 0;
+    return lost;
+}
+
+size_t wire_batch_flush(struct wire_batch *b, void *sock)
+{
+    size_t lost = 0;
+    for (unsigned i = 0; i < b->npeers; i++)
+        lost += flush_peer(&b->peer[i], sock);
+    b->npeers = 0;
+    return lost;
+}
+
+/* The peer that holds rid's bundle, made when there is none (after sending
+ * everything held when every slot is taken); NULL: out of memory. */
+static struct batch_peer *batch_peer(struct wire_batch *b, void *sock, const uint8_t *rid, size_t rid_len)
+{
+    for (unsigned i = 0; i < b->npeers; i++) {
+        struct batch_peer *q = &b->peer[i];
+        if (q->has_rid == (rid != NULL) && q->rid_len == rid_len && (rid == NULL || memcmp(q->rid, rid, rid_len) == 0))
+            return q;
+    }
+    if (b->npeers == WIRE_BATCH_PEERS)
+        (void)wire_batch_flush(b, sock);
+    struct batch_peer *q = &b->peer[b->npeers];
+    if (q->buf == NULL) {
+        q->buf = malloc(WIRE_BUNDLE_BYTES);
+        if (q->buf == NULL)
+            return NULL;
+        q->cap = WIRE_BUNDLE_BYTES;
+    }
+    q->has_rid = rid != NULL;
+    q->rid_len = rid != NULL ? rid_len : 0;
+    if (rid != NULL)
+        memcpy(q->rid, rid, rid_len);
+    q->len = q->count = 0;
+    b->npeers++;
+    return q;
+}
+
+/* Adds one packed message (mlen bytes) for rid to the batch. */
+static int batch_add(struct wire_batch *b, void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                     const struct wire_frame *frames, size_t nframes, size_t mlen)
+{
+    if (rid != NULL && (rid_len == 0 || rid_len > WIRE_ROUTING_ID_MAX))
+        return TREATY_ETRANSPORT; /* ZeroMQ would not route it either */
+    struct batch_peer *q = batch_peer(b, sock, rid, rid_len);
+    if (q == NULL)
+        return TREATY_ETRANSPORT;
+    if (WIRE_BUNDLE_HDR_LEN + 4 + mlen > q->cap) {
+        /* too big for any bundle: what is held for the peer first, then it */
+        if (flush_peer(q, sock) != 0)
+            return TREATY_ETRANSPORT;
+        zmq_msg_t m;
+        if (zmq_msg_init_size(&m, mlen) != 0)
+            return TREATY_ETRANSPORT;
+        wire_pack(h, frames, nframes, zmq_msg_data(&m));
+        return send_msg(sock, rid, rid_len, &m);
+    }
+    if (q->len + 4 + mlen > q->cap && flush_peer(q, sock) != 0)
+        return TREATY_ETRANSPORT; /* the held ones are lost; this one is not sent either */
+    if (q->len == 0) {
+        q->buf[0] = 'T';
+        q->buf[1] = 'B';
+        q->buf[2] = WIRE_VERSION;
+        q->buf[3] = 0;
+        q->len = WIRE_BUNDLE_HDR_LEN;
+    }
+    wire_put_u32(q->buf + q->len, (uint32_t)mlen);
+    wire_pack(h, frames, nframes, q->buf + q->len + 4);
+    q->len += 4 + mlen;
+    q->count++;
+    return 0;
+}
+
+int wire_batch_send(struct wire_batch *b, void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                    const struct wire_frame *frames, size_t nframes)
+{
+    for (size_t i = 0; i < nframes; i++)
+        if (frames[i].len > WIRE_FRAME_LEN_MAX)
+            return TREATY_ETOOBIG;
+    size_t mlen = wire_packed_len(frames, nframes);
+    enum nf_act act = netfault_on() ? nf_draw(h->type) : NF_PASS;
+    switch (act) {
+    case NF_DROP:
+        return 0; /* as if the network lost it */
+    case NF_DELAY: {
+        zmq_msg_t m;
+        if (zmq_msg_init_size(&m, mlen) != 0)
+            return TREATY_ETRANSPORT;
+        wire_pack(h, frames, nframes, zmq_msg_data(&m));
+        int rc = nf_hold(sock, rid, rid_len, &m);
+        zmq_msg_close(&m);
+        return rc;
+    }
+    case NF_DUP: {
+        int rc = batch_add(b, sock, rid, rid_len, h, frames, nframes, mlen);
+        if (rc != 0)
+            return rc;
+        break;
+    }
+    case NF_PASS:
+        break;
+    }
+    return batch_add(b, sock, rid, rid_len, h, frames, nframes, mlen);
 }
 
 struct wire_frame wire_str(const char *s)
@@ -639,12 +885,10 @@ static int nf_hold(void *sock, const uint8_t *rid, size_t rid_len, zmq_msg_t *m)
     return 0;
 }
 
-/* Sends, drops, duplicates or holds back m (a message of this type) as the
- * filter draws; m is sent or closed either way. */
-static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t type, zmq_msg_t *m)
+/* What the filter does with the next message of this type (counted). */
+static enum nf_act nf_draw(uint8_t type)
 {
-    netfault_release(sock);
-    enum { NF_PASS, NF_DROP, NF_DUP, NF_DELAY } act = NF_PASS;
+    enum nf_act act = NF_PASS;
     if (type <= WIRE_TYPE_MAX_ && (nf.types & (1u << type))) {
         long long now = nf_now_ms();
         pthread_mutex_lock(&nf.mu);
@@ -670,7 +914,15 @@ static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t
         }
         pthread_mutex_unlock(&nf.mu);
     }
-    switch (act) {
+    return act;
+}
+
+/* Sends, drops, duplicates or holds back m (a message of this type) as the
+ * filter draws; m is sent or closed either way. */
+static int netfault_send(void *sock, const uint8_t *rid, size_t rid_len, uint8_t type, zmq_msg_t *m)
+{
+    netfault_release(sock);
+    switch (nf_draw(type)) {
     case NF_DROP:
         zmq_msg_close(m);
         return 0; /* as if the network lost it */

@@ -20,6 +20,20 @@
  *                 ZeroMQ frame separately, at a fixed cost per frame, so
  *                 version 2 sends one where version 1 sent two to six.)
  *
+ * A bundle carries several messages for one peer in one ZeroMQ frame:
+ *
+ *   bytes 0..3    'T' 'B', version (WIRE_VERSION), reserved (zero)
+ *   then          one or more entries, back to back to the end of the
+ *                 ZeroMQ frame: a u32 big-endian length and that many bytes
+ *                 of one message as above (never another bundle)
+ *
+ * A sender bundles what it has for one peer at the end of a turn of its
+ * loop (struct wire_batch, below), at most WIRE_BUNDLE_BYTES a bundle; the
+ * messages are handled in their order, exactly as if they had come one by
+ * one. Under load a coordinator sends many PREPAREs and COMMITs to each
+ * participant per turn and gets as many VOTEs and ACKs back: one bundle
+ * instead of one ZeroMQ frame (and, with CURVE, one encryption) each.
+ *
  * The payload frames per type:
  *
  *   type      dir    code                     frames
@@ -67,9 +81,12 @@
 #define WIRE_VERSION 2
 #define WIRE_HDR_LEN 28
 #define WIRE_FRAME_LEN_MAX UINT32_MAX /* what a frame's u32 length can say */
-#define WIRE_NAME_MAX 64              /* service and instance names */
-#define WIRE_MAX_BRANCHES 128         /* hard ceiling; the coordinator's limit is configurable below it */
-#define WIRE_MAX_STEPS 64             /* saga steps, likewise */
+#define WIRE_BUNDLE_HDR_LEN 4
+#define WIRE_BUNDLE_BYTES 65536 /* a bundle's size at most; a bigger message goes alone */
+#define WIRE_BATCH_PEERS 64     /* peers a struct wire_batch holds bundles for at once */
+#define WIRE_NAME_MAX 64        /* service and instance names */
+#define WIRE_MAX_BRANCHES 128   /* hard ceiling; the coordinator's limit is configurable below it */
+#define WIRE_MAX_STEPS 64       /* saga steps, likewise */
 #define WIRE_SAGA_FRAMES_PER_STEP 6
 #define WIRE_POLICY_LEN 16
 #define WIRE_MAX_FRAMES (1 + WIRE_SAGA_FRAMES_PER_STEP * WIRE_MAX_STEPS) /* >= 2 + 2 * WIRE_MAX_BRANCHES */
@@ -168,6 +185,19 @@ int wire_unpack(const uint8_t *buf, size_t len, size_t max_payload, struct wire_
  * branches or WIRE_MAX_STEPS steps): a receiver's message size limit. */
 uint64_t wire_message_max(size_t max_payload);
 
+/* True when buf[len] starts like a bundle ('T' 'B'). */
+bool wire_is_bundle(const uint8_t *buf, size_t len);
+
+/*
+ * The next message of the bundle buf[len], whose entry starts at *off (the
+ * first at WIRE_BUNDLE_HDR_LEN): returns 0 with *msg, *msg_len set to it and
+ * *off past it; TREATY_EVERSION (the bundle's header says another version)
+ * or TREATY_EPROTO (a bad header, no entry at all, or an entry whose length
+ * runs past the end) with *off = len. At *off == len there is nothing more:
+ * TREATY_EPROTO.
+ */
+int wire_bundle_next(const uint8_t *buf, size_t len, size_t *off, const uint8_t **msg, size_t *msg_len);
+
 /* The size of the message wire_pack writes for nframes frames. */
 size_t wire_packed_len(const struct wire_frame *frames, size_t nframes);
 
@@ -197,10 +227,13 @@ struct wire_in {
     char user_id[WIRE_USER_ID_MAX + 1];
     /* Set by the owner before the first wire_recv, never touched by it:
      * read the User-Id (a property lookup per message, so only when a ZAP
-     * handler runs). A struct wire_in that is not zeroed must set it. */
+     * handler runs). A struct wire_in starts zeroed (then set this). */
     bool want_user_id;
     size_t nparts;
     zmq_msg_t parts[2]; /* the routing id (ROUTER only) and the message */
+    /* While a bundle is being read: the offset of its next entry in
+     * parts[nparts - 1], and its length (both 0 otherwise). */
+    size_t bundle_off, bundle_len;
     struct wire_msg msg;
 };
 
@@ -216,7 +249,14 @@ struct wire_in {
  * can answer; in needs no close).
  */
 int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in);
+/* Done with in->msg. Keeps a bundle's storage while it has more messages. */
 void wire_in_close(struct wire_in *in);
+/* True while a bundle received has messages left: wire_recv returns them
+ * without the socket being readable, so poll with no wait meanwhile. */
+bool wire_in_pending(const struct wire_in *in);
+/* Lets go of everything in holds, a bundle's rest included (before the
+ * socket or in goes away). */
+void wire_in_discard(struct wire_in *in);
 
 /*
  * Sends one message without blocking: the routing id when rid is given, then
@@ -227,6 +267,28 @@ void wire_in_close(struct wire_in *in);
  */
 int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
               size_t nframes);
+
+/*
+ * Messages held for sending in bundles, one per peer (routing id; or the
+ * DEALER's one peer, rid NULL), for one socket's owner thread.
+ * wire_batch_send takes a message like wire_send but only copies it into
+ * its peer's bundle (sending that first when the message would not fit; a
+ * message over WIRE_BUNDLE_BYTES goes alone at once, after it; more than
+ * WIRE_BATCH_PEERS peers at once send everything held first).
+ * wire_batch_flush sends every bundle held (a bundle of one message as that
+ * message alone) and returns how many messages could not be sent
+ * (TREATY_ETRANSPORT's cases: dropped, the protocol re-sends). The owner
+ * flushes before it waits (at the end of each turn of its loop) so nothing
+ * is held for long. The transport fault filter (TREATY_NET_FAULTS) judges
+ * each message in wire_batch_send.
+ */
+struct wire_batch;
+struct wire_batch *wire_batch_new(void); /* NULL: out of memory */
+void wire_batch_free(struct wire_batch **b);
+int wire_batch_send(struct wire_batch *b, void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
+                    const struct wire_frame *frames, size_t nframes); /* 0, TREATY_ETOOBIG, TREATY_ETRANSPORT */
+size_t wire_batch_flush(struct wire_batch *b, void *sock);
+bool wire_batch_empty(const struct wire_batch *b);
 
 /* Convenience: a frame over a NUL-terminated string (may be NULL: empty). */
 struct wire_frame wire_str(const char *s);
