@@ -1444,6 +1444,26 @@ Test(wire_bundle, a_batch_arrives_whole_and_in_order_with_one_zeromq_frame_per_p
     cr_assert_eq(wire_batch_flush(b, dealer), 0);
     expect_attempts(router, true, &in, 0, 40);
 
+    /* a bundle bigger than any sender makes is refused whole, for the
+     * sender's routing id, and the next message decodes */
+    static uint8_t huge[WIRE_BUNDLE_BYTES + 64];
+    struct wire_hdr hq = mkhdr(WIRE_QUERY, 0);
+    uint8_t mq[WIRE_HDR_LEN];
+    wire_pack(&hq, NULL, 0, mq);
+    const uint8_t *hm[WIRE_BUNDLE_BYTES / 32 + 2];
+    size_t hl[NELEM(hm)];
+    for (size_t i = 0; i < NELEM(hm); i++) {
+        hm[i] = mq;
+        hl[i] = sizeof mq;
+    }
+    size_t hlen = make_bundle(huge, hm, hl, NELEM(hm));
+    cr_assert_gt(hlen, WIRE_BUNDLE_BYTES);
+    cr_assert_eq(zmq_send(dealer, huge, hlen, 0), (int)hlen);
+    cr_assert_eq(recv_wait(router, true, MAXP, &in), TREATY_ETOOBIG);
+    expect_rid(&in);
+    cr_assert_not(wire_in_pending(&in));
+    expect_next_decodes(dealer, NULL, 0, router, true);
+
     /* a bundle's rest is let go of with the wire_in (ASan and valgrind see a leak otherwise) */
     for (unsigned i = 0; i < 3; i++)
         cr_assert_eq(wire_batch_send(b, dealer, NULL, 0, &h, NULL, 0), 0);

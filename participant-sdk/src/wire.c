@@ -429,6 +429,12 @@ int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in)
     }
     zmq_msg_t *body = &in->parts[first];
     if (extra == 0 && wire_is_bundle(zmq_msg_data(body), zmq_msg_size(body))) {
+        if (zmq_msg_size(body) > WIRE_BUNDLE_BYTES) {
+            /* no sender makes one: refused whole, so that one peer's frame
+             * cannot hold up everyone else's messages for long */
+            close_parts(in);
+            return TREATY_ETOOBIG;
+        }
         in->bundle_off = WIRE_BUNDLE_HDR_LEN;
         in->bundle_len = zmq_msg_size(body);
         return next_in_bundle(in, max_payload);

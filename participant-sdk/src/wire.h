@@ -28,11 +28,11 @@
  *                 of one message as above (never another bundle)
  *
  * A sender bundles what it has for one peer at the end of a turn of its
- * loop (struct wire_batch, below), at most WIRE_BUNDLE_BYTES a bundle; the
- * messages are handled in their order, exactly as if they had come one by
- * one. Under load a coordinator sends many PREPAREs and COMMITs to each
- * participant per turn and gets as many VOTEs and ACKs back: one bundle
- * instead of one ZeroMQ frame (and, with CURVE, one encryption) each.
+ * loop (struct wire_batch, below), at most WIRE_BUNDLE_BYTES a bundle (a
+ * receiver refuses a bigger one whole, TREATY_ETOOBIG); the messages are
+ * handled in their order, exactly as if they had come one by one. Under load a coordinator sends many PREPAREs and
+ * COMMITs to each participant per turn and gets as many VOTEs and ACKs back: one bundle instead of one ZeroMQ frame
+ * (and, with CURVE, one encryption) each.
  *
  * The payload frames per type:
  *
