@@ -1446,7 +1446,7 @@ Test(wire_bundle, a_batch_arrives_whole_and_in_order_with_one_zeromq_frame_per_p
 
     /* a bundle bigger than any sender makes is refused whole, for the
      * sender's routing id, and the next message decodes */
-    static uint8_t huge[WIRE_BUNDLE_BYTES + 64];
+    static uint8_t huge[WIRE_BUNDLE_BYTES + 256]; /* 4 + 2,050 entries of 32 bytes: 65,604 */
     struct wire_hdr hq = mkhdr(WIRE_QUERY, 0);
     uint8_t mq[WIRE_HDR_LEN];
     wire_pack(&hq, NULL, 0, mq);
