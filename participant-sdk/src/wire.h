@@ -30,9 +30,10 @@
  * A sender bundles what it has for one peer at the end of a turn of its
  * loop (struct wire_batch, below), at most WIRE_BUNDLE_BYTES a bundle (a
  * receiver refuses a bigger one whole, TREATY_ETOOBIG); the messages are
- * handled in their order, exactly as if they had come one by one. Under load a coordinator sends many PREPAREs and
- * COMMITs to each participant per turn and gets as many VOTEs and ACKs back: one bundle instead of one ZeroMQ frame
- * (and, with CURVE, one encryption) each.
+ * handled in their order, exactly as if they had come one by one. Under
+ * load a coordinator sends many PREPAREs and COMMITs to each participant per
+ * turn and gets as many VOTEs and ACKs back: one bundle instead of one
+ * ZeroMQ frame (and, with CURVE, one encryption) each.
  *
  * The payload frames per type:
  *
@@ -189,8 +190,9 @@ uint64_t wire_message_max(size_t max_payload);
 bool wire_is_bundle(const uint8_t *buf, size_t len);
 
 /*
- * The next message of the bundle buf[len], whose entry starts at *off (the
- * first at WIRE_BUNDLE_HDR_LEN): returns 0 with *msg, *msg_len set to it and
+ * The next message of the bundle buf[len], whose entry starts at *off
+ * (WIRE_BUNDLE_HDR_LEN for the first, where the header is checked too; then
+ * where the last call left it): returns 0 with *msg, *msg_len set to it and
  * *off past it; TREATY_EVERSION (the bundle's header says another version)
  * or TREATY_EPROTO (a bad header, no entry at all, or an entry whose length
  * runs past the end) with *off = len. At *off == len there is nothing more:
@@ -241,12 +243,15 @@ struct wire_in {
  * Receives one whole message without blocking and decodes it (wire_unpack;
  * a message of more than one ZeroMQ frame after the routing id is
  * TREATY_EVERSION when its first frame is another version's header, else
- * TREATY_EPROTO). router: expect a routing-id frame first, and take the
- * sender's ZAP User-Id (in->user_id). Returns 0 (in->msg valid, close with wire_in_close),
- * TREATY_ETIMEDOUT when nothing is waiting, TREATY_ETRANSPORT, or a decode
- * error (the whole message has been consumed; in->rid and in->user_id are
- * valid when router and in->msg.hdr as wire_decode leaves it, so the caller
- * can answer; in needs no close).
+ * TREATY_EPROTO). A bundle's messages come one per call, in order, the
+ * rest held in in (wire_in_pending) and returned before the socket is read
+ * again; a bundle over WIRE_BUNDLE_BYTES is TREATY_ETOOBIG, whole. router:
+ * expect a routing-id frame first, and take the sender's ZAP User-Id
+ * (in->user_id; a bundle's messages share their sender's). Returns 0
+ * (in->msg valid, close with wire_in_close), TREATY_ETIMEDOUT when nothing
+ * is waiting, TREATY_ETRANSPORT, or a decode error (that message has been
+ * consumed; in->rid and in->user_id are valid when router and in->msg.hdr
+ * as wire_decode leaves it, so the caller can answer; in needs no close).
  */
 int wire_recv(void *sock, bool router, size_t max_payload, struct wire_in *in);
 /* Done with in->msg. Keeps a bundle's storage while it has more messages. */
