@@ -25,6 +25,7 @@
 #include <zmq.h>
 
 #include "treaty.h"
+#include "participant_core.h"
 #include "wire.h"
 
 #define WAIT_MS 20000          /* generous: only a broken SDK waits this long */
@@ -360,6 +361,28 @@ Test(participant, commit_and_abort_ack_and_errors_do_not, .timeout = 120)
 
     treaty_participant_destroy(&p);
     fake_close(&f);
+}
+
+/* A HELLO that cannot leave (no coordinator yet: ZMQ_IMMEDIATE) is tried
+ * again after PCORE_HELLO_RETRY_MS, not a heartbeat later: the shell sends
+ * HELLO at once so the core learns that it failed. Seen when the shell
+ * bundled every message: the failure showed only at the flush, and the
+ * next HELLO was due after PCORE_HELLO_RETRY_MS no longer but after
+ * PCORE_HEARTBEAT_MS. What is checked is the time the participant asks to
+ * be called again, not how long anything took. */
+Test(participant, unsent_hello_is_retried_soon)
+{
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", 1); /* nothing listens on port 1 */
+    treaty_handlers_t h = {th_prepare, th_commit, th_abort, NULL};
+    treaty_participant_t *p = NULL;
+    cr_assert_eq(treaty_participant_new(endpoint, "inventory", "i1", &h, &p), 0);
+    cr_assert_geq(treaty_participant_process(p), 0); /* the first HELLO is due now: it cannot go */
+    int next = treaty_participant_next_timeout(p);
+    cr_assert(next >= 0 && next <= PCORE_HELLO_RETRY_MS,
+              "next turn in %d ms: want at most PCORE_HELLO_RETRY_MS (%d), the heartbeat is %d", next,
+              PCORE_HELLO_RETRY_MS, PCORE_HEARTBEAT_MS);
+    treaty_participant_destroy(&p);
 }
 
 Test(participant, malformed_messages_are_dropped, .timeout = 120)

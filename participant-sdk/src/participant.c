@@ -17,7 +17,9 @@
  *      PARTICIPANT_BATCH received messages, each handed to the core
  *      (pcore_on_message, or pcore_on_malformed when it did not decode) with
  *      the time it is handled at. The core's replies leave through
- *      shell_send, its texts land in errmsg through shell_log.
+ *      shell_send - VOTE, ACK and RESULT bundled until the turn ends (flush),
+ *      HELLO and INQUIRE at once - its texts land in errmsg through
+ *      shell_log.
  *   3. destroy: stop the thread if started, close the socket, destroy the
  *      core (and with it the extension: pg_libpq.c's connection).
  *
@@ -29,8 +31,9 @@
  * errmsg is written under a lock and may be read from any thread.
  *
  * ZMQ_IMMEDIATE 1: while the coordinator is unreachable a reply or HELLO is
- * dropped at once (the core's send fails, so HELLO is retried soon) instead
- * of piling up in the pipe and arriving in a burst after the reconnect.
+ * dropped at once (HELLO's send fails, so the core tries again soon; the
+ * bundled replies are dropped at the flush, counted in errmsg) instead of
+ * piling up in the pipe and arriving in a burst after the reconnect.
  * Nothing is lost that matters: the coordinator re-sends PREPARE / COMMIT /
  * ABORT / STEP, and HELLO is periodic.
  *
@@ -99,11 +102,32 @@ int64_t participant_now_ms(void)
 
 /* ------------------------------------------------------- the core's io */
 
+/* Sends what the core sent since the last flush (shell_send bundles the answers).
+ * Every way into the core that can make it send ends with this: turn(),
+ * treaty_participant_inquire(); a new one must too, or its messages wait
+ * for the next turn. */
+static void flush(struct treaty_participant *p)
+{
+    size_t lost = wire_batch_flush(p->out, p->sock);
+    if (lost > 0)
+        participant_errorf(p, "%zu messages to the coordinator not sent (it re-sends what matters)", lost);
+}
+
 static int shell_send(void *ctx, const struct wire_hdr *h, const struct wire_frame *frames, size_t nframes,
                       const char **why)
 {
     struct treaty_participant *p = ctx;
-    int rc = wire_batch_send(p->out, p->sock, NULL, 0, h, frames, nframes);
+    int rc;
+    if (h->type == WIRE_VOTE || h->type == WIRE_ACK || h->type == WIRE_RESULT) {
+        /* the answers, many a turn under load: bundled (a loss is the
+         * coordinator's to re-ask) */
+        rc = wire_batch_send(p->out, p->sock, NULL, 0, h, frames, nframes);
+    } else {
+        /* HELLO and INQUIRE at once, after what is held, so that the core
+         * learns when they could not go (HELLO is retried sooner then) */
+        flush(p);
+        rc = wire_send(p->sock, NULL, 0, h, frames, nframes);
+    }
     if (rc < 0)
         *why = zmq_strerror(errno);
     return rc;
@@ -296,14 +320,6 @@ static void watch_link(struct treaty_participant *p)
 /* One turn: the link's news and the timers first, then up to
  * PARTICIPANT_BATCH messages. Returns the number of messages read (malformed
  * ones included) or TREATY_ETRANSPORT. */
-/* Sends what the core sent since the last flush. */
-static void flush(struct treaty_participant *p)
-{
-    size_t lost = wire_batch_flush(p->out, p->sock);
-    if (lost > 0)
-        participant_errorf(p, "%zu messages to the coordinator not sent (it re-sends what matters)", lost);
-}
-
 static int turn(struct treaty_participant *p)
 {
     watch_link(p);
