@@ -44,6 +44,11 @@ static uint16_t get_u16(const uint8_t *b)
     return (uint16_t)((b[0] << 8) | b[1]);
 }
 
+static uint32_t get_u32(const uint8_t *b)
+{
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+}
+
 void wire_put_u32(uint8_t *b, uint32_t v)
 {
     b[0] = (uint8_t)(v >> 24);
@@ -56,8 +61,7 @@ bool wire_get_u32(const struct wire_frame *f, uint32_t *v)
 {
     if (f->len != 4)
         return false;
-    const uint8_t *b = f->data;
-    *v = ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+    *v = get_u32(f->data);
     return true;
 }
 
@@ -75,16 +79,11 @@ bool wire_decode_policy(const struct wire_frame *f, struct wire_policy *out)
     if (f->len != WIRE_POLICY_LEN)
         return false;
     const uint8_t *b = f->data;
-    struct wire_frame w;
     out->group = get_u16(b);
     out->max_attempts = get_u16(b + 2);
-    w.len = 4;
-    w.data = b + 4;
-    wire_get_u32(&w, &out->first_backoff_ms);
-    w.data = b + 8;
-    wire_get_u32(&w, &out->max_backoff_ms);
-    w.data = b + 12;
-    wire_get_u32(&w, &out->try_timeout_ms);
+    out->first_backoff_ms = get_u32(b + 4);
+    out->max_backoff_ms = get_u32(b + 8);
+    out->try_timeout_ms = get_u32(b + 12);
     return true;
 }
 
@@ -237,8 +236,7 @@ int wire_unpack(const uint8_t *buf, size_t len, size_t max_payload, struct wire_
     while (off < len) {
         if (len - off < 4)
             return TREATY_EPROTO;
-        size_t flen =
-            ((size_t)buf[off] << 24) | ((size_t)buf[off + 1] << 16) | ((size_t)buf[off + 2] << 8) | buf[off + 3];
+        size_t flen = get_u32(buf + off);
         off += 4;
         if (n == WIRE_MAX_FRAMES || flen > max_payload)
             return TREATY_ETOOBIG;
@@ -288,7 +286,7 @@ int wire_bundle_next(const uint8_t *buf, size_t len, size_t *off, const uint8_t 
         return TREATY_EPROTO;
     }
     size_t at = *off;
-    size_t n = ((size_t)buf[at] << 24) | ((size_t)buf[at + 1] << 16) | ((size_t)buf[at + 2] << 8) | buf[at + 3];
+    size_t n = get_u32(buf + at);
     at += 4;
     if (n > len - at) {
         *off = len;
@@ -464,16 +462,34 @@ static int send_msg(void *sock, const uint8_t *rid, size_t rid_len, zmq_msg_t *m
     return 0;
 }
 
-int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
-              size_t nframes)
+/* TREATY_ETOOBIG when a frame is longer than its u32 length can say. */
+static int frames_fit(const struct wire_frame *frames, size_t nframes)
 {
     for (size_t i = 0; i < nframes; i++)
         if (frames[i].len > WIRE_FRAME_LEN_MAX)
             return TREATY_ETOOBIG;
-    zmq_msg_t m;
-    if (zmq_msg_init_size(&m, wire_packed_len(frames, nframes)) != 0)
+    return 0;
+}
+
+/* m: a new ZeroMQ message holding h and the frames packed (mlen bytes). */
+static int pack_msg(zmq_msg_t *m, const struct wire_hdr *h, const struct wire_frame *frames, size_t nframes,
+                    size_t mlen)
+{
+    if (zmq_msg_init_size(m, mlen) != 0)
         return TREATY_ETRANSPORT;
-    wire_pack(h, frames, nframes, zmq_msg_data(&m));
+    wire_pack(h, frames, nframes, zmq_msg_data(m));
+    return 0;
+}
+
+int wire_send(void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h, const struct wire_frame *frames,
+              size_t nframes)
+{
+    zmq_msg_t m;
+    int rc = frames_fit(frames, nframes);
+    if (rc == 0)
+        rc = pack_msg(&m, h, frames, nframes, wire_packed_len(frames, nframes));
+    if (rc != 0)
+        return rc;
     if (netfault_on())
         return netfault_send(sock, rid, rid_len, h->type, &m);
     return send_msg(sock, rid, rid_len, &m);
@@ -593,9 +609,8 @@ static int batch_add(struct wire_batch *b, void *sock, const uint8_t *rid, size_
         if (flush_peer(q, sock) != 0)
             return TREATY_ETRANSPORT;
         zmq_msg_t m;
-        if (zmq_msg_init_size(&m, mlen) != 0)
+        if (pack_msg(&m, h, frames, nframes, mlen) != 0)
             return TREATY_ETRANSPORT;
-        wire_pack(h, frames, nframes, zmq_msg_data(&m));
         return send_msg(sock, rid, rid_len, &m);
     }
     if (q->len + 4 + mlen > q->cap && flush_peer(q, sock) != 0)
@@ -617,9 +632,8 @@ static int batch_add(struct wire_batch *b, void *sock, const uint8_t *rid, size_
 int wire_batch_send(struct wire_batch *b, void *sock, const uint8_t *rid, size_t rid_len, const struct wire_hdr *h,
                     const struct wire_frame *frames, size_t nframes)
 {
-    for (size_t i = 0; i < nframes; i++)
-        if (frames[i].len > WIRE_FRAME_LEN_MAX)
-            return TREATY_ETOOBIG;
+    if (frames_fit(frames, nframes) != 0)
+        return TREATY_ETOOBIG;
     size_t mlen = wire_packed_len(frames, nframes);
     enum nf_act act = netfault_on() ? nf_draw(h->type) : NF_PASS;
     switch (act) {
@@ -627,9 +641,8 @@ int wire_batch_send(struct wire_batch *b, void *sock, const uint8_t *rid, size_t
         return 0; /* as if the network lost it */
     case NF_DELAY: {
         zmq_msg_t m;
-        if (zmq_msg_init_size(&m, mlen) != 0)
+        if (pack_msg(&m, h, frames, nframes, mlen) != 0)
             return TREATY_ETRANSPORT;
-        wire_pack(h, frames, nframes, zmq_msg_data(&m));
         int rc = nf_hold(sock, rid, rid_len, &m);
         zmq_msg_close(&m);
         return rc;
